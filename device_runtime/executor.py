@@ -1,0 +1,270 @@
+"""Turn a graph into tensors with intervals, plan them into one pool, and run steps.
+
+Every tensor of a step (layer outputs, their derivatives, weight gradients, scratch and
+labels) is a view into one preallocated pool. A tensor's validity interval is the
+half-open range ``[first order it is used, last order + 1)``. In-place layers make their
+output a view of their input (and their input derivative a view of their output
+derivative): such tensors are grouped, and a group is planned as one block whose
+interval covers all of its members.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from . import planner as P
+from .kernels import optim as KO
+from .graph import Graph, Node
+from .layers.base import AG, CD, CG, F
+from .layers.core import Input
+from .layers.loss import Loss
+from .weights import WeightStore
+
+POISON = os.environ.get("NNFLEET_POISON", "") == "1"
+
+
+@dataclass
+class Record:
+    """One tensor of the step."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: Any
+    kind: str  # output | derivative | gradient | scratch | label
+    uses: set[int] = field(default_factory=set)
+
+    @property
+    def nbytes(self) -> int:
+        return int(math.prod(self.shape)) * np.dtype(self.dtype).itemsize
+
+
+class Executor:
+    """A planned, bound graph for one batch size and mode (training or inference)."""
+
+    def __init__(self, graph: Graph, weights: WeightStore, planner: str = P.DEFAULT_STRATEGY,
+                 optimizer: Any = None, poison: bool = POISON) -> None:
+        self.graph = graph
+        self.weights = weights
+        self.optimizer = optimizer
+        self.training = graph.backward
+        self.records: list[Record] = []
+        self._parent: list[int] = []
+        self._collect()
+        self._alias_in_place()
+        self._plan(planner)
+        self._allocate(poison)
+        self._bind()
+        self._build_program()
+
+    # ------------------------------------------------------------------ records
+    def _new(self, name: str, shape: tuple[int, ...], dtype: Any, kind: str,
+             uses: set[int]) -> int:
+        self.records.append(Record(name, tuple(shape), np.dtype(dtype), kind, set(uses)))
+        self._parent.append(len(self._parent))
+        return len(self.records) - 1
+
+    def _collect(self) -> None:
+        self.out_rec: dict[tuple[str, int], int] = {}
+        self.dout_rec: dict[tuple[str, int], int | None] = {}
+        self.grad_rec: dict[tuple[str, str], int] = {}
+        self.own_rec: dict[tuple[str, str], int] = {}
+        for node in self.graph.nodes:
+            lay, o = node.layer, node.orders
+            later = {o[ph] for ph in lay.output_needed if ph in o}
+            for k, shape in enumerate(lay.out_shapes):
+                self.out_rec[(node.name, k)] = self._new(f"{node.name}:out{k}", shape, np.float32,
+                                                         "output", {o[F]} | later)
+                needs_d = lay.has_cg or lay.has_cd
+                self.dout_rec[(node.name, k)] = self._new(
+                    f"{node.name}:dout{k}", shape, np.float32, "derivative",
+                    {o[ph] for ph in (CG, CD) if ph in o}) if needs_d else None
+            reads = {o[F]} | {o[ph] for ph in lay.input_needed if ph in o}
+            for ref in node.inputs:
+                self.records[self.out_rec[ref]].uses |= reads
+                d = self.dout_rec[ref]
+                if d is not None:
+                    assert CD in o, f"{node.name} must write a derivative but has no CD order"
+                    self.records[d].uses.add(o[CD])
+            if lay.has_cg:
+                for w in lay.weights:
+                    if w.trainable:
+                        self.grad_rec[(node.name, w.name)] = self._new(
+                            f"{node.name}:{w.name}:grad", w.shape, np.float32, "gradient",
+                            {o[CG], o[AG]})
+            for t in lay.tensors:
+                uses = {o[ph] for ph in t.phases if ph in o}
+                if uses:
+                    kind = "label" if t.name == "label" else "scratch"
+                    self.own_rec[(node.name, t.name)] = self._new(
+                        f"{node.name}:{t.name}", t.shape, t.dtype, kind, uses)
+
+    # ------------------------------------------------------------------ aliasing
+    def _find(self, i: int) -> int:
+        while self._parent[i] != i:
+            self._parent[i] = self._parent[self._parent[i]]
+            i = self._parent[i]
+        return i
+
+    def _union(self, a: int, b: int) -> None:
+        ra, rb = self._find(a), self._find(b)
+        if ra != rb:
+            self._parent[max(ra, rb)] = min(ra, rb)
+
+    def _group_uses(self, i: int) -> set[int]:
+        r = self._find(i)
+        out: set[int] = set()
+        for j, rec in enumerate(self.records):
+            if self._find(j) == r:
+                out |= rec.uses
+        return out
+
+    def _alias_in_place(self) -> None:
+        for node in self.graph.nodes:
+            lay = node.layer
+            if lay.in_place == "no" or not node.inputs:
+                continue
+            xi = self.out_rec[node.inputs[0]]
+            xrec = self.records[xi]
+            outs = [self.out_rec[(node.name, k)] for k in range(len(lay.out_shapes))]
+            if any(self.records[y].nbytes != xrec.nbytes for y in outs):
+                continue
+            # Overwriting the input is only safe when no one reads its data later.
+            if lay.in_place == "modify" and max(self._group_uses(xi)) > node.orders[F]:
+                continue
+            for y in outs:
+                self._union(y, xi)
+            dx, dy = self.dout_rec[node.inputs[0]], self.dout_rec[(node.name, 0)]
+            if dx is not None and dy is not None:
+                self._union(dx, dy)
+
+    # ------------------------------------------------------------------ planning
+    def _plan(self, strategy: str) -> None:
+        roots = sorted({self._find(i) for i in range(len(self.records))})
+        self.group_of = {r: g for g, r in enumerate(roots)}
+        sizes, intervals = [0] * len(roots), [(0, 1)] * len(roots)
+        lo = [math.inf] * len(roots)
+        hi = [-1] * len(roots)
+        for i, rec in enumerate(self.records):
+            g = self.group_of[self._find(i)]
+            sizes[g] = max(sizes[g], rec.nbytes)
+            if rec.uses:
+                lo[g] = min(lo[g], min(rec.uses))
+                hi[g] = max(hi[g], max(rec.uses))
+        intervals = [(int(a), b + 1) for a, b in zip(lo, hi)]
+        self.sizes, self.intervals = sizes, intervals
+        self.plan = P.plan_layout(sizes, intervals, strategy)
+        self.lower_bound = P.lower_bound(sizes, intervals)
+        self.naive_bytes = sum(P.align(s) for s in sizes)
+
+    def _allocate(self, poison: bool) -> None:
+        n = self.plan.pool_bytes
+        raw = np.empty(n + 64, dtype=np.uint8)
+        start = (-raw.ctypes.data) % 64  # align the pool itself as the planner assumes
+        self.pool = raw[start:start + n]
+        if poison:  # NaN for floats, -1 for ints: reading an unwritten tensor shows up
+            self.pool.fill(0xFF)
+
+    def view(self, i: int) -> np.ndarray:
+        rec = self.records[i]
+        off = self.plan.offsets[self.group_of[self._find(i)]]
+        return self.pool[off:off + rec.nbytes].view(rec.dtype).reshape(rec.shape)
+
+    # ------------------------------------------------------------------ binding
+    def _bind(self) -> None:
+        for node in self.graph.nodes:
+            lay = node.layer
+            io = lay.io
+            io.x = [self.view(self.out_rec[r]) for r in node.inputs]
+            io.dx = [None if self.dout_rec[r] is None or not lay.has_cd
+                     else self.view(self.dout_rec[r]) for r in node.inputs]
+            io.y = [self.view(self.out_rec[(node.name, k)]) for k in range(len(lay.out_shapes))]
+            io.dy = [None if self.dout_rec[(node.name, k)] is None
+                     else self.view(self.dout_rec[(node.name, k)])
+                     for k in range(len(lay.out_shapes))]
+            lay.w = {w.name: self.weights.get(f"{lay.name}:{w.name}") for w in lay.weights}
+            lay.g = {wn: self.view(i) for (nn, wn), i in self.grad_rec.items() if nn == node.name}
+            lay.t = {tn: self.view(i) for (nn, tn), i in self.own_rec.items() if nn == node.name}
+            lay.bind()
+        self.inputs = [n.layer for n in self.graph.nodes if isinstance(n.layer, Input)]
+        losses = [n.layer for n in self.graph.nodes if isinstance(n.layer, Loss)]
+        self.loss: Loss | None = losses[0] if losses else None
+        ref = self.graph.nodes[-1].inputs[0] if self.loss is not None else self.graph.outputs()[0]
+        self.output = self.view(self.out_rec[ref])
+
+    def _build_program(self) -> None:
+        prog: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        first_ag = True
+        for _, node, phase in self.graph.ops():
+            lay = node.layer
+            if phase == F:
+                if isinstance(lay, Input):
+                    prog.append((self._feed_input, (lay,)))
+                elif lay is self.loss:
+                    prog.append((self._feed_label, ()))
+                prog.append((lay.forward, (self.training,)))
+            elif phase == CG:
+                prog.append((lay.calc_gradient, ()))
+            elif phase == CD:
+                prog.append((lay.calc_derivative, ()))
+            elif phase == AG:
+                if first_ag and self.graph.clip_grad:
+                    prog.append((self._clip, ()))
+                first_ag = False
+                for w in lay.weights:
+                    if w.trainable:
+                        key = f"{lay.name}:{w.name}"
+                        prog.append((self.optimizer.update,
+                                     (key, lay.w[w.name].reshape(-1), lay.g[w.name].reshape(-1))))
+        self.program = prog
+        self.all_grads = [self.view(i).reshape(-1) for i in self.grad_rec.values()]
+
+    # ------------------------------------------------------------------ running
+    def _feed_input(self, lay: Input) -> None:
+        np.take(self._x, self._idx, axis=0, out=lay.io.y[0].reshape(self._x_rows_shape))
+
+    def _feed_label(self) -> None:
+        assert self.loss is not None
+        np.take(self._y, self._idx, axis=0, out=self.loss.label.reshape(self._y_rows_shape))
+
+    def _clip(self) -> None:
+        # torch.nn.utils.clip_grad_norm_: scale by min(max_norm / (norm + 1e-6), 1).
+        total = 0.0
+        for g in self.all_grads:
+            total += KO.global_sq_norm(g)
+        norm = math.sqrt(total)
+        self.last_grad_norm = norm
+        coef = min(self.graph.clip_grad / (norm + 1e-6), 1.0)
+        for g in self.all_grads:
+            KO.scale_inplace(g, coef)
+
+    def set_source(self, x: np.ndarray, y: np.ndarray | None) -> None:
+        """Point the feeders at a data set: ``x`` (N, features) float32, ``y`` labels."""
+        self._x = x
+        self._y = y
+        b = self.graph.batch
+        self._x_rows_shape = (b, x.shape[1])
+        if y is not None:
+            self._y_rows_shape = (b,) + y.shape[1:]
+
+    def run(self, idx: np.ndarray) -> float:
+        """One step (training: forward+backward+updates; inference: forward) on rows ``idx``."""
+        self._idx = idx
+        for fn, args in self.program:
+            fn(*args)
+        return self.loss.value if self.loss is not None else 0.0
+
+    # ------------------------------------------------------------------ reporting
+    def table(self) -> list[dict[str, Any]]:
+        rows = []
+        for i, rec in enumerate(self.records):
+            g = self.group_of[self._find(i)]
+            rows.append({"name": rec.name, "kind": rec.kind, "shape": list(rec.shape),
+                         "dtype": str(rec.dtype), "bytes": rec.nbytes,
+                         "interval": list(self.intervals[g]), "offset": self.plan.offsets[g],
+                         "group": g})
+        return rows

@@ -1,0 +1,53 @@
+"""Numba when it is installed and enabled, else the plain-numpy references.
+
+Every kernel module defines a ``*_numba`` function (njit, loops, no allocation) and a
+``*_numpy`` reference (vectorised numpy, may allocate: it is the fallback and the test
+oracle). The public name is bound with :func:`pick` once, at import.
+
+Switches (see README, "Environment variables"):
+``NUMBA_DISABLE_JIT=1`` (numba's own) and ``NNFLEET_NO_NUMBA=1`` both select the numpy
+references, so the runtime works on a board without numba.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+try:  # numba is optional at run time
+    import numba as _numba
+    from numba import njit as _njit
+    from numba import prange
+
+    HAVE_NUMBA = not _numba.config.DISABLE_JIT
+except ImportError:  # pragma: no cover - exercised on boards without numba
+    _numba = None
+    HAVE_NUMBA = False
+    prange = range
+
+    def _njit(*args: Any, **kwargs: Any) -> Any:
+        if len(args) == 1 and callable(args[0]) and not kwargs:
+            return args[0]
+        return lambda f: f
+
+
+USE_NUMBA = HAVE_NUMBA and os.environ.get("NNFLEET_NO_NUMBA", "") not in ("1", "true")
+# Numba's parallel loops are off unless asked for: interleaved with OpenBLAS calls (the
+# conv path alternates im2col and matmul) the two thread pools spin against each other
+# on a small board; measured here, im2col+matmul took 8.3 ms parallel vs 0.53 ms serial.
+PARALLEL = os.environ.get("NNFLEET_NUMBA_PARALLEL", "") in ("1", "true")
+
+
+def njit(*args: Any, **kwargs: Any) -> Any:
+    """``numba.njit`` with nnfleet's defaults (cached machine code, fastmath off)."""
+    kwargs.setdefault("nogil", True)
+    if not PARALLEL:
+        kwargs.pop("parallel", None)
+    # numba's cache index ignores the parallel flag: cache only the default (serial) build.
+    kwargs.setdefault("cache", not PARALLEL)
+    return _njit(*args, **kwargs)
+
+
+def pick(numba_fn: Callable[..., Any], numpy_fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Return the numba kernel when numba is in use, else the numpy reference."""
+    return numba_fn if USE_NUMBA else numpy_fn

@@ -1,0 +1,53 @@
+"""Layer registry: NNTrainer type names (and a few aliases) -> classes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ModelError
+from .activation import ACTIVATIONS, Activation
+from .base import AG, CD, CG, F, Layer
+from .conv import Conv2D
+from .core import Dropout, Flatten, FullyConnected, Identity, Input, Reshape
+from .loss import LOSS_ALIASES, LOSSES, CrossEntropySigmoid, CrossEntropySoftmax, Loss, MSE
+from .merge import Addition, Concat, MultiOut
+from .norm import BatchNormalization
+from .pooling import Pooling2D
+
+LAYER_TYPES: dict[str, type[Layer]] = {
+    cls.type: cls
+    for cls in (Input, FullyConnected, Conv2D, Pooling2D, Flatten, Reshape, Identity,
+                BatchNormalization, Activation, Dropout, Addition, Concat, MultiOut)
+}
+TYPE_ALIASES = {"fc": "fully_connected", "dense": "fully_connected", "linear": "fully_connected",
+                "conv": "conv2d", "pool2d": "pooling2d", "pooling": "pooling2d",
+                "bn": "batch_normalization", "batchnorm": "batch_normalization",
+                "add": "addition", "concatenate": "concat", "act": "activation"}
+
+
+def create_layer(type_name: str, name: str, props: dict[str, Any] | None = None) -> Layer:
+    """Instantiate a layer by its NNTrainer type name."""
+    t = str(type_name).strip().lower()
+    t = TYPE_ALIASES.get(t, t)
+    if t in LAYER_TYPES:
+        return LAYER_TYPES[t](name, props)
+    if t in ACTIVATIONS:  # NNTrainer allows `type = relu` as an activation layer
+        return Activation(name, {**(props or {}), "activation": t})
+    known = ", ".join(sorted(LAYER_TYPES))
+    raise ModelError(f"layer '{name}': unknown layer type '{type_name}' (known: {known})")
+
+
+def create_loss(name: str) -> Loss:
+    """A loss layer by name: mse, cross_softmax, cross_sigmoid (or an alias)."""
+    n = str(name).strip().lower()
+    n = LOSS_ALIASES.get(n, n)
+    if n not in LOSSES:
+        known = ", ".join(sorted(LOSSES) + sorted(LOSS_ALIASES))
+        raise ModelError(f"unknown loss '{name}' (known: {known})")
+    return LOSSES[n](f"loss/{n}")
+
+
+__all__ = ["AG", "CD", "CG", "F", "Layer", "Loss", "LAYER_TYPES", "create_layer", "create_loss",
+           "Activation", "Addition", "BatchNormalization", "Concat", "Conv2D", "CrossEntropySigmoid",
+           "CrossEntropySoftmax", "Dropout", "Flatten", "FullyConnected", "Identity", "Input",
+           "MSE", "MultiOut", "Pooling2D", "Reshape"]

@@ -1,0 +1,74 @@
+"""Activation layers. Those whose backward needs only the output run in place."""
+
+from __future__ import annotations
+
+from ..kernels import activation as K
+from .base import CD, Layer, Shape, parse_float
+
+# name -> (forward, backward, backward reads "out" or "in")
+_ACTS = {
+    "relu": ("relu", "out"),
+    "leaky_relu": ("leaky_relu", "out"),
+    "sigmoid": ("sigmoid", "out"),
+    "tanh": ("tanh", "out"),
+    "softmax": ("softmax", "out"),
+    "gelu": ("gelu", "in"),
+    "swish": ("swish", "in"),
+}
+ALIASES = {"silu": "swish", "lrelu": "leaky_relu", "leakyrelu": "leaky_relu"}
+ACTIVATIONS = tuple(sorted(_ACTS))
+
+
+class Activation(Layer):
+    type = "activation"
+    keys = frozenset({"negative_slope"})
+
+    def __init__(self, name: str, props: dict | None = None) -> None:
+        super().__init__(name, props)
+        raw = str(self.prop("activation", "")).strip().lower()
+        act = ALIASES.get(raw, raw)
+        if act not in _ACTS:
+            raise self.fail(f"unknown activation '{raw}' (known: {', '.join(ACTIVATIONS)})")
+        self.act = act
+        self.reads = _ACTS[act][1]
+        # In place only where backward needs the output, not the input.
+        self.in_place = "modify" if self.reads == "out" else "no"  # type: ignore[misc]
+
+    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+        (shape,) = in_shapes
+        self.slope = parse_float(self.name, "negative_slope", self.prop("negative_slope", 0.01))
+        if self.reads == "out":
+            self.output_needed = frozenset({CD})
+        else:
+            self.input_needed = frozenset({CD})
+        return [shape]
+
+    def bind(self) -> None:
+        x, y = self.io.x[0], self.io.y[0]
+        dx, dy = self.io.dx[0], self.io.dy[0]
+        if self.act == "softmax":  # over the last axis
+            k = x.shape[-1]
+            self.xv, self.yv = x.reshape(-1, k), y.reshape(-1, k)
+            self.dxv = None if dx is None else dx.reshape(-1, k)
+            self.dyv = None if dy is None else dy.reshape(-1, k)
+        else:
+            self.xv, self.yv = x.reshape(-1), y.reshape(-1)
+            self.dxv = None if dx is None else dx.reshape(-1)
+            self.dyv = None if dy is None else dy.reshape(-1)
+        self._fwd = getattr(K, f"{self.act}_fwd")
+        self._bwd = getattr(K, f"{self.act}_bwd")
+
+    def forward(self, training: bool) -> None:
+        if self.act == "leaky_relu":
+            self._fwd(self.xv, self.yv, self.slope)
+        else:
+            self._fwd(self.xv, self.yv)
+
+    def calc_derivative(self) -> None:
+        if self.dxv is None:
+            return
+        src = self.yv if self.reads == "out" else self.xv
+        if self.act == "leaky_relu":
+            self._bwd(src, self.dyv, self.dxv, self.slope)
+        else:
+            self._bwd(src, self.dyv, self.dxv)

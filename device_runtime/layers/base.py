@@ -1,0 +1,188 @@
+"""The layer contract: layers *declare* memory, the graph and the pool own it.
+
+A layer is finalized once with its input shapes (batch first). In ``finalize`` it
+requests weights (persistent, outside the step pool) and step tensors (scratch or saved,
+inside the pool) with the phases in which it uses them; it also says which of its inputs
+and outputs must still hold forward data during backward. From that and the execution
+orders the graph derives every tensor's validity interval; the memory planner places
+them; then the layer receives views (``x``, ``y``, ``dx``, ``dy``, ``w``, ``g``, ``t``)
+and :meth:`Layer.bind` prepares reshaped views so that the hot path creates nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import ModelError
+
+# The four phases of a node, after NNTrainer's four execution orders.
+F, CG, CD, AG = "F", "CG", "CD", "AG"
+
+Shape = tuple[int, ...]
+
+# Properties every layer accepts (NNTrainer spellings).
+COMMON_KEYS = frozenset(
+    {"name", "type", "input_layers", "input_shape", "activation", "flatten", "trainable",
+     "weight_initializer", "bias_initializer", "weight_decay", "bias_decay",
+     "weight_regularizer", "weight_regularizer_constant", "disable_bias"}
+)
+
+
+@dataclass
+class WeightSpec:
+    """A persistent parameter: lives in the weight store, its gradient in the pool."""
+
+    name: str
+    shape: Shape
+    init: str  # initializer name, see device_runtime.init
+    fan_in: int
+    fan_out: int
+    trainable: bool = True
+
+
+@dataclass
+class TensorSpec:
+    """A step tensor the layer itself uses (scratch or saved), with its phases."""
+
+    name: str
+    shape: Shape
+    phases: frozenset[str]
+    dtype: Any = np.float32
+
+
+@dataclass
+class Binding:
+    """Views handed to a layer after planning (all into the pool or the weight store)."""
+
+    x: list[np.ndarray] = field(default_factory=list)
+    y: list[np.ndarray] = field(default_factory=list)
+    dx: list[np.ndarray | None] = field(default_factory=list)
+    dy: list[np.ndarray | None] = field(default_factory=list)
+
+
+def parse_bool(layer: str, key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    s = str(value).strip().lower()
+    if s in ("true", "1", "yes", "on"):
+        return True
+    if s in ("false", "0", "no", "off"):
+        return False
+    raise ModelError(f"layer '{layer}': property {key}={value!r} is not a boolean (use true/false)")
+
+
+def parse_ints(layer: str, key: str, value: Any, n: int | None = None) -> tuple[int, ...]:
+    """Parse ``3``, ``"3,3"``, ``(3, 3)`` into ints; with ``n``, a single value is repeated."""
+    if isinstance(value, (int, np.integer)):
+        vals: list[Any] = [int(value)]
+    elif isinstance(value, (tuple, list)):
+        vals = list(value)
+    else:
+        vals = [v for v in str(value).replace(":", ",").split(",") if v.strip() != ""]
+    try:
+        out = tuple(int(str(v).strip()) for v in vals)
+    except ValueError:
+        raise ModelError(f"layer '{layer}': property {key}={value!r} must be integers") from None
+    if n is not None and len(out) == 1:
+        out = out * n
+    if n is not None and len(out) != n or not out:
+        raise ModelError(f"layer '{layer}': property {key}={value!r} needs {n or 'some'} integers")
+    return out
+
+
+def parse_float(layer: str, key: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ModelError(f"layer '{layer}': property {key}={value!r} is not a number") from None
+
+
+class Layer:
+    """Base class of every node in the graph."""
+
+    type: ClassVar[str] = ""
+    keys: ClassVar[frozenset[str]] = frozenset()  # layer-specific property names
+    # "no": output is its own tensor; "view": output is the input, data untouched
+    # (flatten, reshape, multiout); "modify": output overwrites the input when the graph
+    # finds no later reader of the input's data.
+    in_place: ClassVar[str] = "no"
+    min_inputs: ClassVar[int] = 1
+    max_inputs: ClassVar[int] = 1
+
+    def __init__(self, name: str, props: dict[str, Any] | None = None) -> None:
+        self.name = name
+        props = {str(k).strip().lower(): v for k, v in (props or {}).items()}
+        unknown = sorted(set(props) - COMMON_KEYS - self.keys)
+        if unknown:
+            known = ", ".join(sorted(self.keys)) or "none besides the common ones"
+            raise ModelError(
+                f"layer '{name}' ({self.type}): unknown property '{unknown[0]}' (known: {known})"
+            )
+        self.props = props
+        il = props.get("input_layers")
+        if il is None or il == "":
+            self.input_layers: list[str] | None = None
+        elif isinstance(il, (list, tuple)):
+            self.input_layers = [str(s).strip() for s in il]
+        else:
+            self.input_layers = [s.strip() for s in str(il).split(",") if s.strip()]
+        self.trainable = parse_bool(name, "trainable", props.get("trainable", True))
+        self.weights: list[WeightSpec] = []
+        self.tensors: list[TensorSpec] = []
+        # Phases (CG, CD) in which the inputs / outputs must still hold forward data.
+        self.input_needed: frozenset[str] = frozenset()
+        self.output_needed: frozenset[str] = frozenset()
+        self.num_outputs = 1
+        # Filled by the graph / executor.
+        self.in_shapes: list[Shape] = []
+        self.out_shapes: list[Shape] = []
+        self.has_cg = self.has_cd = False
+        self.io = Binding()
+        self.w: dict[str, np.ndarray] = {}
+        self.g: dict[str, np.ndarray] = {}
+        self.t: dict[str, np.ndarray] = {}
+
+    # ----------------------------------------------------------------- declaring
+    def prop(self, key: str, default: Any = None) -> Any:
+        return self.props.get(key, default)
+
+    def request_weight(self, name: str, shape: Shape, init: str, fan_in: int = 1,
+                       fan_out: int = 1, trainable: bool = True) -> None:
+        """Declare a parameter; ``trainable=False`` for state such as running statistics."""
+        self.weights.append(WeightSpec(name, tuple(int(s) for s in shape), init, fan_in, fan_out,
+                                       self.trainable and trainable))
+
+    def request_tensor(self, name: str, shape: Shape, phases: set[str] | frozenset[str],
+                       dtype: Any = np.float32) -> None:
+        self.tensors.append(TensorSpec(name, tuple(int(s) for s in shape), frozenset(phases), dtype))
+
+    @property
+    def has_trainable_weights(self) -> bool:
+        return any(w.trainable for w in self.weights)
+
+    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+        """Check input shapes, request weights and tensors, return output shapes."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- running
+    def bind(self) -> None:
+        """Views are assigned: prepare reshaped views so the hot path allocates nothing."""
+
+    def forward(self, training: bool) -> None:
+        raise NotImplementedError
+
+    def calc_gradient(self) -> None:
+        """Write this layer's weight gradients into ``self.g`` (only when trainable)."""
+
+    def calc_derivative(self) -> None:
+        """Write the derivatives w.r.t. the inputs into ``self.io.dx`` from ``self.io.dy``."""
+        raise NotImplementedError(f"{self.type} has no backward")
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.type}) {self.in_shapes} -> {self.out_shapes}"
+
+    def fail(self, msg: str) -> ModelError:
+        return ModelError(f"layer '{self.name}' ({self.type}): {msg}")

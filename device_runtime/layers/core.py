@@ -1,0 +1,164 @@
+"""Input, fully connected, flatten, reshape, identity and dropout."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..kernels import dropout as kdrop
+from .base import CD, CG, F, Layer, Shape, parse_float, parse_ints
+
+
+def feature_count(shape: Shape) -> int:
+    return int(math.prod(shape[1:]))
+
+
+class Input(Layer):
+    """The data entry point; the executor copies each batch into its output."""
+
+    type = "input"
+    keys = frozenset({"normalization", "standardization"})
+    min_inputs = max_inputs = 0
+
+    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+        raw = self.prop("input_shape")
+        if raw is None:
+            raise self.fail("needs input_shape (for example 1:28:28 or 784)")
+        shape = parse_ints(self.name, "input_shape", raw)
+        if any(d <= 0 for d in shape):
+            raise self.fail(f"input_shape {raw!r} has a non-positive dimension")
+        return [(self.batch, *shape)]
+
+    def forward(self, training: bool) -> None:
+        pass  # data is copied in by the executor
+
+
+class FullyConnected(Layer):
+    """y = x @ W + b over the last axis (NNTrainer and torch.nn.Linear semantics).
+
+    W is (in_features, out_features) as in the weight file layout of DESIGN.md.
+    """
+
+    type = "fully_connected"
+    keys = frozenset({"unit"})
+
+    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+        (shape,) = in_shapes
+        units = parse_ints(self.name, "unit", self.prop("unit", 0))[0]
+        if units <= 0:
+            raise self.fail(f"needs unit > 0, got {self.prop('unit')!r}")
+        fin = shape[-1]
+        self.units, self.fin = units, fin
+        self.rows = int(math.prod(shape[:-1]))
+        self.use_bias = str(self.prop("disable_bias", "false")).lower() != "true"
+        self.request_weight("weight", (fin, units), self.prop("weight_initializer", "torch"), fin, units)
+        if self.use_bias:
+            self.request_weight("bias", (units,), self.prop("bias_initializer", "torch"), fin, units)
+        self.input_needed = frozenset({CG})
+        return [(*shape[:-1], units)]
+
+    def bind(self) -> None:
+        self.x2 = self.io.x[0].reshape(self.rows, self.fin)
+        self.y2 = self.io.y[0].reshape(self.rows, self.units)
+        dy = self.io.dy[0]
+        self.dy2 = None if dy is None else dy.reshape(self.rows, self.units)
+        dx = self.io.dx[0]
+        self.dx2 = None if dx is None else dx.reshape(self.rows, self.fin)
+
+    def forward(self, training: bool) -> None:
+        np.matmul(self.x2, self.w["weight"], out=self.y2)
+        if self.use_bias:
+            np.add(self.y2, self.w["bias"], out=self.y2)
+
+    def calc_gradient(self) -> None:
+        np.matmul(self.x2.T, self.dy2, out=self.g["weight"])
+        if self.use_bias:
+            np.sum(self.dy2, axis=0, out=self.g["bias"])
+
+    def calc_derivative(self) -> None:
+        if self.dx2 is not None:
+            np.matmul(self.dy2, self.w["weight"].T, out=self.dx2)
+
+
+class _View(Layer):
+    """A layer whose output is its input seen with another shape: no work at all."""
+
+    in_place = "view"
+
+    def forward(self, training: bool) -> None:
+        pass
+
+    def calc_derivative(self) -> None:
+        pass
+
+
+class Flatten(_View):
+    type = "flatten"
+
+    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+        (shape,) = in_shapes
+        # NNTrainer flattens to (b, 1, 1, c*h*w); we keep (b, c*h*w), the same memory.
+        return [(shape[0], feature_count(shape))]
+
+
+class Reshape(_View):
+    type = "reshape"
+    keys = frozenset({"target_shape"})
+
+    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+        (shape,) = in_shapes
+        target = parse_ints(self.name, "target_shape", self.prop("target_shape", ""))
+        if math.prod(target) != feature_count(shape):
+            raise self.fail(f"target_shape {target} has {math.prod(target)} elements, "
+                            f"the input {shape[1:]} has {feature_count(shape)}")
+        return [(shape[0], *target)]
+
+
+class Identity(_View):
+    type = "identity"
+
+
+class Dropout(Layer):
+    """Inverted dropout; the mask is a uint8 tensor saved for backward."""
+
+    type = "dropout"
+    keys = frozenset({"dropout_rate", "seed"})
+    in_place = "modify"
+
+    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+        (shape,) = in_shapes
+        self.rate = parse_float(self.name, "dropout_rate", self.prop("dropout_rate", 0.5))
+        if not 0.0 <= self.rate < 1.0:
+            raise self.fail(f"dropout_rate must be in [0, 1), got {self.rate}")
+        self.seed = int(self.prop("seed", 0)) & 0xFFFFFFFF
+        self.calls = 0
+        if self.rate > 0:
+            self.request_tensor("mask", shape, {F, CD}, np.uint8)
+        return [shape]
+
+    def bind(self) -> None:
+        self.x1 = self.io.x[0].reshape(-1)
+        self.y1 = self.io.y[0].reshape(-1)
+        dx, dy = self.io.dx[0], self.io.dy[0]
+        self.dx1 = None if dx is None else dx.reshape(-1)
+        self.dy1 = None if dy is None else dy.reshape(-1)
+        self.m1 = self.t["mask"].reshape(-1) if "mask" in self.t else None
+
+    def forward(self, training: bool) -> None:
+        if not training or self.rate == 0.0:
+            if self.y1 is not self.x1 and not np.shares_memory(self.y1, self.x1):
+                np.copyto(self.y1, self.x1)
+            return
+        # Counter-based random numbers: the same mask whatever the memory layout.
+        kdrop.dropout_fwd(self.x1, self.y1, self.m1, self.rate, self.seed, self.calls)
+        self.calls += 1
+
+    def calc_derivative(self) -> None:
+        if self.dx1 is None:
+            return
+        if self.rate == 0.0:
+            if not np.shares_memory(self.dx1, self.dy1):
+                np.copyto(self.dx1, self.dy1)
+            return
+        kdrop.dropout_bwd(self.dy1, self.m1, self.dx1, self.rate)

@@ -1,0 +1,102 @@
+"""Addition, concatenation and the multi-output node."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Layer, Shape, parse_ints
+
+
+class Addition(Layer):
+    """y = sum of inputs; in place over the first input where nothing else reads it."""
+
+    type = "addition"
+    in_place = "modify"
+    min_inputs, max_inputs = 2, 64
+
+    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+        first = in_shapes[0]
+        for s in in_shapes[1:]:
+            if s != first:
+                raise self.fail(f"inputs must have one shape, got {in_shapes}")
+        return [first]
+
+    def forward(self, training: bool) -> None:
+        x, y = self.io.x, self.io.y[0]
+        np.add(x[0], x[1], out=y)
+        for xi in x[2:]:
+            np.add(y, xi, out=y)
+
+    def calc_derivative(self) -> None:
+        dy = self.io.dy[0]
+        for dx in self.io.dx:
+            if dx is not None and not np.shares_memory(dx, dy):
+                np.copyto(dx, dy)
+
+
+class Concat(Layer):
+    """Concatenate along a feature axis (NNTrainer ``axis``: 1=channel, 2=height, 3=width)."""
+
+    type = "concat"
+    keys = frozenset({"axis"})
+    min_inputs, max_inputs = 1, 64
+
+    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+        rank = len(in_shapes[0])
+        axis = parse_ints(self.name, "axis", self.prop("axis", rank - 1))[0]
+        if not 1 <= axis < rank:
+            raise self.fail(f"axis {axis} is out of range for inputs of rank {rank} "
+                            f"(1..{rank - 1}; 0 is the batch)")
+        for s in in_shapes:
+            if len(s) != rank or any(a != b for i, (a, b) in enumerate(zip(s, in_shapes[0]))
+                                     if i != axis):
+                raise self.fail(f"inputs differ outside axis {axis}: {in_shapes}")
+        self.axis = axis
+        out = list(in_shapes[0])
+        out[axis] = sum(s[axis] for s in in_shapes)
+        return [tuple(out)]
+
+    def bind(self) -> None:
+        y, dy = self.io.y[0], self.io.dy[0]
+        self.parts, self.dparts = [], []
+        start = 0
+        for s in self.in_shapes:
+            sl = [slice(None)] * len(s)
+            sl[self.axis] = slice(start, start + s[self.axis])
+            start += s[self.axis]
+            self.parts.append(y[tuple(sl)])
+            self.dparts.append(None if dy is None else dy[tuple(sl)])
+
+    def forward(self, training: bool) -> None:
+        for x, part in zip(self.io.x, self.parts):
+            np.copyto(part, x)
+
+    def calc_derivative(self) -> None:
+        for dx, part in zip(self.io.dx, self.dparts):
+            if dx is not None:
+                np.copyto(dx, part)
+
+
+class MultiOut(Layer):
+    """One output read by several layers: outputs are views; derivatives are summed."""
+
+    type = "multiout"
+    keys = frozenset({"outputs"})
+    in_place = "view"
+
+    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+        n = int(self.prop("outputs", 2))
+        return [in_shapes[0]] * n
+
+    def forward(self, training: bool) -> None:
+        pass
+
+    def calc_derivative(self) -> None:
+        dx = self.io.dx[0]
+        if dx is None:
+            return
+        dys = self.io.dy
+        if not np.shares_memory(dx, dys[0]):
+            np.copyto(dx, dys[0])
+        for d in dys[1:]:
+            np.add(dx, d, out=dx)

@@ -1,0 +1,291 @@
+"""The Python API: build, compile, fit, evaluate, predict, save and load weights."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import ConfigError, DataError, ModelError
+from .executor import Executor
+from .graph import Graph
+from .layers import create_layer, create_loss
+from .layers.core import Input
+from .layers.loss import CrossEntropySoftmax, Loss
+from .optimizers import Optimizer, create_optimizer
+from .planner import DEFAULT_STRATEGY, STRATEGIES
+from .weights import WeightStore
+
+
+@dataclass
+class LayerSpec:
+    """A layer description: NNTrainer type name, unique name, properties."""
+
+    type: str
+    name: str
+    props: dict[str, Any] = field(default_factory=dict)
+
+
+def layer(type: str, name: str, **props: Any) -> LayerSpec:
+    """Shorthand: ``layer("conv2d", "conv1", filters=6, kernel_size=5, activation="relu")``."""
+    return LayerSpec(type, name, props)
+
+
+@dataclass
+class History:
+    losses: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    correct: list[int] = field(default_factory=list)  # per step, with class-id labels
+    examples: int = 0
+
+
+class Model:
+    """A model description plus its weights; executors are built per batch size and mode."""
+
+    def __init__(self, layers: Sequence[LayerSpec], loss: str = "cross_softmax", seed: int = 0,
+                 name: str = "model") -> None:
+        self.specs = list(layers)
+        self.name = name
+        self.loss_name = self._resolve_loss(loss)
+        self.seed = seed
+        probe = self._graph(batch=1, backward=False, with_loss=True)
+        inputs = [n.layer for n in probe.nodes if isinstance(n.layer, Input)]
+        if len(inputs) != 1:
+            raise ModelError(f"the model needs exactly one input layer, found {len(inputs)}")
+        self.input_shape = inputs[0].out_shapes[0][1:]
+        self.folded_activation = probe.folded_activation
+        loss_node = probe.nodes[-1]
+        self.output_shape = probe.by_name[loss_node.inputs[0][0]].layer.out_shapes[
+            loss_node.inputs[0][1]][1:]
+        specs = []
+        for node in probe.nodes:
+            for w in node.layer.weights:
+                specs.append((f"{node.name}:{w.name}", w.shape, w.trainable, w.init, w.fan_in, w.fan_out))
+        self.weights = WeightStore.from_specs(specs)
+        self.weights.initialize(seed)
+        self.optimizer: Optimizer | None = None
+        self.batch_size = 0
+        self.planner = DEFAULT_STRATEGY
+        self.clip_grad_norm: float | None = None
+        self.label_kind = "index" if self.loss_name == "cross_softmax" else "dense"
+        self._train: Executor | None = None
+        self._infer: dict[tuple[int, bool], Executor] = {}
+
+    # ------------------------------------------------------------------ graphs
+    def _resolve_loss(self, loss: str) -> str:
+        name = str(loss).strip().lower()
+        if name == "cross":  # NNTrainer: cross-entropy after the last layer's activation
+            last = str(self.specs[-1].props.get("activation", self.specs[-1].props.get("type", "")))
+            name = "cross_sigmoid" if "sigmoid" in (last.lower(), self.specs[-1].type.lower()) \
+                else "cross_softmax"
+        return create_loss(name).type
+
+    def _graph(self, batch: int, backward: bool, with_loss: bool) -> Graph:
+        layers = [create_layer(s.type, s.name, s.props) for s in self.specs]
+        loss: Loss | None = None
+        if with_loss:
+            loss = create_loss(self.loss_name)
+            loss.label_kind = getattr(self, "label_kind", loss.label_kind)
+        return Graph(layers, loss, batch, backward=backward,
+                     clip_grad=self.clip_grad_norm if backward else None)
+
+    # ------------------------------------------------------------------ compile
+    def compile(self, batch_size: int = 32, optimizer: str | Optimizer = "sgd",
+                planner: str = DEFAULT_STRATEGY, clip_grad_norm: float | None = None,
+                label_kind: str | None = None, **opt_kwargs: Any) -> "Model":
+        """Choose batch size, optimizer and planner; plan and allocate the step pool."""
+        if int(batch_size) < 1:
+            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        if planner not in STRATEGIES:
+            raise ConfigError(f"unknown planner '{planner}' (known: {', '.join(STRATEGIES)})")
+        if clip_grad_norm is not None and not clip_grad_norm > 0:
+            raise ConfigError(f"clip_grad_norm must be > 0, got {clip_grad_norm}")
+        self.batch_size = int(batch_size)
+        self.planner = planner
+        self.clip_grad_norm = clip_grad_norm
+        if label_kind is not None:
+            if label_kind not in ("index", "dense"):
+                raise ConfigError(f"label_kind must be index or dense, got {label_kind!r}")
+            self.label_kind = label_kind
+        self.optimizer = create_optimizer(optimizer, **opt_kwargs) if isinstance(optimizer, str) \
+            else optimizer
+        self.optimizer.init_state([(k, p.size) for k, p in self.weights.params.items() if p.trainable])
+        self._train = None
+        self._infer = {}
+        return self
+
+    @property
+    def train_executor(self) -> Executor:
+        if self.optimizer is None:
+            raise ConfigError("compile() the model before training")
+        if self._train is None:
+            g = self._graph(self.batch_size, backward=True, with_loss=True)
+            self._train = Executor(g, self.weights, self.planner, self.optimizer)
+        return self._train
+
+    def _infer_executor(self, batch: int, with_loss: bool) -> Executor:
+        key = (batch, with_loss)
+        if key not in self._infer:
+            g = self._graph(batch, backward=False, with_loss=with_loss)
+            self._infer[key] = Executor(g, self.weights, self.planner)
+        return self._infer[key]
+
+    # ------------------------------------------------------------------ data
+    def prepare_x(self, x: np.ndarray, what: str = "x") -> np.ndarray:
+        """(N, ...) with the input's element count per sample -> C-contiguous (N, F) float32."""
+        x = np.asarray(x)
+        per = int(math.prod(self.input_shape))
+        if x.ndim < 1 or x.shape[0] == 0:
+            raise DataError(f"data {what} is empty (shape {x.shape})")
+        if x.dtype.kind not in "fiu":
+            raise DataError(f"data {what} has dtype {x.dtype}, expected float32")
+        if x.size // x.shape[0] != per or x.size % x.shape[0]:
+            raise DataError(f"data {what} has shape {x.shape}: {x.size // max(x.shape[0], 1)} values "
+                            f"per sample, the model's input {self.input_shape} needs {per}")
+        return np.ascontiguousarray(x.reshape(x.shape[0], per), dtype=np.float32)
+
+    def prepare_y(self, y: np.ndarray, n: int) -> tuple[np.ndarray, str]:
+        y = np.asarray(y)
+        k = int(math.prod(self.output_shape))
+        if y.shape[0] != n:
+            raise DataError(f"data has {n} samples in x but {y.shape[0]} labels in y")
+        if y.ndim == 1 and y.dtype.kind in "iu":
+            if self.loss_name != "cross_softmax":
+                raise DataError(f"loss {self.loss_name} needs float targets (N, {k}), got class ids")
+            classes = self.output_shape[-1]
+            if y.size and (y.min() < 0 or y.max() >= classes):
+                raise DataError(f"labels must be class ids in [0, {classes}), found "
+                                f"{int(y.min())}..{int(y.max())}")
+            return np.ascontiguousarray(y, dtype=np.int64), "index"
+        if y.dtype.kind not in "fiu":
+            raise DataError(f"labels y have dtype {y.dtype}, expected int64 ids or float32 targets")
+        if y.size // max(n, 1) != k:
+            raise DataError(f"targets y have shape {y.shape}, the model's output {self.output_shape} "
+                            f"needs {k} values per sample")
+        return np.ascontiguousarray(y.reshape(n, k), dtype=np.float32), "dense"
+
+    def _use_labels(self, kind: str) -> None:
+        if kind != self.label_kind:
+            self.label_kind = kind
+            self._train = None
+            self._infer = {}
+
+    # ------------------------------------------------------------------ training
+    def fit(self, x: np.ndarray, y: np.ndarray, epochs: int = 1, steps: int | None = None,
+            shuffle: bool = True, seed: int = 0,
+            callback: Callable[[int, float], None] | None = None) -> History:
+        """Train; batches of ``batch_size`` (a last partial batch is dropped)."""
+        xs = self.prepare_x(x)
+        ys, kind = self.prepare_y(y, xs.shape[0])
+        self._use_labels(kind)
+        b = self.batch_size or 0
+        if b == 0:
+            raise ConfigError("compile() the model before training")
+        n = xs.shape[0]
+        if n < b:
+            raise DataError(f"data has {n} samples, fewer than one batch of {b}")
+        per_epoch = n // b
+        total = steps if steps is not None else epochs * per_epoch
+        if total < 0:
+            raise ConfigError(f"steps/epochs must be >= 0, got {total}")
+        ex = self.train_executor
+        ex.set_source(xs, ys)
+        opt = self.optimizer
+        assert opt is not None
+        rng = np.random.default_rng(seed)
+        perm = np.arange(n, dtype=np.int64)
+        hist = History()
+        for step in range(total):
+            j = step % per_epoch
+            if j == 0 and shuffle:
+                rng.shuffle(perm)
+            idx = perm[j * b:(j + 1) * b]
+            t0 = time.perf_counter()
+            opt.begin_step()
+            loss = ex.run(idx)
+            opt.end_step()
+            hist.step_seconds.append(time.perf_counter() - t0)
+            hist.losses.append(loss)
+            if ex.loss is not None and ex.loss.correct >= 0:
+                hist.correct.append(ex.loss.correct)
+            hist.examples += b
+            if callback is not None:
+                callback(step, loss)
+        return hist
+
+    # ------------------------------------------------------------------ inference
+    def _batches(self, n: int, batch_size: int | None) -> list[tuple[int, int]]:
+        b = batch_size or self.batch_size or 32
+        return [(s, min(s + b, n)) for s in range(0, n, b)]
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int | None = None) -> dict[str, float]:
+        """Mean loss and (with class ids) accuracy, with inference-mode layers."""
+        xs = self.prepare_x(x)
+        ys, kind = self.prepare_y(y, xs.shape[0])
+        self._use_labels(kind)
+        tot_loss, correct, n = 0.0, 0, xs.shape[0]
+        for s, e in self._batches(n, batch_size):
+            ex = self._infer_executor(e - s, with_loss=True)
+            ex.set_source(xs, ys)
+            tot_loss += ex.run(np.arange(s, e, dtype=np.int64)) * (e - s)
+            if ex.loss is not None and ex.loss.correct >= 0:
+                correct += ex.loss.correct
+        out = {"loss": tot_loss / n, "examples": float(n)}
+        if kind == "index" and isinstance(self._infer_executor(1, True).loss, CrossEntropySoftmax):
+            out["accuracy"] = correct / n
+        return out
+
+    def predict(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """Model outputs (N, *output_shape); a folded softmax/sigmoid is applied."""
+        xs = self.prepare_x(x)
+        n = xs.shape[0]
+        out = np.empty((n, *self.output_shape), dtype=np.float32)
+        for s, e in self._batches(n, batch_size):
+            ex = self._infer_executor(e - s, with_loss=False)
+            ex.set_source(xs, None)
+            ex.run(np.arange(s, e, dtype=np.int64))
+            out[s:e] = ex.output
+        if self.folded_activation == "softmax":
+            z = out - out.max(axis=-1, keepdims=True)
+            np.exp(z, out=z)
+            out = z / z.sum(axis=-1, keepdims=True)
+        elif self.folded_activation == "sigmoid":
+            out = 1.0 / (1.0 + np.exp(-out))
+        return out
+
+    # ------------------------------------------------------------------ weights
+    def save_weights(self, path: str) -> None:
+        self.weights.save(path)
+
+    def load_weights(self, path: str, strict: bool = True) -> None:
+        self.weights.load(path, strict=strict)
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return self.weights.state()
+
+    def set_weights(self, arrays: dict[str, np.ndarray], strict: bool = True) -> None:
+        self.weights.load_state(arrays, strict=strict)
+
+    # ------------------------------------------------------------------ reporting
+    def plan(self) -> dict[str, Any]:
+        """The training step's memory plan: pool, lower bound, naive bytes, tensor table."""
+        ex = self.train_executor
+        opt_bytes = self.optimizer.state_bytes if self.optimizer else 0
+        return {
+            "model": self.name,
+            "batch_size": self.batch_size,
+            "planner": self.planner,
+            "pool_bytes": ex.plan.pool_bytes,
+            "lower_bound_bytes": ex.lower_bound,
+            "naive_bytes": ex.naive_bytes,
+            "weight_bytes": self.weights.nbytes,
+            "optimizer_state_bytes": opt_bytes,
+            "planned_working_set_bytes": ex.plan.pool_bytes + opt_bytes,
+            "num_tensors": len(ex.records),
+            "num_blocks": len(ex.sizes),
+            "num_orders": ex.graph.num_orders,
+            "tensors": ex.table(),
+        }
