@@ -143,10 +143,11 @@ def bias_grad_nchw_numba(dy, db, accumulate):  # type: ignore[no-untyped-def]
     nb, nc, hw = dy.shape
     for c in prange(nc):
         # four partial sums break the add-latency chain (fastmath is off)
-        a0 = 0.0
-        a1 = 0.0
-        a2 = 0.0
-        a3 = 0.0
+        # np.float64, not 0.0: plain Python (NUMBA_DISABLE_JIT) would sum in float32
+        a0 = np.float64(0.0)
+        a1 = np.float64(0.0)
+        a2 = np.float64(0.0)
+        a3 = np.float64(0.0)
         for b in range(nb):
             k = 0
             while k + 4 <= hw:

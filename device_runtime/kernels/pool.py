@@ -16,9 +16,13 @@ from __future__ import annotations
 import numpy as np
 
 from ._jit import njit, pick, prange
-from .conv import padded_windows
+from .conv import _valid_range, padded_windows
 
 # ----------------------------------------------------------------------------- numba
+
+
+# Flat arrays and np.uint64 indices, as in conv.py: numba's negative-index wraparound on
+# signed indices blocks vectorisation; every index here is in range by construction.
 
 
 @njit(parallel=True)
@@ -26,9 +30,9 @@ def maxpool2d_fwd_numba(x, y, kh, kw, sh, sw, pt, pl):  # type: ignore[no-untype
     """numba max pooling forward (padding = -inf)."""
     nb, nc, h, w = x.shape
     oh, ow = y.shape[2], y.shape[3]
+    xf = x.reshape(x.size)
+    yf = y.reshape(y.size)
     for p in prange(nb * nc):
-        b = p // nc
-        c = p % nc
         for oy in range(oh):
             y0 = oy * sh - pt
             y1 = min(y0 + kh, h)
@@ -39,11 +43,12 @@ def maxpool2d_fwd_numba(x, y, kh, kw, sh, sw, pt, pl):  # type: ignore[no-untype
                 x0 = max(x0, 0)
                 m = -np.inf
                 for iy in range(y0, y1):
+                    row = (p * h + iy) * w
                     for ix in range(x0, x1):
-                        v = x[b, c, iy, ix]
+                        v = xf[np.uint64(row + ix)]
                         if v > m or v != v:
                             m = v
-                y[b, c, oy, ox] = m
+                yf[np.uint64((p * oh + oy) * ow + ox)] = m
 
 
 @njit(parallel=True)
@@ -51,12 +56,13 @@ def maxpool2d_bwd_numba(x, dy, dx, kh, kw, sh, sw, pt, pl):  # type: ignore[no-u
     """numba max pooling backward; the argmax is recomputed from ``x``."""
     nb, nc, h, w = x.shape
     oh, ow = dy.shape[2], dy.shape[3]
+    xf = x.reshape(x.size)
+    dyf = dy.reshape(dy.size)
+    dxf = dx.reshape(dx.size)
+    hw = h * w
     for p in prange(nb * nc):
-        b = p // nc
-        c = p % nc
-        for iy in range(h):
-            for ix in range(w):
-                dx[b, c, iy, ix] = 0.0
+        for t in range(hw):
+            dxf[np.uint64(p * hw + t)] = 0.0
         for oy in range(oh):
             y0 = oy * sh - pt
             y1 = min(y0 + kh, h)
@@ -69,16 +75,15 @@ def maxpool2d_bwd_numba(x, dy, dx, kh, kw, sh, sw, pt, pl):  # type: ignore[no-u
                     continue  # window entirely in the padding: no input to credit
                 # as PyTorch: start at the first in-range element, replace on > or NaN
                 m = -np.inf
-                ay = y0
-                ax = x0
+                arg = (p * h + y0) * w + x0
                 for iy in range(y0, y1):
+                    row = (p * h + iy) * w
                     for ix in range(x0, x1):
-                        v = x[b, c, iy, ix]
+                        v = xf[np.uint64(row + ix)]
                         if v > m or v != v:
                             m = v
-                            ay = iy
-                            ax = ix
-                dx[b, c, ay, ax] += dy[b, c, oy, ox]
+                            arg = row + ix
+                dxf[np.uint64(arg)] += dyf[np.uint64((p * oh + oy) * ow + ox)]
 
 
 @njit(parallel=True)
@@ -86,10 +91,10 @@ def avgpool2d_fwd_numba(x, y, kh, kw, sh, sw, pt, pl):  # type: ignore[no-untype
     """numba average pooling forward (count_include_pad=True), float64 sums."""
     nb, nc, h, w = x.shape
     oh, ow = y.shape[2], y.shape[3]
+    xf = x.reshape(x.size)
+    yf = y.reshape(y.size)
     kk = kh * kw
     for p in prange(nb * nc):
-        b = p // nc
-        c = p % nc
         for oy in range(oh):
             y0 = oy * sh - pt
             y1 = min(y0 + kh, h)
@@ -98,11 +103,12 @@ def avgpool2d_fwd_numba(x, y, kh, kw, sh, sw, pt, pl):  # type: ignore[no-untype
                 x0 = ox * sw - pl
                 x1 = min(x0 + kw, w)
                 x0 = max(x0, 0)
-                acc = 0.0
+                acc = np.float64(0.0)  # not 0.0: under NUMBA_DISABLE_JIT that sums in float32
                 for iy in range(y0, y1):
+                    row = (p * h + iy) * w
                     for ix in range(x0, x1):
-                        acc += x[b, c, iy, ix]
-                y[b, c, oy, ox] = acc / kk
+                        acc += xf[np.uint64(row + ix)]
+                yf[np.uint64((p * oh + oy) * ow + ox)] = acc / kk
 
 
 @njit(parallel=True)
@@ -110,24 +116,24 @@ def avgpool2d_bwd_numba(dy, dx, kh, kw, sh, sw, pt, pl):  # type: ignore[no-unty
     """numba average pooling backward: each dy/(kh*kw) spread over its window."""
     nb, nc, h, w = dx.shape
     oh, ow = dy.shape[2], dy.shape[3]
+    dyf = dy.reshape(dy.size)
+    dxf = dx.reshape(dx.size)
+    hw = h * w
     kk = np.float32(kh * kw)
     for p in prange(nb * nc):
-        b = p // nc
-        c = p % nc
-        for iy in range(h):
-            for ix in range(w):
-                dx[b, c, iy, ix] = 0.0
+        for t in range(hw):
+            dxf[np.uint64(p * hw + t)] = 0.0
         # (i, j) outermost: the same summation order as the numpy reference
         for i in range(kh):
+            oy_lo, oy_hi = _valid_range(pt, i, sh, h, oh)
             for j in range(kw):
-                for oy in range(oh):
-                    iy = oy * sh - pt + i
-                    if iy < 0 or iy >= h:
-                        continue
-                    for ox in range(ow):
-                        ix = ox * sw - pl + j
-                        if 0 <= ix < w:
-                            dx[b, c, iy, ix] += np.float32(dy[b, c, oy, ox] / kk)
+                ox_lo, ox_hi = _valid_range(pl, j, sw, w, ow)
+                for oy in range(oy_lo, oy_hi):
+                    d0 = (p * h + oy * sh - pt + i) * w + j - pl
+                    s0 = (p * oh + oy) * ow
+                    for ox in range(ox_lo, ox_hi):
+                        g = np.float32(dyf[np.uint64(s0 + ox)] / kk)
+                        dxf[np.uint64(d0 + ox * sw)] += g
 
 
 # ----------------------------------------------------------------------------- numpy

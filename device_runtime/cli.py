@@ -1,0 +1,226 @@
+"""``nnfleet``: plan, train, bench and simulate from the command line.
+
+The contract (DESIGN.md): ``--json`` prints one JSON object on the last line of stdout;
+bad input prints one line ``nnfleet: error: ...`` on stderr and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, NNFleetError
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, like every other error of ours
+        raise ConfigError(message)
+
+
+def load_model(spec: str, seed: int = 0) -> tuple[Any, Any]:
+    """MODEL is an INI path or a built-in name -> (Model, IniModel or None)."""
+    from .ini import read_ini
+    from .models import BUILTINS, build
+
+    if spec.lower().endswith(".ini") or os.path.sep in spec or os.path.exists(spec):
+        ini = read_ini(spec)
+        return ini.build(seed), ini
+    if spec.lower() not in BUILTINS:
+        raise ConfigError(f"MODEL '{spec}' is neither a file nor a built-in model "
+                          f"({', '.join(BUILTINS)})")
+    return build(spec, seed=seed), None
+
+
+def _optimizer_kwargs(args: argparse.Namespace, ini: Any) -> tuple[str, dict[str, Any]]:
+    name = args.optimizer or (ini.optimizer if ini and ini.optimizer else "sgd")
+    kw: dict[str, Any] = dict(ini.optimizer_kwargs) if ini and (ini.optimizer or "sgd") == name else {}
+    if name != "sgd":
+        kw.pop("momentum", None)
+    else:
+        for k in ("beta1", "beta2", "epsilon"):
+            kw.pop(k, None)
+    if args.lr is not None:
+        kw["lr"] = args.lr
+    if name == "sgd" and getattr(args, "momentum", None) is not None:
+        kw["momentum"] = args.momentum
+    return name, kw
+
+
+def _positive(kind: type, what: str) -> Any:
+    def conv(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise ConfigError(f"{what} must be a number, got {text!r}") from None
+        if not v > 0:
+            raise ConfigError(f"{what} must be > 0, got {text}")
+        return v
+    return conv
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .units import fmt_bytes
+
+    model, ini = load_model(args.model)
+    batch = args.batch_size or (ini.batch_size if ini and ini.batch_size else 32)
+    model.compile(batch_size=batch, optimizer="sgd", lr=0.01, planner=args.planner)
+    plan = model.plan()
+    if args.json:
+        print(json.dumps(plan))
+        return 0
+    print(f"model {plan['model']}  batch {batch}  planner {plan['planner']}  "
+          f"{plan['num_tensors']} tensors in {plan['num_blocks']} blocks, {plan['num_orders']} orders")
+    print(f"{'tensor':44s} {'kind':10s} {'bytes':>12s} {'interval':>12s} {'offset':>12s}")
+    for t in plan["tensors"]:
+        iv = f"[{t['interval'][0]},{t['interval'][1]})"
+        print(f"{t['name'][:44]:44s} {t['kind']:10s} {t['bytes']:12,d} {iv:>12s} {t['offset']:12,d}")
+    lb = plan["lower_bound_bytes"]
+    print(f"pool {fmt_bytes(plan['pool_bytes'])} = {plan['pool_bytes'] / max(lb, 1):.3f} x lower bound "
+          f"{fmt_bytes(lb)}; naive {fmt_bytes(plan['naive_bytes'])}; weights "
+          f"{fmt_bytes(plan['weight_bytes'])}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import rss
+    from .data import load_dataset, synthetic_classification
+    from .units import fmt_bytes
+    from .warmup import warmup
+
+    if args.epochs is not None and args.steps is not None:
+        raise ConfigError("give --epochs or --steps, not both")
+    model, ini = load_model(args.model, seed=args.seed)
+    if args.init:
+        model.load_weights(args.init)
+    if args.data:
+        x, y = load_dataset(args.data)
+    else:
+        classes = int(np.prod(model.output_shape))
+        x, y = synthetic_classification(model.input_shape, classes, args.samples, seed=args.seed)
+        print(f"no --data: {args.samples} generated samples of shape {tuple(model.input_shape)}, "
+              f"{classes} classes")
+    batch = args.batch_size or (ini.batch_size if ini and ini.batch_size else 32)
+    name, kw = _optimizer_kwargs(args, ini)
+    model.compile(batch_size=batch, optimizer=name, planner=args.planner, **kw)
+    xs = model.prepare_x(x)
+    ys, kind = model.prepare_y(y, xs.shape[0])
+    model._use_labels(kind)
+    plan = model.plan()
+    warmup()  # JIT-compiled kernels are part of the runtime's baseline, not of the step
+    steps = args.steps
+    epochs = args.epochs if args.epochs is not None else (ini.epochs if ini and ini.epochs and
+                                                          steps is None else 1)
+    baseline = rss.current_rss()
+    rss.reset_peak()
+    every = max(1, (steps or epochs * (len(xs) // batch)) // 10)
+
+    def progress(step: int, loss: float) -> None:
+        if not args.json and (step % every == 0):
+            print(f"step {step:6d}  loss {loss:.4f}", flush=True)
+
+    t0 = time.perf_counter()
+    hist = model.fit(xs, ys, epochs=epochs, steps=steps, shuffle=not args.no_shuffle,
+                     seed=args.seed, callback=progress)
+    wall = time.perf_counter() - t0
+    peak = rss.peak_rss()
+    if args.save:
+        model.save_weights(args.save)
+    med = float(np.median(hist.step_seconds[1:] or hist.step_seconds or [0.0]))
+    result = {
+        "model": model.name, "batch_size": batch, "optimizer": name, "steps": len(hist.losses),
+        "losses": hist.losses, "final_loss": hist.losses[-1] if hist.losses else None,
+        "pool_bytes": plan["pool_bytes"], "lower_bound_bytes": plan["lower_bound_bytes"],
+        "naive_bytes": plan["naive_bytes"], "weight_bytes": plan["weight_bytes"],
+        "optimizer_state_bytes": plan["optimizer_state_bytes"],
+        "planned_working_set_bytes": plan["planned_working_set_bytes"],
+        "baseline_rss_bytes": baseline, "peak_rss_bytes": peak,
+        "working_set_bytes": peak - baseline, "step_seconds_median": med,
+        "wall_seconds": wall, "planner": args.planner, "saved": args.save,
+    }
+    if hist.correct:
+        result["train_accuracy_last_epoch"] = float(
+            np.sum(hist.correct[-(len(xs) // batch):]) / (batch * min(len(hist.correct), len(xs) // batch)))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"plan: pool {fmt_bytes(plan['pool_bytes'])} (lower bound "
+              f"{fmt_bytes(plan['lower_bound_bytes'])}, naive {fmt_bytes(plan['naive_bytes'])}), "
+              f"weights {fmt_bytes(plan['weight_bytes'])}, optimizer state "
+              f"{fmt_bytes(plan['optimizer_state_bytes'])}")
+        print(f"trained {len(hist.losses)} steps in {wall:.1f} s (median step {med * 1e3:.1f} ms); "
+              f"loss {hist.losses[0]:.4f} -> {hist.losses[-1]:.4f}")
+        print(f"memory: baseline RSS {fmt_bytes(baseline)}, peak RSS {fmt_bytes(peak)}, "
+              f"working set {fmt_bytes(peak - baseline)} (planned {fmt_bytes(plan['planned_working_set_bytes'])})")
+        if args.save:
+            print(f"weights saved to {args.save}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, rest: list[str]) -> int:
+    if args.what == "memory":
+        from experiments.bench.memory import main as bench_memory
+
+        return int(bench_memory(rest) or 0)
+    raise ConfigError(f"unknown benchmark '{args.what}' (known: memory)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .planner import DEFAULT_STRATEGY, STRATEGIES
+
+    p = _Parser(prog="nnfleet", description="nnfleet: memory-planned on-device training, fleets "
+                "of RAM-capped devices, federated personalization.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    pl = sub.add_parser("plan", help="print the memory plan of a training step")
+    pl.add_argument("model", help="INI file or built-in model name")
+    pl.add_argument("--batch-size", type=_positive(int, "--batch-size"))
+    pl.add_argument("--planner", default=DEFAULT_STRATEGY, choices=sorted(STRATEGIES))
+    pl.add_argument("--json", action="store_true")
+    tr = sub.add_parser("train", help="train a model on a data file (or generated data)")
+    tr.add_argument("model", help="INI file or built-in model name")
+    tr.add_argument("--data", help=".npz with x and y (default: generated data)")
+    tr.add_argument("--samples", type=_positive(int, "--samples"), default=1024,
+                    help="generated samples when no --data (default 1024)")
+    tr.add_argument("--epochs", type=_positive(int, "--epochs"))
+    tr.add_argument("--steps", type=_positive(int, "--steps"))
+    tr.add_argument("--batch-size", type=_positive(int, "--batch-size"))
+    tr.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    tr.add_argument("--lr", type=_positive(float, "--lr"))
+    tr.add_argument("--momentum", type=float)
+    tr.add_argument("--no-shuffle", action="store_true")
+    tr.add_argument("--init", help="initial weights .npz")
+    tr.add_argument("--save", help="write trained weights .npz (atomically)")
+    tr.add_argument("--planner", default=DEFAULT_STRATEGY, choices=sorted(STRATEGIES))
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--json", action="store_true")
+    be = sub.add_parser("bench", help="benchmarks (memory)", add_help=False)
+    be.add_argument("what")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser()
+        if argv and argv[0] == "bench":
+            args, rest = parser.parse_known_args(argv)
+            return cmd_bench(args, rest)
+        args = parser.parse_args(argv)
+        return {"plan": cmd_plan, "train": cmd_train}[args.cmd](args)
+    except NNFleetError as e:
+        print(f"nnfleet: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (OSError, MemoryError) as e:
+        print(f"nnfleet: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
