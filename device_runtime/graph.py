@@ -67,7 +67,7 @@ class Graph:
         # A trailing softmax/sigmoid is folded into the matching cross-entropy (NNTrainer's
         # `loss = cross` does the same): the loss computes it stably from the logits.
         act = getattr(last.layer, "act", None)
-        if loss.folds == act and len(last.inputs) == 1 and not self._consumers(prod):
+        if loss.folds is not None and loss.folds == act and len(last.inputs) == 1 and not self._consumers(prod):
             self.nodes.remove(last)
             self.folded_activation = act
             prod, idx = last.inputs[0]

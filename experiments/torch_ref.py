@@ -259,7 +259,7 @@ def torch_weights_to_dict(module: GraphModule) -> dict[str, np.ndarray]:
     out = {}
     for key, (attr, pname, transpose) in module.param_map.items():
         a = getattr(getattr(module, attr), pname).detach().cpu().numpy()
-        out[key] = np.ascontiguousarray(a.T if transpose else a, dtype=np.float32)
+        out[key] = np.array(a.T if transpose else a, dtype=np.float32, order="C", copy=True)
     return out
 
 

@@ -1,0 +1,135 @@
+"""The executor: execution orders, in-place aliasing, planned pool, bit-identical runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import device_runtime as dr
+from device_runtime import Model, layer
+from device_runtime.data import synthetic_classification
+from device_runtime.layers.base import AG, CD, CG, F
+from device_runtime.planner import check_plan
+
+
+def _orders(m: Model) -> dict[str, dict[str, int]]:
+    return {n.name: n.orders for n in m.train_executor.graph.nodes}
+
+
+def test_execution_orders_frozen_layers():
+    # Prepare: a frozen first layer, a trainable head.
+    m = Model([layer("input", "in", input_shape="4"),
+               layer("fully_connected", "frozen1", unit=5, trainable=False, activation="relu"),
+               layer("fully_connected", "fc2", unit=5, activation="relu"),
+               layer("fully_connected", "fc3", unit=3)])
+    m.compile(batch_size=2)
+    o = _orders(m)
+    # Execute / Assert: forward orders follow topological order ...
+    names = [n.name for n in m.train_executor.graph.nodes]
+    assert [o[n][F] for n in names] == list(range(len(names)))
+    # ... the frozen layer has no CG/AG and, with nothing trainable upstream, no CD.
+    assert set(o["frozen1"]) == {F}
+    assert set(o["frozen1/activation_realized"]) == {F}
+    assert set(o["fc2"]) == {F, CG, AG}  # its input derivative is not needed either
+    assert set(o["fc3"]) == {F, CG, CD, AG}
+    # Backward runs in reverse, CG before CD before AG for each node.
+    assert o["fc3"][CG] < o["fc3"][CD] < o["fc3"][AG] < o["fc2"][CG]
+    # The frozen layer keeps no gradient and no derivative tensors.
+    kinds = {r.name: r.kind for r in m.train_executor.records}
+    assert not any(k.startswith("frozen1:") and v in ("gradient", "derivative") for k, v in kinds.items())
+
+
+def test_frozen_layer_between_trainable_layers_gets_cd_only():
+    m = Model([layer("input", "in", input_shape="4"),
+               layer("fully_connected", "fc1", unit=5),
+               layer("fully_connected", "mid", unit=5, trainable=False),
+               layer("fully_connected", "fc3", unit=3)])
+    m.compile(batch_size=2)
+    assert set(_orders(m)["mid"]) == {F, CD}
+
+
+def test_in_place_activation_and_batchnorm_share_memory():
+    m = dr.build("resnet18")
+    m.compile(batch_size=2)
+    ex = m.train_executor
+    group = {r.name: ex._find(i) for i, r in enumerate(ex.records)}
+    # conv -> bn -> relu all in one block; the derivative chain likewise.
+    assert group["conv0:out0"] == group["bn0:out0"] == group["bn0/activation_realized:out0"]
+    assert group["bn0:dout0"] == group["bn0/activation_realized:dout0"]
+    # flatten is a view of its input
+    assert group["avgpool:out0"] == group["avgpool/flatten_realized:out0"]
+
+
+def test_no_in_place_when_input_is_read_later():
+    # sigmoid needs its output in backward: a batch-norm after it must not overwrite it.
+    m = Model([layer("input", "in", input_shape="4"),
+               layer("fully_connected", "fc1", unit=6, activation="sigmoid"),
+               layer("batch_normalization", "bn"),
+               layer("fully_connected", "fc2", unit=3)])
+    m.compile(batch_size=4)
+    ex = m.train_executor
+    group = {r.name: ex._find(i) for i, r in enumerate(ex.records)}
+    assert group["fc1:out0"] == group["fc1/activation_realized:out0"]
+    assert group["bn:out0"] != group["fc1/activation_realized:out0"]
+
+
+@pytest.mark.parametrize("name", sorted(dr.BUILTINS))
+def test_plan_invariants_on_builtin_models(name):
+    m = dr.build(name)
+    m.compile(batch_size=8)
+    ex = m.train_executor
+    check_plan(ex.sizes, ex.intervals, ex.plan)
+    assert ex.plan.pool_bytes >= ex.lower_bound
+    assert ex.plan.pool_bytes <= 1.05 * ex.lower_bound
+    # every record's uses lie inside its block's interval
+    for i, rec in enumerate(ex.records):
+        lo, hi = ex.intervals[ex.group_of[ex._find(i)]]
+        assert all(lo <= u < hi for u in rec.uses), rec.name
+
+
+def test_gradient_clipping_extends_gradient_lifespans():
+    specs = dr.models.mlp()
+    m1 = Model(specs)
+    m1.compile(batch_size=4)
+    m2 = Model(specs)
+    m2.compile(batch_size=4, clip_grad_norm=1.0)
+    def grad_intervals(m):
+        ex = m.train_executor
+        return [ex.intervals[ex.group_of[ex._find(i)]] for i, r in enumerate(ex.records)
+                if r.kind == "gradient"]
+    g1, g2 = grad_intervals(m1), grad_intervals(m2)
+    # Without clipping gradients die right after their layer's update; with it they all
+    # live until the first update, which comes after the last gradient is computed.
+    assert max(b - a for a, b in g1) <= 3
+    last_cg = max(a for a, _ in g2)
+    assert all(b > last_cg for _, b in g2)
+    assert m2.plan()["pool_bytes"] >= m1.plan()["pool_bytes"]
+
+
+@pytest.mark.parametrize("name", sorted(dr.BUILTINS))
+def test_planned_and_naive_runs_are_bit_identical(name, monkeypatch):
+    # The pool is poisoned (NaN) so a read of a tensor nobody wrote shows up.
+    monkeypatch.setattr("device_runtime.executor.POISON", True)
+    batch = 4 if name in ("vgg16", "resnet18", "alexnet") else 8
+    weights = {}
+    for planner in ("naive", "best_fit", "v1"):
+        m = dr.build(name, seed=1)
+        m.compile(batch_size=batch, optimizer="adam" if name == "resnet18" else "sgd",
+                  lr=1e-3 if name == "resnet18" else 0.01, planner=planner,
+                  **({} if name == "resnet18" else {"momentum": 0.9}))
+        x, y = synthetic_classification(m.input_shape, 10, batch * 5, seed=2)
+        hist = m.fit(x, y, steps=20, seed=3)
+        assert np.all(np.isfinite(hist.losses))
+        weights[planner] = m.get_weights()
+    for planner in ("best_fit", "v1"):
+        for k, v in weights["naive"].items():
+            assert np.array_equal(v, weights[planner][k]), f"{planner}: {k} differs from naive"
+
+
+def test_weights_change_and_loss_falls():
+    m = dr.build("lenet5")
+    m.compile(batch_size=16, optimizer="sgd", lr=0.01, momentum=0.9)
+    x, y = synthetic_classification(m.input_shape, 10, 256, seed=0)
+    hist = m.fit(x, y, epochs=6)
+    assert np.mean(hist.losses[-5:]) < 0.7 * np.mean(hist.losses[:5])
+    assert m.evaluate(x, y)["accuracy"] > 0.5

@@ -1,0 +1,60 @@
+"""No hidden allocations: after warm-up a training step allocates < 64 KiB outside the pool.
+
+tracemalloc sees numpy's data buffers (numpy reports them to it), so any temporary array
+created on the hot path shows up in the traced peak.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import device_runtime as dr
+from device_runtime.data import synthetic_classification
+
+LIMIT = 64 * 1024
+
+
+def _peak_during_steps(m, x, y, steps=3) -> int:
+    m.fit(x, y, steps=2)  # warm-up: JIT, executor construction, optimizer state
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base, _ = tracemalloc.get_traced_memory()
+        m.fit(x, y, steps=steps)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak - base
+
+
+@pytest.mark.parametrize("name,opt,kw", [("lenet5", "sgd", {"momentum": 0.9}),
+                                         ("resnet18", "adam", {}),
+                                         ("alexnet", "adamw", {}),
+                                         ("mlp", "sgd", {"clip_grad_norm": 1.0})])
+def test_training_step_allocates_almost_nothing(name, opt, kw):
+    m = dr.build(name)
+    m.compile(batch_size=4, optimizer=opt, lr=1e-3, **kw)
+    x, y = synthetic_classification(m.input_shape, 10, 16)
+    extra = _peak_during_steps(m, x, y)
+    pool = m.plan()["pool_bytes"]
+    assert extra < LIMIT, f"{name}: {extra} bytes allocated outside the pool (pool {pool})"
+
+
+def test_the_check_sees_a_numpy_temporary(monkeypatch):
+    # The measurement must be able to fail: a layer that makes one temporary per step.
+    m = dr.build("mlp")
+    m.compile(batch_size=64, optimizer="sgd", lr=1e-3)
+    x, y = synthetic_classification(m.input_shape, 10, 128)
+    fc = next(n.layer for n in m.train_executor.graph.nodes if n.name == "fc1")
+    orig = fc.forward
+
+    def leaky_forward(training):
+        orig(training)
+        _ = fc.io.y[0] * 2.0  # (64, 256) float32 = 64 KiB temporary
+
+    monkeypatch.setattr(fc, "forward", leaky_forward)
+    m.train_executor._build_program()
+    assert _peak_during_steps(m, x, y) >= LIMIT
