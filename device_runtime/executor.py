@@ -225,11 +225,13 @@ class Executor:
 
     # ------------------------------------------------------------------ running
     def _feed_input(self, lay: Input) -> None:
-        np.take(self._x, self._idx, axis=0, out=lay.io.y[0].reshape(self._x_rows_shape))
+        # mode="clip": with the default "raise", numpy buffers `out` (a hidden temporary);
+        # indices come from our own batching and are always in range.
+        np.take(self._x, self._idx, axis=0, out=self._x_dst[lay.name], mode="clip")
 
     def _feed_label(self) -> None:
         assert self.loss is not None
-        np.take(self._y, self._idx, axis=0, out=self.loss.label.reshape(self._y_rows_shape))
+        np.take(self._y, self._idx, axis=0, out=self._y_dst, mode="clip")
 
     def _clip(self) -> None:
         # torch.nn.utils.clip_grad_norm_: scale by min(max_norm / (norm + 1e-6), 1).
@@ -247,9 +249,9 @@ class Executor:
         self._x = x
         self._y = y
         b = self.graph.batch
-        self._x_rows_shape = (b, x.shape[1])
-        if y is not None:
-            self._y_rows_shape = (b,) + y.shape[1:]
+        self._x_dst = {lay.name: lay.io.y[0].reshape(b, x.shape[1]) for lay in self.inputs}
+        if y is not None and self.loss is not None:
+            self._y_dst = self.loss.label.reshape((b,) + y.shape[1:])
 
     def run(self, idx: np.ndarray) -> float:
         """One step (training: forward+backward+updates; inference: forward) on rows ``idx``."""

@@ -204,9 +204,7 @@ class Model:
                 rng.shuffle(perm)
             idx = perm[j * b:(j + 1) * b]
             t0 = time.perf_counter()
-            opt.begin_step()
-            loss = ex.run(idx)
-            opt.end_step()
+            loss = self.train_step(idx)
             hist.step_seconds.append(time.perf_counter() - t0)
             hist.losses.append(loss)
             if ex.loss is not None and ex.loss.correct >= 0:
@@ -215,6 +213,15 @@ class Model:
             if callback is not None:
                 callback(step, loss)
         return hist
+
+    def train_step(self, idx: np.ndarray) -> float:
+        """One step on rows ``idx`` of the source set by ``fit`` (or ``Executor.set_source``)."""
+        opt = self.optimizer
+        assert opt is not None
+        opt.begin_step()
+        loss = self.train_executor.run(idx)
+        opt.end_step()
+        return loss
 
     # ------------------------------------------------------------------ inference
     def _batches(self, n: int, batch_size: int | None) -> list[tuple[int, int]]:

@@ -36,7 +36,7 @@ class _Step:
     attr: str | None  # submodule attribute holding the weights, if any
     inputs: list[Ref]
     num_outputs: int
-    fn: Callable[..., Any]
+    fn: Callable[..., Any]  # (submodule or None, inputs) -> output(s); captures no module
     drop: list[Ref]  # values whose last reader is this step
 
 
@@ -61,7 +61,8 @@ class GraphModule(nn.Module):
         vals: dict[Ref, torch.Tensor] = {}
         for st in self.steps:
             ins = [vals[r] for r in st.inputs]
-            out = st.fn(x, ins) if st.kind == "input" else st.fn(ins)
+            sub = getattr(self, st.attr) if st.attr is not None else None
+            out = st.fn(x, ins) if st.kind == "input" else st.fn(sub, ins)
             outs = out if isinstance(out, (list, tuple)) else [out]
             for k in range(st.num_outputs):
                 vals[(st.name, k)] = outs[k]
@@ -160,19 +161,19 @@ def _convert(node: Any, mod: GraphModule, attr: str, kinds: dict[str, str],
         return (lambda x, ins: x.reshape(-1, *shape)), None
     if t in ("flatten", "reshape"):
         shape = tuple(lay.out_shapes[0][1:])
-        return (lambda ins: ins[0].reshape(-1, *shape)), None
+        return (lambda _, ins: ins[0].reshape(-1, *shape)), None
     if t == "identity":
-        return (lambda ins: ins[0]), None
+        return (lambda _, ins: ins[0]), None
     if t == "multiout":
         n_out = len(lay.out_shapes)
-        return (lambda ins: [ins[0]] * n_out), None
+        return (lambda _, ins: [ins[0]] * n_out), None
     if t == "fully_connected":
         sub = nn.Linear(lay.fin, lay.units, bias=lay.use_bias)
         mod.param_map[f"{name}:weight"] = (attr, "weight", True)
         if lay.use_bias:
             mod.param_map[f"{name}:bias"] = (attr, "bias", False)
         _freeze(sub, lay)
-        return (lambda ins: sub(ins[0])), sub
+        return _call, sub
     if t == "conv2d":
         kh, kw, sh, sw, _, _, _, _ = lay.geom
         _, _, h, w = lay.in_shapes[0]
@@ -185,8 +186,8 @@ def _convert(node: Any, mod: GraphModule, attr: str, kinds: dict[str, str],
             mod.param_map[f"{name}:bias"] = (attr, "bias", False)
         _freeze(sub, lay)
         if sym:
-            return (lambda ins: sub(ins[0])), sub
-        return (lambda ins: sub(F.pad(ins[0], (pl, pr, pt, pb)))), sub
+            return _call, sub
+        return (lambda s, ins: s(F.pad(ins[0], (pl, pr, pt, pb)))), sub
     if t == "pooling2d":
         return _pool(lay), None
     if t == "batch_normalization":
@@ -200,19 +201,18 @@ def _convert(node: Any, mod: GraphModule, attr: str, kinds: dict[str, str],
             mod.param_map[f"{name}:{p}"] = (attr, tp, False)
         _freeze(sub, lay)
         if four_d:
-            return (lambda ins: sub(ins[0])), sub
-        return (lambda ins: sub(ins[0].reshape(ins[0].shape[0], c, s)).reshape(ins[0].shape)), sub
+            return _call, sub
+        return (lambda m, ins: m(ins[0].reshape(ins[0].shape[0], c, s)).reshape(ins[0].shape)), sub
     if t == "activation":
         src = node.inputs[0]
         ok = inplace and lay.act == "relu" and len(readers.get(src, [])) == 1 \
             and kinds.get(src[0]) in _INPLACE_OK
         f = _activation(lay.act, getattr(lay, "slope", 0.01), ok)
-        return (lambda ins: f(ins[0])), None
+        return (lambda _, ins: f(ins[0])), None
     if t == "dropout":
-        sub = nn.Dropout(lay.rate)
-        return (lambda ins: sub(ins[0])), sub
+        return _call, nn.Dropout(lay.rate)
     if t == "addition":
-        def add(ins: list[torch.Tensor]) -> torch.Tensor:
+        def add(_: Any, ins: list[torch.Tensor]) -> torch.Tensor:
             y = ins[0] + ins[1]
             for v in ins[2:]:
                 y = y + v
@@ -220,28 +220,32 @@ def _convert(node: Any, mod: GraphModule, attr: str, kinds: dict[str, str],
         return add, None
     if t == "concat":
         axis = lay.axis
-        return (lambda ins: torch.cat(ins, dim=axis)), None
+        return (lambda _, ins: torch.cat(ins, dim=axis)), None
     raise ValueError(f"layer '{name}' of type {t} has no torch mapping")
 
 
-def _pool(lay: Any) -> Callable[[list[torch.Tensor]], torch.Tensor]:
+def _call(sub: nn.Module, ins: list[torch.Tensor]) -> torch.Tensor:
+    return sub(ins[0])
+
+
+def _pool(lay: Any) -> Callable[..., torch.Tensor]:
     if lay.kind == "global_max":
-        return lambda ins: torch.amax(ins[0], dim=(2, 3), keepdim=True)
+        return lambda _, ins: torch.amax(ins[0], dim=(2, 3), keepdim=True)
     if lay.kind == "global_average":
-        return lambda ins: torch.mean(ins[0], dim=(2, 3), keepdim=True)
+        return lambda _, ins: torch.mean(ins[0], dim=(2, 3), keepdim=True)
     kh, kw, sh, sw, _, _ = lay.geom
     _, _, h, w = lay.in_shapes[0]
     pt, pb, pl, pr = resolve_padding(lay, lay.prop("padding", "valid"), (h, w), (kh, kw), (sh, sw))
     padded = (pt, pb, pl, pr) != (0, 0, 0, 0)
     if lay.is_max:
         # -inf padding, then no padding in the pool: any (asymmetric) padding works.
-        def mx(ins: list[torch.Tensor]) -> torch.Tensor:
+        def mx(_: Any, ins: list[torch.Tensor]) -> torch.Tensor:
             v = F.pad(ins[0], (pl, pr, pt, pb), value=-math.inf) if padded else ins[0]
             return F.max_pool2d(v, (kh, kw), (sh, sw))
         return mx
 
     # count_include_pad=True: zero padding counted in the divisor, like nnfleet.
-    def avg(ins: list[torch.Tensor]) -> torch.Tensor:
+    def avg(_: Any, ins: list[torch.Tensor]) -> torch.Tensor:
         v = F.pad(ins[0], (pl, pr, pt, pb)) if padded else ins[0]
         return F.avg_pool2d(v, (kh, kw), (sh, sw))
     return avg

@@ -67,7 +67,7 @@ def main() -> None:
 
     import numpy as np
 
-    from device_runtime.kernels._jit import USE_NUMBA
+    from device_runtime.kernels._jit import PARALLEL, USE_NUMBA
     from device_runtime.kernels.conv import (
         bias_grad_nchw, chunk_to_nchw_bias, col2im, im2col, nchw_to_chunk,
     )
@@ -115,7 +115,8 @@ def main() -> None:
 
         return step
 
-    print(f"numba={USE_NUMBA} threads={args.threads} batch={nb} conv {cin}->{cout} "
+    print(f"numba={USE_NUMBA} parallel={PARALLEL} (NNFLEET_NUMBA_PARALLEL) "
+          f"threads={args.threads} batch={nb} conv {cin}->{cout} "
           f"{k}x{k} {h}x{w}; {env}")
     ours = {}
     for chunk in (1, 2, 4, 8, 16, nb):

@@ -427,6 +427,17 @@ def test_numba_kernels_do_not_allocate(name: str) -> None:
     assert peak < 4096, f"{name} allocated {peak} bytes in one call (limit 4 KiB)"
 
 
+def test_numba_kernels_reject_mismatched_shapes() -> None:
+    # the numba kernels index without bounds checks: a wrong buffer must fail loudly
+    x = np.zeros((2, 3, 4, 4), F32)
+    with pytest.raises(AssertionError, match="col shape"):
+        conv.im2col_numba(x, np.zeros((27, 31), F32), 3, 3, 1, 1, 1, 1, 4, 4)
+    with pytest.raises(AssertionError, match="col shape"):
+        conv.col2im_numba(np.zeros((26, 32), F32), x, 3, 3, 1, 1, 1, 1, 4, 4)
+    with pytest.raises(AssertionError, match="dx shape"):
+        pool.maxpool2d_bwd_numba(x, np.zeros((2, 3, 2, 2), F32), x[:1], 2, 2, 2, 2, 0, 0)
+
+
 def test_public_names_pick_the_numba_kernels_when_enabled() -> None:
     assert (im2col is conv.im2col_numba) == USE_NUMBA
     assert (maxpool2d_bwd is pool.maxpool2d_bwd_numba) == USE_NUMBA

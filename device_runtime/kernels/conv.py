@@ -22,6 +22,8 @@ import numpy as np
 
 from ._jit import njit, pick, prange
 
+Array = np.ndarray
+
 # ----------------------------------------------------------------------------- numba
 
 
@@ -43,11 +45,19 @@ def _valid_range(pad: int, k: int, stride: int, size: int, n_out: int) -> tuple[
 
 
 @njit(parallel=True)
-def im2col_numba(x, col, kh, kw, sh, sw, pt, pl, oh, ow):  # type: ignore[no-untyped-def]
-    """numba im2col; one ``col`` row per thread step, so writes never race."""
+def im2col_numba(
+    x: Array, col: Array, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int, oh: int, ow: int
+) -> None:
+    """Unfold x (B, C, H, W) into col (C*kh*kw, B*oh*ow); padding reads as 0.
+
+    ``col[c*kh*kw + i*kw + j, b*oh*ow + oy*ow + ox] = x[b, c, oy*sh - pt + i, ox*sw - pl + j]``,
+    so a (Cout, C, kh, kw) weight reshaped to (Cout, C*kh*kw) multiplies it directly.
+    Parallel over ``col`` rows: no two steps write the same element.
+    """
     nb, nc, h, w = x.shape
     kk = kh * kw
     ohow = oh * ow
+    assert col.shape[0] == nc * kk and col.shape[1] == nb * ohow, "im2col: col shape"
     ncol = col.shape[1]
     cf = col.reshape(col.size)  # views, not copies: both are C-contiguous
     xf = x.reshape(x.size)
@@ -77,10 +87,18 @@ def im2col_numba(x, col, kh, kw, sh, sw, pt, pl, oh, ow):  # type: ignore[no-unt
 
 
 @njit(parallel=True)
-def col2im_numba(col, dx, kh, kw, sh, sw, pt, pl, oh, ow):  # type: ignore[no-untyped-def]
-    """numba col2im; one (b, c) plane per thread step, so the scatter-adds never race."""
+def col2im_numba(
+    col: Array, dx: Array, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int, oh: int, ow: int
+) -> None:
+    """Fold col (C*kh*kw, B*oh*ow) back into dx (B, C, H, W): the adjoint of im2col.
+
+    dx is overwritten: zeroed, then every col entry added at its source position;
+    entries that came from the padding are dropped. Parallel over (b, c) planes, so the
+    scatter-adds never race.
+    """
     nb, nc, h, w = dx.shape
     ohow = oh * ow
+    assert col.shape[0] == nc * kh * kw and col.shape[1] == nb * ohow, "col2im: col shape"
     hw = h * w
     ncol = col.shape[1]
     cf = col.reshape(col.size)
@@ -107,9 +125,10 @@ def col2im_numba(col, dx, kh, kw, sh, sw, pt, pl, oh, ow):  # type: ignore[no-un
 
 
 @njit(parallel=True)
-def chunk_to_nchw_numba(src, dst):  # type: ignore[no-untyped-def]
-    """numba ``dst[b, c, p] = src[c, b*HW + p]``."""
+def chunk_to_nchw_numba(src: Array, dst: Array) -> None:
+    """``dst[b, c, p] = src[c, b*HW + p]``: a matmul result (Cout, B*HW) to (B, Cout, HW)."""
     nb, nc, hw = dst.shape
+    assert src.shape[0] == nc and src.shape[1] == nb * hw, "chunk_to_nchw: shapes"
     for t in prange(nb * nc):
         b = t // nc
         c = t % nc
@@ -117,9 +136,11 @@ def chunk_to_nchw_numba(src, dst):  # type: ignore[no-untyped-def]
 
 
 @njit(parallel=True)
-def chunk_to_nchw_bias_numba(src, dst, bias):  # type: ignore[no-untyped-def]
-    """numba ``dst[b, c, p] = src[c, b*HW + p] + bias[c]``."""
+def chunk_to_nchw_bias_numba(src: Array, dst: Array, bias: Array) -> None:
+    """``dst[b, c, p] = src[c, b*HW + p] + bias[c]`` (chunk_to_nchw plus a bias)."""
     nb, nc, hw = dst.shape
+    assert src.shape[0] == nc and src.shape[1] == nb * hw, "chunk_to_nchw_bias: shapes"
+    assert bias.shape[0] == nc, "chunk_to_nchw_bias: bias shape"
     for t in prange(nb * nc):
         b = t // nc
         c = t % nc
@@ -128,9 +149,10 @@ def chunk_to_nchw_bias_numba(src, dst, bias):  # type: ignore[no-untyped-def]
 
 
 @njit(parallel=True)
-def nchw_to_chunk_numba(src, dst):  # type: ignore[no-untyped-def]
-    """numba ``dst[c, b*HW + p] = src[b, c, p]``."""
+def nchw_to_chunk_numba(src: Array, dst: Array) -> None:
+    """``dst[c, b*HW + p] = src[b, c, p]``: (B, C, HW) to a matmul operand (C, B*HW)."""
     nb, nc, hw = src.shape
+    assert dst.shape[0] == nc and dst.shape[1] == nb * hw, "nchw_to_chunk: shapes"
     for t in prange(nb * nc):
         b = t // nc
         c = t % nc
@@ -138,9 +160,10 @@ def nchw_to_chunk_numba(src, dst):  # type: ignore[no-untyped-def]
 
 
 @njit(parallel=True)
-def bias_grad_nchw_numba(dy, db, accumulate):  # type: ignore[no-untyped-def]
-    """numba per-channel sum of ``dy`` (B, C, HW), accumulated in float64."""
+def bias_grad_nchw_numba(dy: Array, db: Array, accumulate: bool) -> None:
+    """``db[c] = sum(dy[:, c, :])`` (``+=`` when accumulate), summed in float64."""
     nb, nc, hw = dy.shape
+    assert db.shape[0] == nc, "bias_grad_nchw: db shape"
     for c in prange(nc):
         # four partial sums break the add-latency chain (fastmath is off)
         # np.float64, not 0.0: plain Python (NUMBA_DISABLE_JIT) would sum in float32
@@ -170,14 +193,11 @@ def bias_grad_nchw_numba(dy, db, accumulate):  # type: ignore[no-untyped-def]
 
 
 def padded_windows(
-    x: np.ndarray, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int,
-    oh: int, ow: int, value: float = 0.0,
-) -> np.ndarray:
-    """Strided window view (B, C, oh, ow, kh, kw) of ``x`` padded with ``value``.
-
-    numpy helper for the references (allocates the padded copy).
-    """
-    nb, nc, h, w = x.shape
+    x: Array, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int, oh: int, ow: int,
+    value: float = 0.0,
+) -> Array:
+    """Window view (B, C, oh, ow, kh, kw) of x padded with ``value`` (numpy helper)."""
+    h, w = x.shape[2:]
     pb = max(0, (oh - 1) * sh + kh - h - pt)
     pr = max(0, (ow - 1) * sw + kw - w - pl)
     xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=value)
@@ -185,46 +205,63 @@ def padded_windows(
     return v[:, :, ::sh, ::sw][:, :, :oh, :ow]
 
 
-def im2col_numpy(x, col, kh, kw, sh, sw, pt, pl, oh, ow):  # type: ignore[no-untyped-def]
-    """Reference im2col: col[c*kh*kw + i*kw + j, b*oh*ow + oy*ow + ox]."""
+def scatter_windows(
+    dx: Array, g: Array, sh: int, sw: int, pt: int, pl: int,
+    order: list[tuple[int, int]] | None = None,
+) -> None:
+    """dx = g (B, C, oh, ow, kh, kw) added back at each window's source; pads dropped.
+
+    numpy helper, the adjoint of :func:`padded_windows`. Window offsets (i, j) are added
+    in ``order`` (default row-major), which fixes each element's summation order.
+    """
+    nb, nc, h, w = dx.shape
+    oh, ow, kh, kw = g.shape[2:]
+    pb = max(0, (oh - 1) * sh + kh - h - pt)
+    pr = max(0, (ow - 1) * sw + kw - w - pl)
+    dxp = np.zeros((nb, nc, h + pt + pb, w + pl + pr), dtype=dx.dtype)
+    for i, j in order or [(i, j) for i in range(kh) for j in range(kw)]:
+        dxp[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += g[..., i, j]
+    dx[...] = dxp[:, :, pt:pt + h, pl:pl + w]
+
+
+def im2col_numpy(
+    x: Array, col: Array, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int, oh: int, ow: int
+) -> None:
+    """Reference for :func:`im2col_numba`."""
     nb, nc = x.shape[:2]
     v = padded_windows(x, kh, kw, sh, sw, pt, pl, oh, ow)  # (B, C, oh, ow, kh, kw)
     col[...] = v.transpose(1, 4, 5, 0, 2, 3).reshape(nc * kh * kw, nb * oh * ow)
 
 
-def col2im_numpy(col, dx, kh, kw, sh, sw, pt, pl, oh, ow):  # type: ignore[no-untyped-def]
-    """Reference col2im (the adjoint of im2col); padding contributions are dropped."""
-    nb, nc, h, w = dx.shape
-    pb = max(0, (oh - 1) * sh + kh - h - pt)
-    pr = max(0, (ow - 1) * sw + kw - w - pl)
-    dxp = np.zeros((nb, nc, h + pt + pb, w + pl + pr), dtype=dx.dtype)
-    c6 = col.reshape(nc, kh, kw, nb, oh, ow).transpose(3, 0, 1, 2, 4, 5)  # (B,C,kh,kw,oh,ow)
-    for i in range(kh):  # (i, j) order: the same summation order as the numba kernel
-        for j in range(kw):
-            dxp[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += c6[:, :, i, j]
-    dx[...] = dxp[:, :, pt:pt + h, pl:pl + w]
+def col2im_numpy(
+    col: Array, dx: Array, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int, oh: int, ow: int
+) -> None:
+    """Reference for :func:`col2im_numba` (same (i, j) summation order: same rounding)."""
+    nb, nc = dx.shape[:2]
+    g = col.reshape(nc, kh, kw, nb, oh, ow).transpose(3, 0, 4, 5, 1, 2)  # (B,C,oh,ow,kh,kw)
+    scatter_windows(dx, g, sh, sw, pt, pl)
 
 
-def chunk_to_nchw_numpy(src, dst):  # type: ignore[no-untyped-def]
-    """Reference ``dst[b, c, p] = src[c, b*HW + p]``."""
+def chunk_to_nchw_numpy(src: Array, dst: Array) -> None:
+    """Reference for :func:`chunk_to_nchw_numba`."""
     nb, nc, hw = dst.shape
     dst[...] = src.reshape(nc, nb, hw).transpose(1, 0, 2)
 
 
-def chunk_to_nchw_bias_numpy(src, dst, bias):  # type: ignore[no-untyped-def]
-    """Reference ``dst[b, c, p] = src[c, b*HW + p] + bias[c]``."""
+def chunk_to_nchw_bias_numpy(src: Array, dst: Array, bias: Array) -> None:
+    """Reference for :func:`chunk_to_nchw_bias_numba`."""
     nb, nc, hw = dst.shape
     np.add(src.reshape(nc, nb, hw).transpose(1, 0, 2), bias[None, :, None], out=dst)
 
 
-def nchw_to_chunk_numpy(src, dst):  # type: ignore[no-untyped-def]
-    """Reference ``dst[c, b*HW + p] = src[b, c, p]``."""
+def nchw_to_chunk_numpy(src: Array, dst: Array) -> None:
+    """Reference for :func:`nchw_to_chunk_numba`."""
     nb, nc, hw = src.shape
     dst.reshape(nc, nb, hw)[...] = src.transpose(1, 0, 2)
 
 
-def bias_grad_nchw_numpy(dy, db, accumulate):  # type: ignore[no-untyped-def]
-    """Reference per-channel sum of ``dy`` (B, C, HW) in float64; ``+=`` if accumulate."""
+def bias_grad_nchw_numpy(dy: Array, db: Array, accumulate: bool) -> None:
+    """Reference for :func:`bias_grad_nchw_numba`."""
     s = dy.sum(axis=(0, 2), dtype=np.float64)
     db[...] = db + s if accumulate else s
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 import numpy as np
 
 from ._jit import njit, pick, prange
-from .conv import _valid_range, padded_windows
+from .conv import _valid_range, padded_windows, scatter_windows
+
+Array = np.ndarray
 
 # ----------------------------------------------------------------------------- numba
 
@@ -26,10 +28,13 @@ from .conv import _valid_range, padded_windows
 
 
 @njit(parallel=True)
-def maxpool2d_fwd_numba(x, y, kh, kw, sh, sw, pt, pl):  # type: ignore[no-untyped-def]
-    """numba max pooling forward (padding = -inf)."""
+def maxpool2d_fwd_numba(
+    x: Array, y: Array, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int
+) -> None:
+    """y (B, C, OH, OW) = max over each window of x (B, C, H, W); padding is -inf."""
     nb, nc, h, w = x.shape
     oh, ow = y.shape[2], y.shape[3]
+    assert y.shape[0] == nb and y.shape[1] == nc, "maxpool2d_fwd: y shape"
     xf = x.reshape(x.size)
     yf = y.reshape(y.size)
     for p in prange(nb * nc):
@@ -52,10 +57,17 @@ def maxpool2d_fwd_numba(x, y, kh, kw, sh, sw, pt, pl):  # type: ignore[no-untype
 
 
 @njit(parallel=True)
-def maxpool2d_bwd_numba(x, dy, dx, kh, kw, sh, sw, pt, pl):  # type: ignore[no-untyped-def]
-    """numba max pooling backward; the argmax is recomputed from ``x``."""
+def maxpool2d_bwd_numba(
+    x: Array, dy: Array, dx: Array, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int
+) -> None:
+    """dx = dy routed to each window's first maximum, recomputed from x (no indices).
+
+    dx is overwritten; overlapping windows accumulate (in (oy, ox) order).
+    """
     nb, nc, h, w = x.shape
     oh, ow = dy.shape[2], dy.shape[3]
+    assert dy.shape[0] == nb and dy.shape[1] == nc, "maxpool2d_bwd: dy shape"
+    assert dx.shape == x.shape, "maxpool2d_bwd: dx shape"
     xf = x.reshape(x.size)
     dyf = dy.reshape(dy.size)
     dxf = dx.reshape(dx.size)
@@ -87,10 +99,13 @@ def maxpool2d_bwd_numba(x, dy, dx, kh, kw, sh, sw, pt, pl):  # type: ignore[no-u
 
 
 @njit(parallel=True)
-def avgpool2d_fwd_numba(x, y, kh, kw, sh, sw, pt, pl):  # type: ignore[no-untyped-def]
-    """numba average pooling forward (count_include_pad=True), float64 sums."""
+def avgpool2d_fwd_numba(
+    x: Array, y: Array, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int
+) -> None:
+    """y = window sums of x / (kh*kw) (padding counts as 0), summed in float64."""
     nb, nc, h, w = x.shape
     oh, ow = y.shape[2], y.shape[3]
+    assert y.shape[0] == nb and y.shape[1] == nc, "avgpool2d_fwd: y shape"
     xf = x.reshape(x.size)
     yf = y.reshape(y.size)
     kk = kh * kw
@@ -112,10 +127,13 @@ def avgpool2d_fwd_numba(x, y, kh, kw, sh, sw, pt, pl):  # type: ignore[no-untype
 
 
 @njit(parallel=True)
-def avgpool2d_bwd_numba(dy, dx, kh, kw, sh, sw, pt, pl):  # type: ignore[no-untyped-def]
-    """numba average pooling backward: each dy/(kh*kw) spread over its window."""
+def avgpool2d_bwd_numba(
+    dy: Array, dx: Array, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int
+) -> None:
+    """dx = each dy / (kh*kw) spread over its window (overwritten; pads dropped)."""
     nb, nc, h, w = dx.shape
     oh, ow = dy.shape[2], dy.shape[3]
+    assert dy.shape[0] == nb and dy.shape[1] == nc, "avgpool2d_bwd: dy shape"
     dyf = dy.reshape(dy.size)
     dxf = dx.reshape(dx.size)
     hw = h * w
@@ -139,60 +157,50 @@ def avgpool2d_bwd_numba(dy, dx, kh, kw, sh, sw, pt, pl):  # type: ignore[no-unty
 # ----------------------------------------------------------------------------- numpy
 
 
-def _scatter_windows(dx, g, kh, kw, sh, sw, pt, pl, order):  # type: ignore[no-untyped-def]
-    """dx = sum over window offsets (i, j) in ``order`` of g[..., i, j] placed at its source.
-
-    ``g`` is (B, C, oh, ow, kh, kw); padding contributions are dropped.
-    """
-    nb, nc, h, w = dx.shape
-    oh, ow = g.shape[2], g.shape[3]
-    pb = max(0, (oh - 1) * sh + kh - h - pt)
-    pr = max(0, (ow - 1) * sw + kw - w - pl)
-    dxp = np.zeros((nb, nc, h + pt + pb, w + pl + pr), dtype=dx.dtype)
-    for i, j in order:
-        dxp[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += g[..., i, j]
-    dx[...] = dxp[:, :, pt:pt + h, pl:pl + w]
-
-
-def maxpool2d_fwd_numpy(x, y, kh, kw, sh, sw, pt, pl):  # type: ignore[no-untyped-def]
-    """Reference max pooling forward."""
+def maxpool2d_fwd_numpy(
+    x: Array, y: Array, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int
+) -> None:
+    """Reference for :func:`maxpool2d_fwd_numba`."""
     oh, ow = y.shape[2:]
     y[...] = padded_windows(x, kh, kw, sh, sw, pt, pl, oh, ow, -np.inf).max(axis=(4, 5))
 
 
-def maxpool2d_bwd_numpy(x, dy, dx, kh, kw, sh, sw, pt, pl):  # type: ignore[no-untyped-def]
-    """Reference max pooling backward (first maximum; the last NaN if any)."""
+def maxpool2d_bwd_numpy(
+    x: Array, dy: Array, dx: Array, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int
+) -> None:
+    """Reference for :func:`maxpool2d_bwd_numba` (first maximum; the last NaN if any)."""
     oh, ow = dy.shape[2:]
     kk = kh * kw
     win = padded_windows(x, kh, kw, sh, sw, pt, pl, oh, ow, -np.inf)
     win = win.reshape(win.shape[:4] + (kk,))
     inside = padded_windows(np.ones(x.shape, bool), kh, kw, sh, sw, pt, pl, oh, ow, False)
-    inside = inside.reshape(win.shape)
-    m = win.max(axis=-1, keepdims=True)
-    first = ((win == m) & inside).argmax(axis=-1)
+    inside = inside.reshape(win.shape)  # excludes padding from ties at -inf
+    first = ((win == win.max(axis=-1, keepdims=True)) & inside).argmax(axis=-1)
     isnan = np.isnan(win)
     last_nan = kk - 1 - isnan[..., ::-1].argmax(axis=-1)
     arg = np.where(isnan.any(axis=-1), last_nan, first)
-    g = np.where(inside.any(axis=-1), dy, 0).astype(dx.dtype)
+    g = np.where(inside.any(axis=-1), dy, 0).astype(dx.dtype)  # all-padding windows: none
     onehot = np.where(arg[..., None] == np.arange(kk), g[..., None], dx.dtype.type(0))
     # reversed (i, j): each dx element then sums in ascending (oy, ox), as the numba loop
     order = [(i, j) for i in reversed(range(kh)) for j in reversed(range(kw))]
-    _scatter_windows(dx, onehot.reshape(g.shape + (kh, kw)), kh, kw, sh, sw, pt, pl, order)
+    scatter_windows(dx, onehot.reshape(g.shape + (kh, kw)), sh, sw, pt, pl, order)
 
 
-def avgpool2d_fwd_numpy(x, y, kh, kw, sh, sw, pt, pl):  # type: ignore[no-untyped-def]
-    """Reference average pooling forward (count_include_pad=True)."""
+def avgpool2d_fwd_numpy(
+    x: Array, y: Array, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int
+) -> None:
+    """Reference for :func:`avgpool2d_fwd_numba`."""
     oh, ow = y.shape[2:]
     win = padded_windows(x, kh, kw, sh, sw, pt, pl, oh, ow, 0.0)
     y[...] = win.sum(axis=(4, 5), dtype=np.float64) / (kh * kw)
 
 
-def avgpool2d_bwd_numpy(dy, dx, kh, kw, sh, sw, pt, pl):  # type: ignore[no-untyped-def]
-    """Reference average pooling backward."""
+def avgpool2d_bwd_numpy(
+    dy: Array, dx: Array, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int
+) -> None:
+    """Reference for :func:`avgpool2d_bwd_numba` (same summation order)."""
     g = dy / np.float32(kh * kw)
-    g6 = np.broadcast_to(g[..., None, None], g.shape + (kh, kw))
-    order = [(i, j) for i in range(kh) for j in range(kw)]
-    _scatter_windows(dx, g6, kh, kw, sh, sw, pt, pl, order)
+    scatter_windows(dx, np.broadcast_to(g[..., None, None], g.shape + (kh, kw)), sh, sw, pt, pl)
 
 
 # ----------------------------------------------------------------------------- public

@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from ..kernels import conv as K
+from ..kernels.bias import add_col_bias
 from .base import CD, CG, F, Layer, Shape, parse_ints
 
 CONV_COLUMNS = int(os.environ.get("NNFLEET_CONV_COLUMNS", "1024"))
@@ -111,7 +112,6 @@ class Conv2D(Layer):
         self.w2 = self.w["weight"].reshape(self.filters, self.ckk)
         self.w2t = self.w2.T
         self.bias = self.w.get("bias")
-        self.bias2 = None if self.bias is None else self.bias.reshape(self.filters, 1)
         self.g2 = self.g["weight"].reshape(self.filters, self.ckk) if "weight" in self.g else None
         self.chunks = []
         for n0 in range(0, n, b):
@@ -145,8 +145,8 @@ class Conv2D(Layer):
             col = self._col("col_f", xs, xd)
             if self.b == 1:
                 np.matmul(self.w2, col, out=ys[0])
-                if self.bias2 is not None:
-                    np.add(ys[0], self.bias2, out=ys[0])
+                if self.bias is not None:
+                    add_col_bias(ys[0], self.bias)
             else:
                 np.matmul(self.w2, col, out=self.t["ych"])
                 if self.bias is not None:

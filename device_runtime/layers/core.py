@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from ..kernels import dropout as kdrop
+from ..kernels.bias import add_row_bias
 from .base import CD, CG, F, Layer, Shape, parse_float, parse_ints
 
 
@@ -69,7 +70,7 @@ class FullyConnected(Layer):
     def forward(self, training: bool) -> None:
         np.matmul(self.x2, self.w["weight"], out=self.y2)
         if self.use_bias:
-            np.add(self.y2, self.w["bias"], out=self.y2)
+            add_row_bias(self.y2, self.w["bias"])
 
     def calc_gradient(self) -> None:
         np.matmul(self.x2.T, self.dy2, out=self.g["weight"])
