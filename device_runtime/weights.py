@@ -78,10 +78,6 @@ class WeightStore:
         if unknown:
             raise DataError(f"weight '{unknown[0]}'{where} is not a parameter of this model "
                             f"(it has: {', '.join(list(self._views)[:6])}...)")
-        if strict:
-            missing = [k for k in self._views if k not in arrays]
-            if missing:
-                raise DataError(f"weight '{missing[0]}' is missing{where}")
         for k, a in arrays.items():
             a = np.asarray(a)
             if a.dtype.kind not in "fiu":
@@ -91,6 +87,10 @@ class WeightStore:
                                 f"expected {self._views[k].shape}")
             if not np.all(np.isfinite(a)):
                 raise DataError(f"weight '{k}'{where} contains NaN or Inf")
+        if strict:
+            missing = [k for k in self._views if k not in arrays]
+            if missing:
+                raise DataError(f"weight '{missing[0]}' is missing{where}")
         for k, a in arrays.items():
             self._views[k][...] = a
 
