@@ -90,7 +90,7 @@ class Executor:
                 if d is not None:
                     assert CD in o, f"{node.name} must write a derivative but has no CD order"
                     self.records[d].uses.add(o[CD])
-            if lay.has_cg:
+            if lay.has_cg and not lay.fused:  # fused layers hold only gradient blocks
                 for w in lay.weights:
                     if w.trainable:
                         self.grad_rec[(node.name, w.name)] = self._new(
@@ -189,6 +189,8 @@ class Executor:
             lay.w = {w.name: self.weights.get(f"{lay.name}:{w.name}") for w in lay.weights}
             lay.g = {wn: self.view(i) for (nn, wn), i in self.grad_rec.items() if nn == node.name}
             lay.t = {tn: self.view(i) for (nn, tn), i in self.own_rec.items() if nn == node.name}
+            if lay.fused:
+                lay.apply = self._applier(lay)  # type: ignore[method-assign]
             lay.bind()
         self.inputs = [n.layer for n in self.graph.nodes if isinstance(n.layer, Input)]
         losses = [n.layer for n in self.graph.nodes if isinstance(n.layer, Loss)]
@@ -222,6 +224,13 @@ class Executor:
                                      (key, lay.w[w.name].reshape(-1), lay.g[w.name].reshape(-1))))
         self.program = prog
         self.all_grads = [self.view(i).reshape(-1) for i in self.grad_rec.values()]
+
+    def _applier(self, lay: Any) -> Callable[[str, int, np.ndarray, np.ndarray], None]:
+        opt, prefix = self.optimizer, lay.name + ":"
+
+        def apply(wname: str, start: int, w: np.ndarray, g: np.ndarray) -> None:
+            opt.update(prefix + wname, w, g, start)
+        return apply
 
     # ------------------------------------------------------------------ running
     def _feed_input(self, lay: Input) -> None:

@@ -38,7 +38,8 @@ class Graph:
     """A realized, finalized graph in topological order, with execution orders."""
 
     def __init__(self, layers: list[Layer], loss: Loss | None, batch: int,
-                 backward: bool = True, clip_grad: bool = False) -> None:
+                 backward: bool = True, clip_grad: float | None = None,
+                 fuse_apply: bool = True) -> None:
         if not layers:
             raise ModelError("the model has no layers")
         if batch < 1:
@@ -54,6 +55,9 @@ class Graph:
         self.by_name = {n.name: n for n in self.nodes}
         self._finalize_shapes()
         self.clip_grad = clip_grad
+        # Fused apply: a layer computes its gradients in blocks and applies each block at
+        # once, so no full gradient ever exists. Not with clipping (needs every gradient).
+        self.fuse_apply = bool(fuse_apply and backward and not clip_grad)
         self.num_orders = self._assign_orders()
 
     # ------------------------------------------------------------------ building
@@ -114,6 +118,14 @@ class Graph:
             lay = node.layer
             lay.has_cg = self.backward and lay.has_trainable_weights
             lay.has_cd = self.backward and upstream_trainable[node.name]
+            lay.fused = bool(self.fuse_apply and lay.has_cg and lay.enable_fused_apply())
+            if lay.fused:  # CD reads the old weights, so it comes before the fused CG
+                if lay.has_cd:
+                    node.orders[CD] = k
+                    k += 1
+                node.orders[CG] = k
+                k += 1
+                continue
             if lay.has_cg:
                 node.orders[CG] = k
                 k += 1

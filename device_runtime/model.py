@@ -90,7 +90,8 @@ class Model:
             loss = create_loss(self.loss_name)
             loss.label_kind = getattr(self, "label_kind", loss.label_kind)
         return Graph(layers, loss, batch, backward=backward,
-                     clip_grad=self.clip_grad_norm if backward else None)
+                     clip_grad=self.clip_grad_norm if backward else None,
+                     fuse_apply=getattr(self, "fuse_apply", True))
 
     # ------------------------------------------------------------------ compile
     def compile(self, batch_size: int = 32, optimizer: str | Optimizer = "sgd",

@@ -91,7 +91,9 @@ class Optimizer:
     def end_step(self) -> None:
         self.iteration += 1
 
-    def update(self, key: str, w: np.ndarray, g: np.ndarray) -> None:
+    def update(self, key: str, w: np.ndarray, g: np.ndarray, start: int = 0) -> None:
+        """Update ``w`` (flat) with gradient ``g``; ``start`` is the element offset of this
+        slice within the parameter (gradients applied block by block)."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
@@ -124,8 +126,8 @@ class SGD(Optimizer):
         self.slots = 1 if momentum > 0 else 0
         self._empty = np.zeros(1, np.float32)
 
-    def update(self, key: str, w: np.ndarray, g: np.ndarray) -> None:
-        buf = self._state[key][0] if self.slots else self._empty
+    def update(self, key: str, w: np.ndarray, g: np.ndarray, start: int = 0) -> None:
+        buf = self._state[key][0][start:start + g.size] if self.slots else self._empty
         K.sgd_step(w, g, buf, self.lr, self.momentum, self.weight_decay, self.nesterov,
                    self.iteration == 0)
 
@@ -145,9 +147,10 @@ class Adam(Optimizer):
             raise ConfigError(f"adam needs 0<=beta<1 and epsilon>0, got {beta1}, {beta2}, {epsilon}")
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(epsilon)
 
-    def update(self, key: str, w: np.ndarray, g: np.ndarray) -> None:
+    def update(self, key: str, w: np.ndarray, g: np.ndarray, start: int = 0) -> None:
         m, v = self._state[key]
-        K.adam_step(w, g, m, v, self.lr, self.beta1, self.beta2, self.eps, self.weight_decay,
+        n = g.size
+        K.adam_step(w, g, m[start:start + n], v[start:start + n], self.lr, self.beta1, self.beta2, self.eps, self.weight_decay,
                     self.iteration + 1, self.decoupled)
 
 

@@ -293,6 +293,18 @@ def make_torch_optimizer(name: str, params: Any, **hp: Any) -> torch.optim.Optim
     raise ValueError(f"unknown optimizer '{name}' (known: sgd, adam, adamw)")
 
 
+def torch_step(module: GraphModule, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+               y: torch.Tensor, clip_grad_norm: float | None = None) -> float:
+    """One ordinary training step (forward, loss, backward, clip, step, zero_grad); the loss."""
+    loss = module.loss(module(x), y)
+    loss.backward()
+    if clip_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(module.parameters(), clip_grad_norm, foreach=False)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.item())
+
+
 def _check(name: str, hp: dict[str, Any], known: set[str]) -> None:
     bad = sorted(set(hp) - known)
     if bad:
@@ -300,4 +312,4 @@ def _check(name: str, hp: dict[str, Any], known: set[str]) -> None:
                          f"(known: {', '.join(sorted(known))})")
 
 
-__all__ = ["GraphModule", "make_torch_optimizer", "to_torch", "torch_weights_to_dict"]
+__all__ = ["GraphModule", "make_torch_optimizer", "to_torch", "torch_step", "torch_weights_to_dict"]

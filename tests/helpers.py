@@ -18,8 +18,15 @@ class GradCapture(Optimizer):
         super().__init__(lr=1.0)
         self.grads: dict[str, np.ndarray] = {}
 
-    def update(self, key: str, w: np.ndarray, g: np.ndarray) -> None:
-        self.grads[key] = g.astype(np.float64).copy()
+    def update(self, key: str, w: np.ndarray, g: np.ndarray, start: int = 0) -> None:
+        # fused layers hand over blocks: assemble the whole gradient
+        if key not in self.grads:
+            self.grads[key] = np.full(self.sizes[key], np.nan)
+        self.grads[key][start:start + g.size] = g
+
+    def init_state(self, params: list[tuple[str, int]]) -> None:
+        super().init_state(params)
+        self.sizes = dict(params)
 
 
 def loss_and_grads(model: Model, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:

@@ -16,12 +16,28 @@ def _orders(m: Model) -> dict[str, dict[str, int]]:
     return {n.name: n.orders for n in m.train_executor.graph.nodes}
 
 
+def _frozen_first():
+    return Model([layer("input", "in", input_shape="4"),
+                  layer("fully_connected", "frozen1", unit=5, trainable=False, activation="relu"),
+                  layer("fully_connected", "fc2", unit=5, activation="relu"),
+                  layer("fully_connected", "fc3", unit=3)])
+
+
+def test_fused_layers_order_derivative_before_gradient():
+    m = _frozen_first()
+    m.compile(batch_size=2)
+    o = _orders(m)
+    assert set(o["fc3"]) == {F, CD, CG}
+    assert o["fc3"][CD] < o["fc3"][CG]  # CD reads the weights before CG updates them
+    assert set(o["fc2"]) == {F, CG}
+    assert set(o["frozen1"]) == {F}
+    assert not any(r.kind == "gradient" for r in m.train_executor.records)
+
+
 def test_execution_orders_frozen_layers():
-    # Prepare: a frozen first layer, a trainable head.
-    m = Model([layer("input", "in", input_shape="4"),
-               layer("fully_connected", "frozen1", unit=5, trainable=False, activation="relu"),
-               layer("fully_connected", "fc2", unit=5, activation="relu"),
-               layer("fully_connected", "fc3", unit=3)])
+    # Prepare: a frozen first layer, a trainable head; whole gradients (no fusion).
+    m = _frozen_first()
+    m.fuse_apply = False
     m.compile(batch_size=2)
     o = _orders(m)
     # Execute / Assert: forward orders follow topological order ...
@@ -90,6 +106,7 @@ def test_plan_invariants_on_builtin_models(name):
 def test_gradient_clipping_extends_gradient_lifespans():
     specs = dr.models.mlp()
     m1 = Model(specs)
+    m1.fuse_apply = False
     m1.compile(batch_size=4)
     m2 = Model(specs)
     m2.compile(batch_size=4, clip_grad_norm=1.0)
@@ -133,3 +150,22 @@ def test_weights_change_and_loss_falls():
     hist = m.fit(x, y, epochs=6)
     assert np.mean(hist.losses[-5:]) < 0.7 * np.mean(hist.losses[:5])
     assert m.evaluate(x, y)["accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("name,opt", [("alexnet", "sgd"), ("vgg16", "adam"), ("lenet5", "adamw")])
+def test_fused_gradient_application_is_bit_identical(name, opt, monkeypatch):
+    # Gradients applied block by block (no full gradient in memory) give the same weights
+    # as whole gradients applied at apply-gradient time.
+    import device_runtime.layers.core as core
+    monkeypatch.setattr(core, "GRAD_BLOCK_BYTES", 64 * 1024)  # many blocks even when small
+    out = {}
+    for fused in (True, False):
+        m = dr.build(name, seed=4)
+        m.compile(batch_size=4, optimizer=opt, lr=1e-3)
+        m.fuse_apply = fused
+        x, y = synthetic_classification(m.input_shape, 10, 8, seed=5)
+        m.fit(x, y, steps=3, seed=6)
+        assert any(n.layer.fused for n in m.train_executor.graph.nodes) == fused
+        out[fused] = m.get_weights()
+    for k in out[True]:
+        assert np.array_equal(out[True][k], out[False][k]), k

@@ -59,7 +59,12 @@ FIXED = [
     (4, 1, 9, 6, 3, 3, 2, 2, 1, 1, 1, 1),
     (1, 2, 2, 3, 5, 5, 1, 3, 2, 2, 4, 0),  # kernel larger than the input
 ]
-CONV_CASES = FIXED + _cases(0, 20)
+# stride 1 with ow == w takes im2col's whole-plane copy path: every kernel shape with
+# 'same' padding (asymmetric for even kernels), on tiny and thin inputs
+SAME = [(1, 2) + hw + (kh, kw, 1, 1, (kh - 1) // 2, kh // 2, (kw - 1) // 2, kw // 2)
+        for hw, (kh, kw) in zip([(1, 1), (1, 3), (2, 5), (5, 2), (4, 4)] * 5,
+                                [(kh, kw) for kh in range(1, 6) for kw in range(1, 6)])]
+CONV_CASES = FIXED + _cases(0, 20) + SAME
 POOL_CASES = FIXED[:2] + [(2, 3, 8, 8, 2, 2, 2, 2, 0, 0, 0, 0)] + _cases(1, 20, True)
 
 

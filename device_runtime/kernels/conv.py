@@ -58,9 +58,13 @@ def im2col_numba(
     kk = kh * kw
     ohow = oh * ow
     assert col.shape[0] == nc * kk and col.shape[1] == nb * ohow, "im2col: col shape"
+    hw = h * w
     ncol = col.shape[1]
     cf = col.reshape(col.size)  # views, not copies: both are C-contiguous
     xf = x.reshape(x.size)
+    # stride 1 and ow == w ('same' or full-width): consecutive outputs read consecutive
+    # inputs across rows, so each (row, sample) is one long copy plus a border fix-up
+    runs = sh == 1 and sw == 1 and ow == w
     for r in prange(nc * kk):
         c = r // kk
         i = (r % kk) // kw
@@ -74,16 +78,26 @@ def im2col_numba(
                 cf[np.uint64(base + t)] = 0.0
             for t in range(oy_hi * ow, ohow):
                 cf[np.uint64(base + t)] = 0.0
+            if runs:
+                plane = (b * nc + c) * hw
+                s0 = (oy_lo - pt + i) * w + j - pl  # relative to the plane; may be < 0
+                q0 = base + oy_lo * ow
+                n = (oy_hi - oy_lo) * ow
+                # clip to the plane; what is cut, or wraps to a neighbouring row, is
+                # a padding column and is zeroed by the loop below
+                for t in range(max(0, -s0), min(n, hw - s0)):
+                    cf[np.uint64(q0 + t)] = xf[np.uint64(plane + s0 + t)]
             for oy in range(oy_lo, oy_hi):
                 q0 = base + oy * ow
                 for t in range(ox_lo):
                     cf[np.uint64(q0 + t)] = 0.0
                 for t in range(ox_hi, ow):
                     cf[np.uint64(q0 + t)] = 0.0
-                s0 = ((b * nc + c) * h + oy * sh - pt + i) * w + x0
-                q1 = q0 + ox_lo
-                for t in range(ox_hi - ox_lo):
-                    cf[np.uint64(q1 + t)] = xf[np.uint64(s0 + t * sw)]
+                if not runs:
+                    s0 = ((b * nc + c) * h + oy * sh - pt + i) * w + x0
+                    q1 = q0 + ox_lo
+                    for t in range(ox_hi - ox_lo):
+                        cf[np.uint64(q1 + t)] = xf[np.uint64(s0 + t * sw)]
 
 
 @njit(parallel=True)
@@ -129,10 +143,12 @@ def chunk_to_nchw_numba(src: Array, dst: Array) -> None:
     """``dst[b, c, p] = src[c, b*HW + p]``: a matmul result (Cout, B*HW) to (B, Cout, HW)."""
     nb, nc, hw = dst.shape
     assert src.shape[0] == nc and src.shape[1] == nb * hw, "chunk_to_nchw: shapes"
-    for t in prange(nb * nc):
-        b = t // nc
-        c = t % nc
-        dst[b, c] = src[c, b * hw:(b + 1) * hw]
+    sf = src.reshape(src.size)
+    df = dst.reshape(dst.size)
+    for t in prange(nb * nc):  # t = b*nc + c: one (b, c) plane of dst
+        s0 = (t % nc) * nb * hw + (t // nc) * hw
+        for k in range(hw):
+            df[np.uint64(t * hw + k)] = sf[np.uint64(s0 + k)]
 
 
 @njit(parallel=True)
@@ -141,11 +157,14 @@ def chunk_to_nchw_bias_numba(src: Array, dst: Array, bias: Array) -> None:
     nb, nc, hw = dst.shape
     assert src.shape[0] == nc and src.shape[1] == nb * hw, "chunk_to_nchw_bias: shapes"
     assert bias.shape[0] == nc, "chunk_to_nchw_bias: bias shape"
+    sf = src.reshape(src.size)
+    df = dst.reshape(dst.size)
     for t in prange(nb * nc):
-        b = t // nc
         c = t % nc
-        d = dst[b, c]
-        np.add(src[c, b * hw:(b + 1) * hw], bias[c], d)
+        s0 = c * nb * hw + (t // nc) * hw
+        bc = bias[c]
+        for k in range(hw):
+            df[np.uint64(t * hw + k)] = sf[np.uint64(s0 + k)] + bc
 
 
 @njit(parallel=True)
@@ -153,10 +172,12 @@ def nchw_to_chunk_numba(src: Array, dst: Array) -> None:
     """``dst[c, b*HW + p] = src[b, c, p]``: (B, C, HW) to a matmul operand (C, B*HW)."""
     nb, nc, hw = src.shape
     assert dst.shape[0] == nc and dst.shape[1] == nb * hw, "nchw_to_chunk: shapes"
+    sf = src.reshape(src.size)
+    df = dst.reshape(dst.size)
     for t in prange(nb * nc):
-        b = t // nc
-        c = t % nc
-        dst[c, b * hw:(b + 1) * hw] = src[b, c]
+        d0 = (t % nc) * nb * hw + (t // nc) * hw
+        for k in range(hw):
+            df[np.uint64(d0 + k)] = sf[np.uint64(t * hw + k)]
 
 
 @njit(parallel=True)

@@ -139,7 +139,7 @@ class Layer:
         # Filled by the graph / executor.
         self.in_shapes: list[Shape] = []
         self.out_shapes: list[Shape] = []
-        self.has_cg = self.has_cd = False
+        self.has_cg = self.has_cd = self.fused = False
         self.io = Binding()
         self.w: dict[str, np.ndarray] = {}
         self.g: dict[str, np.ndarray] = {}
@@ -166,6 +166,15 @@ class Layer:
     def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
         """Check input shapes, request weights and tensors, return output shapes."""
         raise NotImplementedError
+
+    def enable_fused_apply(self) -> bool:
+        """Request block scratch and return True if this layer applies its own gradients
+        block by block in ``calc_gradient`` (through ``self.apply``); False otherwise."""
+        return False
+
+    def apply(self, wname: str, start: int, w: np.ndarray, g: np.ndarray) -> None:
+        """Set by the executor: hand a block of gradient to the optimizer."""
+        raise AssertionError("apply() called on a layer without fused gradients")
 
     # ----------------------------------------------------------------- running
     def bind(self) -> None:

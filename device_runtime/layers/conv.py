@@ -16,6 +16,7 @@ import numpy as np
 from ..kernels import conv as K
 from ..kernels.bias import add_col_bias
 from .base import CD, CG, F, Layer, Shape, parse_ints
+from .core import GRAD_BLOCK_BYTES
 
 CONV_COLUMNS = int(os.environ.get("NNFLEET_CONV_COLUMNS", "1024"))
 
@@ -102,8 +103,23 @@ class Conv2D(Layer):
         if n // self.b > 1:
             self.request_tensor("gtmp", (filters, self.ckk), {CG})
         self.request_tensor("dcol", (self.ckk, ncol), {CD})
+        # dW is computed in blocks of output channels whether or not the blocks are
+        # applied one by one (fused), so fusing never changes the numbers (BLAS rounds a
+        # block product differently from a whole product).
+        self.grows = self.filters
+        if n // self.b == 1:
+            self.grows = max(1, min(self.filters, GRAD_BLOCK_BYTES // (4 * self.ckk)))
         self.input_needed = frozenset({CG})
         return [(n, filters, oh, ow)]
+
+    def enable_fused_apply(self) -> bool:
+        # One chunk of samples: dW is computed in blocks of output channels, each applied
+        # at once. Several chunks: dW accumulates over them (it is small then: only
+        # large feature maps are chunked), and is applied whole.
+        self.request_tensor("gblock", (self.grows, self.ckk), {CG})
+        if self.use_bias:
+            self.request_tensor("gbias", (self.filters,), {CG})
+        return True
 
     def bind(self) -> None:
         x, y = self.io.x[0], self.io.y[0]
@@ -154,17 +170,39 @@ class Conv2D(Layer):
                 else:
                     K.chunk_to_nchw(self.t["ych"], ys)
 
-    def calc_gradient(self) -> None:
+    def _weight_grad(self, out: np.ndarray) -> None:
+        """dW (Cout, CKK) accumulated over the sample chunks into ``out``."""
         for i, (xs, _, _, dys, xd) in enumerate(self.chunks):
             col = self._col("col_g", xs, xd)
             dych = self._dych("dych_g", dys)
             if i == 0:
-                np.matmul(dych, col.T, out=self.g2)
+                np.matmul(dych, col.T, out=out)
             else:
                 np.matmul(dych, col.T, out=self.t["gtmp"])
-                np.add(self.g2, self.t["gtmp"], out=self.g2)
-        if self.bias is not None and "bias" in self.g:
-            K.bias_grad_nchw(self.dy3, self.g["bias"], False)
+                np.add(out, self.t["gtmp"], out=out)
+
+    def calc_gradient(self) -> None:
+        fused = self.fused
+        if self.grows == self.filters:
+            g = self.t["gblock"] if fused else self.g2
+            self._weight_grad(g)
+            if fused:
+                self.apply("weight", 0, self.w2.reshape(-1), g.reshape(-1))
+        else:
+            xs, _, _, dys, xd = self.chunks[0]
+            col = self._col("col_g", xs, xd)
+            dych = self._dych("dych_g", dys)
+            for o0 in range(0, self.filters, self.grows):
+                o1 = min(self.filters, o0 + self.grows)
+                g = self.t["gblock"][:o1 - o0] if fused else self.g2[o0:o1]
+                np.matmul(dych[o0:o1], col.T, out=g)
+                if fused:
+                    self.apply("weight", o0 * self.ckk, self.w2[o0:o1].reshape(-1), g.reshape(-1))
+        if self.bias is not None:
+            gbias = self.t["gbias"] if fused else self.g["bias"]
+            K.bias_grad_nchw(self.dy3, gbias, False)
+            if fused:
+                self.apply("bias", 0, self.bias, gbias)
 
     def calc_derivative(self) -> None:
         if self.io.dx[0] is None:

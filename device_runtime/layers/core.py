@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
 from ..kernels import dropout as kdrop
 from ..kernels.bias import add_row_bias
 from .base import CD, CG, F, Layer, Shape, parse_float, parse_ints
+
+
+# Bytes of gradient a fused layer computes before handing it to the optimizer.
+GRAD_BLOCK_BYTES = int(os.environ.get("NNFLEET_GRAD_BLOCK", str(1 << 20)))
 
 
 def feature_count(shape: Shape) -> int:
@@ -57,7 +62,16 @@ class FullyConnected(Layer):
         if self.use_bias:
             self.request_weight("bias", (units,), self.prop("bias_initializer", "torch"), fin, units)
         self.input_needed = frozenset({CG})
+        # dW rows r0:r1 = x[:, r0:r1]^T @ dy, in blocks of input rows, fused or not (so
+        # that applying blocks one by one never changes the numbers).
+        self.block = max(1, min(self.fin, GRAD_BLOCK_BYTES // (4 * self.units)))
         return [(*shape[:-1], units)]
+
+    def enable_fused_apply(self) -> bool:
+        self.request_tensor("gblock", (self.block, self.units), {CG})
+        if self.use_bias:
+            self.request_tensor("gbias", (self.units,), {CG})
+        return True
 
     def bind(self) -> None:
         self.x2 = self.io.x[0].reshape(self.rows, self.fin)
@@ -66,6 +80,14 @@ class FullyConnected(Layer):
         self.dy2 = None if dy is None else dy.reshape(self.rows, self.units)
         dx = self.io.dx[0]
         self.dx2 = None if dx is None else dx.reshape(self.rows, self.fin)
+        self.blocks = []
+        if self.has_cg:
+            w, u = self.w["weight"], self.units
+            for r0 in range(0, self.fin, self.block):
+                r1 = min(self.fin, r0 + self.block)
+                g = self.t["gblock"][:r1 - r0] if self.fused else self.g["weight"][r0:r1]
+                self.blocks.append((self.x2[:, r0:r1].T, g, w[r0:r1].reshape(-1), r0 * u,
+                                    g.reshape(-1)))
 
     def forward(self, training: bool) -> None:
         np.matmul(self.x2, self.w["weight"], out=self.y2)
@@ -73,9 +95,16 @@ class FullyConnected(Layer):
             add_row_bias(self.y2, self.w["bias"])
 
     def calc_gradient(self) -> None:
-        np.matmul(self.x2.T, self.dy2, out=self.g["weight"])
+        fused = self.fused
+        for xt, g, wv, start, gflat in self.blocks:
+            np.matmul(xt, self.dy2, out=g)
+            if fused:
+                self.apply("weight", start, wv, gflat)
         if self.use_bias:
-            np.sum(self.dy2, axis=0, out=self.g["bias"])
+            gb = self.t["gbias"] if fused else self.g["bias"]
+            np.sum(self.dy2, axis=0, out=gb)
+            if fused:
+                self.apply("bias", 0, self.w["bias"], gb)
 
     def calc_derivative(self) -> None:
         if self.dx2 is not None:
