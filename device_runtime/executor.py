@@ -73,6 +73,7 @@ class Executor:
         self.dout_rec: dict[tuple[str, int], int | None] = {}
         self.grad_rec: dict[tuple[str, str], int] = {}
         self.own_rec: dict[tuple[str, str], int] = {}
+        self.zero_douts: dict[str, list[int]] = {}
         for node in self.graph.nodes:
             lay, o = node.layer, node.orders
             later = {o[ph] for ph in lay.output_needed if ph in o}
@@ -102,6 +103,12 @@ class Executor:
                     kind = "label" if t.name == "label" else "scratch"
                     self.own_rec[(node.name, t.name)] = self._new(
                         f"{node.name}:{t.name}", t.shape, t.dtype, kind, uses)
+
+        # An output nobody reads still needs a derivative (zeros) for its own backward.
+        consumed = {ref for n in self.graph.nodes for ref in n.inputs}
+        for (name, k), d in self.dout_rec.items():
+            if d is not None and (name, k) not in consumed:
+                self.zero_douts.setdefault(name, []).append(d)
 
     # ------------------------------------------------------------------ aliasing
     def _find(self, i: int) -> int:
@@ -201,8 +208,13 @@ class Executor:
     def _build_program(self) -> None:
         prog: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
         first_ag = True
+        zeroed: set[str] = set()
         for _, node, phase in self.graph.ops():
             lay = node.layer
+            if phase in (CG, CD) and node.name in self.zero_douts and node.name not in zeroed:
+                zeroed.add(node.name)
+                for d in self.zero_douts[node.name]:
+                    prog.append((self.view(d).fill, (0.0,)))
             if phase == F:
                 if isinstance(lay, Input):
                     prog.append((self._feed_input, (lay,)))
