@@ -5,29 +5,33 @@ repository root. Times forward + backward (input, weight and bias gradients) thr
 the im2col kernels and ``np.matmul(..., out=)``, per chunk size, and prints the ratio
 to ``torch.nn.functional.conv2d`` forward + backward on the same number of threads.
 The backward pass recomputes im2col (the memory-lean choice: the column buffer is not
-kept between passes); the ``keep col`` row reuses the forward's buffer instead. Ours is
-timed in rounds interleaved with torch's, and the best of each is kept.
+kept between passes); the ``keep col`` row reuses the forward's buffer instead.
+
+Torch is timed in a child process, so neither side's idle thread pool spins on the
+other's cores; rounds alternate the two and the best time of each is kept (a busy
+neighbour spoils single timings, rarely all of them).
 
 ``--tuned`` sets three environment variables before numpy loads. They matter on a
 2-core board, where an idle thread pool spins on the cores the other pool needs:
 ``OPENBLAS_THREAD_TIMEOUT=4`` (OpenBLAS workers sleep at once instead of spinning),
-``OMP_WAIT_POLICY=PASSIVE`` (numba's OpenMP workers likewise) and, when the CPU has
-AVX-512, ``OPENBLAS_CORETYPE=SkylakeX`` (OpenBLAS 0.3.31 falls back to its AVX2
-Haswell kernels on AMD Zen 4/5; this one overrides a preset ``OPENBLAS_CORETYPE``).
-The other variables, if already set, are left alone.
-Not collected by pytest (no ``test_`` names).
+``OMP_WAIT_POLICY=PASSIVE`` (OpenMP workers likewise) and, when the CPU has AVX-512,
+``OPENBLAS_CORETYPE=SkylakeX`` (OpenBLAS 0.3.31 falls back to its AVX2 Haswell
+kernels on AMD Zen 4/5; this one overrides a preset ``OPENBLAS_CORETYPE``). The other
+variables, if already set, are left alone. Not collected by pytest (no ``test_`` names).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 TUNING = ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY", "OPENBLAS_CORETYPE")
+CIN, COUT, HW, K, PAD = 64, 64, 32, 3, 1  # the layer: 64->64, 3x3, 'same', 32x32
 
 
 def _best(fn, reps: int) -> float:  # type: ignore[no-untyped-def]
@@ -56,6 +60,33 @@ def _set_env(threads: int, tuned: bool) -> str:
     return env or "default environment"
 
 
+def _data(nb: int):  # type: ignore[no-untyped-def]
+    """x, weight, bias, dy of the benchmark layer (fixed seed)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((nb, CIN, HW, HW), dtype=np.float32)
+    wt = rng.standard_normal((COUT, CIN, K, K), dtype=np.float32) * 0.05
+    bias = rng.standard_normal(COUT, dtype=np.float32)
+    dy = rng.standard_normal((nb, COUT, HW, HW), dtype=np.float32)
+    return x, wt, bias, dy
+
+
+def _torch_layer(threads: int, nb: int):  # type: ignore[no-untyped-def]
+    """(step, tensors) running torch's conv2d forward + backward on the benchmark data."""
+    import torch
+
+    torch.set_num_threads(threads)
+    x, wt, bias, dy = (torch.from_numpy(a) for a in _data(nb))
+    tx, tw, tb = (t.requires_grad_(True) for t in (x, wt, bias))
+
+    def step() -> None:
+        tx.grad = tw.grad = tb.grad = None
+        torch.nn.functional.conv2d(tx, tw, tb, padding=PAD).backward(dy)
+
+    return step, (tx, tw, tb)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -63,8 +94,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--tuned", action="store_true", help="set the thread-pool variables")
+    ap.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     env = _set_env(args.threads, args.tuned)
+    nb = args.batch
+    if args.torch_only:  # child process: print torch's best time in seconds
+        print(_best(_torch_layer(args.threads, nb)[0], args.reps))
+        return
 
     import numpy as np
 
@@ -73,33 +109,24 @@ def main() -> None:
         bias_grad_nchw, chunk_to_nchw_bias, col2im, im2col, nchw_to_chunk,
     )
 
-    nb, cin, cout, h, w, k, pad = args.batch, 64, 64, 32, 32, 3, 1
-    oh, ow = h, w
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((nb, cin, h, w), dtype=np.float32)
-    wt = rng.standard_normal((cout, cin, k, k), dtype=np.float32) * 0.05
-    bias = rng.standard_normal(cout, dtype=np.float32)
-    dy = rng.standard_normal((nb, cout, oh, ow), dtype=np.float32)
-    w2d = wt.reshape(cout, cin * k * k)
-    y = np.empty((nb, cout, oh, ow), np.float32)
-    dx = np.empty_like(x)
-    dw = np.empty_like(w2d)
-    db = np.empty(cout, np.float32)
-    y3 = y.reshape(nb, cout, oh * ow)
-    dy3 = dy.reshape(nb, cout, oh * ow)
+    x, wt, bias, dy = _data(nb)
+    oh = ow = HW
+    geom = (K, K, 1, 1, PAD, PAD, oh, ow)
+    w2d = wt.reshape(COUT, CIN * K * K)
+    y3 = np.empty((nb, COUT, oh * ow), np.float32)
+    dy3 = dy.reshape(nb, COUT, oh * ow)
+    dx, dw, db = np.empty_like(x), np.empty_like(w2d), np.empty(COUT, np.float32)
 
     def make_step(chunk: int, keep_col: bool):  # type: ignore[no-untyped-def]
         n = chunk * oh * ow
-        col = np.empty((cin * k * k, n), np.float32)
-        ych = np.empty((cout, n), np.float32)
-        dych = np.empty((cout, n), np.float32)
-        dcol = np.empty((cin * k * k, n), np.float32)
+        col, dcol = np.empty((2, CIN * K * K, n), np.float32)
+        ych, dych = np.empty((2, COUT, n), np.float32)
         dwtmp = np.empty_like(w2d)
 
         def step() -> None:
             for b0 in range(0, nb, chunk):
                 b1 = b0 + chunk
-                im2col(x[b0:b1], col, k, k, 1, 1, pad, pad, oh, ow)
+                im2col(x[b0:b1], col, *geom)
                 np.matmul(w2d, col, out=ych)
                 chunk_to_nchw_bias(ych, y3[b0:b1], bias)
             bias_grad_nchw(dy3, db, False)
@@ -107,38 +134,24 @@ def main() -> None:
                 b1 = b0 + chunk
                 nchw_to_chunk(dy3[b0:b1], dych)
                 if not keep_col:
-                    im2col(x[b0:b1], col, k, k, 1, 1, pad, pad, oh, ow)
+                    im2col(x[b0:b1], col, *geom)
                 np.matmul(dych, col.T, out=dw if b0 == 0 else dwtmp)
                 if b0:
                     np.add(dw, dwtmp, out=dw)
                 np.matmul(w2d.T, dych, out=dcol)
-                col2im(dcol, dx[b0:b1], k, k, 1, 1, pad, pad, oh, ow)
+                col2im(dcol, dx[b0:b1], *geom)
 
         return step
 
     print(f"numba={USE_NUMBA} parallel={PARALLEL} (NNFLEET_NUMBA_PARALLEL) "
-          f"threads={args.threads} batch={nb} conv {cin}->{cout} "
-          f"{k}x{k} {h}x{w}; {env}")
-
-    import torch
-
-    torch.set_num_threads(args.threads)
-    tx = torch.from_numpy(x.copy()).requires_grad_(True)
-    tw = torch.from_numpy(wt.copy()).requires_grad_(True)
-    tb = torch.from_numpy(bias.copy()).requires_grad_(True)
-    tdy = torch.from_numpy(dy.copy())
-
-    def torch_step() -> None:
-        tx.grad = tw.grad = tb.grad = None
-        out = torch.nn.functional.conv2d(tx, tw, tb, padding=pad)
-        out.backward(tdy)
-
-    # rounds interleave ours and torch, best of each: a busy neighbour or a thread pool
-    # still spinning from the other side spoils single timings, not all of them
+          f"threads={args.threads} batch={nb} conv {CIN}->{COUT} {K}x{K} {HW}x{HW}; {env}")
+    child = [sys.executable, os.path.abspath(__file__), "--torch-only", "--threads",
+             str(args.threads), "--reps", str(args.reps), "--batch", str(nb)]
     ours: dict[str, float] = {}
     t_torch = float("inf")
     for _ in range(args.rounds):
-        t_torch = min(t_torch, _best(torch_step, args.reps))
+        out = subprocess.run(child, check=True, capture_output=True, text=True, env=os.environ)
+        t_torch = min(t_torch, float(out.stdout.split()[-1]))
         for chunk in (1, 2, 4, 8, 16, nb):
             if nb % chunk == 0:
                 for keep in (False, True) if chunk == nb else (False,):
@@ -148,12 +161,11 @@ def main() -> None:
 
     # per-kernel breakdown, one chunk of 4 samples (the column buffer stays in cache)
     n4 = min(4, nb)
-    col = np.empty((cin * k * k, n4 * oh * ow), np.float32)
-    ych = np.empty((cout, n4 * oh * ow), np.float32)
-    dcol = np.empty_like(col)
+    col, dcol = np.empty((2, CIN * K * K, n4 * oh * ow), np.float32)
+    ych = np.empty((COUT, n4 * oh * ow), np.float32)
     parts = {
-        "im2col": lambda: im2col(x[:n4], col, k, k, 1, 1, pad, pad, oh, ow),
-        "col2im": lambda: col2im(dcol, dx[:n4], k, k, 1, 1, pad, pad, oh, ow),
+        "im2col": lambda: im2col(x[:n4], col, *geom),
+        "col2im": lambda: col2im(dcol, dx[:n4], *geom),
         "chunk_to_nchw_bias": lambda: chunk_to_nchw_bias(ych, y3[:n4], bias),
         "nchw_to_chunk": lambda: nchw_to_chunk(dy3[:n4], ych),
         "bias_grad_nchw": lambda: bias_grad_nchw(dy3[:n4], db, False),
@@ -170,8 +182,9 @@ def main() -> None:
     for name, t in part_times.items():
         print(f"  {name:20s} {t * 1e3:8.2f} ms")
 
-    # spot check: the last step (chunk = batch, keep col) against torch's gradients
+    # spot check, after all timings (torch's pool would disturb them): gradients agree
     make_step(nb, True)()
+    torch_step, (tx, tw, tb) = _torch_layer(args.threads, nb)
     torch_step()
     err = max(float(np.abs(dx - tx.grad.numpy()).max()),
               float(np.abs(dw - tw.grad.numpy().reshape(dw.shape)).max()),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+
 import pytest
 
 from device_runtime.planner import (
@@ -277,3 +279,54 @@ def test_rejects_empty_interval(bad):
 def test_rejects_unknown_strategy():
     with pytest.raises(ValueError, match=r"'v9'.*naive, v1, best_fit"):
         plan_layout([1], [(0, 1)], strategy="v9")
+
+
+# --------------------------------------------------------------------------- stretches
+def test_tensor_with_two_stretches_lends_its_gap():
+    # Prepare: tensor 0 is swapped out between orders 2 and 8; tensor 1 lives in the gap.
+    sizes = [128, 128, 128]
+    intervals = [[(0, 2), (8, 10)], (2, 8), (1, 9)]
+    # Execute
+    plan = plan_layout(sizes, intervals, "best_fit")
+    # Assert: tensors 0 and 1 share bytes, the pool equals the live-bytes bound (256)
+    check_plan(sizes, intervals, plan)
+    assert plan.offsets[0] == plan.offsets[1]
+    assert plan.pool_bytes == lower_bound(sizes, intervals) == 256
+    # strategies that cannot use gaps see the hull [0, 10) and stay valid
+    for strategy in ("naive", "v1"):
+        check_plan(sizes, [(0, 10), (2, 8), (1, 9)], plan_layout(sizes, intervals, strategy))
+
+
+def test_check_plan_catches_a_clash_in_a_second_stretch():
+    sizes = [64, 64]
+    intervals = [[(0, 2), (5, 7)], (6, 8)]
+    bad = Plan(offsets=(0, 0), pool_bytes=64, strategy="hand")
+    with pytest.raises(AssertionError, match="overlap"):
+        check_plan(sizes, intervals, bad)
+
+
+def test_overlapping_stretches_are_rejected():
+    with pytest.raises(ValueError, match="tensor 0"):
+        plan_layout([64], [[(0, 5), (3, 8)]])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_multi_stretch_sets(seed):
+    rng = np.random.default_rng(100 + seed)
+    for _ in range(300):
+        n = int(rng.integers(1, 30))
+        sizes, intervals = [], []
+        for _ in range(n):
+            sizes.append(int(rng.integers(1, 5000)))
+            a = int(rng.integers(0, 40))
+            b = a + int(rng.integers(1, 10))
+            if rng.random() < 0.4:
+                c = b + int(rng.integers(1, 20))
+                intervals.append([(a, b), (c, c + int(rng.integers(1, 8)))])
+            else:
+                intervals.append((a, b))
+        lb = lower_bound(sizes, intervals)
+        for strategy in STRATEGIES:
+            plan = plan_layout(sizes, intervals, strategy)
+            check_plan(sizes, intervals, plan)
+            assert plan.pool_bytes >= lb

@@ -29,20 +29,26 @@ ORDERINGS: dict[str, _Key] = {
 
 
 def place_in_order(
-    order: list[int], aligned_sizes: list[int], intervals: list[tuple[int, int]]
+    order: list[int], aligned_sizes: list[int], intervals: list[list[tuple[int, int]]]
 ) -> list[int]:
-    """Place tensors one by one in ``order``, each in the best-fitting free gap."""
-    n = len(aligned_sizes)
-    # placed tensors, in placement order (prefix [:k] is valid)
+    """Place tensors one by one in ``order``, each in the best-fitting free gap.
+
+    A tensor may live in several stretches (same offset in all); it clashes with every
+    placed stretch that overlaps any of its own.
+    """
+    n = sum(len(p) for p in intervals)
+    # placed stretches, in placement order (prefix [:k] is valid)
     p_start = np.empty(n, dtype=np.int64)
     p_end = np.empty(n, dtype=np.int64)
     p_lo = np.empty(n, dtype=np.int64)
     p_hi = np.empty(n, dtype=np.int64)
-    offsets = [0] * n
-    for k, i in enumerate(order):
+    offsets = [0] * len(aligned_sizes)
+    k = 0
+    for i in order:
         size = aligned_sizes[i]
-        start, end = intervals[i]
-        live = (p_start[:k] < end) & (p_end[:k] > start)
+        live = np.zeros(k, dtype=bool)
+        for start, end in intervals[i]:
+            live |= (p_start[:k] < end) & (p_end[:k] > start)
         lo, hi = p_lo[:k][live], p_hi[:k][live]
         offset = 0
         if lo.size:
@@ -59,16 +65,20 @@ def place_in_order(
             else:
                 offset = int(reach[-1])
         offsets[i] = offset
-        p_start[k], p_end[k], p_lo[k], p_hi[k] = start, end, offset, offset + size
+        for start, end in intervals[i]:
+            p_start[k], p_end[k], p_lo[k], p_hi[k] = start, end, offset, offset + size
+            k += 1
     return offsets
 
 
-def plan_best_fit(aligned_sizes: list[int], intervals: list[tuple[int, int]]) -> list[int]:
+def plan_best_fit(aligned_sizes: list[int], stretches: list[list[tuple[int, int]]]) -> list[int]:
     """Greedy best-fit placement; the best of several visiting orders."""
     n = len(aligned_sizes)
     if n == 0:
         return []
-    floor = _live_peak(aligned_sizes, intervals)
+    # orderings look at the hull (first start, last end) and the total live length
+    intervals = [(p[0][0], p[-1][1]) for p in stretches]
+    floor = _live_peak(aligned_sizes, stretches)
     best: list[int] = []
     best_pool = -1
     tried: set[tuple[int, ...]] = set()
@@ -77,7 +87,7 @@ def plan_best_fit(aligned_sizes: list[int], intervals: list[tuple[int, int]]) ->
         if tuple(order) in tried:  # orders often coincide on simple inputs
             continue
         tried.add(tuple(order))
-        offsets = place_in_order(order, aligned_sizes, intervals)
+        offsets = place_in_order(order, aligned_sizes, stretches)
         pool = max(o + s for o, s in zip(offsets, aligned_sizes))
         if best_pool < 0 or pool < best_pool:
             best, best_pool = offsets, pool
@@ -86,11 +96,14 @@ def plan_best_fit(aligned_sizes: list[int], intervals: list[tuple[int, int]]) ->
     return best
 
 
-def _live_peak(aligned_sizes: list[int], intervals: list[tuple[int, int]]) -> int:
+plan_best_fit.multi_interval = True  # type: ignore[attr-defined]
+
+
+def _live_peak(aligned_sizes: list[int], stretches: list[list[tuple[int, int]]]) -> int:
     """Max over orders of live bytes (same as ``lower_bound``, sizes already aligned)."""
     # at equal orders the ends (-size) sort before the starts, as intervals are half-open
-    events = sorted([(s, sz) for sz, (s, _) in zip(aligned_sizes, intervals)]
-                    + [(e, -sz) for sz, (_, e) in zip(aligned_sizes, intervals)])
+    events = sorted([(s, sz) for sz, ps in zip(aligned_sizes, stretches) for s, _ in ps]
+                    + [(e, -sz) for sz, ps in zip(aligned_sizes, stretches) for _, e in ps])
     live = peak = 0
     for _, delta in events:
         live += delta

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .layout import Plan, align
+from .layout import Plan, align, pieces
 
 
 def lower_bound(
@@ -18,10 +18,11 @@ def lower_bound(
     Empty tensors and empty intervals count for nothing.
     """
     events: list[tuple[int, int]] = []
-    for size, (start, end) in zip(sizes, intervals):
-        if size > 0 and end > start:
-            nbytes = align(int(size), alignment)
-            events += [(int(start), nbytes), (int(end), -nbytes)]
+    for size, iv in zip(sizes, intervals):
+        for start, end in pieces(iv):
+            if size > 0 and end > start:
+                nbytes = align(int(size), alignment)
+                events += [(int(start), nbytes), (int(end), -nbytes)]
     # ends (negative) sort before starts at the same order: half-open intervals
     events.sort()
     live = peak = 0
@@ -56,15 +57,16 @@ def check_plan(
         )
     if not used:
         return
-    # vectorised pairwise test: O(n^2) but numpy-fast, fine for a few thousand tensors
-    idx = np.array(used)
-    start = np.array([intervals[i][0] for i in used], dtype=np.int64)
-    end = np.array([intervals[i][1] for i in used], dtype=np.int64)
-    lo = np.array([plan.offsets[i] for i in used], dtype=np.int64)
-    hi = lo + np.array([align(int(sizes[i]), alignment) for i in used], dtype=np.int64)
+    # vectorised pairwise test over stretches: O(n^2) but numpy-fast
+    rows = [(i, s, e) for i in used for s, e in pieces(intervals[i])]
+    idx = np.array([r[0] for r in rows])
+    start = np.array([r[1] for r in rows], dtype=np.int64)
+    end = np.array([r[2] for r in rows], dtype=np.int64)
+    lo = np.array([plan.offsets[i] for i, _, _ in rows], dtype=np.int64)
+    hi = lo + np.array([align(int(sizes[i]), alignment) for i, _, _ in rows], dtype=np.int64)
     for a in range(len(used) - 1):
         rest = slice(a + 1, None)
-        alive_together = (start[rest] < end[a]) & (end[rest] > start[a])
+        alive_together = (start[rest] < end[a]) & (end[rest] > start[a]) & (idx[rest] != idx[a])
         clash = alive_together & (lo[rest] < hi[a]) & (hi[rest] > lo[a])
         if clash.any():
             b = a + 1 + int(np.argmax(clash))

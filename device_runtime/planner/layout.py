@@ -9,7 +9,8 @@ from .best_fit import plan_best_fit
 from .naive import plan_naive
 from .v1 import plan_v1
 
-Strategy = Callable[[list[int], list[tuple[int, int]]], list[int]]
+Strategy = Callable[[list[int], list], list[int]]
+Interval = tuple[int, int]
 
 STRATEGIES: dict[str, Strategy] = {
     "naive": plan_naive,
@@ -43,9 +44,17 @@ def align(n: int, alignment: int = 64) -> int:
     return -(-n // alignment) * alignment
 
 
+def pieces(interval: Interval | Sequence[Interval]) -> list[Interval]:
+    """One interval ``(s, e)`` or several (a tensor swapped out or recomputed in between
+    lives in two or more stretches, always at the same offset) -> sorted list of pairs."""
+    if len(interval) == 2 and not isinstance(interval[0], (tuple, list)):
+        return [(int(interval[0]), int(interval[1]))]  # type: ignore[arg-type]
+    return sorted((int(a), int(b)) for a, b in interval)  # type: ignore[misc]
+
+
 def plan_layout(
     sizes: Sequence[int],
-    intervals: Sequence[tuple[int, int]],
+    intervals: Sequence[Interval | Sequence[Interval]],
     strategy: str = DEFAULT_STRATEGY,
     alignment: int = 64,
 ) -> Plan:
@@ -55,8 +64,10 @@ def plan_layout(
     ----------
     sizes : sequence of int
         Tensor sizes in bytes; 0 means the tensor needs no memory (offset 0).
-    intervals : sequence of (start, end)
-        Half-open validity ``[start, end)`` in execution orders, one per tensor.
+    intervals : sequence of (start, end), or of lists of them
+        Half-open validity ``[start, end)`` in execution orders, one per tensor; a list
+        of disjoint pairs for a tensor that is not needed in between (same offset in
+        every stretch; strategies that cannot use the gaps see the hull).
     strategy : str
         A key of ``STRATEGIES``.
     alignment : int
@@ -79,23 +90,29 @@ def plan_layout(
     # strategies only see tensors that take memory; `keep` maps back to input indices
     keep: list[int] = []
     aligned: list[int] = []
-    spans: list[tuple[int, int]] = []
+    spans: list[list[Interval]] = []
     for i, (size, interval) in enumerate(zip(sizes, intervals)):
         size = int(size)
         if size < 0:
             raise ValueError(f"size of tensor {i} is negative: {size}")
         if size == 0:
             continue
-        start, end = int(interval[0]), int(interval[1])
-        if end <= start:
-            raise ValueError(
-                f"interval of tensor {i} is empty: [{start}, {end}); need end > start (half-open)"
-            )
+        ps = pieces(interval)
+        for start, end in ps:
+            if end <= start:
+                raise ValueError(f"interval of tensor {i} is empty: [{start}, {end}); "
+                                 "need end > start (half-open)")
+        if any(a[1] > b[0] for a, b in zip(ps, ps[1:])):
+            raise ValueError(f"intervals of tensor {i} overlap: {ps}")
         keep.append(i)
         aligned.append(align(size, alignment))
-        spans.append((start, end))
+        spans.append(ps)
 
-    placed = STRATEGIES[strategy](aligned, spans)
+    fn = STRATEGIES[strategy]
+    if getattr(fn, "multi_interval", False):
+        placed = fn(aligned, spans)
+    else:
+        placed = fn(aligned, [(p[0][0], p[-1][1]) for p in spans])
     assert len(placed) == len(keep), (
         f"strategy {strategy} returned {len(placed)} offsets for {len(keep)} tensors"
     )

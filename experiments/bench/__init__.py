@@ -1,0 +1,1 @@
+"""Benchmarks that print ratios against targets (memory: ``python -m experiments.bench.memory``)."""
