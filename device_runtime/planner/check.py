@@ -64,7 +64,7 @@ def check_plan(
     end = np.array([r[2] for r in rows], dtype=np.int64)
     lo = np.array([plan.offsets[i] for i, _, _ in rows], dtype=np.int64)
     hi = lo + np.array([align(int(sizes[i]), alignment) for i, _, _ in rows], dtype=np.int64)
-    for a in range(len(used) - 1):
+    for a in range(len(rows) - 1):
         rest = slice(a + 1, None)
         alive_together = (start[rest] < end[a]) & (end[rest] > start[a]) & (idx[rest] != idx[a])
         clash = alive_together & (lo[rest] < hi[a]) & (hi[rest] > lo[a])
