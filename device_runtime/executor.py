@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -23,6 +24,7 @@ from .graph import Graph, Node
 from .layers.base import AG, CD, CG, F
 from .layers.core import Input
 from .layers.loss import Loss
+from .swap import PAGE, SwapDevice, SwapSlot, find_slot, stretches
 from .weights import WeightStore
 
 POISON = os.environ.get("NNFLEET_POISON", "") == "1"
@@ -47,17 +49,44 @@ class Executor:
     """A planned, bound graph for one batch size and mode (training or inference)."""
 
     def __init__(self, graph: Graph, weights: WeightStore, planner: str = P.DEFAULT_STRATEGY,
-                 optimizer: Any = None, poison: bool = POISON) -> None:
+                 optimizer: Any = None, poison: bool = POISON, swap: Any = "off",
+                 lookahead: int = 3, swap_dir: str | None = None,
+                 min_swap_bytes: int = 64 * 1024, allocate: bool = True) -> None:
         self.graph = graph
         self.weights = weights
         self.optimizer = optimizer
         self.training = graph.backward
+        self.strategy = planner
+        self.lookahead = lookahead
         self.records: list[Record] = []
         self._parent: list[int] = []
         self._collect()
         self._alias_in_place()
-        self._plan(planner)
+        self._groups()
+        self.candidates = self.swap_candidates(min_swap_bytes) if self.training else []
+        if swap == "on":
+            chosen = self.candidates
+        elif swap in ("off", None, False):
+            chosen = []
+        else:
+            want = set(swap)
+            chosen = [c for c in self.candidates if c.group in want]
+        self.slots = chosen
+        self.plan, self.intervals = self.layout(chosen)
+        self.lower_bound = P.lower_bound(self.sizes, self.intervals, self.alignment)
+        self.unswapped_lower_bound = P.lower_bound(self.sizes, self.hulls)
+        self.naive_bytes = sum(P.align(s) for s in self.sizes)
+        self.swap_device: SwapDevice | None = None
+        if not allocate:
+            return
         self._allocate(poison)
+        if chosen:
+            off = 0
+            for slot in chosen:
+                slot.nbytes = P.align(self.sizes[slot.group], PAGE)
+                slot.file_offset = off
+                off += slot.nbytes
+            self.swap_device = SwapDevice(off, swap_dir)
         self._bind()
         self._build_program()
 
@@ -150,28 +179,41 @@ class Executor:
                 self._union(dx, dy)
 
     # ------------------------------------------------------------------ planning
-    def _plan(self, strategy: str) -> None:
+    def _groups(self) -> None:
+        """Blocks to plan: one per alias group, with every order at which it is used."""
         roots = sorted({self._find(i) for i in range(len(self.records))})
         self.group_of = {r: g for g, r in enumerate(roots)}
-        sizes, intervals = [0] * len(roots), [(0, 1)] * len(roots)
-        lo = [math.inf] * len(roots)
-        hi = [-1] * len(roots)
+        self.sizes = [0] * len(roots)
+        uses: list[set[int]] = [set() for _ in roots]
         for i, rec in enumerate(self.records):
             g = self.group_of[self._find(i)]
-            sizes[g] = max(sizes[g], rec.nbytes)
-            if rec.uses:
-                lo[g] = min(lo[g], min(rec.uses))
-                hi[g] = max(hi[g], max(rec.uses))
-        intervals = [(int(a), b + 1) for a, b in zip(lo, hi)]
-        self.sizes, self.intervals = sizes, intervals
-        self.plan = P.plan_layout(sizes, intervals, strategy)
-        self.lower_bound = P.lower_bound(sizes, intervals)
-        self.naive_bytes = sum(P.align(s) for s in sizes)
+            self.sizes[g] = max(self.sizes[g], rec.nbytes)
+            uses[g] |= rec.uses
+        self.group_uses = [sorted(u) for u in uses]
+        self.hulls = [(u[0], u[-1] + 1) for u in self.group_uses]
+
+    def swap_candidates(self, min_bytes: int = 64 * 1024) -> list[SwapSlot]:
+        """Blocks worth swapping, most bytes x idle orders first."""
+        out = []
+        for g, u in enumerate(self.group_uses):
+            if self.sizes[g] >= min_bytes:
+                slot = find_slot(g, u, self.lookahead)
+                if slot is not None:
+                    out.append(slot)
+        out.sort(key=lambda s: -(s.read_at - s.write_done) * self.sizes[s.group])
+        return out
+
+    def layout(self, slots: list[SwapSlot]) -> tuple[P.Plan, list[Any]]:
+        """Plan with these blocks swapped (two stretches each, page-aligned for O_DIRECT)."""
+        by_group = {s.group: s for s in slots}
+        intervals = [stretches(u, by_group.get(g)) for g, u in enumerate(self.group_uses)]
+        self.alignment = PAGE if slots else 64
+        return P.plan_layout(self.sizes, intervals, self.strategy, self.alignment), intervals
 
     def _allocate(self, poison: bool) -> None:
         n = self.plan.pool_bytes
-        raw = np.empty(n + 64, dtype=np.uint8)
-        start = (-raw.ctypes.data) % 64  # align the pool itself as the planner assumes
+        raw = np.empty(n + PAGE, dtype=np.uint8)
+        start = (-raw.ctypes.data) % PAGE  # align the pool itself as the planner assumes
         self.pool = raw[start:start + n]
         if poison:  # NaN for floats, -1 for ints: reading an unwritten tensor shows up
             self.pool.fill(0xFF)
@@ -209,8 +251,29 @@ class Executor:
         prog: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
         first_ag = True
         zeroed: set[str] = set()
-        for _, node, phase in self.graph.ops():
+        pre: dict[int, list[tuple[Callable[..., None], tuple[Any, ...]]]] = {}
+        post: dict[int, list[tuple[Callable[..., None], tuple[Any, ...]]]] = {}
+        dev = self.swap_device
+        for slot in self.slots:
+            # the whole page-rounded slot moves, so O_DIRECT sees aligned lengths
+            off = self.plan.offsets[slot.group]
+            view = self.pool[off:off + slot.nbytes]
+            wdone, rdone = threading.Event(), threading.Event()
+            wdone.set()
+            rdone.set()
+            post.setdefault(slot.out_after, []).append((dev.submit, ("w", view, slot.file_offset, wdone)))
+            pre.setdefault(slot.write_done, []).append((dev.wait, (wdone,)))
+            pre.setdefault(slot.read_at, []).append((dev.submit, ("r", view, slot.file_offset, rdone)))
+            pre.setdefault(slot.need_at, []).append((dev.wait, (rdone,)))
+        for o in pre:  # waits before new reads at the same order
+            pre[o].sort(key=lambda op: op[0] != dev.wait)
+        last = -1
+        for order, node, phase in self.graph.ops():
             lay = node.layer
+            if order != last:
+                prog.extend(post.get(last, []))
+                prog.extend(pre.get(order, []))
+                last = order
             if phase in (CG, CD) and node.name in self.zero_douts and node.name not in zeroed:
                 zeroed.add(node.name)
                 for d in self.zero_douts[node.name]:
@@ -234,6 +297,7 @@ class Executor:
                         key = f"{lay.name}:{w.name}"
                         prog.append((self.optimizer.update,
                                      (key, lay.w[w.name].reshape(-1), lay.g[w.name].reshape(-1))))
+        prog.extend(post.get(last, []))
         self.program = prog
         self.all_grads = [self.view(i).reshape(-1) for i in self.grad_rec.values()]
 
@@ -284,10 +348,17 @@ class Executor:
     # ------------------------------------------------------------------ reporting
     def table(self) -> list[dict[str, Any]]:
         rows = []
+        swapped = {s.group for s in self.slots}
         for i, rec in enumerate(self.records):
             g = self.group_of[self._find(i)]
+            iv = self.intervals[g]
             rows.append({"name": rec.name, "kind": rec.kind, "shape": list(rec.shape),
                          "dtype": str(rec.dtype), "bytes": rec.nbytes,
-                         "interval": list(self.intervals[g]), "offset": self.plan.offsets[g],
-                         "group": g})
+                         "interval": [iv[0][0], iv[-1][1]], "stretches": [list(p) for p in iv],
+                         "offset": self.plan.offsets[g], "group": g, "swapped": g in swapped})
         return rows
+
+    def close(self) -> None:
+        """Release the swap file and its thread."""
+        if self.swap_device is not None:
+            self.swap_device.close()

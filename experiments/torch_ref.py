@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from device_runtime.layers.conv import resolve_padding
+from device_runtime.layers.loss import Loss
 
 Ref = tuple[str, int]
 
@@ -119,7 +120,7 @@ def to_torch(model: Any, batch: int = 1, inplace: bool = True, logits: bool = Tr
         it is applied, so outputs match ``model.predict``.
     """
     g = model._graph(batch, backward=False, with_loss=True)
-    nodes = [n for n in g.nodes if n.layer.type not in ("mse", "cross_softmax", "cross_sigmoid")]
+    nodes = [n for n in g.nodes if not isinstance(n.layer, Loss)]
     loss_node = g.nodes[-1]
     mod = GraphModule()
     mod.folded_activation = g.folded_activation
@@ -276,7 +277,10 @@ def make_torch_optimizer(name: str, params: Any, **hp: Any) -> torch.optim.Optim
     """
     key = str(name).strip().lower()
     hp = dict(hp)
-    hp.pop("schedule", None)
+    schedule = hp.pop("schedule", None)
+    if schedule is not None and getattr(schedule, "kind", "constant") != "constant":
+        raise ValueError(f"schedule '{schedule.kind}' has no mapping here: pair the optimizer "
+                         "with a torch.optim.lr_scheduler yourself")
     if key == "sgd":
         known = {"lr", "momentum", "weight_decay", "nesterov"}
         _check(key, hp, known)

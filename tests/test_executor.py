@@ -94,12 +94,12 @@ def test_plan_invariants_on_builtin_models(name):
     m = dr.build(name)
     m.compile(batch_size=8)
     ex = m.train_executor
-    check_plan(ex.sizes, ex.intervals, ex.plan)
+    check_plan(ex.sizes, ex.intervals, ex.plan, ex.alignment)
     assert ex.plan.pool_bytes >= ex.lower_bound
     assert ex.plan.pool_bytes <= 1.05 * ex.lower_bound
     # every record's uses lie inside its block's interval
     for i, rec in enumerate(ex.records):
-        lo, hi = ex.intervals[ex.group_of[ex._find(i)]]
+        lo, hi = ex.hulls[ex.group_of[ex._find(i)]]
         assert all(lo <= u < hi for u in rec.uses), rec.name
 
 
@@ -112,7 +112,7 @@ def test_gradient_clipping_extends_gradient_lifespans():
     m2.compile(batch_size=4, clip_grad_norm=1.0)
     def grad_intervals(m):
         ex = m.train_executor
-        return [ex.intervals[ex.group_of[ex._find(i)]] for i, r in enumerate(ex.records)
+        return [ex.hulls[ex.group_of[ex._find(i)]] for i, r in enumerate(ex.records)
                 if r.kind == "gradient"]
     g1, g2 = grad_intervals(m1), grad_intervals(m2)
     # Without clipping gradients die right after their layer's update; with it they all

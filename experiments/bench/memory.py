@@ -7,6 +7,12 @@ the data, measures RSS (``rss_after_build``), resets the kernel's high-water mar
 the memory that training itself adds. nnfleet's plan predicts it as the step pool plus
 the optimizer state (both allocated at compile time and untouched until training).
 
+Each run is measured twice (``--no-warm`` keeps only the first): *cold*, exactly as
+above, so one-time costs paid on the first step (numba loading its compiled kernels,
+oneDNN creating primitives, thread pools) count as training memory; and *warm*, where a
+throw-away copy of the model first trains one step at the same batch size and is freed
+(``malloc_trim`` gives its heap pages back to the OS) before the baseline is taken.
+
     python -m experiments.bench.memory --models lenet5,vgg16 --optimizers sgd --json out.json
 
 The environment (OPENBLAS_*, OMP_*, ...) is inherited unchanged by every worker, so both
@@ -16,9 +22,11 @@ frameworks see the same threading settings; torch is also given 2 threads explic
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -45,16 +53,33 @@ def _step_ms(seconds: list[float]) -> float:
     return 1e3 * statistics.median(timed)
 
 
-def worker_nnfleet(model: str, optimizer: str, batch: int, steps: int) -> dict[str, Any]:
+def _release() -> None:
+    """Free garbage and hand free heap pages back to the OS (glibc), so RSS is honest."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
+def worker_nnfleet(model: str, optimizer: str, batch: int, steps: int,
+                   warm: bool = False) -> dict[str, Any]:
     import device_runtime as dr
     from device_runtime import rss
     from device_runtime.data import synthetic_classification
 
-    m = dr.build(model)
-    m.compile(batch_size=batch, optimizer=optimizer, **HP[optimizer])
-    plan = m.plan()  # plans and creates the pool (np.empty: no page touched yet)
+    def build() -> dr.Model:
+        return dr.build(model).compile(batch_size=batch, optimizer=optimizer, **HP[optimizer])
+
+    m = build()
     x, y = synthetic_classification(m.input_shape, n=batch * steps, seed=0)
-    gc.collect()
+    if warm:  # one step of a throw-away copy loads every kernel this run will call
+        m.fit(x[:batch], y[:batch], steps=1, shuffle=False)
+        del m
+        _release()
+        m = build()
+    plan = m.plan()  # plans and creates the pool (np.empty: no page touched yet)
+    _release()
     base = rss.current_rss()
     reset = rss.reset_peak()
     step_rss: list[int] = []
@@ -68,7 +93,8 @@ def worker_nnfleet(model: str, optimizer: str, batch: int, steps: int) -> dict[s
             "step_rss": step_rss, "losses": hist.losses, **{k: plan[k] for k in keys}}
 
 
-def worker_torch(model: str, optimizer: str, batch: int, steps: int) -> dict[str, Any]:
+def worker_torch(model: str, optimizer: str, batch: int, steps: int,
+                 warm: bool = False) -> dict[str, Any]:
     import torch
 
     import device_runtime as dr
@@ -78,14 +104,23 @@ def worker_torch(model: str, optimizer: str, batch: int, steps: int) -> dict[str
 
     torch.set_num_threads(2)
     m = dr.build(model)
-    module = to_torch(m, batch).train()  # the same architecture and initial weights
     input_shape = m.input_shape
-    del m
-    opt = make_torch_optimizer(optimizer, [p for p in module.parameters() if p.requires_grad],
-                               **HP[optimizer])
     x, y = synthetic_classification(input_shape, n=batch * steps, seed=0)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    gc.collect()
+
+    def build() -> tuple[Any, Any]:
+        module = to_torch(m, batch).train()  # the same architecture and initial weights
+        return module, make_torch_optimizer(
+            optimizer, [p for p in module.parameters() if p.requires_grad], **HP[optimizer])
+
+    if warm:
+        module, opt = build()
+        torch_step(module, opt, xt[:batch], yt[:batch])
+        del module, opt
+        _release()
+    module, opt = build()
+    del m
+    _release()
     base = rss.current_rss()
     reset = rss.reset_peak()
     seconds, losses, step_rss = [], [], []
@@ -105,13 +140,13 @@ WORKERS = {"nnfleet": worker_nnfleet, "torch": worker_torch}
 
 
 def run_worker(framework: str, model: str, optimizer: str, batch: int, steps: int,
-               timeout: float = 3600.0) -> dict[str, Any]:
+               warm: bool = False, timeout: float = 3600.0) -> dict[str, Any]:
     """Run one measurement in a fresh interpreter; its last stdout line is JSON."""
     cmd = [sys.executable, "-m", "experiments.bench.memory", "--worker", framework,
            "--models", model, "--optimizers", optimizer, "--batch-size", str(batch),
-           "--steps", str(steps)]
+           "--steps", str(steps)] + (["--warm"] if warm else [])
     head = {"framework": framework, "model": model, "optimizer": optimizer, "batch_size": batch,
-            "steps": steps}
+            "steps": steps, "warm": warm}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -133,41 +168,51 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 
 def build_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (model, optimizer), joining the frameworks' results."""
+    """One row per (model, optimizer); runs keyed "nnfleet", "nnfleet_warm", "torch", ..."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for r in results:
         row = rows.setdefault((r["model"], r["optimizer"]),
                               {"model": r["model"], "optimizer": r["optimizer"]})
-        row[r["framework"]] = r
+        if "error" not in r:
+            row[r["framework"] + ("_warm" if r.get("warm") else "")] = r
     return list(rows.values())
 
 
+def _ws(row: dict[str, Any], key: str) -> float | None:
+    return row[key]["working_set"] if key in row else None
+
+
 def check_targets(row: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(target, MET | NOT MET | n/a, figure) for one row."""
-    n, t = row.get("nnfleet", {}), row.get("torch", {})
-    ok = "error" not in n and bool(n)
-    tok = "error" not in t and bool(t)
-    out = []
+    """(target, MET | NOT MET | n/a, figure) for one row; warm figures where measured."""
+    out: list[tuple[str, str, str]] = []
 
     def verdict(cond: bool) -> str:
         return "MET" if cond else "NOT MET"
 
-    if ok:
+    n = row.get("nnfleet") or row.get("nnfleet_warm")
+    if n is not None:
         r = n["pool_bytes"] / max(n["lower_bound_bytes"], 1)
         out.append((f"pool <= {POOL_OVER_LB} x lower bound", verdict(r <= POOL_OVER_LB),
                     f"{r:.3f}x"))
-        diff = n["working_set"] - n["planned_working_set_bytes"]
-        allowed = max(PLAN_TOLERANCE * n["planned_working_set_bytes"], PLAN_SLACK)
-        out.append(("measured working set within 10% (or 8 MiB) of planned",
-                    verdict(abs(diff) <= allowed),
-                    f"{_mib(n['working_set'])} vs {_mib(n['planned_working_set_bytes'])} MiB "
-                    f"({diff / MIB:+.1f} MiB, allowed +-{allowed / MIB:.1f})"))
-    if ok and tok:
-        ws = n["working_set"] / max(t["working_set"], 1)
-        if row["model"] in WS_VS_TORCH_MODELS and row["optimizer"] == "sgd":
-            out.append(("working set <= 1/3 of torch's", verdict(ws <= WS_VS_TORCH), f"{ws:.2f}x"))
-        else:
-            out.append(("working set <= 1/3 of torch's", "n/a", f"{ws:.2f}x (not a target row)"))
+        plan = n["planned_working_set_bytes"]
+        allowed = max(PLAN_TOLERANCE * plan, PLAN_SLACK)
+        for key, tag in (("nnfleet", "cold"), ("nnfleet_warm", "warm")):
+            if key in row:
+                diff = row[key]["working_set"] - plan
+                out.append((f"measured WS within 10% (or 8 MiB) of planned [{tag}]",
+                            verdict(abs(diff) <= allowed),
+                            f"{_mib(row[key]['working_set'])} vs {_mib(plan)} MiB "
+                            f"({diff / MIB:+.1f}, allowed +-{allowed / MIB:.1f})"))
+    target_row = row["model"] in WS_VS_TORCH_MODELS and row["optimizer"] == "sgd"
+    for tag in ("cold", "warm"):
+        a, b = (_ws(row, f"{fw}{'_warm' if tag == 'warm' else ''}") for fw in ("nnfleet", "torch"))
+        if a is not None and b is not None:
+            ws = a / max(b, 1)
+            out.append((f"WS <= 1/3 of torch's [{tag}]",
+                        verdict(ws <= WS_VS_TORCH) if target_row else "n/a",
+                        f"{ws:.2f}x" + ("" if target_row else " (not a target row)")))
+    n, t = row.get("nnfleet"), row.get("torch")
+    if n is not None and t is not None:
         st = n["step_ms"] / t["step_ms"]
         out.append((f"step time <= {TIME_VS_TORCH} x torch", verdict(st <= TIME_VS_TORCH),
                     f"{st:.2f}x ({n['step_ms']:.1f} vs {t['step_ms']:.1f} ms)"))
@@ -175,47 +220,56 @@ def check_targets(row: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = ["model", "opt", "pool", "lower", "naive", "plan WS", "nnf WS", "nnf peak",
-            "nnf ms", "torch WS", "torch peak", "torch ms", "pool/LB", "meas/plan",
-            "WS nnf/torch", "ms nnf/torch"]
+    """One aligned table; WS columns are cold, "w" columns warm (see the module doc)."""
+    head = ["model", "opt", "pool", "lower", "naive", "plan WS", "nnf WS", "nnf WSw",
+            "nnf peak", "nnf ms", "torch WS", "torch WSw", "torch peak", "torch ms",
+            "pool/LB", "meas/plan", "meas/plan w", "WS nnf/torch", "WS nnf/torch w",
+            "ms nnf/torch"]
     body = []
     for row in rows:
-        n, t = row.get("nnfleet", {}), row.get("torch", {})
-        n = {} if "error" in n else n
-        t = {} if "error" in t else t
+        n = row.get("nnfleet") or row.get("nnfleet_warm") or {}
+        t = row.get("torch") or {}
+        plan = n.get("planned_working_set_bytes")
+        nw, tw = _ws(row, "nnfleet"), _ws(row, "torch")
+        nww, tww = _ws(row, "nnfleet_warm"), _ws(row, "torch_warm")
         body.append([
             row["model"], row["optimizer"], _mib(n.get("pool_bytes")),
-            _mib(n.get("lower_bound_bytes")), _mib(n.get("naive_bytes")),
-            _mib(n.get("planned_working_set_bytes")), _mib(n.get("working_set")),
-            _mib(n.get("peak_rss")), "-" if not n else f"{n['step_ms']:.1f}",
-            _mib(t.get("working_set")), _mib(t.get("peak_rss")),
+            _mib(n.get("lower_bound_bytes")), _mib(n.get("naive_bytes")), _mib(plan),
+            _mib(nw), _mib(nww), _mib(row.get("nnfleet", {}).get("peak_rss")),
+            "-" if "nnfleet" not in row else f"{row['nnfleet']['step_ms']:.1f}",
+            _mib(tw), _mib(tww), _mib(t.get("peak_rss")),
             "-" if not t else f"{t['step_ms']:.1f}",
             _ratio(n.get("pool_bytes"), n.get("lower_bound_bytes")),
-            _ratio(n.get("working_set"), n.get("planned_working_set_bytes")),
-            _ratio(n.get("working_set"), t.get("working_set")),
-            _ratio(n.get("step_ms"), t.get("step_ms")),
+            _ratio(nw, plan), _ratio(nww, plan), _ratio(nw, tw), _ratio(nww, tww),
+            _ratio(row.get("nnfleet", {}).get("step_ms"), t.get("step_ms")),
         ])
     widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
-    fmt = lambda r: "  ".join(c.ljust(w) if i < 2 else c.rjust(w)  # noqa: E731
-                              for i, (c, w) in enumerate(zip(r, widths)))
-    lines = [fmt(head), "  ".join("-" * w for w in widths)] + [fmt(r) for r in body]
-    return "\n".join(lines)
+
+    def fmt(r: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([fmt(head), "  ".join("-" * w for w in widths)] + [fmt(r) for r in body])
 
 
 def report(rows: list[dict[str, Any]], results: list[dict[str, Any]], batch: int) -> str:
-    out = [f"memory benchmark: batch {batch}; sizes in MiB; WS = working set = peak RSS "
-           "during training - RSS after build; plan WS = pool + optimizer state", "",
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    out = [f"memory benchmark: batch {batch}, sizes in MiB, {os.cpu_count()} CPUs, load average "
+           f"{load:.2f} at the end (step times suffer on a busy machine).",
+           "WS = working set = peak RSS during training - RSS after build;",
+           "plan WS = pool + optimizer state; 'w' = warm (kernels loaded by a throw-away step "
+           "before the baseline), otherwise cold.", "",
            format_table(rows), "", "targets:"]
     for row in rows:
         for name, verdict, figure in check_targets(row):
-            out.append(f"  {row['model']:<9} {row['optimizer']:<5} {name:<55} "
+            out.append(f"  {row['model']:<9} {row['optimizer']:<5} {name:<50} "
                        f"{verdict:<8} {figure}")
     for r in results:
+        tag = f"{r['framework']}{' warm' if r.get('warm') else ''} {r['model']} {r['optimizer']}"
         if "error" in r:
-            out.append(f"  ERROR {r['framework']} {r['model']} {r['optimizer']}: {r['error']}")
+            out.append(f"  ERROR {tag}: {r['error']}")
         elif not r.get("peak_reset", True):
-            out.append(f"  note: {r['framework']} {r['model']} could not reset the RSS "
-                       "high-water mark: its peak includes everything before training")
+            out.append(f"  note: {tag} could not reset the RSS high-water mark: its peak "
+                       "includes everything before training")
     return "\n".join(out)
 
 
@@ -244,7 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=6,
                    help=f"training steps; step time is the median after the first {WARMUP}")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--no-warm", dest="warm", action="store_false",
+                   help="skip the warm measurements (kernels loaded before the baseline)")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    p.add_argument("--warm", dest="warm_worker", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
@@ -255,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --batch-size and --steps must be >= 1", file=sys.stderr)
         return 2
     if args.worker:
-        res = WORKERS[args.worker](args.models[0], args.optimizers[0], args.batch_size, args.steps)
+        res = WORKERS[args.worker](args.models[0], args.optimizers[0], args.batch_size,
+                                   args.steps, warm=args.warm_worker)
         print(json.dumps(res))
         return 0
     frameworks = list(args.frameworks)
@@ -265,9 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for model in args.models:
         for opt in args.optimizers:
-            for fw in frameworks:
-                print(f"running {fw} {model} {opt} ...", file=sys.stderr, flush=True)
-                results.append(run_worker(fw, model, opt, args.batch_size, args.steps))
+            for warm in (False, True) if args.warm else (False,):
+                for fw in frameworks:
+                    print(f"running {fw} {model} {opt}{' warm' if warm else ''} ...",
+                          file=sys.stderr, flush=True)
+                    results.append(run_worker(fw, model, opt, args.batch_size, args.steps, warm))
     rows = build_rows(results)
     print(report(rows, results, args.batch_size))
     if args.json:

@@ -1,0 +1,161 @@
+"""A Flower ``ClientApp`` around the device program (flwr is imported only when used).
+
+``import device_runtime`` never imports flwr, and neither does importing this module:
+the ``app`` attribute (what ``flwr run`` and ``flower-supernode`` load, as
+``device_runtime.flower_client:app``) is created on first access. A board without
+Flower can still use everything else in ``device_runtime``.
+
+Where the device's data and RAM cap come from (``node_config``, set per SuperNode with
+``flower-supernode --node-config "..."``; ``run_config`` values are defaults):
+
+- ``data-path``: the device's ``.npz`` (``x, y`` and optionally ``x_test, y_test``), or
+- ``data-factory`` (``module:function``, e.g. ``experiments.fleet.flower_data:partition``)
+  called with ``(partition_id, run_config)``; Flower's simulation runtime sets
+  ``partition-id`` in ``node_config``;
+- ``ram-cap`` (``256MiB``), ``swap``, ``batch-size``, ``freeze``, ``fallbacks``: the
+  device's own settings (see :class:`device_runtime.device.DeviceSettings`).
+
+Personal layers, Ditto's personal model and optimizer state stay in ``context.state``
+(on the device); replies carry only the shared arrays and a MetricRecord. A device that
+cannot train within its RAM cap raises, so Flower replies with an error message that
+names the bytes needed and the cap, and strategies leave it out of the aggregate.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+import numpy as np
+
+from .device import (DeviceData, DeviceState, evaluate_device, load_device_data, parse_settings,
+                     run_device)
+from .errors import ConfigError, MemoryCapExceeded
+
+STATE_ARRAYS = "device-state"  # ArrayRecord in context.state: personal arrays
+STATE_META = "device-meta"  # MetricRecord in context.state: counters
+SETTING_KEYS = ("ram-cap", "swap", "batch-size", "freeze", "fallbacks")
+
+_DATA: dict[tuple[Any, ...], DeviceData] = {}
+
+
+def node_value(context: Any, key: str, default: Any = None) -> Any:
+    """``node_config[key]``, else ``run_config[key]``, else ``default``."""
+    if key in context.node_config:
+        return context.node_config[key]
+    return context.run_config.get(key, default)
+
+
+def device_data(context: Any) -> DeviceData:
+    """The device's data (cached per process and node)."""
+    path = node_value(context, "data-path")
+    pid = context.node_config.get("partition-id", context.node_id)
+    key = (path, pid, context.run_id) if path else (pid, tuple(sorted(context.run_config.items())))
+    if key not in _DATA:
+        if path:
+            _DATA[key] = load_device_data(str(path))
+        else:
+            spec = str(context.run_config.get("data-factory", ""))
+            if ":" not in spec:
+                raise ConfigError("the device has no data: set node_config data-path=FILE.npz or "
+                                  "run_config data-factory='module:function'")
+            mod, fn = spec.split(":", 1)
+            d = getattr(importlib.import_module(mod), fn)(int(pid), dict(context.run_config))
+            _DATA[key] = DeviceData(d.x_train, d.y_train, d.x_test, d.y_test)
+    return _DATA[key]
+
+
+def device_id(context: Any) -> int:
+    return int(context.node_config.get("partition-id", context.node_id))
+
+
+def load_state(context: Any) -> DeviceState:
+    """The device state kept in ``context.state`` between rounds."""
+    arrays: dict[str, np.ndarray] = {}
+    meta: dict[str, float] = {}
+    if STATE_ARRAYS in context.state:
+        arrays = {k: a.numpy() for k, a in context.state[STATE_ARRAYS].items()}
+    if STATE_META in context.state:
+        meta = {k: float(v) for k, v in context.state[STATE_META].items()}
+    settings = parse_settings({k: node_value(context, k) for k in SETTING_KEYS
+                               if node_value(context, k) is not None})
+    return DeviceState(device_id(context), device_data(context), settings, arrays, meta)
+
+
+def save_state(context: Any, state: DeviceState) -> None:
+    from flwr.app import Array, ArrayRecord, MetricRecord
+
+    context.state[STATE_ARRAYS] = ArrayRecord(
+        {k: Array(np.ascontiguousarray(v)) for k, v in state.arrays.items()})
+    context.state[STATE_META] = MetricRecord({k: float(v) for k, v in state.meta.items()})
+
+
+def arrays_of(message: Any) -> dict[str, np.ndarray]:
+    return {k: a.numpy() for k, a in message.content["arrays"].items()}
+
+
+def config_of(message: Any) -> dict[str, Any]:
+    return dict(message.content["config"]) if "config" in message.content else {}
+
+
+def reply_content(shared: dict[str, np.ndarray] | None, metrics: dict[str, float]) -> Any:
+    """A reply RecordDict: ``arrays`` (shared only; omitted for evaluation) and ``metrics``."""
+    from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+
+    content = RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()})})
+    if shared is not None:
+        content["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in shared.items()})
+    return content
+
+
+def cap_failure(state: DeviceState, metrics: dict[str, float]) -> MemoryCapExceeded:
+    needed = int(metrics.get("needed-bytes", -1))
+    return MemoryCapExceeded(needed, int(state.settings.ram_cap or -1),
+                             f"device {state.device_id} cannot train within its RAM cap")
+
+
+def train(message: Any, context: Any) -> Any:
+    """Flower ``@app.train()``: one round of the device program."""
+    from flwr.app import Message
+
+    state = load_state(context)
+    shared, metrics, new_state = run_device(state, arrays_of(message), config_of(message))
+    if not metrics["trained"]:
+        raise cap_failure(state, metrics)
+    save_state(context, new_state)
+    return Message(reply_content(shared, metrics), reply_to=message)
+
+
+def evaluate(message: Any, context: Any) -> Any:
+    """Flower ``@app.evaluate()``: the personalized model on the device's own test split."""
+    from flwr.app import Message
+
+    metrics = evaluate_device(load_state(context), arrays_of(message), config_of(message))
+    return Message(reply_content(None, metrics), reply_to=message)
+
+
+def make_client_app() -> Any:
+    """A new ``flwr.clientapp.ClientApp`` wired to :func:`train` and :func:`evaluate`."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    from flwr.clientapp import ClientApp
+
+    from .warmup import warmup
+
+    client = ClientApp()
+    warmup()  # pay the JIT once per process, before any measured step
+    client.train()(train)
+    client.evaluate()(evaluate)
+    return client
+
+
+_APP: Any = None
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: ``app`` is built (and flwr imported) on demand
+    global _APP
+    if name == "app":
+        if _APP is None:
+            _APP = make_client_app()
+        return _APP
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,149 @@
+"""Proactive swap, after NNTrainer's swap device and cache pool.
+
+From the execution orders, a tensor idle for a long stretch (typically a forward
+activation waiting for its backward use) is written to a swap file right after its last
+use before the gap and read back ``lookahead`` orders before it is needed, by a
+background thread, into the same pool bytes; in between, the planner lends those bytes
+to other tensors (the tensor lives in two stretches at one offset).
+
+Swap files live in a private directory (mode 0700), are created 0600 and unlinked as
+soon as they are open, so they vanish even if the process is killed. I/O uses O_DIRECT
+where the file system allows it, so swapped bytes are not kept in the page cache (which
+would hide memory from RSS); otherwise each write is followed by fdatasync and
+POSIX_FADV_DONTNEED.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import tempfile
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+PAGE = 4096
+WRITE_SLACK = 2  # a write started after order u must be done before order u + WRITE_SLACK
+
+
+@dataclass
+class SwapSlot:
+    """When one block leaves and comes back, and where it lives in the file."""
+
+    group: int
+    out_after: int  # the write starts after this order's op
+    write_done: int  # ... and must be done before this order's op (end of stretch 1)
+    read_at: int  # the read starts before this order's op (start of stretch 2)
+    need_at: int  # ... and must be done before this order's op
+    file_offset: int = 0
+    nbytes: int = 0
+
+
+def find_slot(group: int, uses: list[int], lookahead: int) -> SwapSlot | None:
+    """The widest gap between consecutive uses, if swapping across it frees any order."""
+    best: SwapSlot | None = None
+    for a, b in zip(uses, uses[1:]):
+        done, start = a + WRITE_SLACK, b - lookahead
+        if start > done and (best is None or start - done > best.read_at - best.write_done):
+            best = SwapSlot(group, a, done, start, b)
+    return best
+
+
+def stretches(uses: list[int], slot: SwapSlot | None) -> list[tuple[int, int]]:
+    if slot is None:
+        return [(uses[0], uses[-1] + 1)]
+    return [(uses[0], slot.write_done), (slot.read_at, uses[-1] + 1)]
+
+
+def default_swap_dir() -> str:
+    """Not /tmp, which may be RAM (tmpfs): swap must reach storage."""
+    return os.environ.get("NNFLEET_SWAP_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "nnfleet", "swap")
+
+
+class SwapDevice:
+    """A private swap file and one background I/O thread."""
+
+    def __init__(self, nbytes: int, directory: str | None = None) -> None:
+        base = directory or default_swap_dir()
+        os.makedirs(base, mode=0o700, exist_ok=True)
+        self.dir = tempfile.mkdtemp(prefix="swap-", dir=base)  # mode 0700
+        path = os.path.join(self.dir, "pool.swap")
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
+        self.direct = hasattr(os, "O_DIRECT")
+        try:
+            self.fd = os.open(path, flags | (os.O_DIRECT if self.direct else 0), 0o600)
+        except OSError:
+            self.direct = False
+            self.fd = os.open(path, flags, 0o600)
+        os.unlink(path)  # gone from the file system now; freed when the fd closes
+        os.rmdir(self.dir)
+        os.ftruncate(self.fd, max(nbytes, PAGE))
+        self.bytes_written = 0
+        self.bytes_read = 0
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="nnfleet-swap", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            kind, view, off, event = job
+            try:
+                if kind == "w":
+                    self._write(view, off)
+                else:
+                    self._read(view, off)
+            except BaseException as e:  # surfaced to the training thread at wait()
+                self._error = e
+            event.set()
+
+    def _write(self, view: np.ndarray, off: int) -> None:
+        mv = memoryview(view)
+        done = 0
+        while done < len(mv):
+            done += os.pwrite(self.fd, mv[done:], off + done)
+        self.bytes_written += len(mv)
+        if not self.direct:
+            os.fdatasync(self.fd)
+            os.posix_fadvise(self.fd, off, len(mv), os.POSIX_FADV_DONTNEED)
+
+    def _read(self, view: np.ndarray, off: int) -> None:
+        mv = memoryview(view)
+        done = 0
+        while done < len(mv):
+            n = os.preadv(self.fd, [mv[done:]], off + done)
+            if n <= 0:
+                raise OSError(f"swap file ended early at byte {off + done}")
+            done += n
+        self.bytes_read += len(mv)
+        if not self.direct:
+            os.posix_fadvise(self.fd, off, len(mv), os.POSIX_FADV_DONTNEED)
+
+    def submit(self, kind: str, view: np.ndarray, off: int, event: threading.Event) -> None:
+        event.clear()
+        self._jobs.put((kind, view, off, event))
+
+    def wait(self, event: threading.Event) -> None:
+        event.wait()
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise OSError(f"swap I/O failed: {err}") from err
+
+    def close(self) -> None:
+        if self.fd < 0:
+            return
+        self._jobs.put(None)
+        self._thread.join(timeout=10)
+        os.close(self.fd)
+        self.fd = -1
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

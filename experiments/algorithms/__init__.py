@@ -1,0 +1,6 @@
+"""Personalization algorithms: local-only, FedAvg, FedAvg + fine-tuning, FedPer, FedRep,
+LG-FedAvg, Ditto, FedBN, FedProx."""
+
+from .registry import ALGORITHMS, Algorithm, device_config, get_algorithm, resolve_personal
+
+__all__ = ["ALGORITHMS", "Algorithm", "device_config", "get_algorithm", "resolve_personal"]

@@ -1,0 +1,100 @@
+"""Personalization algorithms as data: which layers stay on the device, what the device
+does each round, and which Flower strategy aggregates the rest.
+
+Personal layers are given as patterns over layer names (see ``device_runtime.device``),
+with three placeholders resolved against the model: ``{head}`` (the classifier: the
+model's last layer with weights unless the experiment names it), ``{base}`` (every other
+layer with weights) and ``{bn}`` (every batch-normalization layer). ``*`` keeps the whole
+model on the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from device_runtime.errors import ConfigError
+from device_runtime.model import LayerSpec
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One personalization algorithm."""
+
+    name: str
+    summary: str
+    reference: str
+    personal: str = ""  # patterns of personal layers (placeholders allowed)
+    client: dict[str, Any] = field(default_factory=dict)  # device config keys it sets
+    strategy: str = "fedavg"  # a flwr.serverapp.strategy class, by lower-case name
+    strategy_args: dict[str, Any] = field(default_factory=dict)
+
+
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
+    Algorithm("local", "every device trains alone; nothing leaves it", "baseline",
+              personal="*", client={"optimizer-state": "keep"}),
+    Algorithm("fedavg", "one global model, averaged by example count",
+              "McMahan et al., AISTATS 2017"),
+    Algorithm("fedavg-ft", "FedAvg, then each device fine-tunes the global model before use",
+              "Wang et al., arXiv:1910.10252 2019", client={"finetune-epochs": 1}),
+    Algorithm("fedper", "shared base, personal classifier head",
+              "Arivazhagan et al., arXiv:1912.00818 2019", personal="{head}"),
+    Algorithm("fedrep", "personal head trained first with the base frozen, then the shared "
+              "base with the head frozen", "Collins et al., ICML 2021", personal="{head}",
+              client={"head-epochs": 2}),
+    Algorithm("lg-fedavg", "personal base (representation), shared head",
+              "Liang et al., arXiv:2001.01523 2020", personal="{base}"),
+    Algorithm("ditto", "global model by FedAvg plus a personal model pulled towards it by "
+              "lambda/2 ||v - w||^2", "Li et al., ICML 2021",
+              client={"ditto-lambda": 0.1, "personal-epochs": 1}),
+    Algorithm("fedbn", "batch-normalization layers stay on the device",
+              "Li et al., ICLR 2021", personal="{bn}"),
+    Algorithm("fedprox", "FedAvg with a proximal term mu/2 ||w - w_global||^2 on the device",
+              "Li et al., MLSys 2020", strategy="fedprox", strategy_args={"proximal_mu": 0.01}),
+]}
+
+
+def get_algorithm(name: str) -> Algorithm:
+    key = name.strip().lower()
+    if key not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm '{name}' (known: {', '.join(ALGORITHMS)})")
+    return ALGORITHMS[key]
+
+
+def _weight_layers(specs: Sequence[LayerSpec]) -> list[LayerSpec]:
+    # layers that own parameters: everything but inputs, activations, pooling, merges...
+    skip = {"input", "activation", "pooling2d", "flatten", "dropout", "addition", "concat",
+            "reshape", "multiout", "split"}
+    return [s for s in specs if s.type.lower() not in skip]
+
+
+def resolve_personal(pattern: str, specs: Sequence[LayerSpec], head: Sequence[str] = ()) -> str:
+    """Replace ``{head}``, ``{base}``, ``{bn}`` by layer names of this model."""
+    layers = _weight_layers(specs)
+    heads = list(head) or [layers[-1].name]
+    unknown = [h for h in heads if h not in {s.name for s in specs}]
+    if unknown:
+        raise ConfigError(f"head layer '{unknown[0]}' is not a layer of the model "
+                          f"({', '.join(s.name for s in layers)})")
+    bn = [s.name for s in layers if "batch_norm" in s.type.lower()]
+    base = [s.name for s in layers if s.name not in heads]
+    names = {"{head}": heads, "{base}": base, "{bn}": bn}
+    out: list[str] = []
+    for p in (x.strip() for x in pattern.split(",")):
+        if p in names:
+            out += names[p]
+        elif p:
+            out.append(p)
+    if "{bn}" in pattern and not bn:
+        raise ConfigError("this algorithm keeps batch-normalization layers personal but the "
+                          "model has none (use a model with batch_normalization layers)")
+    return ",".join(out)
+
+
+def device_config(algo: Algorithm, specs: Sequence[LayerSpec], head: Sequence[str] = (),
+                  overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The device config keys for ``algo`` (personal patterns resolved), then overrides."""
+    cfg: dict[str, Any] = {"personal": resolve_personal(algo.personal, specs, head)}
+    cfg.update(algo.client)
+    cfg.update(overrides or {})
+    return cfg

@@ -1,0 +1,220 @@
+"""Flower's ``Grid`` on the fleet engine: any ServerApp and strategy run on it unchanged.
+
+Node ``i + 1`` is device ``i``. A TRAIN message to a device that is offline this round
+(its profile's availability) or drops out mid-round (its dropout) gets no reply, as with
+a real node that vanished; a device that cannot train within its RAM cap answers with an
+error reply naming the bytes it needed. EVALUATE messages always reach every device: they
+are the experiment's measurement of personalized accuracy, not part of the federation.
+Every reply is also logged, one record per device and message, through ``on_record``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Callable, Iterable
+
+import numpy as np
+from flwr.app import Error, Message, MessageType, RecordDict
+from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+from device_runtime.flower_client import reply_content
+
+from .engine import FleetEngine, TaskResult
+
+
+class FleetGrid(Grid):
+    """A Grid whose nodes are the engine's devices; ``run_key`` namespaces device state."""
+
+    def __init__(self, engine: FleetEngine, run_key: str = "run", seed: int = 0,
+                 on_record: Callable[[dict[str, Any]], None] | None = None,
+                 on_progress: Callable[[str, int, int], None] | None = None) -> None:
+        self.engine = engine
+        self.run_key = run_key
+        self.seed = seed
+        self.on_record = on_record
+        self.on_progress = on_progress
+        self._run = Run.create_empty(run_id=abs(hash(run_key)) % (1 << 62))
+        self._pending: dict[str, Message] = {}
+        self._replies: dict[str, Message] = {}
+        self.rounds: list[dict[str, Any]] = []  # per train round: devices, simulated seconds
+        self.sent: list[Message] = []  # every instruction message (tests inspect them)
+        self.received: list[Message] = []  # every reply handed to the ServerApp
+
+    # ------------------------------------------------------------------ Grid API
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
+                       group_id: str, ttl: float | None = None) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(range(1, self.engine.num_devices + 1))
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            m.metadata.__dict__["_run_id"] = self._run.run_id
+            self._pending[m.metadata.message_id] = m
+            ids.append(m.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        if self._pending:
+            self._execute()
+        out = []
+        for mid in message_ids:
+            r = self._replies.pop(mid, None)
+            if r is not None:
+                out.append(r)
+        self.received += out
+        return out
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+    # ------------------------------------------------------------------ execution
+    def _online(self, rnd: int) -> tuple[np.ndarray, np.ndarray]:
+        """Availability and dropout draws of round ``rnd`` (reproducible from the seed)."""
+        rng = np.random.default_rng([self.seed, rnd, 11])
+        n = self.engine.num_devices
+        avail = np.array([p.availability for p in self.engine.profiles])
+        drop = np.array([p.dropout for p in self.engine.profiles])
+        return rng.random(n) < avail, rng.random(n) < drop
+
+    def _execute(self) -> None:
+        pending, self._pending = list(self._pending.values()), {}
+        self.sent += pending
+        payloads: dict[int, tuple[dict[str, np.ndarray], dict[str, Any]]] = {}
+        pid_of: dict[int, int] = {}
+        tasks, by_device = [], {}
+        kinds = {MessageType.TRAIN: "train", MessageType.EVALUATE: "evaluate"}
+        rnd = 0
+        records = []
+        for m in pending:
+            kind = kinds.get(m.metadata.message_type)
+            device = m.metadata.dst_node_id - 1
+            if kind is None or not 0 <= device < self.engine.num_devices:
+                self._reply_error(m, ErrorCode.UNKNOWN,
+                                  f"fleet engine: no device {m.metadata.dst_node_id} or unsupported "
+                                  f"message type {m.metadata.message_type}")
+                continue
+            key = id(m.content)
+            if key not in pid_of:  # strategies send one RecordDict to many nodes: convert once
+                pid_of[key] = len(payloads)
+                cfg = dict(m.content["config"]) if "config" in m.content else {}
+                arrays = {k: a.numpy() for k, a in m.content["arrays"].items()} \
+                    if "arrays" in m.content else {}
+                payloads[pid_of[key]] = (arrays, cfg)
+                rnd = int(cfg.get("server-round", rnd))
+            tasks.append((kind, device, pid_of[key]))
+            by_device[(kind, device)] = m
+        online, dropped = self._online(rnd)
+        run_tasks = []
+        for kind, device, pid in tasks:
+            if kind == "train" and not online[device]:
+                records.append(self._record("train", rnd, device, "offline", {}))
+            elif kind == "train" and dropped[device]:
+                records.append(self._record("train", rnd, device, "dropped", {}))
+            else:
+                run_tasks.append((kind, device, pid))
+        total, done = len(run_tasks), [0]
+        phase = "train" if any(t[0] == "train" for t in run_tasks) else "evaluate"
+
+        def got(r: TaskResult) -> None:
+            done[0] += 1
+            if self.on_progress is not None:
+                self.on_progress(phase, done[0], total)
+
+        t0 = time.perf_counter()
+        results = self.engine.run(payloads, run_tasks, self.run_key, got)
+        wall = time.perf_counter() - t0
+        sim = 0.0
+        for r in results:
+            m = by_device[(r.kind, r.device)]
+            if r.error is not None:
+                status = "error"
+                self._reply_error(m, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, r.error)
+            elif r.kind == "train" and not r.metrics.get("trained"):
+                status = "cap-exceeded" if r.metrics.get("cap-exceeded") else "no-data"
+                self._reply_error(m, ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                                  f"MemoryCapExceeded: device {r.device} cannot train within its "
+                                  f"RAM cap: needs {int(r.metrics.get('needed-bytes', -1)):,} bytes "
+                                  f"but the cap is {int(r.metrics.get('ram-cap', -1)):,} bytes"
+                                  if status == "cap-exceeded" else f"device {r.device} has no data")
+            else:
+                status = "ok"
+                self._replies[m.metadata.message_id] = Message(
+                    reply_content(r.shared if r.kind == "train" else None, r.metrics), reply_to=m)
+            rec = self._record(r.kind, rnd, r.device, status, r.metrics, r.error)
+            if r.kind == "train" and status == "ok":
+                sim = max(sim, rec["sim_seconds"])
+            records.append(rec)
+        if phase == "train":
+            self.rounds.append({"round": rnd, "devices": total, "wall_seconds": wall,
+                                "sim_seconds": sim,
+                                "ok": sum(1 for r in records if r["status"] == "ok")})
+        if self.on_record is not None:
+            for rec in records:
+                self.on_record(rec)
+
+    def _reply_error(self, m: Message, code: int, reason: str) -> None:
+        self._replies[m.metadata.message_id] = Message(Error(code, reason), reply_to=m)
+
+    def _record(self, kind: str, rnd: int, device: int, status: str, metrics: dict[str, float],
+                error: str | None = None) -> dict[str, Any]:
+        prof = self.engine.profiles[device]
+        rec: dict[str, Any] = {"run": self.run_key, "phase": kind, "round": rnd, "device": device,
+                               "device_id": self.engine.device_ids[device], "status": status}
+        rec.update({k: (float(v) if isinstance(v, (int, float, np.floating)) else v)
+                    for k, v in metrics.items()})
+        secs = float(metrics.get("train-seconds", 0.0) or 0.0)
+        rec["sim_seconds"] = max(secs, 0.0) / prof.speed
+        if error:
+            rec["error"] = error
+        return rec
+
+    # ------------------------------------------------------------------ outside Flower
+    def evaluate_all(self, shared: dict[str, np.ndarray], config: dict[str, Any],
+                     rnd: int = -1) -> list[dict[str, Any]]:
+        """Every device's personalized accuracy now (the experiment's final measurement)."""
+        results = self.engine.run({0: (shared, dict(config))},
+                                  [("evaluate", d, 0) for d in range(self.engine.num_devices)],
+                                  self.run_key)
+        recs = [self._record("final", rnd, r.device, "ok" if r.error is None else "error",
+                             r.metrics, r.error) for r in sorted(results, key=lambda r: r.device)]
+        if self.on_record is not None:
+            for rec in recs:
+                self.on_record(rec)
+        return recs
+
+
+def run_serverapp(server_app: Any, grid: FleetGrid, run_config: dict[str, Any],
+                  run_id: int | None = None) -> Any:
+    """Run a Flower ``ServerApp`` on ``grid`` as Flower's runtimes do; returns its Context.
+
+    Like ``flwr.superlink.runtime.run_serverapp``, this sets the process's task identity
+    (which ``Message`` reads for its metadata) before calling the app.
+    """
+    from flwr.app import Context
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.supercore.task_identity import TaskIdentity
+
+    run = Run.create_empty(run_id if run_id is not None else grid.run.run_id)
+    grid.set_run(run)
+    TaskIdentity.task_id = 1
+    TaskIdentity.run_id = run.run_id
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    context = Context(run_id=run.run_id, node_id=SUPERLINK_NODE_ID, node_config={},
+                      state=RecordDict(), run_config=dict(run_config))
+    server_app(grid, context)
+    return context

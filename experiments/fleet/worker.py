@@ -1,0 +1,169 @@
+"""A warm worker process of the fleet engine: imports and JIT are paid once, then it runs
+the device program for one device after another.
+
+Started as ``python -m experiments.fleet.worker FD`` with one end of a socket pair; it
+imports only device_runtime (never flwr), warms up the kernels, and answers tasks:
+
+- ``("setup", store_path, isolation)``: where the fleet's data is; ``worker`` runs each
+  device in this process after resetting the kernel's RSS high-water mark, ``fork`` runs
+  each device in a fresh child forked from this warm process and kills it if its RSS
+  goes over the device's cap (a watchdog on top of the runtime's own cap checks);
+- ``("payload", pid, shared, config)``: the shared weights and config of a message;
+- ``("tasks", [(task_id, kind, device, pid, settings, run_key), ...])``: run them;
+  one ``("result", task_id, shared_out | None, metrics, error | None)`` per task;
+- ``("reset", run_key)``, ``("stop",)``.
+
+Device state (personal layers, Ditto's model, optimizer state) lives here, keyed by run
+and device, and never goes back to the engine: only shared weights and metrics do.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+import sys
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+KILL_POLL_SECONDS = 0.002
+
+
+def _run_one(kind: str, state: Any, shared: dict, config: dict) -> tuple[Any, dict, Any]:
+    from device_runtime.device import evaluate_device, run_device
+
+    if kind == "train":
+        return run_device(state, shared, config)
+    return None, evaluate_device(state, shared, config), state
+
+
+class Worker:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.store: Any = None
+        self.isolation = "worker"
+        self.payloads: dict[int, tuple[dict, dict]] = {}
+        self.states: dict[tuple[str, int], tuple[dict, dict]] = {}
+
+    def state_for(self, run_key: str, device: int, settings: dict) -> Any:
+        from device_runtime.device import DeviceData, DeviceState, parse_settings
+
+        x, y, xt, yt = self.store.read(device)
+        arrays, meta = self.states.get((run_key, device), ({}, {}))
+        return DeviceState(device, DeviceData(x, y, xt, yt), parse_settings(settings),
+                           dict(arrays), dict(meta))
+
+    def task(self, task: tuple) -> tuple:
+        task_id, kind, device, pid, settings, run_key = task
+        shared, config = self.payloads[pid]
+        try:
+            state = self.state_for(run_key, device, settings)
+            if self.isolation == "fork":
+                out, metrics, new_state = self._forked(kind, state, shared, config)
+            else:
+                out, metrics, new_state = _run_one(kind, state, shared, config)
+        except Exception as e:  # reported to the server as the device's error reply
+            return ("result", task_id, None, {}, f"{type(e).__name__}: {e}",
+                    traceback.format_exc(limit=4))
+        if new_state is not None and kind == "train" and metrics.get("trained"):
+            self.states[(run_key, device)] = (new_state.arrays, new_state.meta)
+        return ("result", task_id, out, metrics, None, None)
+
+    def _forked(self, kind: str, state: Any, shared: dict, config: dict) -> tuple[Any, dict, Any]:
+        """Run in a child forked from this warm process; kill it if it goes over its cap."""
+        import psutil
+
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: run, send the result, exit without cleanup handlers
+            os.close(r)
+            code = 0
+            try:
+                res = _run_one(kind, state, shared, config)
+                data = pickle.dumps(("ok", res[0], res[1], res[2].arrays, res[2].meta))
+            except BaseException as e:  # noqa: BLE001 - the parent reports it
+                data = pickle.dumps(("error", f"{type(e).__name__}: {e}"))
+                code = 1
+            with os.fdopen(w, "wb") as f:
+                f.write(data)
+            os._exit(code)
+        os.close(w)
+        cap = state.settings.ram_cap
+        proc = psutil.Process(pid)
+        chunks: list[bytes] = []
+        killed_rss = 0
+        with os.fdopen(r, "rb") as f:
+            while True:
+                ready, _, _ = select.select([f], [], [], KILL_POLL_SECONDS)
+                if ready:
+                    b = os.read(f.fileno(), 1 << 20)
+                    if not b:
+                        break
+                    chunks.append(b)
+                    continue
+                if cap and not killed_rss:
+                    try:
+                        rss = proc.memory_info().rss
+                    except psutil.Error:
+                        continue
+                    if rss > cap:
+                        killed_rss = rss
+                        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        if killed_rss:
+            from device_runtime.device import METRIC_KEYS
+            metrics = {k: -1.0 for k in METRIC_KEYS}
+            metrics.update({"trained": 0.0, "cap-exceeded": 1.0, "needed-bytes": float(killed_rss),
+                            "peak-rss": float(killed_rss), "ram-cap": float(cap or -1),
+                            "num-examples": float(state.data.y_train.shape[0]), "steps": 0.0})
+            return None, metrics, None
+        msg = pickle.loads(b"".join(chunks))
+        if msg[0] != "ok":
+            raise RuntimeError(msg[1])
+        state.arrays, state.meta = msg[3], msg[4]
+        return msg[1], msg[2], state
+
+    def serve(self) -> None:
+        from experiments.fleet.store import StoreReader
+
+        while True:
+            try:
+                msg = self.conn.recv()
+            except EOFError:
+                return
+            op = msg[0]
+            if op == "setup":
+                self.store = StoreReader(msg[1])
+                self.isolation = msg[2]
+                self.payloads.clear()
+                self.states.clear()
+            elif op == "payload":
+                self.payloads[msg[1]] = (msg[2], msg[3])
+            elif op == "drop":
+                self.payloads.pop(msg[1], None)
+            elif op == "tasks":
+                for t in msg[1]:
+                    self.conn.send(self.task(t))
+            elif op == "reset":
+                self.states = {k: v for k, v in self.states.items() if k[0] != msg[1]}
+            elif op == "stop":
+                return
+
+
+def main(argv: list[str]) -> int:
+    t0 = time.perf_counter()
+    conn = Connection(int(argv[0]))
+    from device_runtime import rss
+    from device_runtime.warmup import warmup
+
+    warmup()
+    conn.send(("ready", os.getpid(), rss.current_rss(), time.perf_counter() - t0))
+    Worker(conn).serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
