@@ -93,8 +93,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from . import rss
     from .data import load_dataset, synthetic_classification
     from .units import fmt_bytes
-    from .warmup import warmup
-
     if args.epochs is not None and args.steps is not None:
         raise ConfigError("give --epochs or --steps, not both")
     model, ini = load_model(args.model, seed=args.seed)
@@ -114,7 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     ys, kind = model.prepare_y(y, xs.shape[0])
     model._use_labels(kind)
     plan = model.plan()
-    warmup()  # JIT-compiled kernels are part of the runtime's baseline, not of the step
+    model.warm_up()  # JIT-compiled kernels are part of the runtime's baseline, not of the step
     steps = args.steps
     epochs = args.epochs if args.epochs is not None else (ini.epochs if ini and ini.epochs and
                                                           steps is None else 1)

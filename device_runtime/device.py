@@ -174,12 +174,12 @@ class ProxOptimizer(Optimizer):
 
     def update(self, key: str, w: np.ndarray, g: np.ndarray, start: int = 0) -> None:
         a = self.anchor.get(key) if self.mu else None
-        if a is not None:
+        if a is not None:  # g += mu * (w - anchor), in a preallocated scratch buffer
             n = g.size
             t = self._scratch[:n].reshape(g.shape)
-            np.subtract(w, a[start:start + n].reshape(g.shape), out=t)
+            np.subtract(w.reshape(g.shape), a[start:start + n].reshape(g.shape), out=t)
             t *= np.float32(self.mu)
-            g += t
+            np.add(g, t, out=g)
         self.inner.update(key, w, g, start)
 
     def reset(self) -> None:
@@ -200,7 +200,7 @@ def _supports_caps() -> bool:
 
 _TRAINERS: "OrderedDict[tuple[Any, ...], Model]" = OrderedDict()
 _INIT: dict[tuple[str, int], Arrays] = {}
-MAX_TRAINERS = 6  # compiled models kept per process (each holds a planned pool)
+MAX_TRAINERS = 16  # compiled models kept per process (each holds a planned pool)
 EVAL_BATCH = 32
 
 

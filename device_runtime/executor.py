@@ -77,6 +77,7 @@ class Executor:
         self.unswapped_lower_bound = P.lower_bound(self.sizes, self.hulls)
         self.naive_bytes = sum(P.align(s) for s in self.sizes)
         self.swap_device: SwapDevice | None = None
+        self.guard: Any = None
         if not allocate:
             return
         self._allocate(poison)
@@ -341,8 +342,15 @@ class Executor:
     def run(self, idx: np.ndarray) -> float:
         """One step (training: forward+backward+updates; inference: forward) on rows ``idx``."""
         self._idx = idx
-        for fn, args in self.program:
-            fn(*args)
+        guard = self.guard
+        if guard is None:
+            for fn, args in self.program:
+                fn(*args)
+        else:  # under a RAM cap: stop between operations once the sampler saw it crossed
+            for fn, args in self.program:
+                fn(*args)
+                if guard.exceeded:
+                    guard.check()
         return self.loss.value if self.loss is not None else 0.0
 
     # ------------------------------------------------------------------ reporting

@@ -33,6 +33,11 @@ from .device import (DeviceData, DeviceState, evaluate_device, load_device_data,
                      run_device)
 from .errors import ConfigError, MemoryCapExceeded
 
+# "app" is listed for Flower's static check of `device_runtime.flower_client:app`; it is
+# created by the module's __getattr__ on first access.
+__all__ = ["app", "evaluate", "load_state", "make_client_app", "reply_content", "save_state",
+           "train"]
+
 STATE_ARRAYS = "device-state"  # ArrayRecord in context.state: personal arrays
 STATE_META = "device-meta"  # MetricRecord in context.state: counters
 SETTING_KEYS = ("ram-cap", "swap", "batch-size", "freeze", "fallbacks")

@@ -1,24 +1,48 @@
-"""NNTrainer's INI model files -> layer descriptions, loss, batch size and optimizer.
+"""NNTrainer's INI model files -> layer descriptions, loss, batch size, optimizer, data.
 
-Sections ``[Model]``, ``[Optimizer]``, ``[LearningRateScheduler]``; data-set sections are
-recognised and skipped here; every other section is a layer, in file order. Section
-names and keys are case-insensitive, ``#`` starts a comment anywhere on a line.
+Sections ``[Model]``, ``[Optimizer]``, ``[LearningRateScheduler]``, ``[train_set]``,
+``[valid_set]``, ``[test_set]`` and the legacy ``[DataSet]``; every other section is a
+layer, in file order (syntax: :mod:`ini_format`). A section with ``backbone = other.ini``
+splices that file's layers in, named ``<section>/<layer>`` and frozen unless
+``trainable = true`` (NNTrainer's default); other backbones (``.tflite``) are refused.
+A first layer that has ``input_shape`` but is not an input layer gets one in front, as
+NNTrainer's realizer does. Errors are one line naming the file, section and key.
 """
 
 from __future__ import annotations
 
-import configparser
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ModelError
+import numpy as np
+
+from .errors import DataError, ModelError
+from .graph import parse_ref
+from .ini_data import (DataSetSpec, load_records, one_hot_to_ids, parse_legacy_section,
+                       parse_set_section, resolve)
+from .ini_format import Section, parse_ini
+from .ini_schedules import parse_scheduler
+from .layers import create_layer
+from .layers.base import parse_bool
 from .model import LayerSpec, Model
 from .optimizers import Schedule
+from .regularizers import RegularizedModel
 
-_SPECIAL = {"model", "optimizer", "learningratescheduler", "dataset", "train_set",
-            "valid_set", "test_set"}
 _TYPE_ALIASES = {"output": "identity"}
+_MODEL_KEYS = {"type", "epochs", "loss", "batch_size", "save_path", "learning_rate", "optimizer",
+               "decay_rate", "decay_steps", "beta1", "beta2", "epsilon", "momentum",
+               # NNTrainer run-time switches with no meaning here (nnfleet plans and swaps
+               # by itself): accepted and ignored
+               "continue_train", "memory_optimization", "memory_swap", "memory_swap_path",
+               "memory_swap_lookahead", "tensor_format", "model_tensor_type", "loss_scale",
+               "fsu", "fsu_lookahead", "tensor_type"}
+_OPTIMIZERS = {"sgd": {"lr", "momentum", "weight_decay", "schedule"},
+               "adam": {"lr", "beta1", "beta2", "epsilon", "weight_decay", "schedule"},
+               "adamw": {"lr", "beta1", "beta2", "epsilon", "weight_decay", "schedule"}}
+_OPT_KEYS = {"learning_rate": "lr", "beta1": "beta1", "beta2": "beta2", "epsilon": "epsilon",
+             "momentum": "momentum", "weight_decay": "weight_decay"}
+_BACKBONE_KEYS = {"backbone", "trainable", "input_shape", "input_layers", "name"}
 
 
 @dataclass
@@ -32,10 +56,30 @@ class IniModel:
     epochs: int | None = None
     optimizer: str | None = None
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
+    datasets: dict[str, DataSetSpec] = field(default_factory=dict)  # train | valid | test
+    save_path: str | None = None  # resolved; recorded, nnfleet saves only when asked
+
+    @property
+    def name(self) -> str:
+        return os.path.splitext(os.path.basename(self.path))[0]
 
     def build(self, seed: int = 0) -> Model:
-        name = os.path.splitext(os.path.basename(self.path))[0]
-        return Model(self.layers, loss=self.loss, seed=seed, name=name)
+        """A model with fresh weights; layers' L2 properties apply once compiled."""
+        return RegularizedModel(self.layers, loss=self.loss, seed=seed, name=self.name)
+
+    def load_data(self, split: str, model: Model) -> tuple[np.ndarray, np.ndarray]:
+        """Read the ``train``/``valid``/``test`` set; one-hot labels become class ids
+        when the loss is softmax cross-entropy."""
+        spec = self.datasets.get(split)
+        if spec is None:
+            have = ", ".join(self.datasets) or "none"
+            raise DataError(f"{self.path} names no {split} data set (it has: {have})")
+        x, y = load_records(spec, tuple(model.input_shape), tuple(model.output_shape))
+        if model.loss_name == "cross_softmax":
+            ids = one_hot_to_ids(y)
+            if ids is not None:
+                return x, ids
+        return x, y
 
 
 def _num(path: str, sec: str, key: str, value: str, kind: type = float) -> Any:
@@ -47,72 +91,173 @@ def _num(path: str, sec: str, key: str, value: str, kind: type = float) -> Any:
 
 def read_ini(path: str) -> IniModel:
     """Parse an NNTrainer INI model file; errors name the file, section and key."""
+    return _read(path, [os.path.abspath(path)])
+
+
+def _read(path: str, stack: list[str]) -> IniModel:
     if not os.path.isfile(path):
         raise ModelError(f"model file not found: {path}")
-    cp = configparser.ConfigParser(inline_comment_prefixes=("#", ";"), strict=True,
-                                   interpolation=None, delimiters=("=",))
     try:
         with open(path, encoding="utf-8") as f:
-            cp.read_file(f)
-    except (configparser.Error, UnicodeDecodeError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise ModelError(f"{path}: not a valid INI model file: {first}") from None
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise ModelError(f"{path}: not a text INI file ({e.reason} at byte {e.start})") from None
     out = IniModel(path, [])
-    seen: set[str] = set()
-    for sec in cp.sections():
-        key = sec.strip().lower()
-        if key in seen:
-            raise ModelError(f"{path}: section [{sec}] appears twice (names are case-insensitive)")
-        seen.add(key)
-        items = {k.strip().lower(): v.strip().strip('"').strip("'") for k, v in cp.items(sec)}
+    legacy: dict[str, Any] = {}
+    sched: tuple[float | None, Schedule] | None = None
+    aliases: dict[str, str] = {}  # backbone section -> its last layer
+    for sec in parse_ini(text, path):
+        key = sec.name.lower()
         if key == "model":
-            _model_section(path, sec, items, out)
+            _model_section(path, sec, out, legacy)
         elif key == "optimizer":
-            _optimizer_section(path, sec, items, out)
+            _optimizer_section(path, sec, out, legacy)
         elif key == "learningratescheduler":
-            if "learning_rate" in items:
-                out.optimizer_kwargs["lr"] = _num(path, sec, "learning_rate", items["learning_rate"])
-            kind = items.get("type", "constant").lower()
-            if kind not in ("constant", "exponential", "step", "cosine"):
-                raise ModelError(f"{path}: [{sec}] type = {kind} is not supported "
-                                 "(constant, exponential, step, cosine)")
-        elif key in _SPECIAL:
-            continue
+            sched = parse_scheduler(path, sec.name, sec.items)
+        elif key in ("train_set", "valid_set", "test_set"):
+            spec = parse_set_section(path, sec.name, sec.items)
+            out.datasets[spec.split] = spec
+        elif key == "dataset":
+            for spec in parse_legacy_section(path, sec.name, sec.items):
+                out.datasets.setdefault(spec.split, spec)
+        elif "backbone" in sec.items:
+            aliases[key] = _splice_backbone(path, sec, out.layers, stack)
         else:
-            if "type" not in items:
-                raise ModelError(f"{path}: layer section [{sec}] has no 'type'")
-            t = items.pop("type").strip().lower()
-            t = _TYPE_ALIASES.get(t, t)
-            if "backbone" in items:
-                raise ModelError(f"{path}: [{sec}] uses backbone = {items['backbone']}: "
-                                 "backbones are not supported yet")
-            out.layers.append(LayerSpec(t, sec.strip(), items))
+            out.layers.append(_layer(path, sec))
     if not out.layers:
         raise ModelError(f"{path}: no layer sections")
+    if aliases:
+        out.layers = [_renamed(s, aliases, keep_case=True) for s in out.layers]
+    _add_input_layer(out.layers)
+    _finish_optimizer(path, out, legacy, sched)
     return out
 
 
-def _model_section(path: str, sec: str, items: dict[str, str], out: IniModel) -> None:
+def _layer(path: str, sec: Section) -> LayerSpec:
+    items = dict(sec.items)
+    if not sec.name:
+        raise ModelError(f"{path}:{sec.line}: a layer section needs a name ([] is empty)")
+    if "type" not in items:
+        raise ModelError(f"{path}: layer section [{sec.name}] has no 'type'")
+    t = items.pop("type").strip().lower()
+    t = _TYPE_ALIASES.get(t, t)
+    try:  # unknown types and properties are reported with the file and section
+        create_layer(t, sec.name, items)
+    except ModelError as e:
+        raise ModelError(f"{path}: [{sec.name}] {e}") from None
+    return LayerSpec(t, sec.name, items)
+
+
+def _model_section(path: str, sec: Section, out: IniModel, legacy: dict[str, Any]) -> None:
+    items = sec.items
+    unknown = sorted(set(items) - _MODEL_KEYS)
+    if unknown:
+        raise ModelError(f"{path}: [{sec.name}] key '{unknown[0]}' is not supported")
+    kind = items.get("type", "neuralnetwork").strip().lower()
+    if kind not in ("neuralnetwork", "neural_network", "network"):
+        raise ModelError(f"{path}: [{sec.name}] type = {items['type']} is not supported "
+                         "(only NeuralNetwork)")
     if "loss" in items:
-        out.loss = items["loss"].lower()
+        out.loss = items["loss"].strip().lower()
     if "batch_size" in items:
-        out.batch_size = _num(path, sec, "batch_size", items["batch_size"], int)
+        out.batch_size = _num(path, sec.name, "batch_size", items["batch_size"], int)
     if "epochs" in items:
-        out.epochs = _num(path, sec, "epochs", items["epochs"], int)
-    if "optimizer" in items:  # legacy place
-        out.optimizer = items["optimizer"].lower()
-    if "learning_rate" in items:
-        out.optimizer_kwargs["lr"] = _num(path, sec, "learning_rate", items["learning_rate"])
+        out.epochs = _num(path, sec.name, "epochs", items["epochs"], int)
+    if items.get("save_path"):
+        out.save_path = resolve(path, items["save_path"])
+    if "optimizer" in items:  # legacy place of the optimizer and its settings
+        out.optimizer = items["optimizer"].strip().lower()
+    for k in ("learning_rate", "beta1", "beta2", "epsilon", "momentum", "decay_rate", "decay_steps"):
+        if k in items:
+            legacy[k] = _num(path, sec.name, k, items[k])
 
 
-def _optimizer_section(path: str, sec: str, items: dict[str, str], out: IniModel) -> None:
-    out.optimizer = items.get("type", "sgd").lower()
-    names = {"learning_rate": "lr", "beta1": "beta1", "beta2": "beta2", "epsilon": "epsilon",
-             "momentum": "momentum", "weight_decay": "weight_decay"}
+def _optimizer_section(path: str, sec: Section, out: IniModel, legacy: dict[str, Any]) -> None:
+    items = sec.items
+    out.optimizer = items.get("type", "sgd").strip().lower()
+    unknown = sorted(set(items) - set(_OPT_KEYS) - {"type", "decay_rate", "decay_steps"})
+    if unknown:
+        raise ModelError(f"{path}: [{sec.name}] key '{unknown[0]}' is not supported "
+                         f"(known: type, {', '.join(sorted(_OPT_KEYS))}, decay_rate, decay_steps)")
     for k, v in items.items():
-        if k in names:
-            out.optimizer_kwargs[names[k]] = _num(path, sec, k, v)
-    if "decay_rate" in items and "decay_steps" in items:  # legacy exponential decay
-        out.optimizer_kwargs["schedule"] = Schedule(
-            "exponential", decay_rate=_num(path, sec, "decay_rate", items["decay_rate"]),
-            decay_steps=_num(path, sec, "decay_steps", items["decay_steps"], int))
+        if k != "type":
+            legacy[k] = _num(path, sec.name, k, v)  # the [Optimizer] section wins
+
+
+def _finish_optimizer(path: str, out: IniModel, legacy: dict[str, Any],
+                      sched: tuple[float | None, Schedule] | None) -> None:
+    name = out.optimizer or "sgd"
+    if name not in _OPTIMIZERS:
+        raise ModelError(f"{path}: optimizer '{name}' is not supported (known: "
+                         f"{', '.join(_OPTIMIZERS)})")
+    kw: dict[str, Any] = {_OPT_KEYS[k]: v for k, v in legacy.items() if k in _OPT_KEYS}
+    if "decay_rate" in legacy and "decay_steps" in legacy:  # legacy exponential decay
+        kw["schedule"] = Schedule("exponential", decay_rate=legacy["decay_rate"],
+                                  decay_steps=int(legacy["decay_steps"]))
+    if sched is not None:
+        lr, schedule = sched
+        if lr is not None:
+            kw["lr"] = lr
+        if schedule.kind != "constant" or "schedule" not in kw:
+            kw["schedule"] = schedule
+    out.optimizer_kwargs = {k: v for k, v in kw.items() if k in _OPTIMIZERS[name]}
+
+
+def _renamed(spec: LayerSpec, names: dict[str, str], keep_case: bool = False) -> LayerSpec:
+    """``spec`` with its name and ``input_layers`` references mapped through ``names``
+    (lower-case keys; unknown names are kept)."""
+    props = dict(spec.props)
+    raw = props.get("input_layers")
+    if raw:
+        refs = [parse_ref(s) for s in str(raw).split(",") if s.strip()]
+        props["input_layers"] = ", ".join(
+            (lambda n, k: f"{n}({k})" if k else n)(names.get(p.lower(), p), k) for p, k in refs)
+    name = spec.name if keep_case else names.get(spec.name.lower(), spec.name)
+    return LayerSpec(spec.type, name, props)
+
+
+def _splice_backbone(path: str, sec: Section, layers: list[LayerSpec], stack: list[str]) -> str:
+    """Append the backbone's layers; returns the name of its last (output) layer."""
+    items = sec.items
+    unknown = sorted(set(items) - _BACKBONE_KEYS)
+    if unknown:
+        raise ModelError(f"{path}: [{sec.name}] backbone key '{unknown[0]}' is not supported")
+    raw = items["backbone"]
+    where = f"{path}: [{sec.name}] backbone = {raw}"
+    if not raw.lower().endswith(".ini"):
+        ext = os.path.splitext(raw)[1] or "this kind of"
+        raise ModelError(f"{where}: {ext} backbones are not supported (only .ini model files)")
+    file = resolve(path, raw)
+    if not os.path.isfile(file):
+        raise ModelError(f"{where}: backbone file not found ({file})")
+    if file in stack:
+        raise ModelError(f"{where}: backbones include each other ({' -> '.join(stack)})")
+    inner = _read(file, stack + [file]).layers
+    trainable = parse_bool(sec.name or "backbone", "trainable", items.get("trainable", "false"))
+    prefix = f"{sec.name}/" if sec.name else ""
+    names = {s.name.lower(): prefix + s.name for s in inner}
+    new = [_renamed(s, names) for s in inner]
+    if not trainable:
+        new = [LayerSpec(s.type, s.name, {**s.props, "trainable": "false"}) for s in new]
+    outer_in = items.get("input_layers") or (layers[-1].name if layers else None)
+    if new[0].type == "input" and outer_in:  # fed by the outer model, not by data
+        dropped = new.pop(0).name
+        if not new:
+            raise ModelError(f"{where}: the backbone has no layer besides its input")
+        new = [_renamed(s, {dropped.lower(): outer_in}, keep_case=True) for s in new]
+        if new[0].props.get("input_layers") is None:
+            new[0].props["input_layers"] = outer_in
+    elif items.get("input_layers"):
+        new[0].props["input_layers"] = items["input_layers"]
+    if items.get("input_shape"):
+        new[0].props["input_shape"] = items["input_shape"]
+    layers.extend(new)
+    return new[-1].name
+
+
+def _add_input_layer(layers: list[LayerSpec]) -> None:
+    first = layers[0]
+    if first.type == "input" or not first.props.get("input_shape") or first.props.get("input_layers"):
+        return
+    name = f"{first.name}/input"
+    layers.insert(0, LayerSpec("input", name, {"input_shape": first.props["input_shape"]}))

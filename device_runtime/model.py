@@ -9,13 +9,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, DataError, ModelError
+from .errors import ConfigError, DataError, MemoryCapExceeded, ModelError
 from .executor import Executor
 from .graph import Graph
 from .layers import create_layer, create_loss
 from .layers.core import Input
 from .layers.loss import CrossEntropySoftmax, Loss
-from .optimizers import Optimizer, create_optimizer
+from .optimizers import Accumulator, NullOptimizer, Optimizer, create_optimizer
 from .planner import DEFAULT_STRATEGY, STRATEGIES
 from .weights import WeightStore
 
@@ -96,14 +96,25 @@ class Model:
     # ------------------------------------------------------------------ compile
     def compile(self, batch_size: int = 32, optimizer: str | Optimizer = "sgd",
                 planner: str = DEFAULT_STRATEGY, clip_grad_norm: float | None = None,
-                label_kind: str | None = None, **opt_kwargs: Any) -> "Model":
-        """Choose batch size, optimizer and planner; plan and allocate the step pool."""
+                label_kind: str | None = None, ram_cap: int | None = None,
+                swap: str = "auto", lookahead: int = 3, swap_dir: str | None = None,
+                baseline_rss: int | None = None, **opt_kwargs: Any) -> "Model":
+        """Choose batch size, optimizer and planner; with ``ram_cap`` (bytes, whole process)
+        fit the step into it (planner, then swap unless ``swap="off"``, then micro-batches
+        with gradient accumulation) or raise :class:`MemoryCapExceeded` before training.
+        ``swap="on"`` swaps every candidate block even without a cap."""
         if int(batch_size) < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         if planner not in STRATEGIES:
             raise ConfigError(f"unknown planner '{planner}' (known: {', '.join(STRATEGIES)})")
         if clip_grad_norm is not None and not clip_grad_norm > 0:
             raise ConfigError(f"clip_grad_norm must be > 0, got {clip_grad_norm}")
+        if swap not in ("off", "auto", "on"):
+            raise ConfigError(f"swap must be off, auto or on, got {swap!r}")
+        if lookahead < 1:
+            raise ConfigError(f"lookahead must be >= 1, got {lookahead}")
+        if ram_cap is not None and ram_cap <= 0:
+            raise ConfigError(f"RAM cap must be positive, got {ram_cap}")
         self.batch_size = int(batch_size)
         self.planner = planner
         self.clip_grad_norm = clip_grad_norm
@@ -113,9 +124,30 @@ class Model:
             self.label_kind = label_kind
         self.optimizer = create_optimizer(optimizer, **opt_kwargs) if isinstance(optimizer, str) \
             else optimizer
-        self.optimizer.init_state([(k, p.size) for k, p in self.weights.params.items() if p.trainable])
+        trainable = [(k, p.size) for k, p in self.weights.params.items() if p.trainable]
+        self.optimizer.init_state(trainable)
+        self.close()
         self._train = None
         self._infer = {}
+        self.ram_cap, self.swap, self.lookahead, self.swap_dir = ram_cap, swap, lookahead, swap_dir
+        self.micro_batch = self.batch_size
+        self._swap_groups: Any = "on" if swap == "on" else "off"
+        self.cap_exceeded = False
+        self.peak_rss = 0
+        self.decision = None
+        if ram_cap is not None:
+            from .capfit import fit_to_cap
+            from .rss import current_rss
+
+            self.warm_up()  # JIT code is part of the baseline, and must be loaded before it
+            self.baseline_rss = baseline_rss if baseline_rss is not None else current_rss()
+            d = fit_to_cap(lambda b: self._graph(b, backward=True, with_loss=True), self.weights,
+                           planner, self.batch_size, ram_cap, self.baseline_rss,
+                           self.optimizer.state_bytes, 4 * sum(n for _, n in trainable), swap,
+                           lookahead)
+            self.decision = d
+            self.micro_batch = d.batch
+            self._swap_groups = [s.group for s in d.slots]
         return self
 
     @property
@@ -123,9 +155,40 @@ class Model:
         if self.optimizer is None:
             raise ConfigError("compile() the model before training")
         if self._train is None:
-            g = self._graph(self.batch_size, backward=True, with_loss=True)
-            self._train = Executor(g, self.weights, self.planner, self.optimizer)
+            opt: Optimizer = self.optimizer
+            if self.micro_batch < self.batch_size:
+                trainable = [(k, p.size) for k, p in self.weights.params.items() if p.trainable]
+                opt = Accumulator(self.optimizer, trainable, self.batch_size // self.micro_batch)
+            g = self._graph(self.micro_batch, backward=True, with_loss=True)
+            self._train = Executor(g, self.weights, self.planner, opt, swap=self._swap_groups,
+                                   lookahead=self.lookahead, swap_dir=self.swap_dir)
         return self._train
+
+    def warm_up(self) -> None:
+        """Run one step at batch 1 that changes nothing, so every one-time cost of this
+        model's kernels (JIT specialisations, BLAS buffers for its shapes: ~4 MiB measured
+        for vgg16) is paid before a baseline RSS is taken."""
+        from .warmup import warmup
+
+        warmup()
+        saved = {k: self.weights.get(k).copy() for k, p in self.weights.params.items()
+                 if not p.trainable}  # running statistics move in a training forward
+        g = self._graph(1, backward=True, with_loss=True)
+        ex = Executor(g, self.weights, self.planner, NullOptimizer())
+        x = np.zeros((1, int(math.prod(self.input_shape))), np.float32)
+        y = np.zeros(1, np.int64) if self.label_kind == "index" else \
+            np.zeros((1, int(math.prod(self.output_shape))), np.float32)
+        ex.set_source(x, y)
+        ex.run(np.zeros(1, np.int64))
+        ex.close()
+        del ex, g
+        self.weights.load_state(saved, strict=False)
+
+    def close(self) -> None:
+        """Release swap files and threads of the executors."""
+        for ex in [self._train, *self._infer.values()] if hasattr(self, "_train") else []:
+            if ex is not None:
+                ex.close()
 
     def _infer_executor(self, batch: int, with_loss: bool) -> Executor:
         key = (batch, with_loss)
@@ -194,11 +257,37 @@ class Model:
             raise ConfigError(f"steps/epochs must be >= 0, got {total}")
         ex = self.train_executor
         ex.set_source(xs, ys)
-        opt = self.optimizer
-        assert opt is not None
         rng = np.random.default_rng(seed)
         perm = np.arange(n, dtype=np.int64)
         hist = History()
+        guard = None
+        if self.ram_cap is not None:
+            from .memcap import RamGuard
+
+            guard = RamGuard(self.ram_cap)
+            guard.__enter__()
+            ex.guard = guard
+        try:
+            self._fit_loop(hist, total, per_epoch, b, perm, rng, shuffle, callback)
+        except MemoryCapExceeded:
+            self.cap_exceeded = True
+            raise
+        finally:
+            if guard is not None:
+                guard.__exit__(None, None, None)
+                ex.guard = None
+                self.peak_rss = guard.peak_rss
+                self.guard_overhead = guard.sample_seconds
+                if guard.exceeded and not self.cap_exceeded:
+                    self.cap_exceeded = True
+                    raise MemoryCapExceeded(needed=guard.peak_rss, cap=guard.cap,
+                                            detail="the process went over its RAM cap")
+        return hist
+
+    def _fit_loop(self, hist: History, total: int, per_epoch: int, b: int, perm: np.ndarray,
+                  rng: np.random.Generator, shuffle: bool,
+                  callback: Callable[[int, float], None] | None) -> None:
+        ex = self.train_executor
         for step in range(total):
             j = step % per_epoch
             if j == 0 and shuffle:
@@ -213,16 +302,48 @@ class Model:
             hist.examples += b
             if callback is not None:
                 callback(step, loss)
-        return hist
 
     def train_step(self, idx: np.ndarray) -> float:
         """One step on rows ``idx`` of the source set by ``fit`` (or ``Executor.set_source``)."""
         opt = self.optimizer
         assert opt is not None
+        ex = self.train_executor
         opt.begin_step()
-        loss = self.train_executor.run(idx)
+        mb = self.micro_batch
+        if mb == self.batch_size:
+            loss = ex.run(idx)
+        else:  # gradient accumulation over micro-batches, then one update
+            k = self.batch_size // mb
+            loss = 0.0
+            for i in range(k):
+                loss += ex.run(idx[i * mb:(i + 1) * mb]) / k
+            ex.optimizer.flush(self._trainable_views)
         opt.end_step()
         return loss
+
+    @property
+    def _trainable_views(self) -> dict[str, np.ndarray]:
+        if getattr(self, "_tv", None) is None:
+            self._tv = {k: self.weights.get(k).reshape(-1)
+                        for k, p in self.weights.params.items() if p.trainable}
+        return self._tv
+
+    def memory_report(self) -> dict[str, Any]:
+        """RAM cap outcome and swap traffic of the training executor."""
+        ex = self._train
+        dev = ex.swap_device if ex is not None else None
+        return {
+            "ram_cap_bytes": self.ram_cap,
+            "baseline_rss_bytes": getattr(self, "baseline_rss", None),
+            "peak_rss_bytes": self.peak_rss or None,
+            "cap_exceeded": self.cap_exceeded,
+            "micro_batch": self.micro_batch,
+            "swap_blocks": len(ex.slots) if ex is not None else 0,
+            "swap_bytes_written": dev.bytes_written if dev else 0,
+            "swap_bytes_read": dev.bytes_read if dev else 0,
+            "swap_direct_io": bool(dev.direct) if dev else None,
+            "guard_seconds": getattr(self, "guard_overhead", 0.0),
+        }
 
     # ------------------------------------------------------------------ inference
     def _batches(self, n: int, batch_size: int | None) -> list[tuple[int, int]]:

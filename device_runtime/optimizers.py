@@ -178,3 +178,56 @@ def create_optimizer(name: str, **kwargs: Any) -> Optimizer:
         return OPTIMIZERS[key](**kwargs)
     except TypeError as e:
         raise ConfigError(f"optimizer '{name}': {e}") from None
+
+
+class Accumulator(Optimizer):
+    """Collects gradient blocks of micro-batches; the real optimizer applies the mean.
+
+    Micro-batching (gradient accumulation) lets a step that does not fit the RAM cap run
+    as ``k`` smaller forward/backward passes: each pass "updates" through this object,
+    which adds ``g / k`` into one persistent buffer; :meth:`flush` then hands the summed
+    gradient to the real optimizer.
+    """
+
+    name = "accumulate"
+
+    def __init__(self, inner: Optimizer, params: list[tuple[str, int]], k: int) -> None:
+        super().__init__(lr=1.0)
+        self.inner = inner
+        self.k = int(k)
+        self.scale = 1.0 / self.k
+        total = sum(n for _, n in params)
+        self.buffer = np.zeros(total, np.float32)
+        self.acc: dict[str, np.ndarray] = {}
+        off = 0
+        for key, n in params:
+            self.acc[key] = self.buffer[off:off + n]
+            off += n
+
+    @property
+    def state_bytes(self) -> int:
+        return int(self.buffer.nbytes)
+
+    def update(self, key: str, w: np.ndarray, g: np.ndarray, start: int = 0) -> None:
+        # g lives in the step pool and is dead after this call: scale it in place.
+        np.multiply(g, self.scale, out=g)
+        a = self.acc[key][start:start + g.size]
+        np.add(a, g, out=a)
+
+    def flush(self, weights: dict[str, np.ndarray]) -> None:
+        """Apply the accumulated mean gradient with the real optimizer, then clear it."""
+        for key, g in self.acc.items():
+            self.inner.update(key, weights[key], g, 0)
+        self.buffer.fill(0.0)
+
+
+class NullOptimizer(Optimizer):
+    """Leaves weights alone: used to warm a model's kernels up without training it."""
+
+    name = "null"
+
+    def __init__(self) -> None:
+        super().__init__(lr=1.0)
+
+    def update(self, key: str, w: np.ndarray, g: np.ndarray, start: int = 0) -> None:
+        pass

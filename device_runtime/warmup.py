@@ -43,6 +43,12 @@ def warmup(force: bool = False) -> None:
     global _DONE
     if (_DONE or not USE_NUMBA) and not force:
         return
+    # BLAS grows its per-thread packing buffers on the first large product: pay it here.
+    a = np.ones((1024, 1024), np.float32)
+    for shape in ((1024, 1024), (64, 1024), (1024, 64)):
+        np.matmul(a[:shape[0], :shape[1]], a[:shape[1], :], out=np.empty((shape[0], 1024),
+                                                                           np.float32))
+    del a
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4, 2, 6, 6)).astype(np.float32)
     for loss, act, y in (

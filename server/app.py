@@ -8,12 +8,14 @@ which implements Flower's ``Grid``.
 Run config (``[tool.flwr.app.config]`` in pyproject.toml, or ``flwr run -c``): ``model``,
 ``model-seed``, ``personal``, ``num-rounds``, ``strategy`` (+ ``strategy-args`` JSON),
 ``fraction-train``, ``fraction-evaluate``, ``min-nodes``, ``seed``, ``timeout``,
-``result-path`` (the final shared weights as ``.npz``) and the device keys of
+``result-path`` (the final shared weights as ``.npz``, and Flower's aggregated metrics
+per round beside it as ``.json``) and the device keys of
 :data:`DEVICE_KEYS`, which are forwarded to every device in the message's ConfigRecord.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from typing import Any
@@ -69,7 +71,12 @@ def main(grid: Grid, context: Context) -> None:
                             num_rounds=int(cfg.get("num-rounds", 3)),
                             timeout=float(cfg.get("timeout", 3600)),
                             train_config=device_config(cfg), evaluate_config=device_config(cfg))
-    final = {k: a.numpy() for k, a in result.arrays.items()}
+    final = {k: a.numpy() for k, a in result.arrays.items()} or initial_shared(cfg)
     context.state["final-arrays"] = to_record(final)
-    if cfg.get("result-path"):
-        save_npz_atomic(str(cfg["result-path"]), final)
+    if cfg.get("result-path"):  # the final shared weights, and Flower's metrics per round
+        path = str(cfg["result-path"])
+        save_npz_atomic(path, final)
+        history = {"train": {r: dict(m) for r, m in result.train_metrics_clientapp.items()},
+                   "evaluate": {r: dict(m) for r, m in result.evaluate_metrics_clientapp.items()}}
+        with open(os.path.splitext(path)[0] + ".json", "w") as f:
+            json.dump(history, f, indent=1)

@@ -6,23 +6,35 @@ from typing import Any
 
 from ..errors import ModelError
 from .activation import ACTIVATIONS, Activation
+from .attention import Attention, MultiHeadAttention
 from .base import AG, CD, CG, F, Layer
 from .conv import Conv2D
+from .conv1d import Conv1D
 from .core import Dropout, Flatten, FullyConnected, Identity, Input, Reshape
+from .embedding import Embedding
+from .layer_norm import LayerNormalization
 from .loss import LOSS_ALIASES, LOSSES, CrossEntropySigmoid, CrossEntropySoftmax, Loss, MSE
 from .merge import Addition, Concat, MultiOut
 from .norm import BatchNormalization
 from .pooling import Pooling2D
+from .positional_encoding import PositionalEncoding
+from .sequence import GRU, LSTM, RNN
+from .shape_ops import Permute, Split, Upsample2D
 
 LAYER_TYPES: dict[str, type[Layer]] = {
     cls.type: cls
     for cls in (Input, FullyConnected, Conv2D, Pooling2D, Flatten, Reshape, Identity,
-                BatchNormalization, Activation, Dropout, Addition, Concat, MultiOut)
+                BatchNormalization, Activation, Dropout, Addition, Concat, MultiOut,
+                # sequence, embedding and shape layers (issue 5)
+                Embedding, Split, Permute, Upsample2D, LayerNormalization, Conv1D, LSTM, GRU,
+                RNN, Attention, MultiHeadAttention, PositionalEncoding)
 }
 TYPE_ALIASES = {"fc": "fully_connected", "dense": "fully_connected", "linear": "fully_connected",
                 "conv": "conv2d", "pool2d": "pooling2d", "pooling": "pooling2d",
                 "bn": "batch_normalization", "batchnorm": "batch_normalization",
-                "add": "addition", "concatenate": "concat", "act": "activation"}
+                "add": "addition", "concatenate": "concat", "act": "activation",
+                "layernorm": "layer_normalization", "layer_norm": "layer_normalization",
+                "mha": "multi_head_attention", "upsample": "upsample2d"}
 
 
 def create_layer(type_name: str, name: str, props: dict[str, Any] | None = None) -> Layer:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Layer, Shape, parse_ints
+from .base import Layer, Shape
+from .shape_ops import resolve_axis
 
 
 class Addition(Layer):
@@ -35,7 +36,10 @@ class Addition(Layer):
 
 
 class Concat(Layer):
-    """Concatenate along a feature axis (NNTrainer ``axis``: 1=channel, 2=height, 3=width)."""
+    """Concatenate along ``axis`` (NNTrainer numbering: 1=channel, 2=height, 3=width; on
+    tensors of lower rank see :func:`shape_ops.resolve_axis`). NNTrainer's default on
+    4-D inputs: width when the first input has several channels, else channel; on other
+    ranks the last axis."""
 
     type = "concat"
     keys = frozenset({"axis"})
@@ -43,10 +47,10 @@ class Concat(Layer):
 
     def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
         rank = len(in_shapes[0])
-        axis = parse_ints(self.name, "axis", self.prop("axis", rank - 1))[0]
-        if not 1 <= axis < rank:
-            raise self.fail(f"axis {axis} is out of range for inputs of rank {rank} "
-                            f"(1..{rank - 1}; 0 is the batch)")
+        if rank < 2:
+            raise self.fail(f"inputs {in_shapes} have no axis besides the batch")
+        default = (3 if in_shapes[0][1] > 1 else 1) if rank == 4 else rank - 1
+        axis = resolve_axis(self, "axis", self.prop("axis", default), rank)
         for s in in_shapes:
             if len(s) != rank or any(a != b for i, (a, b) in enumerate(zip(s, in_shapes[0]))
                                      if i != axis):

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from device_runtime.errors import ConfigError, NNFleetError
+
+from .generators import synthetic_fedprox, synthetic_images
+from .loaders import load_leaf, load_npz_dir
+from . import partition as part
+from .partition import train_test_split_per_device
 
 
 @dataclass
@@ -133,10 +141,13 @@ class FleetData:
 
 # parameters each kind accepts (besides partition, test_fraction, stratify and the
 # partition's own: alpha and min_size for dirichlet, k for k_classes)
+def _kwargs(fn: Any, *skip: str) -> set[str]:
+    return set(inspect.signature(fn).parameters) - {"num_devices", "seed", *skip}
+
+
 KIND_PARAMS: dict[str, set[str]] = {
-    "synthetic_fedprox": {"alpha", "beta", "dim", "classes", "samples", "max_samples", "iid"},
-    "synthetic_images": {"classes", "shape", "label_skew", "feature_shift", "samples_per_device",
-                         "noise", "pixel_noise"},
+    "synthetic_fedprox": _kwargs(synthetic_fedprox),
+    "synthetic_images": _kwargs(synthetic_images, "device_labels"),
     "leaf": {"path", "dataset", "vocab_size"},
     "npz_dir": {"path", "num_classes"},
 }
@@ -157,7 +168,6 @@ def _ids(n: int) -> list[str]:
 
 def _partition(labels: np.ndarray, partition: str, num_devices: int, seed: int,
                p: dict[str, Any]) -> list[np.ndarray]:
-    from . import partition as part
     if partition == "iid":
         return part.iid(labels.size, num_devices, seed)
     if partition == "dirichlet":
@@ -168,7 +178,6 @@ def _partition(labels: np.ndarray, partition: str, num_devices: int, seed: int,
 
 def _split(ids: list[str], shards: list[tuple[np.ndarray, np.ndarray]], test_fraction: float,
            stratify: bool, seed: int) -> list[DeviceData]:
-    from .partition import train_test_split_per_device
     out = []
     for i, (dev, (x, y)) in enumerate(zip(ids, shards)):
         [(tr, te)] = train_test_split_per_device([np.arange(y.size)], test_fraction, seed + i,
@@ -192,11 +201,6 @@ def make_fleet_data(kind: str, num_devices: int | None = None, seed: int = 0,
     own test set get a ``test_fraction`` (0.2) split of their data, stratified by label
     unless ``stratify=False``.
     """
-    from device_runtime.errors import ConfigError, NNFleetError
-
-    from .generators import synthetic_fedprox, synthetic_images
-    from .loaders import load_leaf, load_npz_dir
-
     if kind not in KIND_PARAMS:
         raise ConfigError(f"unknown data kind '{kind}' (known: {', '.join(KIND_PARAMS)})")
     p = dict(params)

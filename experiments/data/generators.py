@@ -77,21 +77,24 @@ def synthetic_fedprox(num_devices: int = 30, alpha: float = 1.0, beta: float = 1
 
 def smooth_patterns(rng: np.random.Generator, count: int, shape: tuple[int, int, int],
                     grid: int = 4) -> np.ndarray:
-    """``count`` smooth random images (C, H, W): a coarse N(0, 1) grid, bilinearly upsampled."""
+    """``count`` smooth random images (C, H, W): a coarse N(0, 1) grid, bilinearly upsampled.
+
+    Each image is rescaled to unit standard deviation, so all patterns are equally strong.
+    """
     c, h, w = shape
-    coarse = rng.normal(0.0, 1.0, (count, c, grid, grid))
-    # separable linear interpolation from the grid's cell centres to pixel centres
-    def weights(size: int) -> np.ndarray:
-        pos = np.clip((np.arange(size) + 0.5) * grid / size - 0.5, 0, grid - 1)
+    gh, gw = max(1, min(grid, h)), max(1, min(grid, w))
+
+    def weights(size: int, g: int) -> np.ndarray:  # (size, g) interpolation matrix
+        pos = np.clip((np.arange(size) + 0.5) * g / size - 0.5, 0, g - 1)
         lo = np.floor(pos).astype(int)
-        hi = np.minimum(lo + 1, grid - 1)
-        m = np.zeros((size, grid))
+        hi = np.minimum(lo + 1, g - 1)
+        m = np.zeros((size, g))
         m[np.arange(size), lo] += 1 - (pos - lo)
         m[np.arange(size), hi] += pos - lo
         return m
-    wy, wx = weights(h), weights(w)
-    out = np.einsum("hi,ncij,wj->nchw", wy, coarse, wx)
-    # rescale to unit variance per image so all patterns are equally strong
+
+    coarse = rng.normal(0.0, 1.0, (count, c, gh, gw))
+    out = np.einsum("hi,ncij,wj->nchw", weights(h, gh), coarse, weights(w, gw))
     out /= out.reshape(count, -1).std(axis=1).reshape(count, 1, 1, 1) + 1e-12
     return out
 
@@ -104,7 +107,7 @@ def skew_to_alpha(label_skew: float) -> float:
 def synthetic_images(num_devices: int = 20, classes: int = 10,
                      shape: tuple[int, ...] = (3, 32, 32), label_skew: float = 0.5,
                      feature_shift: float = 0.5, samples_per_device: int = 200,
-                     noise: float = 1.0, pixel_noise: float = 0.5,
+                     noise: float = 1.0, pixel_noise: float = 0.5, grid: int = 4,
                      device_labels: Sequence[np.ndarray] | None = None,
                      seed: int = 0) -> list[Shard]:
     """A learnable image task: class prototypes, per-device label skew and feature shift.
@@ -137,7 +140,7 @@ def synthetic_images(num_devices: int = 20, classes: int = 10,
         raise ValueError(f"device_labels has {len(device_labels)} entries for {num_devices} devices")
     rng = np.random.default_rng(seed)
     c = shp[0]
-    protos = smooth_patterns(rng, classes, shp)  # (classes, C, H, W)
+    protos = smooth_patterns(rng, classes, shp, grid)  # (classes, C, H, W)
     fs = float(feature_shift)
     out: list[Shard] = []
     for k in range(int(num_devices)):
@@ -158,11 +161,11 @@ def synthetic_images(num_devices: int = 20, classes: int = 10,
         contrast = math.exp(drng.normal(0.0, 0.3 * fs))
         offset = (drng.normal(0.0, 0.5 * fs)
                   + drng.normal(0.0, 0.5 * fs, (c, 1, 1))
-                  + fs * smooth_patterns(drng, 1, shp)[0])  # (C, H, W)
-        delta = smooth_patterns(drng, classes, shp)  # (classes, C, H, W)
+                  + fs * smooth_patterns(drng, 1, shp, grid)[0])  # (C, H, W)
+        delta = smooth_patterns(drng, classes, shp, grid)  # (classes, C, H, W)
         # smooth noise does not average out over neighbouring pixels, so ``noise`` really
         # sets how much classes overlap; pixel noise only adds texture
-        x = (protos[y] + 0.5 * fs * delta[y] + noise * smooth_patterns(drng, y.size, shp)
+        x = (protos[y] + 0.5 * fs * delta[y] + noise * smooth_patterns(drng, y.size, shp, grid)
              + pixel_noise * drng.normal(0.0, 1.0, (y.size, *shp)))
         x = contrast * x + offset
         out.append((x.reshape(y.size, *(tuple(int(s) for s in shape))).astype(np.float32), y))

@@ -45,32 +45,66 @@ class TaskResult:
 
 
 class _Proc:
-    def __init__(self, index: int) -> None:
-        a, b = socket.socketpair()
-        env = dict(os.environ, **WORKER_ENV)
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    """One worker: its end of the socket pair, its pid, and the Popen of a spawned one."""
+
+    def __init__(self, index: int, conn: Connection, popen: subprocess.Popen | None) -> None:
         self.index = index
-        self.popen = subprocess.Popen([sys.executable, "-m", "experiments.fleet.worker",
-                                       str(b.fileno())], pass_fds=[b.fileno()], env=env,
-                                      stdin=subprocess.DEVNULL)
-        b.close()
-        self.conn = Connection(a.detach())
-        self.pid = self.popen.pid
+        self.conn = conn
+        self.popen = popen
+        self.pid = popen.pid if popen is not None else 0
         self.baseline_rss = 0
         self.warmup_seconds = 0.0
 
+    def ready(self, timeout: float = READY_TIMEOUT) -> bool:
+        if not self.conn.poll(timeout):
+            return False
+        _, self.pid, self.baseline_rss, self.warmup_seconds = self.conn.recv()
+        return True
+
     def close(self) -> None:
+        import psutil
+
         try:
             self.conn.send(("stop",))
         except (OSError, ValueError):
             pass
         try:
-            self.popen.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
+            if self.popen is not None:
+                self.popen.wait(timeout=5)
+            elif self.pid:
+                psutil.Process(self.pid).wait(timeout=5)
+        except (subprocess.TimeoutExpired, psutil.TimeoutExpired):
+            os.kill(self.pid, 9)
+        except psutil.Error:
+            pass
         self.conn.close()
+
+
+def spawn_workers(n: int, first_index: int = 0, zygote: bool = False) -> list[_Proc]:
+    """Start ``n`` worker processes.
+
+    By default each is a fresh interpreter that imports and warms up by itself, so its
+    RSS is what a device running the runtime would see (the cap is on the whole process).
+    With ``zygote=True`` one process warms up and forks the others: faster to start and
+    lighter, but a forked worker's RSS leaves out the parent's file-backed pages it has
+    not touched yet (tens of MiB), so per-device peaks read lower than on a real device.
+    """
+    env = dict(os.environ, **WORKER_ENV)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    pairs = [socket.socketpair() for _ in range(n)]
+    groups = [list(range(n))] if zygote else [[i] for i in range(n)]
+    procs: list[_Proc] = []
+    for group in groups:
+        fds = [pairs[i][1].fileno() for i in group]
+        popen = subprocess.Popen([sys.executable, "-m", "experiments.fleet.worker",
+                                  *map(str, fds)], pass_fds=fds, env=env,
+                                 stdin=subprocess.DEVNULL)
+        for j, i in enumerate(group):
+            pairs[i][1].close()
+            procs.append(_Proc(first_index + i, Connection(pairs[i][0].detach()),
+                               popen if j == 0 else None))
+    return procs
 
 
 class FleetEngine:
@@ -82,7 +116,8 @@ class FleetEngine:
     """
 
     def __init__(self, fleet: Any, profiles: list[DeviceProfile] | None = None,
-                 workers: int = 0, isolation: str = "worker", workdir: str | None = None) -> None:
+                 workers: int = 0, isolation: str = "worker", workdir: str | None = None,
+                 zygote: bool = False) -> None:
         if isolation not in ("worker", "fork"):
             raise ConfigError(f"isolation must be worker or fork, got {isolation!r}")
         self.t_start = time.perf_counter()
@@ -98,13 +133,12 @@ class FleetEngine:
         self.workdir = workdir or tempfile.mkdtemp(prefix="nnfleet-fleet-")
         self.store_dir = os.path.join(self.workdir, "store")
         n = workers or min(os.cpu_count() or 1, max(1, self.num_devices))
-        self.procs = [_Proc(i) for i in range(n)]  # start importing while we pack the data
+        self.procs = spawn_workers(n, zygote=zygote)  # they warm up while we pack the data
         write_store(fleet, self.store_dir)
         for p in self.procs:
-            if not p.conn.poll(READY_TIMEOUT):
+            if not p.ready():
                 self.close()
                 raise RuntimeError(f"fleet worker {p.index} did not start within {READY_TIMEOUT}s")
-            _, _, p.baseline_rss, p.warmup_seconds = p.conn.recv()
             p.conn.send(("setup", self.store_dir, isolation))
         self.startup_seconds = time.perf_counter() - self.t_start
         self._ids = itertools.count()
@@ -157,7 +191,7 @@ class FleetEngine:
 
     def _worker_died(self, p: _Proc, sent: list[tuple], done: list[TaskResult],
                      on_result: Callable[[TaskResult], None] | None) -> list[TaskResult]:
-        code = p.popen.wait()
+        code = p.popen.wait() if p.popen is not None else "unknown"
         finished = {r.task_id for r in done}
         lost = []
         for tid, kind, device, *_ in sent:
@@ -167,9 +201,8 @@ class FleetEngine:
                 if on_result is not None:
                     on_result(r)
         # replace it so the experiment can go on (the states it held are gone)
-        fresh = _Proc(p.index)
-        if fresh.conn.poll(READY_TIMEOUT):
-            _, _, fresh.baseline_rss, fresh.warmup_seconds = fresh.conn.recv()
+        fresh = spawn_workers(1, p.index)[0]
+        if fresh.ready():
             fresh.conn.send(("setup", self.store_dir, self.isolation))
         self.procs[p.index] = fresh
         return lost

@@ -32,6 +32,18 @@ from typing import Any
 KILL_POLL_SECONDS = 0.002
 
 
+def _after_fork_in_child() -> None:
+    # device_runtime.rss keeps a psutil.Process made at import time, i.e. of the parent:
+    # point it at this process so current_rss() measures the device, not the zygote.
+    import psutil
+
+    from device_runtime import rss
+    rss._PROC = psutil.Process()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _run_one(kind: str, state: Any, shared: dict, config: dict) -> tuple[Any, dict, Any]:
     from device_runtime.device import evaluate_device, run_device
 
@@ -154,14 +166,26 @@ class Worker:
 
 
 def main(argv: list[str]) -> int:
+    """``worker FD [FD ...]``: warm up once, fork one worker per further FD, serve FD 0."""
     t0 = time.perf_counter()
-    conn = Connection(int(argv[0]))
+    fds = [int(a) for a in argv]
     from device_runtime import rss
     from device_runtime.warmup import warmup
 
     warmup()
+    mine = fds[0]
+    for fd in fds[1:]:
+        if os.fork() == 0:  # a worker forked from the warm process: imports and JIT shared
+            mine = fd
+            break
+    for fd in fds:
+        if fd != mine:
+            os.close(fd)
+    conn = Connection(mine)
     conn.send(("ready", os.getpid(), rss.current_rss(), time.perf_counter() - t0))
     Worker(conn).serve()
+    if mine != fds[0]:
+        os._exit(0)  # a forked worker: no interpreter teardown of the parent's state
     return 0
 
 

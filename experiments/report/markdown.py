@@ -1,0 +1,64 @@
+"""The Markdown report of a simulate run: what ran, accuracy per algorithm, memory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from device_runtime.units import fmt_bytes
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def accuracy_table(summary: dict[str, Any]) -> list[str]:
+    rows = ["| algorithm | mean | std | p10 | median | p90 | better than FedAvg on | "
+            "mean gain vs FedAvg | devices trained |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for algo, s in summary["algorithms"].items():
+        f = s["final_accuracy"]
+        vs = s.get("vs_fedavg")
+        better = f"{_pct(vs['better'])}% of devices" if vs else "-"
+        gain = f"{100 * vs['mean_gain']:+.1f} pts" if vs else "-"
+        rows.append(f"| {algo} | {_pct(f['mean'])} | {_pct(f['std'])} | {_pct(f['p10'])} | "
+                    f"{_pct(f['median'])} | {_pct(f['p90'])} | {better} | {gain} | "
+                    f"{s['devices_trained']}/{f['n']} |")
+    return rows
+
+
+def render(summary: dict[str, Any], plots: list[str]) -> str:
+    """The report text (Markdown)."""
+    cfg, fleet, timing = summary["config"], summary["fleet"], summary["timing"]
+    lines = [f"# nnfleet simulate: {cfg.get('name', 'experiment')}", ""]
+    lines += [f"- data: {fleet['data']['name']}, {fleet['data']['num_devices']} devices, "
+              f"{fleet['data']['train_samples']} train / {fleet['data']['test_samples']} test "
+              f"samples; classes per device (median) "
+              f"{fleet['data']['classes_per_device']['median']:.0f}; label skew "
+              f"(total variation to the fleet's mix, median) "
+              f"{fleet['data']['label_tv_to_global']['median']:.2f}",
+              f"- model: {cfg['model_summary']}",
+              f"- rounds: {cfg['rounds']}, fraction of devices trained per round: "
+              f"{cfg['fraction_train']}, local epochs: {cfg['local_epochs']}, seed {cfg['seed']}",
+              f"- fleet engine: {timing['workers']} warm workers ({timing['isolation']} isolation), "
+              f"start-up {timing['startup_seconds']:.2f} s, total {timing['total_seconds']:.1f} s",
+              f"- RAM caps: {fleet['caps']}; devices unable to train within their cap: "
+              f"{fleet['unable_to_train']}", ""]
+    lines += ["## Personalized accuracy on each device's own test split (final round, %)", "",
+              *accuracy_table(summary), "",
+              "*better than FedAvg on*: share of devices whose own accuracy is higher than "
+              "with FedAvg's global model; ties count as not better.", ""]
+    for p in plots:
+        lines += [f"![{p}]({p})", ""]
+    lines += ["## Per algorithm", ""]
+    for algo, s in summary["algorithms"].items():
+        st = s["train_status"]
+        lines.append(f"- **{algo}** ({summary['algorithm_info'][algo]['summary']}; "
+                     f"{summary['algorithm_info'][algo]['reference']}): "
+                     f"{timing['per_algorithm'][algo]:.1f} s wall, "
+                     f"{summary['simulated_seconds'][algo]:.1f} s simulated; train replies "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(st.items()))
+                     + f"; peak RSS median {fmt_bytes(s['peak_rss']['median'])}")
+    lines += ["", "## Files", "", "- `metrics.jsonl`: one line per device and message "
+              "(train, evaluate, final), with the device's metrics and status",
+              "- `summary.json`: these numbers", ""]
+    return "\n".join(lines)

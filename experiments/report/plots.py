@@ -1,0 +1,96 @@
+"""PNG plots of a simulate run (matplotlib, the ``plot`` extra; skipped without it)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+MIB = 1024 * 1024
+
+
+def have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _plt() -> Any:
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def accuracy_per_round(summary: dict[str, Any], path: str) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for algo, s in summary["algorithms"].items():
+        curve = s["accuracy_per_round"]
+        if curve:
+            ax.plot(list(curve), list(curve.values()), marker=".", label=algo)
+    ax.set_xlabel("round")
+    ax.set_ylabel("mean personalized accuracy (own test split)")
+    ax.set_title("Accuracy per round (mean over evaluated devices)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def accuracy_spread(summary: dict[str, Any], path: str) -> str:
+    plt = _plt()
+    names = list(summary["algorithms"])
+    data = [list(summary["algorithms"][a]["final_accuracy_by_device"].values()) or [0.0]
+            for a in names]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.boxplot(data, showmeans=True)
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=20)
+    ax.set_ylabel("final personalized accuracy per device")
+    ax.set_title("Spread of personalized accuracy across devices")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def memory_vs_cap(devices: list[dict[str, Any]], path: str) -> str:
+    """Each device's measured peak RSS against its RAM cap; unable-to-train devices in red."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ok = [(d["ram_cap"] / MIB, d["peak_rss"] / MIB) for d in devices
+          if d.get("ram_cap") and d.get("peak_rss") and d.get("trained")]
+    bad = [(d["ram_cap"] / MIB, (d.get("peak_rss") or d["ram_cap"]) / MIB) for d in devices
+           if d.get("ram_cap") and not d.get("trained")]
+    if ok:
+        ax.scatter(*zip(*ok), s=12, label="trained", alpha=0.7)
+    if bad:
+        ax.scatter(*zip(*bad), s=20, marker="x", color="red", label="unable to train (cap)")
+    pts = ok + bad
+    if pts:
+        lo = min(min(p) for p in pts) * 0.95
+        hi = max(max(p) for p in pts) * 1.05
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="peak = cap")
+    ax.set_xlabel("RAM cap (MiB)")
+    ax.set_ylabel("measured peak RSS (MiB)")
+    ax.set_title("Per-device peak memory against its cap")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_plots(summary: dict[str, Any], devices: list[dict[str, Any]], out: str) -> list[str]:
+    """All plots into ``out``; returns their file names (empty without matplotlib)."""
+    if not have_matplotlib():
+        return []
+    files = [accuracy_per_round(summary, os.path.join(out, "accuracy_per_round.png")),
+             accuracy_spread(summary, os.path.join(out, "accuracy_spread.png")),
+             memory_vs_cap(devices, os.path.join(out, "memory_vs_cap.png"))]
+    return [os.path.basename(f) for f in files]

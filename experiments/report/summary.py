@@ -1,0 +1,85 @@
+"""Numbers of a simulate run, from its per-device records (``metrics.jsonl`` rows)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Iterable
+
+import numpy as np
+
+
+def spread(values: Iterable[float]) -> dict[str, float]:
+    """mean, std and quantiles of a list (empty -> zeros, n=0)."""
+    v = np.asarray([x for x in values if x is not None and x >= 0], dtype=np.float64)
+    if v.size == 0:
+        return {"n": 0, "mean": 0.0, "std": 0.0, "min": 0.0, "p10": 0.0, "median": 0.0,
+                "p90": 0.0, "max": 0.0}
+    return {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std()),
+            "min": float(v.min()), "p10": float(np.percentile(v, 10)),
+            "median": float(np.median(v)), "p90": float(np.percentile(v, 90)),
+            "max": float(v.max())}
+
+
+def summarize_algorithm(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One algorithm's records -> final accuracy spread, curves, participation, memory."""
+    final = {r["device"]: r.get("accuracy", -1.0) for r in records
+             if r["phase"] == "final" and r["status"] == "ok"}
+    train = [r for r in records if r["phase"] == "train"]
+    evals = [r for r in records if r["phase"] == "evaluate" and r["status"] == "ok"]
+    by_round: dict[int, list[float]] = defaultdict(list)
+    for r in evals:
+        by_round[int(r["round"])].append(r.get("accuracy", -1.0))
+    trained = {r["device"] for r in train if r["status"] == "ok"}
+    tried = {r["device"] for r in train if r["status"] in ("ok", "cap-exceeded", "error")}
+    unable = sorted({r["device"] for r in train if r["status"] == "cap-exceeded"} - trained)
+    status = defaultdict(int)
+    for r in train:
+        status[r["status"]] += 1
+    peak: dict[int, float] = {}
+    for r in train:
+        if r.get("peak-rss", -1) and r.get("peak-rss", -1) > 0:
+            peak[r["device"]] = max(peak.get(r["device"], 0.0), float(r["peak-rss"]))
+    before = [r.get("accuracy-before", -1.0) for r in train if r["status"] == "ok"]
+    after = [r.get("accuracy-after", -1.0) for r in train if r["status"] == "ok"]
+    return {
+        "final_accuracy": spread(final.values()),
+        "final_accuracy_trained_devices": spread(v for d, v in final.items() if d in trained),
+        "final_accuracy_by_device": {int(d): float(v) for d, v in sorted(final.items())},
+        "accuracy_per_round": {int(k): float(np.mean([x for x in v if x >= 0] or [0.0]))
+                               for k, v in sorted(by_round.items())},
+        "train_status": dict(status),
+        "devices_trained": len(trained),
+        "devices_tried": len(tried),
+        "devices_unable_to_train": unable,
+        "accuracy_before_training": spread(before),
+        "accuracy_after_training": spread(after),
+        "peak_rss_by_device": {int(d): v for d, v in sorted(peak.items())},
+        "peak_rss": spread(peak.values()),
+    }
+
+
+def wins(a: dict[int, float], b: dict[int, float]) -> dict[str, float]:
+    """Per-device comparison of two final-accuracy maps: how often a beats, ties, loses."""
+    common = sorted(set(a) & set(b))
+    d = np.array([a[k] - b[k] for k in common])
+    if d.size == 0:
+        return {"devices": 0, "better": 0.0, "tie": 0.0, "worse": 0.0, "mean_gain": 0.0}
+    return {"devices": int(d.size), "better": float((d > 1e-9).mean()),
+            "tie": float((np.abs(d) <= 1e-9).mean()), "worse": float((d < -1e-9).mean()),
+            "mean_gain": float(d.mean())}
+
+
+def summarize(records: list[dict[str, Any]], algorithms: list[str],
+              extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's summary: per algorithm, plus per-device wins against FedAvg and local."""
+    per: dict[str, dict[str, Any]] = {}
+    for algo in algorithms:
+        per[algo] = summarize_algorithm([r for r in records if r.get("algorithm") == algo])
+    for algo in algorithms:
+        for base in ("fedavg", "local"):
+            if base in per and base != algo:
+                per[algo][f"vs_{base}"] = wins(per[algo]["final_accuracy_by_device"],
+                                               per[base]["final_accuracy_by_device"])
+    out: dict[str, Any] = {"algorithms": per}
+    out.update(extra or {})
+    return out

@@ -1,0 +1,262 @@
+"""``nnfleet simulate [CONFIG.toml] [--devices N] [--rounds R] [--algorithm NAME ...] [--out DIR]``
+
+Runs each algorithm's Flower ServerApp (``server.app``) on the fleet engine, one after the
+other on the same fleet, devices and seeds, then measures every device's personalized
+accuracy on its own test split and writes ``metrics.jsonl``, ``summary.json`` and
+``report.md`` (with PNG plots when matplotlib is installed) to ``--out``.
+Without CONFIG, ``experiments/configs/default.toml`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import tomllib
+from typing import Any, TextIO
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.toml")
+
+
+class Progress:
+    """A plain-text progress bar on stderr (redrawn in place on a terminal, lines otherwise)."""
+
+    def __init__(self, stream: TextIO = sys.stderr, quiet: bool = False) -> None:
+        self.stream, self.quiet = stream, quiet
+        self.tty = stream.isatty()
+        self.t0 = time.perf_counter()
+        self.label = ""
+
+    def update(self, label: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        width = 24
+        fill = int(width * done / max(total, 1))
+        text = (f"{label:38s} [{'#' * fill}{'.' * (width - fill)}] {done:5d}/{total:<5d} "
+                f"{time.perf_counter() - self.t0:6.1f}s")
+        if self.tty:
+            self.stream.write("\r" + text)
+            if done >= total:
+                self.stream.write("\n")
+        elif done >= total and "train" not in label:  # a log file: one line per round
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def load_config(path: str | None) -> dict[str, Any]:
+    from device_runtime.errors import ConfigError
+
+    path = path or DEFAULT_CONFIG
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+
+
+def model_text(cfg: dict[str, Any]) -> str:
+    """The ``model`` config value for devices and server: a JSON layer list or built-in."""
+    m = cfg.get("model", {})
+    if "layers" in m:
+        return json.dumps(m["layers"])
+    if "builtin" in m:
+        return json.dumps({"builtin": m["builtin"], **m.get("args", {})})
+    return str(m.get("name", "mlp"))
+
+
+def run_config(cfg: dict[str, Any], algo_name: str, specs: list[Any]) -> dict[str, Any]:
+    """The Flower run config of one algorithm (see server/app.py for the keys)."""
+    from experiments.algorithms import device_config, get_algorithm
+
+    algo = get_algorithm(algo_name)
+    server = cfg.get("server", {})
+    rc: dict[str, Any] = {
+        "model": model_text(cfg), "model-seed": int(cfg.get("seed", 0)),
+        "num-rounds": int(cfg.get("rounds", 10)), "seed": int(cfg.get("seed", 0)),
+        "strategy": algo.strategy if algo.strategy != "fedavg" else server.get("strategy", "fedavg"),
+        "fraction-train": float(server.get("fraction-train", 1.0)),
+        "fraction-evaluate": float(server.get("fraction-evaluate", 1.0)),
+        "min-nodes": int(server.get("min-nodes", 2)),
+    }
+    args = dict(server.get("strategy-args", {}))
+    args.update(algo.strategy_args)
+    rc["strategy-args"] = json.dumps(args)
+    rc.update(cfg.get("train", {}))
+    rc.update(device_config(algo, specs, cfg.get("model", {}).get("head", []),
+                            cfg.get("algorithm", {}).get(algo_name, {})))
+    return rc
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    from device_runtime.cli import _Parser
+
+    p = _Parser(prog="nnfleet simulate", description="Simulate a fleet of RAM-capped devices "
+                "and compare personalization algorithms (see experiments/configs/).")
+    p.add_argument("config", nargs="?", help="experiment TOML (default: configs/default.toml)")
+    p.add_argument("--devices", type=int, help="number of devices (overrides [data] devices)")
+    p.add_argument("--rounds", type=int, help="federated rounds (overrides rounds)")
+    p.add_argument("--algorithm", action="append", help="algorithm to run (repeatable; "
+                   "default: the config's list)")
+    p.add_argument("--out", help="output folder (default: runs/<config name>)")
+    p.add_argument("--workers", type=int, help="worker processes (default: CPU count)")
+    p.add_argument("--isolation", choices=["worker", "fork"], help="per-device isolation")
+    p.add_argument("--seed", type=int, help="seed of data, profiles, sampling and training")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``nnfleet simulate``; returns the exit code."""
+    from device_runtime.errors import NNFleetError
+
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except NNFleetError as e:
+        print(f"nnfleet: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str]) -> int:
+    from device_runtime.errors import ConfigError
+
+    t_start = time.perf_counter()
+    args = parse_args(argv)
+    cfg = load_config(args.config)
+    data = dict(cfg.get("data", {}))
+    if args.devices is not None:
+        if args.devices < 2:
+            raise ConfigError(f"--devices must be >= 2, got {args.devices}")
+        data["devices"] = args.devices
+    if args.rounds is not None:
+        if args.rounds < 1:
+            raise ConfigError(f"--rounds must be >= 1, got {args.rounds}")
+        cfg["rounds"] = args.rounds
+    if args.seed is not None:
+        cfg["seed"] = args.seed
+    algorithms = args.algorithm or list(cfg.get("algorithms", ["local", "fedavg", "fedper"]))
+    from experiments.algorithms import get_algorithm
+    for a in algorithms:
+        get_algorithm(a)  # fail early on a typo
+    fleet_cfg = dict(cfg.get("fleet", {}))
+    out = args.out or os.path.join("runs", str(cfg.get("name", "simulate")))
+    os.makedirs(out, exist_ok=True)
+    seed = int(cfg.get("seed", 0))
+    progress = Progress(quiet=args.quiet)
+
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    from device_runtime.device import build_model
+    from experiments.data import make_fleet_data
+    from experiments.fleet import FleetEngine, draw_profiles
+    from experiments.fleet.grid import FleetGrid, run_serverapp
+    from experiments.report import render, summarize, write_plots
+    import server
+
+    logging.getLogger("flwr").setLevel(logging.WARNING)  # after import: flwr sets DEBUG
+    kind = str(data.pop("kind", "synthetic_images"))
+    n = int(data.pop("devices", 100))
+    if "shape" in data:
+        data["shape"] = tuple(data["shape"])
+    fleet = make_fleet_data(kind, n, seed, **data)
+    specs = build_model(model_text(cfg), seed).specs
+    profiles = draw_profiles(len(fleet.devices), fleet_cfg, seed)
+    records: list[dict[str, Any]] = []
+    timing: dict[str, Any] = {"per_algorithm": {}}
+    sim: dict[str, float] = {}
+    with open(os.path.join(out, "metrics.jsonl"), "w") as sink, \
+            FleetEngine(fleet, profiles, workers=int(args.workers or fleet_cfg.get("workers", 0)),
+                        isolation=args.isolation or fleet_cfg.get("isolation", "worker")) as eng:
+        timing.update(startup_seconds=eng.startup_seconds, workers=len(eng.procs),
+                      isolation=eng.isolation)
+        for algo in algorithms:
+            t0 = time.perf_counter()
+            rc = run_config(cfg, algo, specs)
+
+            def record(rec: dict[str, Any], algo: str = algo) -> None:
+                rec["algorithm"] = algo
+                records.append(rec)
+                sink.write(json.dumps(rec) + "\n")
+
+            rnd = [0]
+
+            def show(phase: str, done: int, total: int, algo: str = algo) -> None:
+                if phase == "train" and done == 1:
+                    rnd[0] += 1
+                progress.update(f"{algo} round {rnd[0]}/{rc['num-rounds']} {phase}", done, total)
+
+            grid = FleetGrid(eng, run_key=algo, seed=seed, on_record=record, on_progress=show)
+            ctx = run_serverapp(server.app, grid, rc)
+            final = {k: a.numpy() for k, a in ctx.state["final-arrays"].items()}
+            grid.evaluate_all(final, rc, rnd=int(rc["num-rounds"]))
+            eng.reset(algo)
+            timing["per_algorithm"][algo] = time.perf_counter() - t0
+            sim[algo] = sum(r["sim_seconds"] for r in grid.rounds)
+            progress.update(f"{algo} done", 1, 1)
+    devices = _devices(profiles, records)
+    timing["total_seconds"] = time.perf_counter() - t_start
+    from experiments.algorithms import ALGORITHMS
+    summary = summarize(records, algorithms, {
+        "config": {"name": cfg.get("name", "simulate"), "rounds": int(cfg.get("rounds", 10)),
+                   "seed": seed, "model": model_text(cfg), "algorithms": algorithms,
+                   "model_summary": ", ".join(f"{s.name}({s.type})" for s in specs[1:]),
+                   "fraction_train": cfg.get("server", {}).get("fraction-train", 1.0),
+                   "local_epochs": cfg.get("train", {}).get("local-epochs", 1)},
+        "fleet": {"data": fleet.stats(), "profiles": [p.as_dict() for p in profiles],
+                  "caps": _caps(profiles),
+                  "unable_to_train": sum(1 for d in devices if d["ram_cap"] and not d["trained"])},
+        "algorithm_info": {a: {"summary": ALGORITHMS[a].summary,
+                               "reference": ALGORITHMS[a].reference} for a in algorithms},
+        "simulated_seconds": sim, "timing": timing, "devices": devices})
+    plots = write_plots(summary, devices, out)
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(render(summary, plots))
+    _print_table(summary, out)
+    return 0
+
+
+def _devices(profiles: list[Any], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per device: cap, largest measured peak RSS, whether it ever trained."""
+    out = [{"device": p.index, "ram_cap": p.ram_cap, "peak_rss": 0.0, "trained": False,
+            "speed": p.speed, "availability": p.availability} for p in profiles]
+    for r in records:
+        if r["phase"] != "train":
+            continue
+        d = out[r["device"]]
+        if r.get("peak-rss", -1) > 0:
+            d["peak_rss"] = max(d["peak_rss"], float(r["peak-rss"]))
+        if r["status"] == "ok":
+            d["trained"] = True
+        if r["status"] == "cap-exceeded":
+            d["needed_bytes"] = r.get("needed-bytes")
+    return out
+
+
+def _caps(profiles: list[Any]) -> str:
+    from device_runtime.units import fmt_bytes
+    caps = sorted(p.ram_cap for p in profiles if p.ram_cap)
+    if not caps:
+        return "none"
+    return f"{fmt_bytes(caps[0])} .. {fmt_bytes(caps[-1])} (median {fmt_bytes(caps[len(caps) // 2])})"
+
+
+def _print_table(summary: dict[str, Any], out: str) -> None:
+    print(f"{'algorithm':12s} {'mean acc':>9s} {'std':>6s} {'p10':>6s} {'better than fedavg':>19s}")
+    for algo, s in summary["algorithms"].items():
+        f, vs = s["final_accuracy"], s.get("vs_fedavg")
+        better = f"{100 * vs['better']:.0f}% of devices" if vs else "-"
+        print(f"{algo:12s} {100 * f['mean']:8.1f}% {100 * f['std']:5.1f} {100 * f['p10']:6.1f} "
+              f"{better:>19s}")
+    t = summary["timing"]
+    print(f"devices unable to train within their cap: {summary['fleet']['unable_to_train']}; "
+          f"total {t['total_seconds']:.1f} s (engine start-up {t['startup_seconds']:.2f} s); "
+          f"report: {os.path.join(out, 'report.md')}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
