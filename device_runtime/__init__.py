@@ -3,6 +3,7 @@
 from .errors import ConfigError, DataError, MemoryCapExceeded, ModelError, NNFleetError
 from .model import History, LayerSpec, Model, layer
 from .models import BUILTINS, build
+from . import rss
 from .optimizers import SGD, Adam, AdamW, Schedule, create_optimizer
 
 __all__ = ["Adam", "AdamW", "BUILTINS", "ConfigError", "DataError", "History", "LayerSpec",

@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, NNFleetError
+from .errors import ConfigError, MemoryCapExceeded, NNFleetError
+from .units import parse_size
 
 EXIT_BAD_INPUT = 2
+EXIT_CAP = 3  # refused before training, or stopped for going over the RAM cap
 
 
 class _Parser(argparse.ArgumentParser):
@@ -107,12 +109,18 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{classes} classes")
     batch = args.batch_size or (ini.batch_size if ini and ini.batch_size else 32)
     name, kw = _optimizer_kwargs(args, ini)
-    model.compile(batch_size=batch, optimizer=name, planner=args.planner, **kw)
     xs = model.prepare_x(x)
     ys, kind = model.prepare_y(y, xs.shape[0])
-    model._use_labels(kind)
+    model.label_kind = kind
+    if args.freeze:
+        model.freeze(args.freeze)
+    cap = parse_size(args.ram_cap) if args.ram_cap is not None else None
+    # JIT-compiled kernels are part of the runtime's baseline, not of the step
+    model.compile(batch_size=batch, optimizer=name, planner=args.planner, ram_cap=cap,
+                  swap=args.swap, lookahead=args.lookahead, **kw)
+    if cap is None:
+        model.warm_up()
     plan = model.plan()
-    model.warm_up()  # JIT-compiled kernels are part of the runtime's baseline, not of the step
     steps = args.steps
     epochs = args.epochs if args.epochs is not None else (ini.epochs if ini and ini.epochs and
                                                           steps is None else 1)
@@ -125,10 +133,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"step {step:6d}  loss {loss:.4f}", flush=True)
 
     t0 = time.perf_counter()
-    hist = model.fit(xs, ys, epochs=epochs, steps=steps, shuffle=not args.no_shuffle,
-                     seed=args.seed, callback=progress)
+    try:
+        hist = model.fit(xs, ys, epochs=epochs, steps=steps, shuffle=not args.no_shuffle,
+                         seed=args.seed, callback=progress)
+    except MemoryCapExceeded as e:
+        if args.json:
+            print(json.dumps({"model": model.name, "cap_exceeded": True, "error": str(e),
+                              **model.memory_report()}))
+        raise
     wall = time.perf_counter() - t0
-    peak = rss.peak_rss()
+    peak = max(rss.peak_rss(), model.peak_rss or 0)
     if args.save:
         model.save_weights(args.save)
     med = float(np.median(hist.step_seconds[1:] or hist.step_seconds or [0.0]))
@@ -142,6 +156,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "baseline_rss_bytes": baseline, "peak_rss_bytes": peak,
         "working_set_bytes": peak - baseline, "step_seconds_median": med,
         "wall_seconds": wall, "planner": args.planner, "saved": args.save,
+        **{k: v for k, v in model.memory_report().items()
+           if k not in ("peak_rss_bytes", "baseline_rss_bytes")},
     }
     if hist.correct:
         result["train_accuracy_last_epoch"] = float(
@@ -197,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--save", help="write trained weights .npz (atomically)")
     tr.add_argument("--planner", default=DEFAULT_STRATEGY, choices=sorted(STRATEGIES))
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--ram-cap", help="RAM cap of the whole process (64MiB, 1.5GiB, 500MB, bytes)")
+    tr.add_argument("--swap", choices=["off", "auto", "on"], default="auto",
+                    help="swap idle tensors to storage: auto = only if the cap needs it")
+    tr.add_argument("--lookahead", type=_positive(int, "--lookahead"), default=3,
+                    help="orders ahead of use that a swapped tensor is read back")
+    tr.add_argument("--freeze", help="freeze every layer up to and including this one "
+                    "(transfer learning: a frozen backbone, a trainable head)")
     tr.add_argument("--json", action="store_true")
     be = sub.add_parser("bench", help="benchmarks (memory)", add_help=False)
     be.add_argument("what")
@@ -212,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_bench(args, rest)
         args = parser.parse_args(argv)
         return {"plan": cmd_plan, "train": cmd_train}[args.cmd](args)
+    except MemoryCapExceeded as e:
+        print(f"nnfleet: error: RAM cap: {e}", file=sys.stderr)
+        return EXIT_CAP
     except NNFleetError as e:
         print(f"nnfleet: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -11,6 +11,7 @@ interval covers all of its members.
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import threading
 from dataclasses import dataclass, field
@@ -212,10 +213,12 @@ class Executor:
         return P.plan_layout(self.sizes, intervals, self.strategy, self.alignment), intervals
 
     def _allocate(self, poison: bool) -> None:
+        # An anonymous mapping of its own: page-aligned, untouched until used (so RSS
+        # shows what a step really touches), and given back to the OS when freed, never
+        # served from heap memory that malloc already holds.
         n = self.plan.pool_bytes
-        raw = np.empty(n + PAGE, dtype=np.uint8)
-        start = (-raw.ctypes.data) % PAGE  # align the pool itself as the planner assumes
-        self.pool = raw[start:start + n]
+        self._mmap = mmap.mmap(-1, max(n, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.pool = np.frombuffer(self._mmap, dtype=np.uint8, count=n)
         if poison:  # NaN for floats, -1 for ints: reading an unwritten tensor shows up
             self.pool.fill(0xFF)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -18,6 +20,18 @@ from .layers.loss import CrossEntropySoftmax, Loss
 from .optimizers import Accumulator, NullOptimizer, Optimizer, create_optimizer
 from .planner import DEFAULT_STRATEGY, STRATEGIES
 from .weights import WeightStore
+
+
+def _test_leak() -> tuple[int, int] | None:
+    """``NNFLEET_TEST_ALLOC=BYTES@STEP``: allocate memory the plan does not know about at
+    that step (a debug switch that lets tests show the RAM guard stopping a run)."""
+    raw = os.environ.get("NNFLEET_TEST_ALLOC")
+    if not raw:
+        return None
+    size, _, step = raw.partition("@")
+    from .units import parse_size
+
+    return parse_size(size), int(step or 0)
 
 
 @dataclass
@@ -92,6 +106,24 @@ class Model:
         return Graph(layers, loss, batch, backward=backward,
                      clip_grad=self.clip_grad_norm if backward else None,
                      fuse_apply=getattr(self, "fuse_apply", True))
+
+    def freeze(self, upto: str) -> None:
+        """Make every layer up to and including ``upto`` (in description order) frozen."""
+        names = [s.name for s in self.specs]
+        if upto not in names:
+            raise ModelError(f"cannot freeze up to '{upto}': no such layer (layers: "
+                             f"{', '.join(names[:8])}...)")
+        for spec in self.specs[:names.index(upto) + 1]:
+            spec.props["trainable"] = False
+        self._rebuild_weight_flags()
+
+    def _rebuild_weight_flags(self) -> None:
+        probe = self._graph(batch=1, backward=False, with_loss=True)
+        flags = {f"{n.name}:{w.name}": w.trainable for n in probe.nodes for w in n.layer.weights}
+        for k, p in list(self.weights.params.items()):
+            if p.trainable != flags[k]:
+                self.weights.params[k] = dataclasses.replace(p, trainable=flags[k])
+        self._tv = None
 
     # ------------------------------------------------------------------ compile
     def compile(self, batch_size: int = 32, optimizer: str | Optimizer = "sgd",
@@ -288,7 +320,10 @@ class Model:
                   rng: np.random.Generator, shuffle: bool,
                   callback: Callable[[int, float], None] | None) -> None:
         ex = self.train_executor
+        leak = _test_leak()
         for step in range(total):
+            if leak is not None and step == leak[1]:  # NNFLEET_TEST_ALLOC: test the guard
+                self._leaked = np.ones(leak[0], np.uint8)
             j = step % per_epoch
             if j == 0 and shuffle:
                 rng.shuffle(perm)

@@ -13,8 +13,8 @@ import pytest
 from tests.conftest import ROOT, SHARED_INI
 
 
-def run(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=ROOT)
+def run(*args: str, cwd: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
     return subprocess.run([sys.executable, "-m", "device_runtime", *args], capture_output=True,
                           text=True, cwd=cwd or ROOT, env=env, timeout=300)
 

@@ -113,6 +113,10 @@ class Conv2D(Layer):
         return [(n, filters, oh, ow)]
 
     def enable_fused_apply(self) -> bool:
+        # Fusing puts CD (which creates the input derivative) before CG; worth it only when
+        # the whole gradient would cost more than that derivative being alive during CG.
+        if self.filters * self.ckk <= math.prod(self.in_shapes[0]):
+            return False
         # One chunk of samples: dW is computed in blocks of output channels, each applied
         # at once. Several chunks: dW accumulates over them (it is small then: only
         # large feature maps are chunked), and is applied whole.

@@ -68,6 +68,10 @@ class FullyConnected(Layer):
         return [(*shape[:-1], units)]
 
     def enable_fused_apply(self) -> bool:
+        # Worth it only when the whole gradient would cost more than the input derivative
+        # that fusing keeps alive during CG (CD comes first).
+        if self.fin * self.units <= math.prod(self.in_shapes[0]):
+            return False
         self.request_tensor("gblock", (self.block, self.units), {CG})
         if self.use_bias:
             self.request_tensor("gbias", (self.units,), {CG})

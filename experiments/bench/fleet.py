@@ -1,0 +1,258 @@
+"""``nnfleet bench fleet``: the same federated workload on nnfleet's fleet engine and on
+Flower's simulation runtime (``flwr run`` against a local simulation SuperLink), side by
+side in one run: device-rounds per second, start-up time, peak memory of the process tree.
+
+The workload: the ServerApp of ``server/`` with FedAvg, ``--devices`` (1,000) devices of
+FedProx's Synthetic(0.5, 0.5) with 40 samples each, a logistic regression (60 -> 10),
+``--rounds`` (3) rounds, every device trained each round, no federated evaluation. On
+the fleet engine every device runs under a RAM cap (``--cap``) that the runtime enforces
+(planned step, psutil sampler, high-water mark); Flower cannot cap a client's memory.
+
+- *start-up*: from the start (before any import of the runtime) to the moment the first
+  round can begin: Flower's SuperLink, run submission, simulation process, Ray and the
+  ServerApp; for nnfleet, data packing and warm workers.
+- *device-rounds/s*: devices x rounds / the strategy's own time for all rounds.
+- *peak memory*: the largest sum of RSS over the whole process tree, sampled every 50 ms.
+
+    python -m experiments.bench.fleet                       # 1,000 devices, both sides
+    python -m experiments.bench.fleet --devices 10000 --rounds 1 --no-flower
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+MIB = 1024 * 1024
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LOGREG = json.dumps([{"type": "input", "name": "in", "input_shape": "60"},
+                     {"type": "fully_connected", "name": "fc", "unit": 10}])
+
+
+def workload(devices: int, rounds: int) -> dict[str, Any]:
+    """The run config both runtimes get (keys of ``[tool.flwr.app.config]``)."""
+    return {"model": LOGREG, "num-rounds": rounds, "fraction-train": 1.0,
+            "fraction-evaluate": 0.0, "min-nodes": 2, "personal": "", "seed": 0,
+            "local-epochs": 1, "lr": 0.05, "batch-size": 16, "data-devices": devices,
+            "data-kind": "synthetic_fedprox", "data-seed": 0,
+            "data-params": json.dumps({"alpha": 0.5, "beta": 0.5, "samples": 40})}
+
+
+class TreeSampler:
+    """Peak of the summed RSS of a process and all its descendants, sampled in a thread."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        import psutil
+        self.root = psutil.Process(pid)
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def now(self) -> int:
+        import psutil
+        total = 0
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.now())
+
+    def __enter__(self) -> "TreeSampler":
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._t.join(timeout=2)
+        self.peak = max(self.peak, self.now())
+
+
+def run_fleet(devices: int, rounds: int, cap: int, workers: int) -> dict[str, Any]:
+    """The workload on the fleet engine, in this process plus its workers."""
+    t0 = time.perf_counter()
+    with TreeSampler(os.getpid()) as mem:
+        import logging
+        os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+        import server
+        from experiments.fleet import DeviceProfile, FleetEngine
+        from experiments.fleet.flower_data import fleet_from_run_config
+        from experiments.fleet.grid import FleetGrid, run_serverapp
+
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+        rc = workload(devices, rounds)
+        fleet = fleet_from_run_config(rc)
+        profiles = [DeviceProfile(i, cap, 1.0, 1.0, 0.0) for i in range(devices)]
+        with FleetEngine(fleet, profiles, workers=workers) as eng:
+            startup = time.perf_counter() - t0
+            before = mem.now()
+            grid = FleetGrid(eng, "bench")
+            t1 = time.perf_counter()
+            ctx = run_serverapp(server.app, grid, rc)
+            rounds_s = time.perf_counter() - t1
+            ok = sum(r["ok"] for r in grid.rounds)
+            n_workers = len(eng.procs)
+        assert ctx.state["final-arrays"]
+    return {"runtime": "nnfleet fleet engine", "startup_s": startup, "rounds_s": rounds_s,
+            "device_rounds": devices * rounds, "ok_device_rounds": ok,
+            "device_rounds_per_s": devices * rounds / rounds_s, "peak_tree_bytes": mem.peak,
+            "before_first_round_bytes": before, "workers": n_workers, "ram_cap": cap,
+            "caps_enforced": True}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_flower(devices: int, rounds: int, timeout: float) -> dict[str, Any]:
+    """The workload on Flower's simulation runtime (``flwr run``, local SuperLink)."""
+    import psutil
+
+    bindir = os.path.dirname(sys.executable)
+    exe = {n: shutil.which(n, path=bindir + os.pathsep + os.environ.get("PATH", "")) or n
+           for n in ("flower-superlink", "flwr")}
+    home = tempfile.mkdtemp(prefix="nnfleet-flwr-")
+    port = _free_port()
+    with open(os.path.join(home, "config.toml"), "w") as f:
+        f.write(f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\n'
+                f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+    env = dict(os.environ, FLWR_HOME=home, FLWR_TELEMETRY_ENABLED="0",
+               FLWR_DISABLE_UPDATE_CHECK="1", PYTHONPATH=ROOT)
+    overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in workload(devices, rounds).items())
+    t0 = time.perf_counter()
+    link = subprocess.Popen([exe["flower-superlink"], "--insecure", "--simulation",
+                             "--disable-runtime-dependency-installation", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    procs = [link]
+    out: dict[str, Any] = {"runtime": "Flower simulation (flwr run)", "caps_enforced": False}
+    try:
+        with TreeSampler(link.pid) as mem:
+            end = time.monotonic() + 60
+            while time.monotonic() < end:
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                time.sleep(0.1)
+            run = subprocess.Popen([exe["flwr"], "run", ROOT, "bench", "--stream", "-c", overrides,
+                                    "--federation-config",
+                                    f"num-supernodes={devices} client-resources-num-cpus=1"],
+                                   env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            procs.append(run)
+            first_round = finished = None
+            before = 0
+            deadline = time.monotonic() + timeout
+            assert run.stdout is not None
+            for line in run.stdout:
+                if first_round is None and "[ROUND 1/" in line:
+                    first_round = time.perf_counter() - t0
+                    before = mem.now()
+                m = re.search(r"Strategy execution finished in ([0-9.]+)s", line)
+                if m:
+                    finished = float(m.group(1))
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"flwr run took more than {timeout}s")
+            run.wait(timeout=30)
+        if first_round is None or finished is None:
+            raise RuntimeError("flwr run ended without running the rounds")
+        out.update(startup_s=first_round, rounds_s=finished, device_rounds=devices * rounds,
+                   device_rounds_per_s=devices * rounds / finished, peak_tree_bytes=mem.peak,
+                   before_first_round_bytes=before)
+    finally:
+        for p in procs:
+            try:
+                kids = psutil.Process(p.pid).children(recursive=True)
+            except psutil.Error:
+                kids = []
+            for q in kids + ([psutil.Process(p.pid)] if p.poll() is None else []):
+                try:
+                    q.kill()
+                except psutil.Error:
+                    pass
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        shutil.rmtree(home, ignore_errors=True)
+    return out
+
+
+def _row(r: dict[str, Any]) -> str:
+    return (f"{r['runtime']:32s} {r['startup_s']:9.2f} {r['rounds_s']:9.2f} "
+            f"{r['device_rounds_per_s']:12.0f} {r['peak_tree_bytes'] / MIB:10.0f} "
+            f"{r['before_first_round_bytes'] / MIB:12.0f}  {'yes' if r['caps_enforced'] else 'no'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from device_runtime.units import parse_size
+
+    p = argparse.ArgumentParser(prog="nnfleet bench fleet", description=__doc__.split("\n\n")[0])
+    p.add_argument("--devices", type=int, default=1000)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--cap", default="512MiB", help="RAM cap of every device on the fleet engine")
+    p.add_argument("--workers", type=int, default=0, help="fleet engine workers (0 = CPUs)")
+    p.add_argument("--no-flower", action="store_true", help="only the fleet engine")
+    p.add_argument("--flower-timeout", type=float, default=900.0)
+    p.add_argument("--json", help="also write the results to this file")
+    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.devices < 2 or args.rounds < 1:
+        print("nnfleet: error: need --devices >= 2 and --rounds >= 1", file=sys.stderr)
+        return 2
+    print(f"workload: {args.devices} devices x {args.rounds} rounds, logistic regression 60->10, "
+          f"FedAvg, 40 samples per device", flush=True)
+    results = [run_fleet(args.devices, args.rounds, parse_size(args.cap), args.workers)]
+    print(f"fleet engine done ({results[0]['rounds_s']:.1f} s for the rounds)", flush=True)
+    if not args.no_flower:
+        try:
+            results.append(run_flower(args.devices, args.rounds, args.flower_timeout))
+        except (OSError, RuntimeError, TimeoutError) as e:
+            print(f"Flower simulation failed: {e}", file=sys.stderr)
+    print(f"\n{'runtime':32s} {'start-up s':>9s} {'rounds s':>9s} {'device-rds/s':>12s} "
+          f"{'peak MiB':>10s} {'MiB@round1':>12s}  caps")
+    for r in results:
+        print(_row(r))
+    summary: dict[str, Any] = {"devices": args.devices, "rounds": args.rounds, "results": results}
+    if len(results) == 2:
+        ours, flower = results
+        ratios = {
+            "device_rounds_per_s": ours["device_rounds_per_s"] / flower["device_rounds_per_s"],
+            "startup": flower["startup_s"] / ours["startup_s"],
+            "peak_memory": flower["peak_tree_bytes"] / max(ours["peak_tree_bytes"], 1),
+        }
+        summary["ratios"] = ratios
+        print(f"\nratios (nnfleet vs Flower, measured side by side): device-rounds/s "
+              f"{ratios['device_rounds_per_s']:.1f}x (target >= 10x), start-up "
+              f"{ratios['startup']:.1f}x faster ({ours['startup_s']:.2f} s, target <= 2 s), "
+              f"peak memory {ratios['peak_memory']:.1f}x smaller")
+    else:
+        print(f"\nstart-up {results[0]['startup_s']:.2f} s (target <= 2 s); peak memory of the "
+              f"process tree {results[0]['peak_tree_bytes'] / MIB:.0f} MiB for "
+              f"{args.devices} devices")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""RAM caps, swapping, micro-batches and frozen backbones (issue 3)."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import numpy as np
+import pytest
+
+import device_runtime as dr
+from device_runtime import MemoryCapExceeded, Model, layer
+from device_runtime.data import synthetic_classification
+from device_runtime.layers.base import AG, CD, CG, F
+from device_runtime.swap import SwapDevice
+from tests.test_cli import assert_one_line_error, last_json, run
+
+
+def test_cap_below_any_plan_is_refused_before_training():
+    m = dr.build("lenet5")
+    with pytest.raises(MemoryCapExceeded) as e:
+        m.compile(batch_size=32, optimizer="sgd", lr=0.01, ram_cap=64 << 20)
+    assert e.value.cap == 64 << 20
+    assert e.value.needed > e.value.cap
+    assert "needs" in str(e.value) and "RAM cap" in str(e.value)
+
+
+def test_cli_refuses_with_one_line_and_exit_code(tmp_path):
+    out = tmp_path / "w.npz"
+    p = run("train", "lenet5", "--ram-cap", "50MiB", "--steps", "2", "--save", str(out))
+    assert_one_line_error(p, "RAM cap", "needs")
+    assert p.returncode == 3
+    assert not out.exists()
+    assert_one_line_error(run("train", "lenet5", "--ram-cap", "lots"), "bad size")
+
+
+def test_cap_exceeded_at_run_time_is_stopped_and_reported(tmp_path):
+    # The run allocates 300 MiB the plan knows nothing about at step 3.
+    w = tmp_path / "before.npz"
+    w.write_bytes(b"previous results")
+    env_leak = {"NNFLEET_TEST_ALLOC": "300MiB@3"}
+    p = run("train", "mlp", "--steps", "50", "--ram-cap", "400MiB", "--save", str(w), "--json",
+            env=env_leak)
+    assert p.returncode == 3
+    d = last_json(p.stdout)
+    assert d["cap_exceeded"] is True
+    assert d["peak_rss_bytes"] > d["ram_cap_bytes"]
+    assert w.read_bytes() == b"previous results"  # nothing saved before is lost
+    assert "went over its RAM cap" in p.stderr
+
+
+def test_guard_stops_python_api_run():
+    m = dr.build("mlp")
+    m.warm_up()
+    m.compile(batch_size=16, optimizer="sgd", lr=0.01, ram_cap=dr.rss.current_rss() + (300 << 20))
+    x, y = synthetic_classification(m.input_shape, 10, 64)
+    hog = []
+
+    def grab(step, loss):
+        if step == 2:
+            hog.append(np.ones(400 << 20, np.uint8))  # touched: RSS grows by 400 MiB
+
+    with pytest.raises(MemoryCapExceeded):
+        m.fit(x, y, steps=200, callback=grab)
+    r = m.memory_report()
+    assert r["cap_exceeded"] and r["peak_rss_bytes"] > r["ram_cap_bytes"]
+
+
+# resnet18 trains at 50% of its unswapped working set. vgg16 cannot go below ~27 MiB of
+# pool at batch 32 (three 8 MiB tensors must coexist in conv1_2's backward: its input,
+# its output derivative and its input derivative), which is 54% of its working set.
+@pytest.mark.parametrize("name,fraction", [("vgg16", 0.58), ("resnet18", 0.5)])
+def test_half_working_set_cap_trains_under_cap_bit_identical(name, fraction, tmp_path):
+    # Prepare: the unswapped run measures its working set and saves its weights.
+    rng = np.random.default_rng(0)
+    x, y = synthetic_classification((3, 32, 32), 10, 64, seed=1)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    common = ["train", name, "--data", str(tmp_path / "d.npz"), "--steps", "10", "--no-shuffle",
+              "--batch-size", "32", "--json"]
+    ref = run(*common, "--save", str(tmp_path / "ref.npz"), "--swap", "off")
+    assert ref.returncode == 0, ref.stderr
+    r = last_json(ref.stdout)
+    cap = r["baseline_rss_bytes"] + int(r["working_set_bytes"] * fraction)
+    # Execute: the same run with the RAM cap at baseline + half the working set.
+    p = run(*common, "--save", str(tmp_path / "cap.npz"), "--ram-cap", str(cap))
+    assert p.returncode == 0, p.stderr
+    d = last_json(p.stdout)
+    # Assert: it swapped, stayed under the cap, and computed exactly the same weights.
+    assert d["swap_bytes_written"] > 0 and d["swap_bytes_read"] == d["swap_bytes_written"]
+    assert not d["cap_exceeded"]
+    assert d["peak_rss_bytes"] <= cap
+    a, b = np.load(tmp_path / "ref.npz"), np.load(tmp_path / "cap.npz")
+    for k in a.files:
+        assert np.array_equal(a[k], b[k]), k
+    del rng
+
+
+def test_micro_batches_match_full_batch_without_batchnorm():
+    x, y = synthetic_classification((784,), 10, 64, seed=3)
+    weights = []
+    for micro in (None, 8):
+        m = dr.build("mlp", seed=2)
+        m.compile(batch_size=32, optimizer="sgd", lr=0.1)
+        if micro:
+            m.micro_batch = micro  # what fit_to_cap picks when the cap needs it
+        h = m.fit(x, y, steps=4, shuffle=False)
+        weights.append(m.get_weights())
+        assert np.all(np.isfinite(h.losses))
+    for k in weights[0]:
+        np.testing.assert_allclose(weights[0][k], weights[1][k], rtol=1e-5, atol=1e-6)
+
+
+def test_cap_can_force_micro_batches():
+    # mlp at batch 256: without swap, a cap of baseline + ~1.5 MiB needs smaller micro-batches
+    m = dr.build("mlp")
+    m.compile(batch_size=256, optimizer="sgd", lr=0.01)
+    full = m.plan()["pool_bytes"]
+    m.warm_up()
+    base = dr.rss.current_rss()
+    m.compile(batch_size=256, optimizer="sgd", lr=0.01, swap="off", baseline_rss=base,
+              ram_cap=base + (2 << 20) + 4 * 235146 + full // 3)
+    assert m.micro_batch < 256
+    x, y = synthetic_classification(m.input_shape, 10, 512)
+    assert np.isfinite(m.fit(x, y, steps=2).losses).all()
+
+
+def test_frozen_backbone_keeps_no_activations():
+    m = dr.build("resnet18")
+    m.freeze("avgpool")
+    m.compile(batch_size=32, optimizer="sgd", lr=0.01)
+    nodes = m.train_executor.graph.nodes
+    frozen = [n for n in nodes if n.name.startswith(("conv", "bn", "l"))]
+    assert frozen and all(set(n.orders) == {F} for n in frozen)
+    fc = next(n for n in nodes if n.name == "fc")
+    assert CG in fc.orders and CD not in fc.orders and AG not in fc.orders  # fused apply
+    kinds = {r.kind for r in m.train_executor.records if not r.name.startswith(("fc", "loss"))}
+    assert "derivative" not in kinds and "gradient" not in kinds
+    assert m.optimizer.state_bytes == 0  # plain SGD; only fc is trainable anyway
+    full = dr.build("resnet18")
+    full.compile(batch_size=32, optimizer="sgd", lr=0.01)
+    assert m.plan()["pool_bytes"] < full.plan()["pool_bytes"] / 4
+    x, y = synthetic_classification(m.input_shape, 10, 64)
+    before = m.get_weights()
+    m.fit(x, y, steps=3)
+    after = m.get_weights()
+    assert np.array_equal(before["conv0:weight"], after["conv0:weight"])
+    assert not np.array_equal(before["fc:weight"], after["fc:weight"])
+
+
+def test_swap_file_is_private_and_never_visible(tmp_path):
+    dev = SwapDevice(1 << 20, str(tmp_path))
+    st = os.fstat(dev.fd)
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert st.st_nlink == 0  # unlinked at once: nothing is left behind even on SIGKILL
+    assert os.listdir(tmp_path) == []
+    base = np.full(8192, 7, np.uint8)
+    import mmap
+    buf = np.frombuffer(mmap.mmap(-1, 8192), dtype=np.uint8)
+    buf[:] = base
+    import threading
+    ev = threading.Event()
+    dev.submit("w", buf, 0, ev)
+    dev.wait(ev)
+    buf[:] = 0
+    dev.submit("r", buf, 0, ev)
+    dev.wait(ev)
+    assert np.array_equal(buf, base)
+    dev.close()
+
+
+def test_swap_dir_mode(tmp_path):
+    target = tmp_path / "swapdir"
+    SwapDevice(4096, str(target)).close()
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o700
