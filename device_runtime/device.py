@@ -50,6 +50,10 @@ from .model import LayerSpec, Model
 from .optimizers import Optimizer, create_optimizer
 
 Arrays = dict[str, np.ndarray]
+# what a device reports to the server (Flower reply MetricRecord); the fleet engine logs
+# every METRIC_KEYS entry locally
+REPLY_KEYS = ("num-examples", "train-loss", "loss-before", "accuracy-before", "loss-after",
+              "accuracy-after", "peak-rss", "ram-cap", "cap-exceeded")
 METRIC_KEYS = ("num-examples", "trained", "steps", "train-loss", "loss-before", "accuracy-before",
                "loss-after", "accuracy-after", "baseline-rss", "peak-rss", "ram-cap",
                "cap-exceeded", "needed-bytes", "micro-batch", "swap-bytes", "train-seconds")

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from .device import (DeviceData, DeviceState, evaluate_device, load_device_data, parse_settings,
-                     run_device)
+from .device import (REPLY_KEYS, DeviceData, DeviceState, evaluate_device, load_device_data,
+                     parse_settings, run_device)
 from .errors import ConfigError, MemoryCapExceeded
 
 # "app" is listed for Flower's static check of `device_runtime.flower_client:app`; it is
@@ -105,10 +105,12 @@ def config_of(message: Any) -> dict[str, Any]:
 
 
 def reply_content(shared: dict[str, np.ndarray] | None, metrics: dict[str, float]) -> Any:
-    """A reply RecordDict: ``arrays`` (shared only; omitted for evaluation) and ``metrics``."""
+    """A reply RecordDict: ``arrays`` (shared only; omitted for evaluation) and ``metrics``
+    (for training, the :data:`~device_runtime.device.REPLY_KEYS`)."""
     from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
-    content = RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()})})
+    keys = REPLY_KEYS if shared is not None else metrics
+    content = RecordDict({"metrics": MetricRecord({k: float(metrics[k]) for k in keys})})
     if shared is not None:
         content["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in shared.items()})
     return content

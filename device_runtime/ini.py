@@ -167,7 +167,8 @@ def _model_section(path: str, sec: Section, out: IniModel, legacy: dict[str, Any
         out.save_path = resolve(path, items["save_path"])
     if "optimizer" in items:  # legacy place of the optimizer and its settings
         out.optimizer = items["optimizer"].strip().lower()
-    for k in ("learning_rate", "beta1", "beta2", "epsilon", "momentum", "decay_rate", "decay_steps"):
+    for k in ("learning_rate", "beta1", "beta2", "epsilon", "momentum", "decay_rate",
+              "decay_steps"):
         if k in items:
             legacy[k] = _num(path, sec.name, k, items[k])
 
@@ -257,7 +258,8 @@ def _splice_backbone(path: str, sec: Section, layers: list[LayerSpec], stack: li
 
 def _add_input_layer(layers: list[LayerSpec]) -> None:
     first = layers[0]
-    if first.type == "input" or not first.props.get("input_shape") or first.props.get("input_layers"):
+    props = first.props
+    if first.type == "input" or not props.get("input_shape") or props.get("input_layers"):
         return
     name = f"{first.name}/input"
     layers.insert(0, LayerSpec("input", name, {"input_shape": first.props["input_shape"]}))

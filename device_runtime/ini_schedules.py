@@ -43,7 +43,8 @@ class PeriodicCosineSchedule(Schedule):
 
     def __call__(self, base_lr: float, it: int) -> float:
         t = it % self.decay_steps
-        return self.min_lr + 0.5 * (base_lr - self.min_lr) * (1 + math.cos(math.pi * t / self.decay_steps))
+        cos = math.cos(math.pi * t / self.decay_steps)
+        return self.min_lr + 0.5 * (base_lr - self.min_lr) * (1 + cos)
 
 
 def _floats(path: str, sec: str, key: str, value: str) -> list[float]:

@@ -223,7 +223,8 @@ def _main(argv: list[str]) -> int:
 def _devices(profiles: list[Any], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per device: cap, largest measured peak RSS, whether it ever trained."""
     out = [{"device": p.index, "ram_cap": p.ram_cap, "peak_rss": 0.0, "trained": False,
-            "speed": p.speed, "availability": p.availability} for p in profiles]
+            "cap_failures": 0, "rounds_trained": 0, "speed": p.speed,
+            "availability": p.availability} for p in profiles]
     for r in records:
         if r["phase"] != "train":
             continue
@@ -232,8 +233,10 @@ def _devices(profiles: list[Any], records: list[dict[str, Any]]) -> list[dict[st
             d["peak_rss"] = max(d["peak_rss"], float(r["peak-rss"]))
         if r["status"] == "ok":
             d["trained"] = True
+            d["rounds_trained"] += 1
         if r["status"] == "cap-exceeded":
             d["needed_bytes"] = r.get("needed-bytes")
+            d["cap_failures"] += 1
     return out
 
 
@@ -246,12 +249,14 @@ def _caps(profiles: list[Any]) -> str:
 
 
 def _print_table(summary: dict[str, Any], out: str) -> None:
-    print(f"{'algorithm':12s} {'mean acc':>9s} {'std':>6s} {'p10':>6s} {'better than fedavg':>19s}")
+    print(f"{'algorithm':12s} {'mean acc':>9s} {'std':>6s} {'p10':>6s} {'trained devs':>13s} "
+          f"{'better than fedavg':>19s}")
     for algo, s in summary["algorithms"].items():
-        f, vs = s["final_accuracy"], s.get("vs_fedavg")
+        f, vs = s["final_accuracy"], s.get("vs_fedavg_trained_devices")
+        ft = s["final_accuracy_trained_devices"]
         better = f"{100 * vs['better']:.0f}% of devices" if vs else "-"
         print(f"{algo:12s} {100 * f['mean']:8.1f}% {100 * f['std']:5.1f} {100 * f['p10']:6.1f} "
-              f"{better:>19s}")
+              f"{100 * ft['mean']:12.1f}% {better:>19s}")
     t = summary["timing"]
     print(f"devices unable to train within their cap: {summary['fleet']['unable_to_train']}; "
           f"total {t['total_seconds']:.1f} s (engine start-up {t['startup_seconds']:.2f} s); "

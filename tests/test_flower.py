@@ -174,6 +174,6 @@ def test_superlink_and_two_supernodes_on_loopback_enforce_ram_caps(tmp_path):
     assert sorted(history["train"]) == ["1", "2"]
     for metrics in history["train"].values():
         assert metrics["ram-cap"] == caps[0]  # a weighted mean over A alone
-        assert metrics["cap-exceeded"] == 0 and metrics["trained"] == 1
+        assert metrics["cap-exceeded"] == 0
         assert metrics["peak-rss"] <= caps[0]
     assert "MemoryCapExceeded" in logs and f"the RAM cap is {caps[1]:,} bytes" in logs

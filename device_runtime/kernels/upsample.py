@@ -81,8 +81,9 @@ def bilinear_fwd_numba(x: Arr, y: Arr, sh: int, sw: int) -> None:
             x0, x1, lx = _src(j, sw, W)
             for n in range(N):
                 for c in range(C):
-                    top = (1.0 - lx) * np.float64(x[n, c, y0, x0]) + lx * np.float64(x[n, c, y0, x1])
-                    bot = (1.0 - lx) * np.float64(x[n, c, y1, x0]) + lx * np.float64(x[n, c, y1, x1])
+                    f64 = np.float64
+                    top = (1.0 - lx) * f64(x[n, c, y0, x0]) + lx * f64(x[n, c, y0, x1])
+                    bot = (1.0 - lx) * f64(x[n, c, y1, x0]) + lx * f64(x[n, c, y1, x1])
                     y[n, c, i, j] = (1.0 - ly) * top + ly * bot
 
 

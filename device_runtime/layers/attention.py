@@ -96,7 +96,8 @@ class MultiHeadAttention(Layer):
             raise self.fail(f"needs num_heads > 0, got {self.prop('num_heads')!r}")
         if self.prop("projected_key_dim") is None and dq % heads:
             raise self.fail(f"query width {dq} is not divisible by num_heads={heads}")
-        p = parse_ints(self.name, "projected_key_dim", self.prop("projected_key_dim", dq // heads))[0]
+        p = parse_ints(self.name, "projected_key_dim",
+                       self.prop("projected_key_dim", dq // heads))[0]
         pv = parse_ints(self.name, "projected_value_dim", self.prop("projected_value_dim", p))[0]
         out = parse_ints(self.name, "output_shape", self.prop("output_shape", dq))[0]
         if min(p, pv, out) <= 0:

@@ -28,8 +28,8 @@ class Embedding(Layer):
         mask = self.prop("zero_idx_mask")
         self.mask_id = -1 if mask is None else parse_ints(self.name, "zero_idx_mask", mask)[0]
         self.vocab, self.dim, self.L = vocab, dim, shape[-1]
-        self.request_weight("weight", (vocab, dim), self.prop("weight_initializer", "xavier_uniform"),
-                            vocab, dim)
+        init = self.prop("weight_initializer", "xavier_uniform")  # NNTrainer's default
+        self.request_weight("weight", (vocab, dim), init, vocab, dim)
         self.input_needed = frozenset({CG})
         if len(shape) == 2:
             return [(shape[0], self.L, dim)]

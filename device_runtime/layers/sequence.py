@@ -50,7 +50,8 @@ class Recurrent(Layer):
         if u <= 0:
             raise self.fail(f"needs unit > 0, got {self.prop('unit')!r}")
         self.B, self.T, self.F, self.U = b, t, f, u
-        self.ret_seq = parse_bool(self.name, "return_sequences", self.prop("return_sequences", False))
+        self.ret_seq = parse_bool(self.name, "return_sequences",
+                                  self.prop("return_sequences", False))
         self.act = self._act_code("hidden_state_activation", "tanh")
         self.ract = self._act_code("recurrent_activation", "sigmoid")
         for key in ("dropout", "dropout_rate"):
@@ -111,7 +112,7 @@ class Recurrent(Layer):
         self.hprev2 = self.hbuf[:t].reshape(t * b, u)
         y, dy, dx = self.io.y[0], self.io.dy[0], self.io.dx[0]
         self.yv = y.reshape(b, t, u) if self.ret_seq else y.reshape(b, u)
-        self.dyv = None if dy is None else (dy.reshape(b, t, u) if self.ret_seq else dy.reshape(b, u))
+        self.dyv = None if dy is None else dy.reshape(self.yv.shape)
         self.dx3 = None if dx is None else dx.reshape(b, t, f)
         self.dgx = self.t.get("dgx")
         self.dgx2 = None if self.dgx is None else self.dgx.reshape(t * b, -1)

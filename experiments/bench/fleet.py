@@ -90,18 +90,25 @@ def run_fleet(devices: int, rounds: int, cap: int, workers: int) -> dict[str, An
     t0 = time.perf_counter()
     with TreeSampler(os.getpid()) as mem:
         import logging
-        os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-        import server
+
         from experiments.fleet import DeviceProfile, FleetEngine
         from experiments.fleet.flower_data import fleet_from_run_config
-        from experiments.fleet.grid import FleetGrid, run_serverapp
 
-        logging.getLogger("flwr").setLevel(logging.WARNING)
         rc = workload(devices, rounds)
-        fleet = fleet_from_run_config(rc)
         profiles = [DeviceProfile(i, cap, 1.0, 1.0, 0.0) for i in range(devices)]
-        with FleetEngine(fleet, profiles, workers=workers) as eng:
+
+        def prepare() -> Any:  # runs while the workers warm up
+            os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+            import server  # noqa: F401
+            import experiments.fleet.grid  # noqa: F401
+            return fleet_from_run_config(rc)
+
+        with FleetEngine(prepare, profiles, workers=workers) as eng:
             startup = time.perf_counter() - t0
+            import server
+            from experiments.fleet.grid import FleetGrid, run_serverapp
+
+            logging.getLogger("flwr").setLevel(logging.WARNING)
             before = mem.now()
             grid = FleetGrid(eng, "bench")
             t1 = time.perf_counter()
@@ -137,7 +144,9 @@ def run_flower(devices: int, rounds: int, timeout: float) -> dict[str, Any]:
                 f'address = "127.0.0.1:{port}"\ninsecure = true\n')
     env = dict(os.environ, FLWR_HOME=home, FLWR_TELEMETRY_ENABLED="0",
                FLWR_DISABLE_UPDATE_CHECK="1", PYTHONPATH=ROOT)
-    overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in workload(devices, rounds).items())
+    overrides = os.path.join(home, "workload.toml")  # JSON values are valid TOML values
+    with open(overrides, "w") as f:
+        f.writelines(f"{k} = {json.dumps(v)}\n" for k, v in workload(devices, rounds).items())
     t0 = time.perf_counter()
     link = subprocess.Popen([exe["flower-superlink"], "--insecure", "--simulation",
                              "--disable-runtime-dependency-installation", "--host", "127.0.0.1",
@@ -163,7 +172,9 @@ def run_flower(devices: int, rounds: int, timeout: float) -> dict[str, Any]:
             before = 0
             deadline = time.monotonic() + timeout
             assert run.stdout is not None
+            tail: list[str] = []
             for line in run.stdout:
+                tail = (tail + [line])[-30:]
                 if first_round is None and "[ROUND 1/" in line:
                     first_round = time.perf_counter() - t0
                     before = mem.now()
@@ -174,7 +185,7 @@ def run_flower(devices: int, rounds: int, timeout: float) -> dict[str, Any]:
                     raise TimeoutError(f"flwr run took more than {timeout}s")
             run.wait(timeout=30)
         if first_round is None or finished is None:
-            raise RuntimeError("flwr run ended without running the rounds")
+            raise RuntimeError("flwr run ended without running the rounds:\n" + "".join(tail))
         out.update(startup_s=first_round, rounds_s=finished, device_rounds=devices * rounds,
                    device_rounds_per_s=devices * rounds / finished, peak_tree_bytes=mem.peak,
                    before_first_round_bytes=before)

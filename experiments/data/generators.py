@@ -107,23 +107,31 @@ def skew_to_alpha(label_skew: float) -> float:
 def synthetic_images(num_devices: int = 20, classes: int = 10,
                      shape: tuple[int, ...] = (3, 32, 32), label_skew: float = 0.5,
                      feature_shift: float = 0.5, samples_per_device: int = 200,
-                     noise: float = 1.0, pixel_noise: float = 0.5, grid: int = 4,
+                     noise: float = 4.0, pixel_noise: float = 0.5, grid: int = 8,
                      device_labels: Sequence[np.ndarray] | None = None,
                      seed: int = 0) -> list[Shard]:
     """A learnable image task: class prototypes, per-device label skew and feature shift.
 
-    Every class has a smooth prototype (a 4x4 random grid bilinearly upsampled); a sample
-    is ``contrast_k * (prototype[y] + shift * delta_k[y] + noise * N(0, 1)) + offset_k``
-    where, for device k, ``contrast_k = exp(N(0, 0.3 * shift))``, ``offset_k`` is a
-    brightness plus per-channel colour offset plus a device-specific smooth fixed pattern
-    (all scaled by ``feature_shift``), and ``delta_k[y]`` is a device-specific smooth
-    distortion of each class's prototype. So a device's inputs look different from the
-    fleet's and a personal model has something to learn.
+    Every class has a smooth prototype (a ``grid`` x ``grid`` random grid bilinearly
+    upsampled, unit variance). Device k's sample of class y is::
+
+        contrast_k * (proto[y] + shift * delta_k[y] + noise * smooth + pixel_noise * N(0, 1))
+            + offset_k
+
+    ``contrast_k = exp(N(0, 0.3 * shift))``; ``offset_k`` is a brightness plus per-channel
+    colour offset plus a device-specific smooth fixed pattern; ``delta_k[y]`` is a
+    device-specific smooth distortion of each class (all scaled by ``feature_shift``); so
+    a device's inputs, and what each of its classes looks like, differ from the fleet's
+    and a personal model has something to learn. ``smooth`` is per-sample smooth noise:
+    unlike pixel noise it does not average out, so ``noise`` sets how much classes
+    overlap (with mlp on 160 samples per device: noise 4 gives about 0.75 local-only and
+    0.86 pooled accuracy under uniform labels; noise 2 is nearly separable).
 
     ``label_skew`` in [0, 1]: 0 gives every device uniform labels, 1 one class each; in
     between each device's class proportions are ``Dirichlet(1 / label_skew - 1)`` (0.5 ->
     alpha 1, 0.77 -> alpha 0.3, 0.91 -> alpha 0.1). ``device_labels`` (one int array per
     device, e.g. from a partitioner) replaces both ``label_skew`` and ``samples_per_device``.
+    ``shape`` may also be ``(F,)``: flat features, smooth along the one axis.
 
     Returns one ``(x float32 (n_k, *shape), y int64 (n_k,))`` per device.
     """
@@ -165,7 +173,7 @@ def synthetic_images(num_devices: int = 20, classes: int = 10,
         delta = smooth_patterns(drng, classes, shp, grid)  # (classes, C, H, W)
         # smooth noise does not average out over neighbouring pixels, so ``noise`` really
         # sets how much classes overlap; pixel noise only adds texture
-        x = (protos[y] + 0.5 * fs * delta[y] + noise * smooth_patterns(drng, y.size, shp, grid)
+        x = (protos[y] + fs * delta[y] + noise * smooth_patterns(drng, y.size, shp, grid)
              + pixel_noise * drng.normal(0.0, 1.0, (y.size, *shp)))
         x = contrast * x + offset
         out.append((x.reshape(y.size, *(tuple(int(s) for s in shape))).astype(np.float32), y))

@@ -2,8 +2,9 @@
 
 One engine serves a whole experiment: it packs the fleet's data once, starts ``workers``
 processes (each imports device_runtime and pays the JIT once, in parallel), and then runs
-batches of device tasks. Device ``i`` always runs on worker ``i % workers``, which keeps
-that device's state (personal layers and so on): state never comes back to this process.
+batches of device tasks, device ``i`` on worker ``i % workers``. A device's state
+(personal layers and so on) is kept in its own file by the workers: it never comes back
+to this process, which only sees shared weights and metrics.
 """
 
 from __future__ import annotations
@@ -118,9 +119,23 @@ class FleetEngine:
     def __init__(self, fleet: Any, profiles: list[DeviceProfile] | None = None,
                  workers: int = 0, isolation: str = "worker", workdir: str | None = None,
                  zygote: bool = False) -> None:
+        """``fleet``: ``experiments.data.FleetData``, or a function returning it, called
+        while the workers start (so making the data overlaps with their warm-up)."""
         if isolation not in ("worker", "fork"):
             raise ConfigError(f"isolation must be worker or fork, got {isolation!r}")
         self.t_start = time.perf_counter()
+        if workers < 0:
+            raise ConfigError(f"workers must be >= 0, got {workers}")
+        n = workers or (os.cpu_count() or 1)
+        self.procs = spawn_workers(n, zygote=zygote)  # they warm up while we get the data
+        try:
+            self._setup(fleet() if callable(fleet) else fleet, profiles, isolation, workdir)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, fleet: Any, profiles: list[DeviceProfile] | None, isolation: str,
+               workdir: str | None) -> None:
         self.fleet = fleet
         self.num_devices = len(fleet.devices)
         self.device_ids = [d.device_id for d in fleet.devices]
@@ -132,12 +147,9 @@ class FleetEngine:
         self._own_dir = workdir is None
         self.workdir = workdir or tempfile.mkdtemp(prefix="nnfleet-fleet-")
         self.store_dir = os.path.join(self.workdir, "store")
-        n = workers or min(os.cpu_count() or 1, max(1, self.num_devices))
-        self.procs = spawn_workers(n, zygote=zygote)  # they warm up while we pack the data
         write_store(fleet, self.store_dir)
         for p in self.procs:
             if not p.ready():
-                self.close()
                 raise RuntimeError(f"fleet worker {p.index} did not start within {READY_TIMEOUT}s")
             p.conn.send(("setup", self.store_dir, isolation))
         self.startup_seconds = time.perf_counter() - self.t_start
@@ -200,7 +212,7 @@ class FleetEngine:
                 lost.append(r)
                 if on_result is not None:
                     on_result(r)
-        # replace it so the experiment can go on (the states it held are gone)
+        # replace it so the experiment can go on (device states are files: they survive)
         fresh = spawn_workers(1, p.index)[0]
         if fresh.ready():
             fresh.conn.send(("setup", self.store_dir, self.isolation))
@@ -228,7 +240,7 @@ class FleetEngine:
         for p in self.procs:
             p.close()
         self.procs = []
-        if self._own_dir:
+        if getattr(self, "_own_dir", False):
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> "FleetEngine":

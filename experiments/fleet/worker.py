@@ -11,10 +11,12 @@ imports only device_runtime (never flwr), warms up the kernels, and answers task
 - ``("payload", pid, shared, config)``: the shared weights and config of a message;
 - ``("tasks", [(task_id, kind, device, pid, settings, run_key), ...])``: run them;
   one ``("result", task_id, shared_out | None, metrics, error | None)`` per task;
-- ``("reset", run_key)``, ``("stop",)``.
+- ``("reset", run_key)`` (forget the run's device states), ``("stop",)``.
 
-Device state (personal layers, Ditto's model, optimizer state) lives here, keyed by run
-and device, and never goes back to the engine: only shared weights and metrics do.
+Device state (personal layers, Ditto's model, optimizer state) is kept in one file per
+run and device (the device's own storage, ``<workdir>/states/``), read before the device
+runs and written after; it never goes back to the engine (only shared weights and
+metrics do), and one device's state never sits in the memory of the next device.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import os
 import pickle
 import select
+import shutil
 import signal
 import sys
 import time
@@ -44,6 +47,23 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _trim() -> None:
+    """Give freed heap pages back to the OS after each device, so that one device's
+    garbage never counts in the next device's RSS (glibc keeps them otherwise)."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            import ctypes
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
+
+
 def _run_one(kind: str, state: Any, shared: dict, config: dict) -> tuple[Any, dict, Any]:
     from device_runtime.device import evaluate_device, run_device
 
@@ -58,15 +78,29 @@ class Worker:
         self.store: Any = None
         self.isolation = "worker"
         self.payloads: dict[int, tuple[dict, dict]] = {}
-        self.states: dict[tuple[str, int], tuple[dict, dict]] = {}
+        self.state_dir = ""
+
+    def _state_path(self, run_key: str, device: int) -> str:
+        return os.path.join(self.state_dir, run_key, f"{device}.pkl")
 
     def state_for(self, run_key: str, device: int, settings: dict) -> Any:
         from device_runtime.device import DeviceData, DeviceState, parse_settings
 
         x, y, xt, yt = self.store.read(device)
-        arrays, meta = self.states.get((run_key, device), ({}, {}))
+        arrays, meta = {}, {}
+        path = self._state_path(run_key, device)
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                arrays, meta = pickle.load(f)
         return DeviceState(device, DeviceData(x, y, xt, yt), parse_settings(settings),
-                           dict(arrays), dict(meta))
+                           arrays, meta)
+
+    def save_state(self, run_key: str, device: int, state: Any) -> None:
+        path = self._state_path(run_key, device)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "wb") as f:
+            pickle.dump((state.arrays, state.meta), f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(path + ".tmp", path)
 
     def task(self, task: tuple) -> tuple:
         task_id, kind, device, pid, settings, run_key = task
@@ -81,7 +115,9 @@ class Worker:
             return ("result", task_id, None, {}, f"{type(e).__name__}: {e}",
                     traceback.format_exc(limit=4))
         if new_state is not None and kind == "train" and metrics.get("trained"):
-            self.states[(run_key, device)] = (new_state.arrays, new_state.meta)
+            self.save_state(run_key, device, new_state)
+        del state, new_state
+        _trim()
         return ("result", task_id, out, metrics, None, None)
 
     def _forked(self, kind: str, state: Any, shared: dict, config: dict) -> tuple[Any, dict, Any]:
@@ -150,8 +186,8 @@ class Worker:
             if op == "setup":
                 self.store = StoreReader(msg[1])
                 self.isolation = msg[2]
+                self.state_dir = os.path.join(os.path.dirname(msg[1]), "states")
                 self.payloads.clear()
-                self.states.clear()
             elif op == "payload":
                 self.payloads[msg[1]] = (msg[2], msg[3])
             elif op == "drop":
@@ -160,7 +196,7 @@ class Worker:
                 for t in msg[1]:
                     self.conn.send(self.task(t))
             elif op == "reset":
-                self.states = {k: v for k, v in self.states.items() if k[0] != msg[1]}
+                shutil.rmtree(os.path.join(self.state_dir, msg[1]), ignore_errors=True)
             elif op == "stop":
                 return
 

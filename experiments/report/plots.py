@@ -63,14 +63,20 @@ def memory_vs_cap(devices: list[dict[str, Any]], path: str) -> str:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ok = [(d["ram_cap"] / MIB, d["peak_rss"] / MIB) for d in devices
-          if d.get("ram_cap") and d.get("peak_rss") and d.get("trained")]
+          if d.get("ram_cap") and d.get("peak_rss") and d.get("trained")
+          and not d.get("cap_failures")]
+    some = [(d["ram_cap"] / MIB, d["peak_rss"] / MIB) for d in devices
+            if d.get("ram_cap") and d.get("peak_rss") and d.get("trained") and d.get("cap_failures")]
     bad = [(d["ram_cap"] / MIB, (d.get("peak_rss") or d["ram_cap"]) / MIB) for d in devices
            if d.get("ram_cap") and not d.get("trained")]
     if ok:
         ax.scatter(*zip(*ok), s=12, label="trained", alpha=0.7)
+    if some:
+        ax.scatter(*zip(*some), s=16, marker="^", color="orange",
+                   label="over its cap in some rounds (those updates dropped)")
     if bad:
         ax.scatter(*zip(*bad), s=20, marker="x", color="red", label="unable to train (cap)")
-    pts = ok + bad
+    pts = ok + some + bad
     if pts:
         lo = min(min(p) for p in pts) * 0.95
         hi = max(max(p) for p in pts) * 1.05

@@ -75,11 +75,16 @@ def summarize(records: list[dict[str, Any]], algorithms: list[str],
     per: dict[str, dict[str, Any]] = {}
     for algo in algorithms:
         per[algo] = summarize_algorithm([r for r in records if r.get("algorithm") == algo])
+    # devices that could not train under any algorithm (their cap is below the runtime)
+    unable: set[int] = set().union(*[set(per[a]["devices_unable_to_train"]) for a in algorithms])
     for algo in algorithms:
         for base in ("fedavg", "local"):
             if base in per and base != algo:
-                per[algo][f"vs_{base}"] = wins(per[algo]["final_accuracy_by_device"],
-                                               per[base]["final_accuracy_by_device"])
+                a, b = per[algo]["final_accuracy_by_device"], per[base]["final_accuracy_by_device"]
+                per[algo][f"vs_{base}"] = wins(a, b)
+                per[algo][f"vs_{base}_trained_devices"] = wins(
+                    {d: v for d, v in a.items() if d not in unable},
+                    {d: v for d, v in b.items() if d not in unable})
     out: dict[str, Any] = {"algorithms": per}
     out.update(extra or {})
     return out
