@@ -178,12 +178,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace, rest: list[str]) -> int:
-    if args.what == "memory":
-        from experiments.bench.memory import main as bench_memory
+BENCHES = {"memory": "experiments.bench.memory", "swap": "experiments.bench.swap",
+           "fleet": "experiments.bench.fleet"}
 
-        return int(bench_memory(rest) or 0)
-    raise ConfigError(f"unknown benchmark '{args.what}' (known: memory)")
+
+def cmd_bench(args: argparse.Namespace, rest: list[str]) -> int:
+    import importlib
+
+    if args.what not in BENCHES:
+        raise ConfigError(f"unknown benchmark '{args.what}' (known: {', '.join(BENCHES)})")
+    return int(importlib.import_module(BENCHES[args.what]).main(rest) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,8 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--ram-cap", help="RAM cap of the whole process (64MiB, 1.5GiB, 500MB, bytes)")
     tr.add_argument("--swap", choices=["off", "auto", "on"], default="auto",
                     help="swap idle tensors to storage: auto = only if the cap needs it")
-    tr.add_argument("--lookahead", type=_positive(int, "--lookahead"), default=3,
-                    help="orders ahead of use that a swapped tensor is read back")
+    tr.add_argument("--lookahead", type=int, default=3,
+                    help="orders ahead of use that a swapped tensor is read back "
+                         "(0 = no prefetch: read when needed)")
     tr.add_argument("--freeze", help="freeze every layer up to and including this one "
                     "(transfer learning: a frozen backbone, a trainable head)")
     tr.add_argument("--json", action="store_true")

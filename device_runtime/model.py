@@ -143,8 +143,8 @@ class Model:
             raise ConfigError(f"clip_grad_norm must be > 0, got {clip_grad_norm}")
         if swap not in ("off", "auto", "on"):
             raise ConfigError(f"swap must be off, auto or on, got {swap!r}")
-        if lookahead < 1:
-            raise ConfigError(f"lookahead must be >= 1, got {lookahead}")
+        if lookahead < 0:
+            raise ConfigError(f"lookahead must be >= 0, got {lookahead}")
         if ram_cap is not None and ram_cap <= 0:
             raise ConfigError(f"RAM cap must be positive, got {ram_cap}")
         self.batch_size = int(batch_size)

@@ -44,7 +44,7 @@ def find_slot(group: int, uses: list[int], lookahead: int) -> SwapSlot | None:
     """The widest gap between consecutive uses, if swapping across it frees any order."""
     best: SwapSlot | None = None
     for a, b in zip(uses, uses[1:]):
-        done, start = a + WRITE_SLACK, b - lookahead
+        done, start = a + WRITE_SLACK, b - lookahead  # lookahead 0: read right before use
         if start > done and (best is None or start - done > best.read_at - best.write_done):
             best = SwapSlot(group, a, done, start, b)
     return best

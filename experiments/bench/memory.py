@@ -73,7 +73,7 @@ def worker_nnfleet(model: str, optimizer: str, batch: int, steps: int,
     x, y = synthetic_classification(m.input_shape, n=batch * steps, seed=0)
     if warm:  # the runtime's own warm-up, as a RAM-capped device runs it before its baseline
         m.warm_up()
-    plan = m.plan()  # plans and creates the pool (np.empty: no page touched yet)
+    plan = m.plan()  # plans and creates the pool (no page of it touched yet)
     _release()
     base = rss.current_rss()
     reset = rss.reset_peak()

@@ -1,0 +1,140 @@
+"""``nnfleet bench swap``: RAM cap vs measured peak RSS vs step time, with proactive swap.
+
+For each model (batch 32 by default) it first trains unswapped to measure the baseline
+RSS and working set, then sweeps the cap from "fits without swap" down by steps of the
+working set until the run is refused, each run in a fresh process (``nnfleet train
+--ram-cap``). At the smallest cap that trains, the same run is repeated with prefetch
+lookahead 0 (read when needed, no overlap), the default 3, and 8, side by side.
+Prints a table with ratios and writes a PNG plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+MiB = 1 << 20
+
+
+def _train(model: str, steps: int, batch: int, extra: list[str]) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "device_runtime", "train", model, "--steps", str(steps),
+           "--batch-size", str(batch), "--samples", str(batch * 2), "--no-shuffle", "--json",
+           *extra]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    lines = p.stdout.strip().splitlines()
+    out: dict[str, Any] = {"returncode": p.returncode}
+    if lines:
+        try:
+            out.update(json.loads(lines[-1]))
+        except json.JSONDecodeError:
+            pass
+    if p.returncode != 0:
+        out["error"] = (p.stderr.strip().splitlines() or ["?"])[-1]
+    return out
+
+
+def sweep(model: str, steps: int, batch: int, fractions: list[float]) -> dict[str, Any]:
+    ref = _train(model, steps, batch, ["--swap", "off"])
+    if ref["returncode"] != 0:
+        raise SystemExit(f"unswapped {model} failed: {ref.get('error')}")
+    base, ws = ref["baseline_rss_bytes"], ref["working_set_bytes"]
+    rows = [{"fraction": None, "cap": None, **ref}]
+    smallest = None
+    for f in fractions:
+        cap = int(base + f * ws)
+        r = _train(model, steps, batch, ["--ram-cap", str(cap)])
+        rows.append({"fraction": f, "cap": cap, **r})
+        if r["returncode"] != 0:
+            break
+        smallest = cap
+    prefetch = []
+    if smallest is not None:
+        for la in (0, 3, 8):
+            r = _train(model, steps, batch, ["--ram-cap", str(smallest), "--swap", "on",
+                                             "--lookahead", str(la)])
+            prefetch.append({"lookahead": la, **r})
+    return {"model": model, "baseline": base, "working_set": ws, "ref": ref, "rows": rows,
+            "prefetch": prefetch}
+
+
+def _fmt(r: dict[str, Any], ref: dict[str, Any]) -> str:
+    if r["returncode"] != 0:
+        cap = f"{r['cap'] / MiB:8.1f}" if r.get("cap") else "       -"
+        return f"  cap {cap} MiB  REFUSED/STOPPED: {r.get('error', '')[:90]}"
+    cap = f"{r['cap'] / MiB:8.1f}" if r.get("cap") else "    none"
+    step = r["step_seconds_median"] * 1e3
+    return (f"  cap {cap} MiB  peak {r['peak_rss_bytes'] / MiB:8.1f} MiB  "
+            f"under cap {'yes' if not r.get('cap') or r['peak_rss_bytes'] <= r['cap'] else 'NO':3s}  "
+            f"pool {r['pool_bytes'] / MiB:6.1f}  swap/step {r.get('swap_bytes_written', 0) / max(r['steps'], 1) / MiB:6.1f} MiB  "
+            f"micro {r.get('micro_batch', '-')}  step {step:7.1f} ms  "
+            f"x{step / (ref['step_seconds_median'] * 1e3):.2f} of unswapped")
+
+
+def plot(results: list[dict[str, Any]], path: str) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4), squeeze=False)
+    for ax, res in zip(axes[0], results):
+        ok = [r for r in res["rows"] if r["returncode"] == 0 and r.get("cap")]
+        caps = [r["cap"] / MiB for r in ok]
+        ax.plot(caps, [r["peak_rss_bytes"] / MiB for r in ok], "o-", label="measured peak RSS")
+        ax.plot(caps, caps, "k--", lw=0.8, label="cap")
+        ax.set_xlabel("RAM cap (MiB)")
+        ax.set_ylabel("MiB")
+        ax.set_title(f"{res['model']}: cap vs peak RSS and step time")
+        ax2 = ax.twinx()
+        ax2.plot(caps, [r["step_seconds_median"] * 1e3 for r in ok], "s-", color="tab:red",
+                 label="step time")
+        ax2.set_ylabel("step (ms)", color="tab:red")
+        ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="nnfleet bench swap", description=__doc__)
+    p.add_argument("--models", default="vgg16,resnet18")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--fractions", default="0.9,0.75,0.6,0.5,0.4,0.3,0.2",
+                   help="caps as baseline + fraction x unswapped working set")
+    p.add_argument("--png", default="bench_swap.png")
+    p.add_argument("--json", help="also write the results here")
+    a = p.parse_args(argv)
+    fractions = [float(f) for f in a.fractions.split(",")]
+    results = []
+    for model in a.models.split(","):
+        res = sweep(model, a.steps, a.batch_size, fractions)
+        results.append(res)
+        ref = res["ref"]
+        print(f"{model} batch {a.batch_size}: baseline {res['baseline'] / MiB:.1f} MiB, unswapped "
+              f"working set {res['working_set'] / MiB:.1f} MiB, step {ref['step_seconds_median'] * 1e3:.1f} ms")
+        for r in res["rows"][1:]:
+            print(f"  {r['fraction']:.2f} x ws" + _fmt(r, ref))
+        for r in res["prefetch"]:
+            print(f"  lookahead {r['lookahead']}      " + _fmt(r, ref))
+        pf = {r["lookahead"]: r for r in res["prefetch"] if r["returncode"] == 0}
+        if 0 in pf and 3 in pf:
+            print(f"  prefetch: lookahead 3 step / no-prefetch step = "
+                  f"{pf[3]['step_seconds_median'] / pf[0]['step_seconds_median']:.2f}")
+    png = plot(results, a.png)
+    print(f"plot: {png}" if png else "plot: matplotlib not installed (pip install nnfleet[plot])")
+    if a.json:
+        with open(a.json + ".tmp", "w") as f:
+            json.dump(results, f, indent=1)
+        os.replace(a.json + ".tmp", a.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
