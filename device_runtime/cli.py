@@ -226,7 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--freeze", help="freeze every layer up to and including this one "
                     "(transfer learning: a frozen backbone, a trainable head)")
     tr.add_argument("--json", action="store_true")
-    be = sub.add_parser("bench", help="benchmarks (memory)", add_help=False)
+    sub.add_parser("simulate", help="simulate a fleet of RAM-capped devices (see "
+                   "'nnfleet simulate --help')", add_help=False)
+    be = sub.add_parser("bench", help="benchmarks: memory, swap, fleet", add_help=False)
     be.add_argument("what")
     return p
 
@@ -238,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] == "bench":
             args, rest = parser.parse_known_args(argv)
             return cmd_bench(args, rest)
+        if argv and argv[0] == "simulate":  # the fleet lives in experiments/, not on a board
+            from experiments.simulate import main as simulate
+
+            return int(simulate(argv[1:]) or 0)
         args = parser.parse_args(argv)
         return {"plan": cmd_plan, "train": cmd_train}[args.cmd](args)
     except MemoryCapExceeded as e:
