@@ -452,8 +452,13 @@ def run_device(state: DeviceState, shared: Arrays, config: dict[str, Any]
 
 def evaluate_device(state: DeviceState, shared: Arrays, config: dict[str, Any]) -> dict[str, float]:
     """The personalized model on the device's own test split: ``num-examples`` (test
-    samples), ``loss``, ``accuracy``. FedAvg + fine-tuning trains a throw-away copy first."""
+    samples), ``loss``, ``accuracy``. FedAvg + fine-tuning trains a throw-away copy first.
+
+    Raises :class:`MemoryCapExceeded` when the process is already larger than the cap."""
     data = state.data
+    cap = state.settings.ram_cap
+    if cap and rss.current_rss() > cap:
+        raise MemoryCapExceeded(rss.current_rss(), cap, "the runtime alone is larger than the cap")
     init = initial_weights(str(_cfg(config, "model", "mlp")), int(_cfg(config, "model-seed", 0)))
     pats = patterns(config.get("personal"))
     full = {**init, **{k: state.arrays.get("p/" + k, a) for k, a in init.items() if matches(k, pats)},

@@ -207,7 +207,8 @@ def _main(argv: list[str]) -> int:
                    "local_epochs": cfg.get("train", {}).get("local-epochs", 1)},
         "fleet": {"data": fleet.stats(), "profiles": [p.as_dict() for p in profiles],
                   "caps": _caps(profiles),
-                  "unable_to_train": sum(1 for d in devices if d["ram_cap"] and not d["trained"])},
+                  "unable_to_train": sum(1 for d in devices
+                                         if d["cap_failures"] and not d["trained"])},
         "algorithm_info": {a: {"summary": ALGORITHMS[a].summary,
                                "reference": ALGORITHMS[a].reference} for a in algorithms},
         "simulated_seconds": sim, "timing": timing, "devices": devices})

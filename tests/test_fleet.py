@@ -87,9 +87,12 @@ def test_per_device_peak_rss_and_an_unmeetable_cap(engine):
     # Device 0 was given 16 MiB: reported as unable to train, with the bytes it needed
     assert train[0]["status"] == "cap-exceeded"
     assert train[0]["cap-exceeded"] == 1 and train[0]["needed-bytes"] > SMALL_CAP
-    errors = [m for m in grid.received if m.has_error()]
+    errors = [m for m in grid.received if m.has_error() and m.metadata.message_type == "train"]
     assert len(errors) == 1 and errors[0].metadata.src_node_id == 1
     assert "MemoryCapExceeded" in errors[0].error.reason and "bytes" in errors[0].error.reason
+    # It cannot even evaluate: the runtime alone is larger than its cap
+    ev = [r for r in records if r["phase"] == "evaluate" and r["device"] == 0]
+    assert ev and ev[0]["status"] == "error" and "MemoryCapExceeded" in ev[0]["error"]
     # Device 1 was offline: no reply at all, as from a node that vanished
     assert train[1]["status"] == "offline"
     assert all(m.metadata.src_node_id != 2 for m in grid.received if m.metadata.message_type

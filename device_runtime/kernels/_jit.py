@@ -14,7 +14,11 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-try:  # numba is optional at run time
+_OFF = os.environ.get("NNFLEET_NO_NUMBA", "") in ("1", "true")
+
+try:  # numba is optional at run time; with NNFLEET_NO_NUMBA it is not even imported (~60 MiB)
+    if _OFF:
+        raise ImportError("numba disabled by NNFLEET_NO_NUMBA")
     import numba as _numba
     from numba import njit as _njit
     from numba import prange
@@ -31,7 +35,7 @@ except ImportError:  # pragma: no cover - exercised on boards without numba
         return lambda f: f
 
 
-USE_NUMBA = HAVE_NUMBA and os.environ.get("NNFLEET_NO_NUMBA", "") not in ("1", "true")
+USE_NUMBA = HAVE_NUMBA and not _OFF
 # Numba's parallel loops are off unless asked for: interleaved with OpenBLAS calls (the
 # conv path alternates im2col and matmul) the two thread pools spin against each other
 # on a small board; measured here, im2col+matmul took 8.3 ms parallel vs 0.53 ms serial.

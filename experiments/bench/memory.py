@@ -35,11 +35,16 @@ import time
 from typing import Any
 
 MIB = 1024 * 1024
+# "sgd" is torch.optim.SGD's default (no momentum), as in the issue's reference figures;
+# an optimizer name may carry a variant: "sgd-swap" (every swap candidate swapped) or
+# "sgd-frozen" (everything but the last layer frozen, torch: requires_grad=False).
 HP: dict[str, dict[str, Any]] = {
-    "sgd": {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4},
+    "sgd": {"lr": 0.01},
+    "sgdm": {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4},
     "adam": {"lr": 1e-3, "weight_decay": 5e-4},
     "adamw": {"lr": 1e-3, "weight_decay": 0.01},
 }
+OPTIMIZERS = tuple(HP) + tuple(f"{o}-{v}" for o in HP for v in ("swap", "frozen"))
 WARMUP = 2  # steps left out of the step-time median
 # Targets (see the issue): checked per row and printed as MET / NOT MET with the figure.
 POOL_OVER_LB = 1.05
@@ -69,7 +74,12 @@ def worker_nnfleet(model: str, optimizer: str, batch: int, steps: int,
     from device_runtime import rss
     from device_runtime.data import synthetic_classification
 
-    m = dr.build(model).compile(batch_size=batch, optimizer=optimizer, **HP[optimizer])
+    opt, _, variant = optimizer.partition("-")
+    m = dr.build(model)
+    if variant == "frozen":
+        m.freeze(m.specs[-2].name)
+    m.compile(batch_size=batch, optimizer=opt.replace("sgdm", "sgd"), **HP[opt],
+              swap="on" if variant == "swap" else "off")
     x, y = synthetic_classification(m.input_shape, n=batch * steps, seed=0)
     if warm:  # the runtime's own warm-up, as a RAM-capped device runs it before its baseline
         m.warm_up()
@@ -98,15 +108,23 @@ def worker_torch(model: str, optimizer: str, batch: int, steps: int,
     from experiments.torch_ref import make_torch_optimizer, to_torch, torch_step
 
     torch.set_num_threads(2)
+    opt_name, _, variant = optimizer.partition("-")
     m = dr.build(model)
+    if variant == "frozen":
+        m.freeze(m.specs[-2].name)
     input_shape = m.input_shape
     x, y = synthetic_classification(input_shape, n=batch * steps, seed=0)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
 
     def build() -> tuple[Any, Any]:
         module = to_torch(m, batch).train()  # the same architecture and initial weights
+        for key, (attr, pname, _) in module.param_map.items():
+            t = getattr(getattr(module, attr), pname)
+            if isinstance(t, torch.nn.Parameter):
+                t.requires_grad_(m.weights.params[key].trainable)
         return module, make_torch_optimizer(
-            optimizer, [p for p in module.parameters() if p.requires_grad], **HP[optimizer])
+            opt_name.replace("sgdm", "sgd"), [p for p in module.parameters() if p.requires_grad],
+            **HP[opt_name])
 
     if warm:
         module, opt = build()
@@ -285,8 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Planned vs measured training memory, nnfleet vs torch.")
     p.add_argument("--models", default="lenet5,alexnet,vgg16,resnet18",
                    type=lambda s: _names(s, tuple(BUILTINS), "model"))
-    p.add_argument("--optimizers", default="sgd,adam",
-                   type=lambda s: _names(s, tuple(HP), "optimizer"))
+    p.add_argument("--optimizers", default="sgd,adam,sgd-swap,sgd-frozen",
+                   type=lambda s: _names(s, OPTIMIZERS, "optimizer"))
     p.add_argument("--frameworks", default="nnfleet,torch",
                    type=lambda s: _names(s, tuple(WORKERS), "framework"))
     p.add_argument("--batch-size", type=int, default=32)

@@ -71,7 +71,8 @@ def _fmt(r: dict[str, Any], ref: dict[str, Any]) -> str:
             f"under cap {'yes' if not r.get('cap') or r['peak_rss_bytes'] <= r['cap'] else 'NO':3s}  "
             f"pool {r['pool_bytes'] / MiB:6.1f}  swap/step {r.get('swap_bytes_written', 0) / max(r['steps'], 1) / MiB:6.1f} MiB  "
             f"micro {r.get('micro_batch', '-')}  step {step:7.1f} ms  "
-            f"x{step / (ref['step_seconds_median'] * 1e3):.2f} of unswapped")
+            f"x{step / (ref['step_seconds_median'] * 1e3):.2f} of unswapped  "
+            f"guard {100 * r.get('guard_seconds', 0) / max(r.get('wall_seconds', 1), 1e-9):.2f}% of wall")
 
 
 def plot(results: list[dict[str, Any]], path: str) -> str | None:

@@ -145,7 +145,8 @@ def synthetic_images(num_devices: int = 20, classes: int = 10,
     if int(classes) < 2 or int(num_devices) < 1:
         raise ValueError(f"need classes >= 2 and num_devices >= 1, got {classes}, {num_devices}")
     if device_labels is not None and len(device_labels) != num_devices:
-        raise ValueError(f"device_labels has {len(device_labels)} entries for {num_devices} devices")
+        raise ValueError(f"device_labels has {len(device_labels)} entries for {num_devices} "
+                         "devices")
     rng = np.random.default_rng(seed)
     c = shp[0]
     protos = smooth_patterns(rng, classes, shp, grid)  # (classes, C, H, W)

@@ -74,8 +74,9 @@ def dirichlet(labels: np.ndarray, num_devices: int, alpha: float, min_size: int 
                 p.extend(chunk.tolist())
         if min(len(p) for p in parts) >= min_size:
             return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
-    raise ValueError(f"no Dirichlet(alpha={alpha}) split gave every one of {d} devices >= {min_size} "
-                     f"samples in {max_tries} draws (raise alpha, lower min_size or num_devices)")
+    raise ValueError(f"no Dirichlet(alpha={alpha}) split gave every one of {d} devices "
+                     f">= {min_size} samples in {max_tries} draws (raise alpha, lower min_size "
+                     "or num_devices)")
 
 
 def k_classes(labels: np.ndarray, num_devices: int, k: int, seed: int = 0) -> list[np.ndarray]:
@@ -91,7 +92,8 @@ def k_classes(labels: np.ndarray, num_devices: int, k: int, seed: int = 0) -> li
     d = _check_devices(num_devices)
     present = np.unique(y)
     if not 1 <= int(k) <= present.size:
-        raise ValueError(f"k must be in [1, {present.size}] (the number of classes present), got {k}")
+        raise ValueError(f"k must be in [1, {present.size}] (the number of classes present), "
+                         f"got {k}")
     rng = np.random.default_rng(seed)
     order = rng.permutation(present)
     holders: dict[int, list[int]] = {int(c): [] for c in present}

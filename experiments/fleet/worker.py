@@ -114,6 +114,9 @@ class Worker:
         except Exception as e:  # reported to the server as the device's error reply
             return ("result", task_id, None, {}, f"{type(e).__name__}: {e}",
                     traceback.format_exc(limit=4))
+        if kind == "evaluate" and metrics.get("cap-exceeded"):  # killed by the watchdog
+            return ("result", task_id, None, {}, f"MemoryCapExceeded: device {device} went over "
+                    f"its RAM cap of {int(metrics['ram-cap']):,} bytes while evaluating", None)
         if new_state is not None and kind == "train" and metrics.get("trained"):
             self.save_state(run_key, device, new_state)
         del state, new_state
@@ -121,21 +124,39 @@ class Worker:
         return ("result", task_id, out, metrics, None, None)
 
     def _forked(self, kind: str, state: Any, shared: dict, config: dict) -> tuple[Any, dict, Any]:
-        """Run in a child forked from this warm process; kill it if it goes over its cap."""
+        """Run in a child forked from this warm process; kill it if it goes over its cap.
+
+        A forked child does not yet map the file-backed pages it shares with this process
+        (libraries, JIT caches), so its RSS reads tens of MiB lower than a fresh device
+        process would. The difference at fork time is charged to the child: its cap is
+        lowered by it, and its reported RSS figures are raised by it, so that caps mean the
+        same in both isolation modes.
+        """
         import psutil
 
+        from device_runtime import rss
+
+        parent_rss = rss.current_rss()
         r, w = os.pipe()
+        pipe_w = w
         pid = os.fork()
         if pid == 0:  # child: run, send the result, exit without cleanup handlers
             os.close(r)
             code = 0
+            unseen = max(0, parent_rss - rss.current_rss())
             try:
+                if state.settings.ram_cap:
+                    state.settings.ram_cap -= unseen
                 res = _run_one(kind, state, shared, config)
-                data = pickle.dumps(("ok", res[0], res[1], res[2].arrays, res[2].meta))
+                m = res[1]
+                for k in ("peak-rss", "baseline-rss", "ram-cap", "needed-bytes"):
+                    if m.get(k, -1) > 0:
+                        m[k] += unseen
+                data = pickle.dumps(("ok", res[0], m, res[2].arrays, res[2].meta, unseen))
             except BaseException as e:  # noqa: BLE001 - the parent reports it
                 data = pickle.dumps(("error", f"{type(e).__name__}: {e}"))
                 code = 1
-            with os.fdopen(w, "wb") as f:
+            with os.fdopen(pipe_w, "wb") as f:
                 f.write(data)
             os._exit(code)
         os.close(w)
@@ -143,7 +164,9 @@ class Worker:
         proc = psutil.Process(pid)
         chunks: list[bytes] = []
         killed_rss = 0
+        unseen = 0
         with os.fdopen(r, "rb") as f:
+            t_fork = time.perf_counter()
             while True:
                 ready, _, _ = select.select([f], [], [], KILL_POLL_SECONDS)
                 if ready:
@@ -154,11 +177,13 @@ class Worker:
                     continue
                 if cap and not killed_rss:
                     try:
-                        rss = proc.memory_info().rss
+                        child = proc.memory_info().rss
                     except psutil.Error:
                         continue
-                    if rss > cap:
-                        killed_rss = rss
+                    if time.perf_counter() - t_fork < 0.01:
+                        unseen = max(unseen, parent_rss - child)  # as the child measured it
+                    if child + unseen > cap:
+                        killed_rss = child + unseen
                         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         if killed_rss:

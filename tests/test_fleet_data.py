@@ -1,0 +1,419 @@
+"""Fleet data: partitioner invariants, generators, LEAF and .npz loaders, make_fleet_data."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from device_runtime import Model
+from device_runtime.errors import ConfigError, DataError
+from device_runtime.models import mlp
+from experiments.data import (
+    LEAF_CHARS,
+    FleetData,
+    dirichlet,
+    iid,
+    k_classes,
+    load_leaf,
+    load_npz_dir,
+    make_fleet_data,
+    natural,
+    synthetic_fedprox,
+    synthetic_images,
+    total_variation,
+    train_test_split_per_device,
+)
+
+FAST = settings(max_examples=40, deadline=None)
+
+
+def assert_disjoint(parts: list[np.ndarray], n: int) -> np.ndarray:
+    """No index twice, all in range; returns the union."""
+    allidx = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    assert allidx.dtype == np.int64
+    assert np.unique(allidx).size == allidx.size, "a sample is on two devices"
+    assert allidx.size == 0 or (allidx.min() >= 0 and allidx.max() < n)
+    return allidx
+
+
+def mean_tv(labels: np.ndarray, parts: list[np.ndarray], classes: int) -> float:
+    glob = np.bincount(labels, minlength=classes)
+    return float(np.mean([total_variation(np.bincount(labels[p], minlength=classes), glob)
+                          for p in parts]))
+
+
+# ---------------------------------------------------------------- partitioners
+
+
+@FAST
+@given(n=st.integers(0, 500), d=st.integers(1, 40), seed=st.integers(0, 2**16))
+def test_iid_covers_every_sample_once(n, d, seed):
+    parts = iid(n, d, seed)
+    assert len(parts) == d
+    assert np.array_equal(np.sort(assert_disjoint(parts, n)), np.arange(n))
+    sizes = [p.size for p in parts]
+    assert max(sizes) - min(sizes) <= 1
+
+
+@FAST
+@given(n=st.integers(100, 800), classes=st.integers(2, 12), d=st.integers(1, 12),
+       alpha=st.floats(0.05, 50.0), seed=st.integers(0, 2**16))
+def test_dirichlet_disjoint_cover_min_size(n, classes, d, alpha, seed):
+    labels = np.random.default_rng(seed).integers(0, classes, n)
+    min_size = min(5, n // (2 * d))
+    parts = dirichlet(labels, d, alpha, min_size=min_size, seed=seed)
+    assert len(parts) == d
+    assert np.array_equal(np.sort(assert_disjoint(parts, n)), np.arange(n))
+    assert min(p.size for p in parts) >= min_size
+
+
+def test_dirichlet_alpha_sets_label_skew():
+    # Prepare: a balanced 10-class pool
+    labels = np.random.default_rng(0).permutation(np.arange(5000) % 10)
+    # Execute
+    skewed = mean_tv(labels, dirichlet(labels, 20, 0.1, min_size=10, seed=1), 10)
+    mild = mean_tv(labels, dirichlet(labels, 20, 1.0, min_size=10, seed=1), 10)
+    flat = mean_tv(labels, dirichlet(labels, 20, 100.0, min_size=10, seed=1), 10)
+    # Assert: small alpha -> devices far from the global mix; large alpha -> near it
+    assert skewed > mild > flat
+    assert skewed > 0.5 and flat < 0.15
+
+
+def test_dirichlet_refuses_impossible_min_size():
+    with pytest.raises(ValueError, match="min_size"):
+        dirichlet(np.zeros(50, dtype=np.int64), 10, 0.5, min_size=6)
+
+
+@FAST
+@given(classes=st.integers(2, 10), d=st.integers(1, 30), data=st.data(),
+       seed=st.integers(0, 2**16))
+def test_k_classes_gives_each_device_k_classes(classes, d, data, seed):
+    k = data.draw(st.integers(1, classes))
+    labels = np.random.default_rng(seed).permutation(np.arange(classes * 40) % classes)
+    parts = k_classes(labels, d, k, seed)
+    assert len(parts) == d
+    union = assert_disjoint(parts, labels.size)
+    for p in parts:  # every class has 40 samples >= its number of holders
+        assert np.unique(labels[p]).size == k
+    held = np.unique(np.concatenate([labels[p] for p in parts]))
+    # every sample of every held class is given out; unheld classes only when d * k < C
+    assert union.size == np.isin(labels, held).sum()
+    if d * k >= classes:
+        assert union.size == labels.size
+
+
+def test_natural_groups_by_user():
+    ids = np.array(["b", "a", "b", "c", "a", "b"])
+    parts = natural(ids)
+    assert [p.tolist() for p in parts] == [[1, 4], [0, 2, 5], [3]]  # users a, b, c
+    assert natural(np.array([], dtype=np.int64)) == []
+
+
+@FAST
+@given(sizes=st.lists(st.integers(0, 60), min_size=1, max_size=8),
+       frac=st.floats(0.0, 0.9), seed=st.integers(0, 2**16), stratify=st.booleans())
+def test_train_test_split_per_device(sizes, frac, seed, stratify):
+    n = sum(sizes)
+    labels = np.random.default_rng(seed).integers(0, 4, n)
+    parts = iid(n, len(sizes), seed)
+    splits = train_test_split_per_device(parts, frac, seed, labels if stratify else None)
+    for idx, (tr, te) in zip(parts, splits):
+        assert np.intersect1d(tr, te).size == 0
+        assert np.array_equal(np.sort(np.concatenate([tr, te])), np.sort(idx))
+        if frac > 0 and idx.size >= 2:
+            assert 1 <= te.size <= idx.size - 1
+        if frac == 0:
+            assert te.size == 0
+
+
+def test_stratified_split_keeps_the_device_label_mix():
+    labels = np.repeat([0, 1, 2], [100, 50, 10])
+    [(tr, te)] = train_test_split_per_device([np.arange(160)], 0.2, 0, labels)
+    assert np.bincount(labels[te], minlength=3).tolist() == [20, 10, 2]
+
+
+# ---------------------------------------------------------------- generators
+
+
+def test_fedprox_shapes_dtypes_and_seed():
+    a = synthetic_fedprox(12, alpha=1.0, beta=1.0, seed=3)
+    b = synthetic_fedprox(12, alpha=1.0, beta=1.0, seed=3)
+    c = synthetic_fedprox(12, alpha=1.0, beta=1.0, seed=4)
+    assert len(a) == 12
+    for (x, y), (x2, y2) in zip(a, b):
+        assert x.dtype == np.float32 and y.dtype == np.int64
+        assert x.ndim == 2 and x.shape[1] == 60 and y.shape == (x.shape[0],)
+        assert x.shape[0] >= 50  # lognormal(4, 2) + 50
+        assert y.min() >= 0 and y.max() < 10
+        assert np.array_equal(x, x2) and np.array_equal(y, y2)
+    assert not np.array_equal(a[0][0][:10], c[0][0][:10])
+
+
+def test_fedprox_devices_differ_and_iid_variant_does_not():
+    def skew(shards):
+        hists = [np.bincount(y, minlength=10) for _, y in shards]
+        glob = np.sum(hists, axis=0)
+        return np.mean([total_variation(h, glob) for h in hists])
+
+    heter = synthetic_fedprox(20, alpha=1.0, beta=1.0, samples=200, seed=0)
+    same = synthetic_fedprox(20, alpha=0.0, beta=0.0, samples=200, iid=True, seed=0)
+    assert skew(heter) > 0.4 > 0.2 > skew(same)
+    assert {x.shape[0] for x, _ in heter} == {200}
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 28, 28), (20,)])
+def test_synthetic_images_shapes_seed_and_skew(shape):
+    a = synthetic_images(6, shape=shape, samples_per_device=50, seed=1)
+    b = synthetic_images(6, shape=shape, samples_per_device=50, seed=1)
+    for (x, y), (x2, y2) in zip(a, b):
+        assert x.shape == (50, *shape) and x.dtype == np.float32 and y.dtype == np.int64
+        assert np.array_equal(x, x2) and np.array_equal(y, y2)
+    flat = synthetic_images(20, shape=shape, label_skew=0.0, samples_per_device=100, seed=1)
+    skew = synthetic_images(20, shape=shape, label_skew=0.9, samples_per_device=100, seed=1)
+    ys = np.concatenate([y for _, y in flat])
+    tv_flat = mean_tv(ys, np.split(np.arange(ys.size), 20), 10)
+    ys = np.concatenate([y for _, y in skew])
+    tv_skew = mean_tv(ys, np.split(np.arange(ys.size), 20), 10)
+    assert tv_skew > 0.5 > 0.25 > tv_flat
+    one = synthetic_images(5, shape=shape, label_skew=1.0, samples_per_device=30, seed=1)
+    assert all(np.unique(y).size == 1 for _, y in one)
+
+
+def test_synthetic_images_feature_shift_moves_device_inputs():
+    def spread(fs):  # how far apart the devices' mean images are
+        shards = synthetic_images(8, label_skew=0.0, feature_shift=fs, samples_per_device=200,
+                                  seed=0)
+        means = np.stack([x.mean(axis=0) for x, _ in shards])
+        return float(np.abs(means - means.mean(axis=0)).mean())
+
+    assert spread(1.0) > 3 * spread(0.0)
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 28, 28)])
+def test_synthetic_images_learnable_on_one_device(shape):
+    # Prepare: one device's data, uniform labels so chance is 10%
+    fleet = make_fleet_data("synthetic_images", 3, seed=0, shape=shape, label_skew=0.0,
+                            samples_per_device=300)
+    dev = fleet.devices[0]
+    model = Model(mlp(10, int(np.prod(shape))), seed=0).compile(batch_size=16, optimizer="sgd",
+                                                                 lr=0.05)
+    before = model.evaluate(dev.x_test, dev.y_test)["accuracy"]
+    # Execute
+    model.fit(dev.x_train, dev.y_train, epochs=5)
+    after = model.evaluate(dev.x_test, dev.y_test)["accuracy"]
+    # Assert: well above chance (0.1) on the device's own test split
+    assert after >= 0.5 and after > before + 0.25, (before, after)
+
+
+# ---------------------------------------------------------------- make_fleet_data
+
+
+def check_fleet(fleet: FleetData, num_devices: int) -> None:
+    assert len(fleet) == num_devices
+    for d in fleet.devices:
+        assert d.x_train.shape[1:] == fleet.input_shape == d.x_test.shape[1:]
+        assert d.x_train.dtype == np.float32 and d.y_train.dtype == np.int64
+        assert d.num_train > 0 and d.num_test > 0
+        assert d.y_train.max() < fleet.num_classes
+    assert len({d.device_id for d in fleet.devices}) == num_devices
+
+
+def test_make_fleet_data_kinds_and_partitions():
+    f = make_fleet_data("synthetic_fedprox", 10, seed=0, samples=100, test_fraction=0.25)
+    check_fleet(f, 10)
+    assert f.input_shape == (60,) and f.devices[0].num_test == 25
+    for part, extra in [("iid", {}), ("dirichlet", {"alpha": 0.3}), ("k_classes", {"k": 2})]:
+        g = make_fleet_data("synthetic_images", 8, seed=0, shape=(1, 28, 28),
+                            samples_per_device=60, partition=part, **extra)
+        check_fleet(g, 8)
+        if part == "k_classes":
+            assert all(np.unique(d.y_train).size == 2 for d in g.devices)
+    s = g.stats()
+    assert s["num_devices"] == 8 and s["classes_per_device"]["max"] == 2
+    text = g.describe()
+    assert "8 devices" in text and "label TV to global" in text
+    again = make_fleet_data("synthetic_images", 8, seed=0, shape=(1, 28, 28),
+                            samples_per_device=60, partition="k_classes", k=2)
+    assert np.array_equal(again.devices[3].x_test, g.devices[3].x_test)
+
+
+@pytest.mark.parametrize("kind, params, match", [
+    ("mnist", {}, "unknown data kind"),
+    ("synthetic_images", {"partition": "natural"}, "does not apply"),
+    ("synthetic_fedprox", {"partition": "dirichlet"}, "does not apply"),
+    ("synthetic_images", {"alpha": 0.3}, "unknown synthetic_images data parameter"),
+    ("synthetic_images", {"label_skew": 2.0}, "label_skew"),
+    ("leaf", {}, "path="),
+])
+def test_make_fleet_data_config_errors(kind, params, match):
+    with pytest.raises(ConfigError, match=match):
+        make_fleet_data(kind, 4, **params)
+
+
+# ---------------------------------------------------------------- LEAF
+
+
+def write_json(path, doc) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(doc, f)
+    return str(path)
+
+
+def leaf_doc(users: dict[str, tuple[list, list]]) -> dict:
+    return {"users": list(users), "num_samples": [len(y) for _, y in users.values()],
+            "user_data": {u: {"x": x, "y": y} for u, (x, y) in users.items()}}
+
+
+def test_leaf_femnist_train_test_folders(tmp_path):
+    # Prepare: two train files (users split over them) and one test file
+    rng = np.random.default_rng(0)
+
+    def px(n):
+        return rng.random((n, 784)).round(3).tolist()
+
+    write_json(tmp_path / "train" / "a.json", leaf_doc({"u1": (px(5), [0, 1, 2, 61, 3])}))
+    write_json(tmp_path / "train" / "b.json", leaf_doc({"u2": (px(4), [5, 5, 6, 7])}))
+    write_json(tmp_path / "test" / "a.json", leaf_doc({"u1": (px(2), [1, 2]),
+                                                      "u2": (px(1), [7])}))
+    # Execute
+    leaf = load_leaf(str(tmp_path))
+    # Assert
+    assert leaf.name == "femnist" and leaf.num_classes == 62 and leaf.input_shape == (1, 28, 28)
+    assert sorted(leaf.train) == ["u1", "u2"] and sorted(leaf.test) == ["u1", "u2"]
+    x, y = leaf.train["u1"]
+    assert x.shape == (5, 1, 28, 28) and x.dtype == np.float32 and y.tolist() == [0, 1, 2, 61, 3]
+    fleet = make_fleet_data("leaf", None, path=str(tmp_path))
+    assert [d.device_id for d in fleet.devices] == ["u1", "u2"]
+    assert fleet.device("u2").num_test == 1 and fleet.device("u2").num_train == 4
+
+
+def test_leaf_shakespeare_vocabulary(tmp_path):
+    assert len(LEAF_CHARS) == 80 and LEAF_CHARS[1] == " "
+    line = ("To be, or not to be: that is the question. " * 2)[:80]
+    path = write_json(tmp_path / "shake.json",
+                      leaf_doc({"HAMLET": ([line, line[1:] + "|"], ["W", "x"])}))
+    leaf = load_leaf(path)
+    x, y = leaf.train["HAMLET"]
+    assert leaf.name == "shakespeare" and leaf.num_classes == 80 and x.shape == (2, 80)
+    assert "".join(LEAF_CHARS[int(i)] for i in x[0]) == line
+    assert x[1, -1] == LEAF_CHARS.index(" ") and leaf.unknown_chars == 1  # "|" -> " "
+    assert y.tolist() == [LEAF_CHARS.index("W"), LEAF_CHARS.index("x")]
+    assert leaf.test == {}
+
+
+def test_leaf_sent140_bag_of_words(tmp_path):
+    def rec(text):
+        return ["1467810369", "Mon Apr 06", "NO_QUERY", "someone", text]
+
+    write_json(tmp_path / "train" / "t.json", leaf_doc({
+        "alice": ([rec("I love it, love it!"), rec("so sad")], [1, 0]),
+        "bob": ([rec("Love the sun")], [1])}))
+    write_json(tmp_path / "test" / "t.json", leaf_doc({"bob": ([rec("sun sun unseen")], [1])}))
+    leaf = load_leaf(str(tmp_path), vocab_size=3)
+    # most frequent training words, ties alphabetical: love (3), it (2), i (1)
+    assert leaf.name == "sent140" and leaf.vocab == ["love", "it", "i"]
+    assert leaf.input_shape == (3,) and leaf.num_classes == 2
+    x, y = leaf.train["alice"]
+    assert x.tolist() == [[2, 2, 1], [0, 0, 0]] and y.tolist() == [1, 0]
+    assert leaf.test["bob"][0].tolist() == [[0, 0, 0]]  # unknown words dropped
+
+
+def bad_leaf_cases(tmp_path):
+    good = leaf_doc({"u": ([[0.0] * 784], [1])})
+    ragged = leaf_doc({"u": ([[0.0] * 784, [0.0] * 700], [1, 2])})
+    return {
+        "missing keys": ({"users": ["u"]}, "needs keys 'users' and 'user_data'"),
+        "no x": ({"users": ["u"], "user_data": {"u": {"y": [1]}}}, "has no 'x' and 'y'"),
+        "x/y length": (leaf_doc({"u": ([[0.0] * 784], [1, 2])}), "1 x but 2 y"),
+        "num_samples": ({**good, "num_samples": [3]}, "num_samples says 3"),
+        "ragged": (ragged, "rows have different lengths"),
+        "string pixels": (leaf_doc({"u": ([["a"] * 784], [1])}), "must be numbers"),
+        "float label": (leaf_doc({"u": ([[0.0] * 784], [1.5])}), "integer class ids"),
+        "label range": (leaf_doc({"u": ([[0.0] * 784], [62])}), r"\[0, 62\)"),
+        "wrong type": ({"users": "u", "user_data": []}, "must be a list"),
+    }
+
+
+@pytest.mark.parametrize("case", list(bad_leaf_cases(None)))
+def test_leaf_bad_documents(tmp_path, case):
+    doc, match = bad_leaf_cases(tmp_path)[case]
+    path = write_json(tmp_path / "bad.json", doc)
+    with pytest.raises(DataError, match=match) as e:
+        load_leaf(path, dataset="femnist" if case != "missing keys" else None)
+    assert "bad.json" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_leaf_bad_bytes(tmp_path):
+    trunc = tmp_path / "trunc.json"
+    trunc.write_text(json.dumps(leaf_doc({"u": (["abc"], ["d"])}))[:-7], encoding="utf-8")
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(b'{"users": ["caf\xe9"], "user_data": {}}')
+    with pytest.raises(DataError, match=r"trunc\.json is not valid JSON at line 1.*truncated"):
+        load_leaf(str(trunc))
+    with pytest.raises(DataError, match=r"latin\.json is not UTF-8"):
+        load_leaf(str(latin))
+    with pytest.raises(DataError, match="LEAF data not found"):
+        load_leaf(str(tmp_path / "nothing_here"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no .json files"):
+        load_leaf(str(tmp_path / "empty"))
+
+
+# ---------------------------------------------------------------- .npz folder
+
+
+def test_npz_dir_roundtrip_and_natural_fleet(tmp_path):
+    # Prepare: a generated fleet written one file per device, plus one file without a test set
+    fleet = make_fleet_data("synthetic_images", 3, seed=0, shape=(1, 28, 28),
+                            samples_per_device=40)
+    fleet.save_npz_dir(str(tmp_path))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "zz_extra.npz", x=rng.random((30, 1, 28, 28), dtype=np.float32),
+             y=np.arange(30) % 10)
+    # Execute
+    files = load_npz_dir(str(tmp_path))
+    back = make_fleet_data("npz_dir", None, path=str(tmp_path), test_fraction=0.2)
+    # Assert
+    assert sorted(files) == ["d0", "d1", "d2", "zz_extra"]
+    for d in fleet.devices:
+        e = back.device(d.device_id)
+        assert np.array_equal(d.x_train, e.x_train) and np.array_equal(d.y_test, e.y_test)
+    assert back.device("zz_extra").num_test == 6 and back.num_classes == 10
+    two = make_fleet_data("npz_dir", 2, seed=1, path=str(tmp_path))
+    assert len(two) == 2
+    pooled = make_fleet_data("npz_dir", 5, seed=1, path=str(tmp_path), partition="iid")
+    check_fleet(pooled, 5)
+
+
+@pytest.mark.parametrize("arrays, match", [
+    ({"x": np.zeros((4, 3), np.float32)}, "has no array 'y'"),
+    ({"x": np.zeros((4, 3), np.float32), "y": np.zeros(5, np.int64)}, "4 samples but y has 5"),
+    ({"x": np.zeros(4, np.float32), "y": np.zeros(4, np.int64)}, "shape"),
+    ({"x": np.zeros((2, 3), np.float32), "y": np.array([0.5, 1.0])}, "non-integer"),
+    ({"x": np.full((2, 3), np.nan, np.float32), "y": np.zeros(2, np.int64)}, "NaN"),
+    ({"x": np.zeros((2, 3), np.float32), "y": np.zeros(2, np.int64),
+      "x_test": np.zeros((1, 3), np.float32)}, "only one of 'x_test' and 'y_test'"),
+    ({"x": np.zeros((2, 5), np.float32), "y": np.zeros(2, np.int64)}, "same input shape"),
+])
+def test_npz_dir_errors(tmp_path, arrays, match):
+    np.savez(tmp_path / "a_good.npz", x=np.zeros((2, 3), np.float32), y=np.zeros(2, np.int64))
+    np.savez(tmp_path / "b_bad.npz", **arrays)
+    with pytest.raises(DataError, match=match) as e:
+        load_npz_dir(str(tmp_path))
+    assert "b_bad.npz" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_npz_dir_unreadable_and_empty(tmp_path):
+    with pytest.raises(DataError, match="no .npz files"):
+        load_npz_dir(str(tmp_path))
+    (tmp_path / "broken.npz").write_bytes(b"not a zip file")
+    with pytest.raises(DataError, match=r"broken\.npz"):
+        load_npz_dir(str(tmp_path))
+    with pytest.raises(DataError, match="not a folder"):
+        load_npz_dir(str(tmp_path / "missing"))
