@@ -35,7 +35,6 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import json
-import math
 import time
 import zlib
 from collections import OrderedDict
@@ -88,7 +87,8 @@ class DeviceState:
     device_id: int
     data: DeviceData
     settings: DeviceSettings = field(default_factory=DeviceSettings)
-    arrays: Arrays = field(default_factory=dict)  # "p/<key>" personal, "v/<key>" Ditto, "o/..." optimizer
+    # "p/<key>" personal layers, "v/<key>" Ditto's personal model, "o/..." optimizer state
+    arrays: Arrays = field(default_factory=dict)
     meta: dict[str, float] = field(default_factory=dict)
 
 
@@ -113,7 +113,8 @@ def model_specs(model: str) -> tuple[list[LayerSpec] | None, str]:
     text = str(model).strip()
     if text.startswith("["):
         items = json.loads(text)
-        return [LayerSpec(d["type"], d["name"], {k: v for k, v in d.items() if k not in ("type", "name")})
+        return [LayerSpec(d["type"], d["name"],
+                          {k: v for k, v in d.items() if k not in ("type", "name")})
                 for d in items], text
     return None, text
 
@@ -390,7 +391,8 @@ def run_device(state: DeviceState, shared: Arrays, config: dict[str, Any]
     head_epochs = int(_cfg(config, "head-epochs", 0))
     epochs = int(_cfg(config, "local-epochs", 1))
     keep_opt = str(_cfg(config, "optimizer-state", "reset")) == "keep"
-    opt_state = {k[2:]: v for k, v in state.arrays.items() if k.startswith("o/")} if keep_opt else None
+    opt_state = ({k[2:]: v for k, v in state.arrays.items() if k.startswith("o/")}
+                 if keep_opt else None)
     if opt_state is not None and "o/iteration" in state.arrays:
         opt_state["iteration"] = int(state.arrays["o/iteration"])
     losses: list[float] = []
@@ -399,7 +401,8 @@ def run_device(state: DeviceState, shared: Arrays, config: dict[str, Any]
         if head_epochs and personal_keys and shared_keys:  # FedRep: head first, then body
             body = tuple(sorted(_layers_of(shared_keys) | set(frozen)))
             m, _, _ = _train_with_fallbacks(state, config, batch, body)
-            full, ls = _fit(m, full, data, config, head_epochs, _seed(config, state.device_id, "head"))
+            full, ls = _fit(m, full, data, config, head_epochs,
+                            _seed(config, state.device_id, "head"))
             losses += ls
             head = tuple(sorted(_layers_of(personal_keys) | set(frozen)))
             m, _, _ = _train_with_fallbacks(state, config, batch, head)
@@ -461,8 +464,8 @@ def evaluate_device(state: DeviceState, shared: Arrays, config: dict[str, Any]) 
         raise MemoryCapExceeded(rss.current_rss(), cap, "the runtime alone is larger than the cap")
     init = initial_weights(str(_cfg(config, "model", "mlp")), int(_cfg(config, "model-seed", 0)))
     pats = patterns(config.get("personal"))
-    full = {**init, **{k: state.arrays.get("p/" + k, a) for k, a in init.items() if matches(k, pats)},
-            **shared}
+    personal = {k: state.arrays.get("p/" + k, a) for k, a in init.items() if matches(k, pats)}
+    full = {**init, **personal, **shared}
     if float(_cfg(config, "ditto-lambda", 0.0)) and any(k.startswith("v/") for k in state.arrays):
         full = {k: state.arrays.get("v/" + k, a) for k, a in full.items()}
     ft = int(_cfg(config, "finetune-epochs", 0))
@@ -470,7 +473,8 @@ def evaluate_device(state: DeviceState, shared: Arrays, config: dict[str, Any]) 
     if ft and n:
         batch = min(int(state.settings.batch_size or _cfg(config, "batch-size", 32)), n)
         try:
-            m, _, _ = _train_with_fallbacks(state, config, batch, tuple(patterns(state.settings.freeze)))
+            frozen = tuple(patterns(state.settings.freeze))
+            m, _, _ = _train_with_fallbacks(state, config, batch, frozen)
             full, _ = _fit(m, full, data, config, ft, _seed(config, state.device_id, "finetune"))
         except MemoryCapExceeded:
             pass  # cannot fine-tune here: evaluate the model as received
@@ -517,5 +521,6 @@ def parse_settings(values: dict[str, Any]) -> DeviceSettings:
         swap=str(values.get("swap", "auto")),
         batch_size=int(values["batch-size"]) if values.get("batch-size") else None,
         freeze=str(values.get("freeze", "")),
-        fallbacks=tuple(f.strip() for f in str(values.get("fallbacks", "")).split(";") if f.strip()),
+        fallbacks=tuple(f.strip() for f in str(values.get("fallbacks", "")).split(";")
+                        if f.strip()),
     )

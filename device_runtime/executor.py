@@ -64,6 +64,7 @@ class Executor:
         self._collect()
         self._alias_in_place()
         self._groups()
+        self._find_recompute()
         self.candidates = self.swap_candidates(min_swap_bytes) if self.training else []
         if swap == "on":
             chosen = self.candidates
@@ -194,11 +195,68 @@ class Executor:
         self.group_uses = [sorted(u) for u in uses]
         self.hulls = [(u[0], u[-1] + 1) for u in self.group_uses]
 
+    def _find_recompute(self) -> None:
+        """Blocks rebuilt before backward instead of kept: a batch-norm output (from its
+        kept input and batch statistics) and the in-place layers on it (activation,
+        addition). Such a block lives in two stretches: its forward uses, and from its
+        first backward use on, when its layers replay. A replay reads other blocks; those
+        must be in memory then (a rebuilt one is rebuilt earlier, a kept one counts the
+        replay as a use, so it is neither planned away nor swapped out)."""
+        self.recomputed: dict[int, tuple[int, list[Any], list[tuple[int, int]]]] = {}
+        if not self.training:
+            return
+        n_fwd = len(self.graph.nodes)
+        gof = lambda ref: self.group_of[self._find(self.out_rec[ref])]  # noqa: E731
+        writers: dict[int, list[Node]] = {}
+        for node in self.graph.nodes:  # topological order: a block's writers in run order
+            for k in range(len(node.layer.out_shapes)):
+                writers.setdefault(gof((node.name, k)), []).append(node)
+        cands: dict[int, list[Any]] = {}
+        for g, nodes in writers.items():
+            first = nodes[0]
+            if not getattr(first.layer, "recompute", False) or not hasattr(first.layer, "replay"):
+                continue
+            chain = [n for n in nodes if n.layer.in_place != "view"]
+            if not all(hasattr(n.layer, "replay") for n in chain):
+                continue
+            uses = self.group_uses[g]
+            fwd = [u for u in uses if u < n_fwd]
+            bwd = [u for u in uses if u >= n_fwd]
+            if fwd and bwd and bwd[0] > fwd[-1] + 1:
+                cands[g] = [bwd[0], chain, fwd[-1] + 1]
+        changed = True
+        while changed:
+            changed = False
+            for g in list(cands):
+                need, chain, _ = cands[g]
+                for node in chain:
+                    for p in {gof(r) for r in node.inputs} - {g}:
+                        if p in cands:
+                            if cands[p][0] > need:  # rebuild that one first, same order
+                                cands[p][0] = need
+                                changed = True
+                        elif not self.hulls[p][0] <= need < self.hulls[p][1]:
+                            del cands[g]
+                            changed = True
+                            break
+                    if g not in cands:
+                        break
+        for g, (need, chain, fwd_end) in cands.items():
+            if need <= fwd_end:
+                continue
+            for node in chain:
+                for p in {gof(r) for r in node.inputs} - {g} - set(cands):
+                    if need not in self.group_uses[p]:
+                        self.group_uses[p] = sorted([*self.group_uses[p], need])
+            first_use = self.group_uses[g][0]
+            self.recomputed[g] = (need, [n.layer for n in chain],
+                                  [(first_use, fwd_end), (need, self.group_uses[g][-1] + 1)])
+
     def swap_candidates(self, min_bytes: int = 64 * 1024) -> list[SwapSlot]:
         """Blocks worth swapping, most bytes x idle orders first."""
         out = []
         for g, u in enumerate(self.group_uses):
-            if self.sizes[g] >= min_bytes:
+            if self.sizes[g] >= min_bytes and g not in self.recomputed:
                 slot = find_slot(g, u, self.lookahead)
                 if slot is not None:
                     out.append(slot)
@@ -208,7 +266,8 @@ class Executor:
     def layout(self, slots: list[SwapSlot]) -> tuple[P.Plan, list[Any]]:
         """Plan with these blocks swapped (two stretches each, page-aligned for O_DIRECT)."""
         by_group = {s.group: s for s in slots}
-        intervals = [stretches(u, by_group.get(g)) for g, u in enumerate(self.group_uses)]
+        intervals = [self.recomputed[g][2] if g in self.recomputed else
+                     stretches(u, by_group.get(g)) for g, u in enumerate(self.group_uses)]
         self.alignment = PAGE if slots else 64
         return P.plan_layout(self.sizes, intervals, self.strategy, self.alignment), intervals
 
@@ -271,6 +330,8 @@ class Executor:
             pre.setdefault(slot.need_at, []).append((dev.wait, (rdone,)))
         for o in pre:  # waits before new reads at the same order
             pre[o].sort(key=lambda op: op[0] != dev.wait)
+        for need, chain, _ in sorted(self.recomputed.values(), key=lambda r: r[2][0][0]):
+            pre.setdefault(need, []).extend((lay.replay, ()) for lay in chain)
         last = -1
         for order, node, phase in self.graph.ops():
             lay = node.layer
@@ -360,13 +421,15 @@ class Executor:
     def table(self) -> list[dict[str, Any]]:
         rows = []
         swapped = {s.group for s in self.slots}
+        rebuilt = set(self.recomputed)
         for i, rec in enumerate(self.records):
             g = self.group_of[self._find(i)]
             iv = self.intervals[g]
             rows.append({"name": rec.name, "kind": rec.kind, "shape": list(rec.shape),
                          "dtype": str(rec.dtype), "bytes": rec.nbytes,
                          "interval": [iv[0][0], iv[-1][1]], "stretches": [list(p) for p in iv],
-                         "offset": self.plan.offsets[g], "group": g, "swapped": g in swapped})
+                         "offset": self.plan.offsets[g], "group": g, "swapped": g in swapped,
+                         "recomputed": g in rebuilt})
         return rows
 
     def close(self) -> None:

@@ -29,13 +29,20 @@ from typing import Any
 
 import numpy as np
 
-from .device import (REPLY_KEYS, DeviceData, DeviceState, evaluate_device, load_device_data,
-                     parse_settings, run_device)
+from .device import (
+    REPLY_KEYS,
+    DeviceData,
+    DeviceState,
+    evaluate_device,
+    load_device_data,
+    parse_settings,
+    run_device,
+)
 from .errors import ConfigError, MemoryCapExceeded
 
 # "app" is listed for Flower's static check of `device_runtime.flower_client:app`; it is
 # created by the module's __getattr__ on first access.
-__all__ = ["app", "evaluate", "load_state", "make_client_app", "reply_content", "save_state",
+__all__ = ["app", "evaluate", "load_state", "make_client_app", "reply_content", "save_state",  # noqa: F822
            "train"]
 
 STATE_ARRAYS = "device-state"  # ArrayRecord in context.state: personal arrays
@@ -112,7 +119,8 @@ def reply_content(shared: dict[str, np.ndarray] | None, metrics: dict[str, float
     keys = REPLY_KEYS if shared is not None else metrics
     content = RecordDict({"metrics": MetricRecord({k: float(metrics[k]) for k in keys})})
     if shared is not None:
-        content["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in shared.items()})
+        content["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v))
+                                         for k, v in shared.items()})
     return content
 
 

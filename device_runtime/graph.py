@@ -39,7 +39,7 @@ class Graph:
 
     def __init__(self, layers: list[Layer], loss: Loss | None, batch: int,
                  backward: bool = True, clip_grad: float | None = None,
-                 fuse_apply: bool = True) -> None:
+                 fuse_apply: bool = True, recompute: bool = True) -> None:
         if not layers:
             raise ModelError("the model has no layers")
         if batch < 1:
@@ -48,6 +48,8 @@ class Graph:
         self.backward = backward
         for lay in layers:
             lay.batch = batch  # the input layers need it to shape their outputs
+            # batch-norm keeps its input and recomputes what it needs (training only)
+            lay.recompute = backward and recompute
         self.nodes = _realize(layers)
         self.folded_activation: str | None = None
         if loss is not None:

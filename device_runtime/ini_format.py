@@ -48,10 +48,12 @@ def parse_ini(text: str, path: str) -> list[Section]:
         if line.startswith("["):
             end = line.find("]")
             if end < 0:
-                raise ModelError(f"{path}:{no}: section header {line!r} has no closing ']'")
+                raise ModelError(f"{path}:{no}: not a valid INI file: section header {line!r} has "
+                                 "no closing ']'")
             rest = line[end + 1:].strip()
             if rest and rest[0] not in "#;":
-                raise ModelError(f"{path}:{no}: unexpected text after section header: {rest!r}")
+                raise ModelError(f"{path}:{no}: not a valid INI file: unexpected text after a "
+                                 f"section header: {rest!r}")
             name = line[1:end].strip()
             key = name.lower()
             if key in seen:
@@ -62,13 +64,15 @@ def parse_ini(text: str, path: str) -> list[Section]:
             sections.append(cur)
             continue
         if "=" not in line:
-            raise ModelError(f"{path}:{no}: expected 'key = value' or '[section]', got {line!r}")
+            raise ModelError(f"{path}:{no}: not a valid INI file: expected 'key = value' or "
+                             f"'[section]', got {line!r}")
         k, v = line.split("=", 1)
         key = k.strip().lower()
         if not key:
-            raise ModelError(f"{path}:{no}: a line has a value but no key: {line!r}")
+            raise ModelError(f"{path}:{no}: not a valid INI file: a value without a key: {line!r}")
         if cur is None:
-            raise ModelError(f"{path}:{no}: '{k.strip()}' comes before any [section]")
+            raise ModelError(f"{path}:{no}: not a valid INI file: '{k.strip()}' comes before any "
+                             "[section]")
         if key in cur.items:
             raise ModelError(f"{path}:{no}: [{cur.name}] sets '{key}' twice (also on line "
                              f"{cur.lines[key]})")

@@ -22,6 +22,11 @@ from .planner import DEFAULT_STRATEGY, STRATEGIES
 from .weights import WeightStore
 
 
+# Recompute cheap outputs (batch-norm + activation) before backward instead of keeping
+# them; NNFLEET_NO_RECOMPUTE=1 turns it off (results are bit-identical either way).
+RECOMPUTE = os.environ.get("NNFLEET_NO_RECOMPUTE", "") != "1"
+
+
 def _test_leak() -> tuple[int, int] | None:
     """``NNFLEET_TEST_ALLOC=BYTES@STEP``: allocate memory the plan does not know about at
     that step (a debug switch that lets tests show the RAM guard stopping a run)."""
@@ -105,7 +110,8 @@ class Model:
             loss.label_kind = getattr(self, "label_kind", loss.label_kind)
         return Graph(layers, loss, batch, backward=backward,
                      clip_grad=self.clip_grad_norm if backward else None,
-                     fuse_apply=getattr(self, "fuse_apply", True))
+                     fuse_apply=getattr(self, "fuse_apply", True),
+                     recompute=getattr(self, "recompute", RECOMPUTE))
 
     def freeze(self, upto: str) -> None:
         """Make every layer up to and including ``upto`` (in description order) frozen."""

@@ -78,7 +78,8 @@ def run_config(cfg: dict[str, Any], algo_name: str, specs: list[Any]) -> dict[st
     rc: dict[str, Any] = {
         "model": model_text(cfg), "model-seed": int(cfg.get("seed", 0)),
         "num-rounds": int(cfg.get("rounds", 10)), "seed": int(cfg.get("seed", 0)),
-        "strategy": algo.strategy if algo.strategy != "fedavg" else server.get("strategy", "fedavg"),
+        "strategy": (algo.strategy if algo.strategy != "fedavg"
+                     else server.get("strategy", "fedavg")),
         "fraction-train": float(server.get("fraction-train", 1.0)),
         "fraction-evaluate": float(server.get("fraction-evaluate", 1.0)),
         "min-nodes": int(server.get("min-nodes", 2)),
@@ -149,12 +150,12 @@ def _main(argv: list[str]) -> int:
     progress = Progress(quiet=args.quiet)
 
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    import server
     from device_runtime.device import build_model
     from experiments.data import make_fleet_data
     from experiments.fleet import FleetEngine, draw_profiles
     from experiments.fleet.grid import FleetGrid, run_serverapp
     from experiments.report import render, summarize, write_plots
-    import server
 
     logging.getLogger("flwr").setLevel(logging.WARNING)  # after import: flwr sets DEBUG
     kind = str(data.pop("kind", "synthetic_images"))
@@ -246,7 +247,8 @@ def _caps(profiles: list[Any]) -> str:
     caps = sorted(p.ram_cap for p in profiles if p.ram_cap)
     if not caps:
         return "none"
-    return f"{fmt_bytes(caps[0])} .. {fmt_bytes(caps[-1])} (median {fmt_bytes(caps[len(caps) // 2])})"
+    median = fmt_bytes(caps[len(caps) // 2])
+    return f"{fmt_bytes(caps[0])} .. {fmt_bytes(caps[-1])} (median {median})"
 
 
 def _print_table(summary: dict[str, Any], out: str) -> None:

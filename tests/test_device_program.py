@@ -12,9 +12,17 @@ import numpy as np
 import pytest
 
 from device_runtime import Model
-from device_runtime.device import (DeviceData, DeviceSettings, DeviceState, ProxOptimizer,
-                                   evaluate_device, initial_weights, matches, parse_settings,
-                                   run_device)
+from device_runtime.device import (
+    DeviceData,
+    DeviceSettings,
+    DeviceState,
+    ProxOptimizer,
+    evaluate_device,
+    initial_weights,
+    matches,
+    parse_settings,
+    run_device,
+)
 from device_runtime.errors import ConfigError
 from device_runtime.optimizers import SGD
 

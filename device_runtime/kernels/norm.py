@@ -187,3 +187,120 @@ bn_update_running = pick(bn_update_running_numba, bn_update_running_numpy)
 bn_infer_fwd = pick(bn_infer_fwd_numba, bn_infer_fwd_numpy)
 bn_bwd = pick(bn_bwd_numba, bn_bwd_numpy)
 bn_infer_bwd = pick(bn_infer_bwd_numba, bn_infer_bwd_numpy)
+
+
+# --------------------------------------------------------------------------------------
+# The kernels the BatchNormalization layer uses. One canonical normalised value,
+#     xhat = float32((float64(x) - float64(mean32)) * float64(invstd32)),
+# is computed the same way everywhere: in the forward pass, when the output is recomputed
+# before backward (instead of being kept), and in backward (from x, or from a stored
+# xhat with mean 0 and invstd 1). So keeping, recomputing or storing xhat never changes
+# a single bit of the result.
+
+@njit
+def bn_stats_numba(x: Arr, mean: Arr, var: Arr, invstd: Arr, eps: float) -> None:
+    """Per-channel batch mean, biased variance and 1/sqrt(var+eps) (float64 sums)."""
+    N, C, S = x.shape
+    M = N * S
+    for c in range(C):
+        acc = 0.0
+        for n in range(N):
+            for s in range(S):
+                acc += np.float64(x[n, c, s])
+        mu = acc / M
+        acc = 0.0
+        for n in range(N):
+            for s in range(S):
+                d = np.float64(x[n, c, s]) - mu
+                acc += d * d
+        v = acc / M
+        mean[c] = mu
+        var[c] = v
+        invstd[c] = 1.0 / math.sqrt(v + eps)
+
+
+def bn_stats_numpy(x: Arr, mean: Arr, var: Arr, invstd: Arr, eps: float) -> None:
+    x64 = x.astype(np.float64)
+    mu = x64.mean(axis=(0, 2))
+    v = np.mean((x64 - mu[None, :, None]) ** 2, axis=(0, 2))
+    mean[...] = mu
+    var[...] = v
+    invstd[...] = 1.0 / np.sqrt(v + eps)
+
+
+@njit
+def bn_normalize_numba(x: Arr, mean: Arr, invstd: Arr, out: Arr) -> None:
+    """out = xhat (float32); out may alias x."""
+    N, C, S = x.shape
+    for c in range(C):
+        m, k = np.float64(mean[c]), np.float64(invstd[c])
+        for n in range(N):
+            for s in range(S):
+                out[n, c, s] = np.float32((np.float64(x[n, c, s]) - m) * k)
+
+
+def bn_normalize_numpy(x: Arr, mean: Arr, invstd: Arr, out: Arr) -> None:
+    out[...] = ((x.astype(np.float64) - _c(mean)) * _c(invstd)).astype(np.float32)
+
+
+@njit
+def bn_affine_numba(x: Arr, mean: Arr, invstd: Arr, gamma: Arr, beta: Arr, y: Arr) -> None:
+    """y = gamma * xhat + beta, xhat recomputed canonically from x; y may alias x."""
+    N, C, S = x.shape
+    for c in range(C):
+        m, k = np.float64(mean[c]), np.float64(invstd[c])
+        g, b = np.float64(gamma[c]), np.float64(beta[c])
+        for n in range(N):
+            for s in range(S):
+                xh = np.float64(np.float32((np.float64(x[n, c, s]) - m) * k))
+                y[n, c, s] = np.float32(g * xh + b)
+
+
+def bn_affine_numpy(x: Arr, mean: Arr, invstd: Arr, gamma: Arr, beta: Arr, y: Arr) -> None:
+    xh = ((x.astype(np.float64) - _c(mean)) * _c(invstd)).astype(np.float32).astype(np.float64)
+    y[...] = (_c(gamma) * xh + _c(beta)).astype(np.float32)
+
+
+@njit
+def bn_backward_numba(dy: Arr, x: Arr, mean: Arr, knorm: Arr, invstd: Arr, gamma: Arr,
+                      dx: Arr, dgamma: Arr, dbeta: Arr) -> None:
+    """dgamma, dbeta and dx from dy and x, xhat = canonical((x - mean) * knorm): pass
+    (x, mean, invstd) to recompute it, or (stored xhat, 0, 1). dx may alias dy."""
+    N, C, S = dy.shape
+    M = N * S
+    for c in range(C):
+        m, k = np.float64(mean[c]), np.float64(knorm[c])
+        sdy = 0.0
+        sdyx = 0.0
+        for n in range(N):
+            for s in range(S):
+                xh = np.float64(np.float32((np.float64(x[n, c, s]) - m) * k))
+                g = np.float64(dy[n, c, s])
+                sdy += g
+                sdyx += g * xh
+        dgamma[c] = sdyx
+        dbeta[c] = sdy
+        f = np.float64(gamma[c]) * np.float64(invstd[c])
+        a = sdy / M
+        bq = sdyx / M
+        for n in range(N):
+            for s in range(S):
+                xh = np.float64(np.float32((np.float64(x[n, c, s]) - m) * k))
+                dx[n, c, s] = f * (np.float64(dy[n, c, s]) - a - xh * bq)
+
+
+def bn_backward_numpy(dy: Arr, x: Arr, mean: Arr, knorm: Arr, invstd: Arr, gamma: Arr,
+                      dx: Arr, dgamma: Arr, dbeta: Arr) -> None:
+    xh = ((x.astype(np.float64) - _c(mean)) * _c(knorm)).astype(np.float32).astype(np.float64)
+    d64 = dy.astype(np.float64)
+    M = dy.shape[0] * dy.shape[2]
+    sdy, sdyx = d64.sum(axis=(0, 2)), (d64 * xh).sum(axis=(0, 2))
+    dgamma[...] = sdyx
+    dbeta[...] = sdy
+    dx[...] = _c(gamma) * _c(invstd) * (d64 - _c(sdy) / M - xh * _c(sdyx) / M)
+
+
+bn_stats = pick(bn_stats_numba, bn_stats_numpy)
+bn_normalize = pick(bn_normalize_numba, bn_normalize_numpy)
+bn_affine = pick(bn_affine_numba, bn_affine_numpy)
+bn_backward = pick(bn_backward_numba, bn_backward_numpy)

@@ -64,6 +64,11 @@ class Activation(Layer):
         else:
             self._fwd(self.xv, self.yv)
 
+    def replay(self) -> None:
+        """Recompute the output from the input (used when the executor drops and
+        rebuilds this output before backward instead of keeping it)."""
+        self.forward(True)
+
     def calc_derivative(self) -> None:
         if self.dxv is None:
             return

@@ -28,6 +28,10 @@ class Addition(Layer):
         for xi in x[2:]:
             np.add(y, xi, out=y)
 
+    def replay(self) -> None:
+        """Recompute the sum (the executor rebuilds a dropped output before backward)."""
+        self.forward(True)
+
     def calc_derivative(self) -> None:
         dy = self.io.dy[0]
         for dx in self.io.dx:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..kernels import norm as K
 from .base import CD, CG, F, Layer, Shape, parse_float
 
@@ -39,12 +41,21 @@ class BatchNormalization(Layer):
                             trainable=False)
         self.request_weight("moving_variance", (c,),
                             self.prop("moving_variance_initializer", "ones"), trainable=False)
-        self.request_tensor("xhat", shape, {F, CG, CD})
-        self.request_tensor("mean", (c,), {F})
+        # Two ways to have xhat in backward, bit-identical (kernels/norm.py): keep the input
+        # and recompute xhat (and, when the executor chooses, recompute the output before
+        # backward instead of keeping it); or write the output over the input and keep xhat.
+        self.recompute = bool(getattr(self, "recompute", False))
+        if self.recompute:
+            self.in_place = "no"  # type: ignore[misc]
+            self.input_needed = frozenset({CD})
+            self.request_tensor("mean", (c,), {F, CG, CD})
+        else:
+            self.request_tensor("xhat", shape, {F, CG, CD})
+            self.request_tensor("mean", (c,), {F})
         self.request_tensor("var", (c,), {F})
         self.request_tensor("invstd", (c,), {F, CG, CD})
         if not self.has_trainable_weights:  # frozen: the kernel still wants somewhere to sum
-            self.request_tensor("dparams", (2, c), {CD})
+            self.request_tensor("dparams", (2, c), {CG, CD})
         return [shape]
 
     def bind(self) -> None:
@@ -56,6 +67,8 @@ class BatchNormalization(Layer):
         self.dy3 = None if dy is None else dy.reshape(v)
         self.xhat3 = self.t["xhat"].reshape(v) if "xhat" in self.t else None
         self.count = n * self.s
+        self.zeros = np.zeros(self.c, np.float32)
+        self.ones = np.ones(self.c, np.float32)
         if "gamma" in self.g:
             self.dgamma, self.dbeta = self.g["gamma"], self.g["beta"]
         elif "dparams" in self.t:
@@ -68,17 +81,31 @@ class BatchNormalization(Layer):
                            w["gamma"], w["beta"], self.eps)
             return
         t = self.t
-        K.bn_train_fwd(self.x3, self.y3, self.xhat3, t["mean"], t["var"], t["invstd"],
-                       w["gamma"], w["beta"], self.eps)
+        K.bn_stats(self.x3, t["mean"], t["var"], t["invstd"], self.eps)
+        if self.recompute:
+            K.bn_affine(self.x3, t["mean"], t["invstd"], w["gamma"], w["beta"], self.y3)
+        else:
+            K.bn_normalize(self.x3, t["mean"], t["invstd"], self.xhat3)
+            K.bn_affine(self.xhat3, self.zeros, self.ones, w["gamma"], w["beta"], self.y3)
         K.bn_update_running(w["moving_mean"], w["moving_variance"], t["mean"], t["var"],
                             1.0 - self.momentum, self.count)
+
+    def replay(self) -> None:
+        """Recompute the training output from the kept input and batch statistics."""
+        t, w = self.t, self.w
+        K.bn_affine(self.x3, t["mean"], t["invstd"], w["gamma"], w["beta"], self.y3)
 
     def _backward(self) -> None:
         # One pass gives dgamma, dbeta and dx (they share the channel sums); with no
         # derivative to produce, dx overwrites dy, which nothing reads afterwards.
         dx = self.dx3 if self.dx3 is not None else self.dy3
-        K.bn_bwd(self.dy3, self.xhat3, self.w["gamma"], self.t["invstd"], dx,
-                 self.dgamma, self.dbeta, False)
+        t = self.t
+        if self.recompute:
+            K.bn_backward(self.dy3, self.x3, t["mean"], t["invstd"], t["invstd"],
+                          self.w["gamma"], dx, self.dgamma, self.dbeta)
+        else:
+            K.bn_backward(self.dy3, self.xhat3, self.zeros, self.ones, t["invstd"],
+                          self.w["gamma"], dx, self.dgamma, self.dbeta)
 
     def calc_gradient(self) -> None:
         if not self.has_cd:

@@ -4,7 +4,7 @@ side in one run: device-rounds per second, start-up time, peak memory of the pro
 
 The workload: the ServerApp of ``server/`` with FedAvg, ``--devices`` (1,000) devices of
 FedProx's Synthetic(0.5, 0.5) with 40 samples each, a logistic regression (60 -> 10),
-``--rounds`` (3) rounds, every device trained each round, no federated evaluation. On
+``--rounds`` (3) rounds, every device trained each round, no evaluation at all. On
 the fleet engine every device runs under a RAM cap (``--cap``) that the runtime enforces
 (planned step, psutil sampler, high-water mark); Flower cannot cap a client's memory.
 
@@ -44,6 +44,7 @@ def workload(devices: int, rounds: int) -> dict[str, Any]:
     return {"model": LOGREG, "num-rounds": rounds, "fraction-train": 1.0,
             "fraction-evaluate": 0.0, "min-nodes": 2, "personal": "", "seed": 0,
             "local-epochs": 1, "lr": 0.05, "batch-size": 16, "data-devices": devices,
+            "eval-before": False, "eval-after": False,  # training only, on both runtimes
             "data-kind": "synthetic_fedprox", "data-seed": 0,
             "data-params": json.dumps({"alpha": 0.5, "beta": 0.5, "samples": 40})}
 
@@ -99,8 +100,8 @@ def run_fleet(devices: int, rounds: int, cap: int, workers: int) -> dict[str, An
 
         def prepare() -> Any:  # runs while the workers warm up
             os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-            import server  # noqa: F401
             import experiments.fleet.grid  # noqa: F401
+            import server  # noqa: F401
             return fleet_from_run_config(rc)
 
         with FleetEngine(prepare, profiles, workers=workers) as eng:

@@ -39,7 +39,7 @@ class TaskResult:
     task_id: int
     device: int
     kind: str
-    shared: dict[str, np.ndarray] | None
+    shared: dict[str, tuple[str, tuple[int, ...], bytes]] | None  # (dtype, shape, .npy bytes)
     metrics: dict[str, float]
     error: str | None
     detail: str | None = None

@@ -1,4 +1,5 @@
-"""The data factory Flower's ClientApp calls in simulation: ``experiments.fleet.flower_data:partition``.
+"""The data factory of Flower's ClientApp in simulation (``data-factory`` =
+``experiments.fleet.flower_data:partition``).
 
 Run config keys: ``data-kind``, ``data-devices``, ``data-seed``, ``data-params`` (JSON of
 ``experiments.data.make_fleet_data`` parameters). The fleet is built once per process.

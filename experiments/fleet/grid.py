@@ -15,14 +15,25 @@ import uuid
 from typing import Any, Callable, Iterable
 
 import numpy as np
-from flwr.app import Error, Message, MessageType, RecordDict
-from flwr.common.constant import ErrorCode
+from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode, SType
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from device_runtime.flower_client import reply_content
+from device_runtime.device import REPLY_KEYS
 
 from .engine import FleetEngine, TaskResult
+
+
+def _content(r: TaskResult) -> RecordDict:
+    """The reply a device's ClientApp would send (see device_runtime.flower_client)."""
+    keys = REPLY_KEYS if r.kind == "train" else r.metrics
+    content = RecordDict({"metrics": MetricRecord({k: float(r.metrics[k]) for k in keys})})
+    if r.kind == "train":
+        assert r.shared is not None
+        content["arrays"] = ArrayRecord({k: Array(dtype=d, shape=s, stype=SType.NUMPY, data=b)
+                                         for k, (d, s, b) in r.shared.items()})
+    return content
 
 
 class FleetGrid(Grid):
@@ -105,8 +116,8 @@ class FleetGrid(Grid):
             device = m.metadata.dst_node_id - 1
             if kind is None or not 0 <= device < self.engine.num_devices:
                 self._reply_error(m, ErrorCode.UNKNOWN,
-                                  f"fleet engine: no device {m.metadata.dst_node_id} or unsupported "
-                                  f"message type {m.metadata.message_type}")
+                                  f"fleet engine: no device {m.metadata.dst_node_id} or "
+                                  f"unsupported message type {m.metadata.message_type}")
                 continue
             key = id(m.content)
             if key not in pid_of:  # strategies send one RecordDict to many nodes: convert once
@@ -130,38 +141,38 @@ class FleetGrid(Grid):
         total, done = len(run_tasks), [0]
         phase = "train" if any(t[0] == "train" for t in run_tasks) else "evaluate"
 
-        def got(r: TaskResult) -> None:
-            done[0] += 1
-            if self.on_progress is not None:
-                self.on_progress(phase, done[0], total)
+        sim = [0.0]
 
-        t0 = time.perf_counter()
-        results = self.engine.run(payloads, run_tasks, self.run_key, got)
-        wall = time.perf_counter() - t0
-        sim = 0.0
-        for r in results:
+        def got(r: TaskResult) -> None:  # replies are built while other devices still run
             m = by_device[(r.kind, r.device)]
             if r.error is not None:
                 status = "error"
                 self._reply_error(m, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, r.error)
             elif r.kind == "train" and not r.metrics.get("trained"):
                 status = "cap-exceeded" if r.metrics.get("cap-exceeded") else "no-data"
-                self._reply_error(m, ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
-                                  f"MemoryCapExceeded: device {r.device} cannot train within its "
-                                  f"RAM cap: needs {int(r.metrics.get('needed-bytes', -1)):,} bytes "
-                                  f"but the cap is {int(r.metrics.get('ram-cap', -1)):,} bytes"
-                                  if status == "cap-exceeded" else f"device {r.device} has no data")
+                needed = int(r.metrics.get("needed-bytes", -1))
+                cap = int(r.metrics.get("ram-cap", -1))
+                reason = (f"MemoryCapExceeded: device {r.device} cannot train within its RAM cap: "
+                          f"needs {needed:,} bytes but the cap is {cap:,} bytes"
+                          if status == "cap-exceeded" else f"device {r.device} has no data")
+                self._reply_error(m, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason)
             else:
                 status = "ok"
-                self._replies[m.metadata.message_id] = Message(
-                    reply_content(r.shared if r.kind == "train" else None, r.metrics), reply_to=m)
+                self._replies[m.metadata.message_id] = Message(_content(r), reply_to=m)
             rec = self._record(r.kind, rnd, r.device, status, r.metrics, r.error)
             if r.kind == "train" and status == "ok":
-                sim = max(sim, rec["sim_seconds"])
+                sim[0] = max(sim[0], rec["sim_seconds"])
             records.append(rec)
+            done[0] += 1
+            if self.on_progress is not None:
+                self.on_progress(phase, done[0], total)
+
+        t0 = time.perf_counter()
+        self.engine.run(payloads, run_tasks, self.run_key, got)
+        wall = time.perf_counter() - t0
         if phase == "train":
             self.rounds.append({"round": rnd, "devices": total, "wall_seconds": wall,
-                                "sim_seconds": sim,
+                                "sim_seconds": sim[0],
                                 "ok": sum(1 for r in records if r["status"] == "ok")})
         if self.on_record is not None:
             for rec in records:

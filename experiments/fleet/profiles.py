@@ -103,7 +103,8 @@ def draw_profiles(n: int, cfg: dict[str, Any] | None = None, seed: int = 0) -> l
         out.append(DeviceProfile(
             index=i, ram_cap=cap, speed=float(max(speed[i], 1e-3)), availability=float(avail[i]),
             dropout=float(drop[i]),
-            batch_size=int(cfg["small_batch_size"]) if is_small and cfg.get("small_batch_size") else None,
+            batch_size=(int(cfg["small_batch_size"])
+                        if is_small and cfg.get("small_batch_size") else None),
             freeze=str(cfg.get("small_freeze", "")) if is_small else "",
             fallbacks=str(cfg.get("fallbacks", "")), swap=str(cfg.get("swap", "auto"))))
     return out

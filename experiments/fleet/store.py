@@ -28,7 +28,8 @@ def write_store(fleet: Any, path: str) -> dict[str, Any]:
         for d in fleet.devices:
             entry: dict[str, Any] = {"id": d.device_id}
             for s in SPLITS:
-                a = np.ascontiguousarray(getattr(d, s), dtype=np.float32 if s[0] == "x" else np.int64)
+                dtype = np.float32 if s[0] == "x" else np.int64
+                a = np.ascontiguousarray(getattr(d, s), dtype=dtype)
                 files[s].write(a.tobytes())
                 entry[s] = [offsets[s], list(a.shape)]
                 offsets[s] += a.nbytes

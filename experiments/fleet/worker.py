@@ -10,7 +10,8 @@ imports only device_runtime (never flwr), warms up the kernels, and answers task
   goes over the device's cap (a watchdog on top of the runtime's own cap checks);
 - ``("payload", pid, shared, config)``: the shared weights and config of a message;
 - ``("tasks", [(task_id, kind, device, pid, settings, run_key), ...])``: run them;
-  one ``("result", task_id, shared_out | None, metrics, error | None)`` per task;
+  one ``("result", task_id, shared_out | None, metrics, error | None, detail)`` per task,
+  the shared arrays already serialized as Flower stores them (see :func:`npy_bytes`);
 - ``("reset", run_key)`` (forget the run's device states), ``("stop",)``.
 
 Device state (personal layers, Ditto's model, optimizer state) is kept in one file per
@@ -62,6 +63,21 @@ def _trim() -> None:
 
 
 _TRIM: Any = None
+
+
+def npy_bytes(arrays: dict) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
+    """Arrays as ``(dtype, shape, .npy bytes)``: what a Flower ``Array`` holds, made here in
+    the worker (in parallel) rather than in the engine's single server process."""
+    import io
+
+    import numpy as np
+
+    out = {}
+    for k, a in arrays.items():
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+        out[k] = (str(a.dtype), tuple(int(d) for d in a.shape), buf.getvalue())
+    return out
 
 
 def _run_one(kind: str, state: Any, shared: dict, config: dict) -> tuple[Any, dict, Any]:
@@ -121,7 +137,7 @@ class Worker:
             self.save_state(run_key, device, new_state)
         del state, new_state
         _trim()
-        return ("result", task_id, out, metrics, None, None)
+        return ("result", task_id, None if out is None else npy_bytes(out), metrics, None, None)
 
     def _forked(self, kind: str, state: Any, shared: dict, config: dict) -> tuple[Any, dict, Any]:
         """Run in a child forked from this warm process; kill it if it goes over its cap.

@@ -39,17 +39,19 @@ def render(summary: dict[str, Any], plots: list[str]) -> str:
               f"- model: {cfg['model_summary']}",
               f"- rounds: {cfg['rounds']}, fraction of devices trained per round: "
               f"{cfg['fraction_train']}, local epochs: {cfg['local_epochs']}, seed {cfg['seed']}",
-              f"- fleet engine: {timing['workers']} warm workers ({timing['isolation']} isolation), "
+              f"- fleet engine: {timing['workers']} warm workers "
+              f"({timing['isolation']} isolation), "
               f"start-up {timing['startup_seconds']:.2f} s, total {timing['total_seconds']:.1f} s",
               f"- RAM caps: {fleet['caps']}; devices unable to train within their cap: "
               f"{fleet['unable_to_train']}", ""]
     lines += ["## Personalized accuracy on each device's own test split (final round, %)", "",
               *accuracy_table(summary), "",
-              "Statistics are over all devices; a device whose RAM cap is below what the "
-              "runtime needs never trains, so with local-only, FedPer, FedRep or LG-FedAvg it "
-              "keeps an untrained personal part, while FedAvg still gives it the global model. "
-              "*better than FedAvg on*: among devices that could train, the share whose own "
-              "accuracy is higher than with FedAvg's global model (ties are not better).", ""]
+              "Statistics are over the devices that could run the runtime at the end (a device "
+              "whose RAM cap is below the runtime's own size can neither train nor evaluate; "
+              "such devices are counted above as unable to train). *mean, devices that "
+              "trained*: devices that trained at least once with this algorithm. *better than "
+              "FedAvg on*: among devices that could train, the share whose own accuracy is "
+              "higher than with FedAvg's global model (ties are not better).", ""]
     for p in plots:
         lines += [f"![{p}]({p})", ""]
     lines += ["## Per algorithm", ""]

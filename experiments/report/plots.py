@@ -66,7 +66,8 @@ def memory_vs_cap(devices: list[dict[str, Any]], path: str) -> str:
           if d.get("ram_cap") and d.get("peak_rss") and d.get("trained")
           and not d.get("cap_failures")]
     some = [(d["ram_cap"] / MIB, d["peak_rss"] / MIB) for d in devices
-            if d.get("ram_cap") and d.get("peak_rss") and d.get("trained") and d.get("cap_failures")]
+            if d.get("ram_cap") and d.get("peak_rss") and d.get("trained")
+            and d.get("cap_failures")]
     bad = [(d["ram_cap"] / MIB, (d.get("peak_rss") or d["ram_cap"]) / MIB) for d in devices
            if d.get("ram_cap") and not d.get("trained")]
     if ok:
