@@ -186,3 +186,12 @@ def test_importing_device_runtime_never_imports_flower():
             "sorted(m for m in sys.modules if m.startswith('flwr'))[:5]\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_frozen_backbone_sends_it_back_unchanged():
+    # a small device may train only the head (settings.freeze): the body goes back as it came
+    shared = _shared(_cfg())
+    out, metrics, _ = run_device(_state(freeze="fc1"), shared, _cfg())
+    np.testing.assert_array_equal(out["fc1:weight"], shared["fc1:weight"])
+    assert not np.allclose(out["fc2:weight"], shared["fc2:weight"])
+    assert metrics["trained"] == 1
