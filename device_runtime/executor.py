@@ -360,7 +360,7 @@ class Executor:
                 for w in lay.weights:
                     if w.trainable:
                         key = f"{lay.name}:{w.name}"
-                        prog.append((self.optimizer.update,
+                        prog.append((self.optimizer.apply,
                                      (key, lay.w[w.name].reshape(-1), lay.g[w.name].reshape(-1))))
         prog.extend(post.get(last, []))
         self.program = prog
@@ -370,7 +370,7 @@ class Executor:
         opt, prefix = self.optimizer, lay.name + ":"
 
         def apply(wname: str, start: int, w: np.ndarray, g: np.ndarray) -> None:
-            opt.update(prefix + wname, w, g, start)
+            opt.apply(prefix + wname, w, g, start)
         return apply
 
     # ------------------------------------------------------------------ running

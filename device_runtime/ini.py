@@ -27,7 +27,6 @@ from .layers import create_layer
 from .layers.base import parse_bool
 from .model import LayerSpec, Model
 from .optimizers import Schedule
-from .regularizers import RegularizedModel
 
 _TYPE_ALIASES = {"output": "identity"}
 _MODEL_KEYS = {"type", "epochs", "loss", "batch_size", "save_path", "learning_rate", "optimizer",
@@ -65,7 +64,7 @@ class IniModel:
 
     def build(self, seed: int = 0) -> Model:
         """A model with fresh weights; layers' L2 properties apply once compiled."""
-        return RegularizedModel(self.layers, loss=self.loss, seed=seed, name=self.name)
+        return Model(self.layers, loss=self.loss, seed=seed, name=self.name)
 
     def load_data(self, split: str, model: Model) -> tuple[np.ndarray, np.ndarray]:
         """Read the ``train``/``valid``/``test`` set; one-hot labels become class ids

@@ -164,6 +164,9 @@ class Model:
             else optimizer
         trainable = [(k, p.size) for k, p in self.weights.params.items() if p.trainable]
         self.optimizer.init_state(trainable)
+        from .regularizers import param_decays
+
+        self.optimizer.param_decay = param_decays(self)
         self.close()
         self._train = None
         self._infer = {}
@@ -278,8 +281,12 @@ class Model:
     # ------------------------------------------------------------------ training
     def fit(self, x: np.ndarray, y: np.ndarray, epochs: int = 1, steps: int | None = None,
             shuffle: bool = True, seed: int = 0,
-            callback: Callable[[int, float], None] | None = None) -> History:
-        """Train; batches of ``batch_size`` (a last partial batch is dropped)."""
+            callback: Callable[[int, float], None] | None = None,
+            start_epoch: int = 0) -> History:
+        """Train; batches of ``batch_size`` (a last partial batch is dropped).
+
+        ``start_epoch`` resumes a run that used the same ``seed``: the shuffles of the
+        epochs already trained are replayed so batches are the same as uninterrupted."""
         xs = self.prepare_x(x)
         ys, kind = self.prepare_y(y, xs.shape[0])
         self._use_labels(kind)
@@ -297,6 +304,9 @@ class Model:
         ex.set_source(xs, ys)
         rng = np.random.default_rng(seed)
         perm = np.arange(n, dtype=np.int64)
+        if shuffle:
+            for _ in range(start_epoch):
+                rng.shuffle(perm)
         hist = History()
         guard = None
         if self.ram_cap is not None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .kernels import optim as K
+from .kernels.regularize import l2_add
 
 
 @dataclass
@@ -64,6 +65,8 @@ class Optimizer:
         self.iteration = 0
         self.state_buffer = np.zeros(0, np.float32)
         self._state: dict[str, list[np.ndarray]] = {}
+        # per-parameter L2 terms from layer properties (device_runtime/regularizers.py)
+        self.param_decay: dict[str, float] = {}
 
     def init_state(self, params: list[tuple[str, int]]) -> None:
         """Allocate state for (key, size) parameters; keeps existing values for known keys."""
@@ -90,6 +93,13 @@ class Optimizer:
 
     def end_step(self) -> None:
         self.iteration += 1
+
+    def apply(self, key: str, w: np.ndarray, g: np.ndarray, start: int = 0) -> None:
+        """What the executor calls: the parameter's own L2 term, then :meth:`update`."""
+        c = self.param_decay.get(key)
+        if c:  # g is this step's gradient (block): nothing reads it afterwards
+            l2_add(g, w, c)
+        self.update(key, w, g, start)
 
     def update(self, key: str, w: np.ndarray, g: np.ndarray, start: int = 0) -> None:
         """Update ``w`` (flat) with gradient ``g``; ``start`` is the element offset of this
@@ -217,7 +227,7 @@ class Accumulator(Optimizer):
     def flush(self, weights: dict[str, np.ndarray]) -> None:
         """Apply the accumulated mean gradient with the real optimizer, then clear it."""
         for key, g in self.acc.items():
-            self.inner.update(key, weights[key], g, 0)
+            self.inner.apply(key, weights[key], g, 0)
         self.buffer.fill(0.0)
 
 

@@ -5,27 +5,21 @@ adds ``c * w`` to the gradient of the layer's weights (not its biases), as NNTra
 L2 regulariser does; ``weight_decay = c`` and ``bias_decay = c`` add ``c * w`` to the
 weights' or biases' gradients. The loss value reported does not include the penalty.
 
-The optimizers know one global ``weight_decay``; until they take per-parameter
-coefficients, :class:`RegularizedModel` wraps the compiled optimizer's ``update`` so the
-term is added to each gradient (block) just before the update reads it.
+``Model.compile`` hands these coefficients to the optimizer (``Optimizer.param_decay``),
+which adds the term to each gradient (block) just before it updates the weights.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
-import numpy as np
+from typing import Any
 
 from .errors import ModelError
-from .kernels.regularize import l2_add
 from .layers.base import parse_float
-from .model import Model
-from .optimizers import Optimizer
 
 _NORM_PARAMS = frozenset({"gamma", "beta", "moving_mean", "moving_variance"})
 
 
-def param_decays(model: Model) -> dict[str, float]:
+def param_decays(model: Any) -> dict[str, float]:
     """``{"layer:param": c}`` for every trainable parameter with an L2 term."""
     props = {s.name.lower(): {str(k).lower(): v for k, v in s.props.items()} for s in model.specs}
     out: dict[str, float] = {}
@@ -52,29 +46,3 @@ def param_decays(model: Model) -> dict[str, float]:
         if c:
             out[key] = c
     return out
-
-
-def install(optimizer: Optimizer, decays: dict[str, float]) -> None:
-    """Make ``optimizer.update`` add ``c * w`` to the gradient of each listed parameter."""
-    if not decays:
-        return
-    base: Callable[..., None] = type(optimizer).update.__get__(optimizer)
-
-    def update(key: str, w: np.ndarray, g: np.ndarray, start: int = 0) -> None:
-        c = decays.get(key)
-        if c:
-            l2_add(g, w, c)  # g is this step's gradient (block): nothing reads it after
-        base(key, w, g, start)
-
-    optimizer.update = update  # type: ignore[method-assign]
-
-
-class RegularizedModel(Model):
-    """A :class:`Model` whose layers' L2 properties take effect at ``compile``."""
-
-    def compile(self, *args: Any, **kwargs: Any) -> "RegularizedModel":
-        super().compile(*args, **kwargs)
-        self.param_decay = param_decays(self)
-        assert self.optimizer is not None
-        install(self.optimizer, self.param_decay)
-        return self

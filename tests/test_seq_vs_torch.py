@@ -1,7 +1,7 @@
 """The issue-5 layers against PyTorch: same weights, same data, same loss (MSE).
 
-Each case is ``input -> fully_connected "pre" -> layer under test [-> ...]`` with an
-MSE loss. The layer's own weight gradients are compared directly; the derivative it
+Each case is ``input -> fully_connected "pre" -> layer under test [-> ...]`` with an MSE
+loss (embedding: ids in, a fully connected head after). The layer's own weight gradients are compared directly; the derivative it
 passes upstream is compared through ``pre``'s weight gradient (``x^T @ dx``), so a wrong
 ``calc_derivative`` shows up too. The forward output is compared as well.
 

@@ -10,7 +10,7 @@ from .attention import Attention, MultiHeadAttention
 from .base import AG, CD, CG, F, Layer
 from .conv import Conv2D
 from .conv1d import Conv1D
-from .core import Dropout, Flatten, FullyConnected, Input, Reshape
+from .core import Dropout, Flatten, FullyConnected, Identity, Input, Reshape
 from .embedding import Embedding
 from .layer_norm import LayerNormalization
 from .loss import LOSS_ALIASES, LOSSES, CrossEntropySigmoid, CrossEntropySoftmax, Loss, MSE
@@ -19,7 +19,7 @@ from .norm import BatchNormalization
 from .pooling import Pooling2D
 from .positional_encoding import PositionalEncoding
 from .sequence import GRU, LSTM, RNN
-from .shape_ops import Identity, Permute, Split, Upsample2D
+from .shape_ops import Permute, Split, Upsample2D
 
 LAYER_TYPES: dict[str, type[Layer]] = {
     cls.type: cls

@@ -152,6 +152,9 @@ class Reshape(_View):
 class Identity(_View):
     type = "identity"
 
+    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+        return [in_shapes[0]]
+
 
 class Dropout(Layer):
     """Inverted dropout; the mask is a uint8 tensor saved for backward."""

@@ -14,7 +14,6 @@ import numpy as np
 
 from ..kernels import upsample as K
 from .base import Layer, Shape, parse_ints
-from .core import Identity as _CoreIdentity
 
 # Without split_number the output count is the input's size along the axis, known only
 # at finalize; the graph looks for readers of this many outputs before that.
@@ -163,9 +162,3 @@ class Upsample2D(Layer):
 
 
 
-class Identity(_CoreIdentity):
-    """The output is the input (a view). ``core.Identity`` has no ``finalize`` yet; this
-    subclass supplies it until core.py does (then it can go)."""
-
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
-        return [in_shapes[0]]
