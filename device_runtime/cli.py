@@ -102,6 +102,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         model.load_weights(args.init)
     if args.data:
         x, y = load_dataset(args.data)
+    elif ini is not None and "train" in ini.datasets:  # the INI's own [train_set]
+        x, y = ini.load_data("train", model)
     else:
         classes = int(np.prod(model.output_shape))
         x, y = synthetic_classification(model.input_shape, classes, args.samples, seed=args.seed)

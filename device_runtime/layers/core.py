@@ -36,8 +36,34 @@ class Input(Layer):
             raise self.fail(f"input_shape {raw!r} has a non-positive dimension")
         return [(self.batch, *shape)]
 
+    def bind(self) -> None:
+        # NNTrainer: normalization scales each sample to [0, 1], standardization to zero
+        # mean and unit variance; done in place on the fed batch.
+        from .base import parse_bool
+
+        self.normalize = parse_bool(self.name, "normalization", self.prop("normalization", False))
+        self.standardize = parse_bool(self.name, "standardization",
+                                      self.prop("standardization", False))
+        y = self.io.y[0]
+        self.rows = y.reshape(y.shape[0], -1)
+        self.a = np.empty((y.shape[0], 1), np.float32)  # per-sample statistics (tiny)
+        self.b = np.empty((y.shape[0], 1), np.float32)
+
     def forward(self, training: bool) -> None:
-        pass  # data is copied in by the executor
+        r, a, b = self.rows, self.a, self.b  # data was copied in by the executor
+        if self.normalize:
+            np.min(r, axis=1, keepdims=True, out=a)
+            np.max(r, axis=1, keepdims=True, out=b)
+            np.subtract(b, a, out=b)
+            np.maximum(b, np.float32(1e-12), out=b)
+            np.subtract(r, a, out=r)
+            np.divide(r, b, out=r)
+        if self.standardize:
+            np.mean(r, axis=1, keepdims=True, out=a)
+            np.subtract(r, a, out=r)
+            np.std(r, axis=1, keepdims=True, out=b)
+            np.maximum(b, np.float32(1e-12), out=b)
+            np.divide(r, b, out=r)
 
 
 class FullyConnected(Layer):
