@@ -25,7 +25,7 @@ from .graph import Graph, Node
 from .layers.base import AG, CD, CG, F
 from .layers.core import Input
 from .layers.loss import Loss
-from .swap import PAGE, SwapDevice, SwapSlot, find_slot, stretches
+from .swap import PAGE, SwapDevice, SwapSlot, find_slots, stretches
 from .weights import WeightStore
 
 POISON = os.environ.get("NNFLEET_POISON", "") == "1"
@@ -71,8 +71,8 @@ class Executor:
         elif swap in ("off", None, False):
             chosen = []
         else:
-            want = set(swap)
-            chosen = [c for c in self.candidates if c.group in want]
+            want = {tuple(w) for w in swap}  # (group, out_after) of each chosen gap
+            chosen = [c for c in self.candidates if (c.group, c.out_after) in want]
         self.slots = chosen
         self.plan, self.intervals = self.layout(chosen)
         self.lower_bound = P.lower_bound(self.sizes, self.intervals, self.alignment)
@@ -165,6 +165,12 @@ class Executor:
     def _alias_in_place(self) -> None:
         for node in self.graph.nodes:
             lay = node.layer
+            if lay.in_place == "no" and getattr(lay, "grad_in_place", False) and node.inputs:
+                # output kept apart, but the input derivative may overwrite the output's
+                dx, dy = self.dout_rec[node.inputs[0]], self.dout_rec[(node.name, 0)]
+                if dx is not None and dy is not None and \
+                        self.records[dx].nbytes == self.records[dy].nbytes:
+                    self._union(dx, dy)
             if lay.in_place == "no" or not node.inputs:
                 continue
             xi = self.out_rec[node.inputs[0]]
@@ -231,11 +237,12 @@ class Executor:
                 need, chain, _ = cands[g]
                 for node in chain:
                     for p in {gof(r) for r in node.inputs} - {g}:
-                        if p in cands:
-                            if cands[p][0] > need:  # rebuild that one first, same order
-                                cands[p][0] = need
-                                changed = True
-                        elif not self.hulls[p][0] <= need < self.hulls[p][1]:
+                        # a replay may read only what is in memory then: a kept block
+                        # alive at that order, or a rebuilt one already rebuilt (pulling
+                        # its rebuild earlier would cascade down a whole residual stage)
+                        alive = cands[p][0] <= need if p in cands else \
+                            self.hulls[p][0] <= need < self.hulls[p][1]
+                        if not alive:
                             del cands[g]
                             changed = True
                             break
@@ -257,17 +264,17 @@ class Executor:
         out = []
         for g, u in enumerate(self.group_uses):
             if self.sizes[g] >= min_bytes and g not in self.recomputed:
-                slot = find_slot(g, u, self.lookahead)
-                if slot is not None:
-                    out.append(slot)
+                out.extend(find_slots(g, u, self.lookahead))
         out.sort(key=lambda s: -(s.read_at - s.write_done) * self.sizes[s.group])
         return out
 
     def layout(self, slots: list[SwapSlot]) -> tuple[P.Plan, list[Any]]:
         """Plan with these blocks swapped (two stretches each, page-aligned for O_DIRECT)."""
-        by_group = {s.group: s for s in slots}
+        by_group: dict[int, list[SwapSlot]] = {}
+        for slot in slots:
+            by_group.setdefault(slot.group, []).append(slot)
         intervals = [self.recomputed[g][2] if g in self.recomputed else
-                     stretches(u, by_group.get(g)) for g, u in enumerate(self.group_uses)]
+                     stretches(u, by_group.get(g, [])) for g, u in enumerate(self.group_uses)]
         self.alignment = PAGE if slots else 64
         return P.plan_layout(self.sizes, intervals, self.strategy, self.alignment), intervals
 

@@ -40,20 +40,25 @@ class SwapSlot:
     nbytes: int = 0
 
 
-def find_slot(group: int, uses: list[int], lookahead: int) -> SwapSlot | None:
-    """The widest gap between consecutive uses, if swapping across it frees any order."""
-    best: SwapSlot | None = None
+def find_slots(group: int, uses: list[int], lookahead: int) -> list[SwapSlot]:
+    """Every gap between consecutive uses that swapping across frees at least one order
+    (a block read back for one use can go out again before a much later one)."""
+    out = []
     for a, b in zip(uses, uses[1:]):
         done, start = a + WRITE_SLACK, b - lookahead  # lookahead 0: read right before use
-        if start > done and (best is None or start - done > best.read_at - best.write_done):
-            best = SwapSlot(group, a, done, start, b)
-    return best
+        if start > done:
+            out.append(SwapSlot(group, a, done, start, b))
+    return out
 
 
-def stretches(uses: list[int], slot: SwapSlot | None) -> list[tuple[int, int]]:
-    if slot is None:
-        return [(uses[0], uses[-1] + 1)]
-    return [(uses[0], slot.write_done), (slot.read_at, uses[-1] + 1)]
+def stretches(uses: list[int], slots: list[SwapSlot]) -> list[tuple[int, int]]:
+    """The orders a block is in memory: from its first use to its last, minus its gaps."""
+    out, begin = [], uses[0]
+    for slot in sorted(slots, key=lambda s: s.out_after):
+        out.append((begin, slot.write_done))
+        begin = slot.read_at
+    out.append((begin, uses[-1] + 1))
+    return out
 
 
 def default_swap_dir() -> str:

@@ -69,9 +69,19 @@ def test_in_place_activation_and_batchnorm_share_memory():
     m.compile(batch_size=2)
     ex = m.train_executor
     group = {r.name: ex._find(i) for i, r in enumerate(ex.records)}
-    # conv -> bn -> relu all in one block; the derivative chain likewise.
-    assert group["conv0:out0"] == group["bn0:out0"] == group["bn0/activation_realized:out0"]
-    assert group["bn0:dout0"] == group["bn0/activation_realized:dout0"]
+    # bn -> relu in one block (batch-norm keeps its input and recomputes its output
+    # before backward); the derivative chain is in place all the way to the conv.
+    assert group["bn0:out0"] == group["bn0/activation_realized:out0"]
+    assert group["conv0:out0"] != group["bn0:out0"]
+    assert group["conv0:dout0"] == group["bn0:dout0"] == group["bn0/activation_realized:dout0"]
+    assert ex.group_of[group["bn0:out0"]] in ex.recomputed
+    # without recompute, batch-norm writes its output over the conv output
+    m2 = dr.build("resnet18")
+    m2.recompute = False
+    m2.compile(batch_size=2)
+    ex2 = m2.train_executor
+    g2 = {r.name: ex2._find(i) for i, r in enumerate(ex2.records)}
+    assert g2["conv0:out0"] == g2["bn0:out0"] == g2["bn0/activation_realized:out0"]
     # flatten is a view of its input
     assert group["avgpool:out0"] == group["avgpool/flatten_realized:out0"]
 

@@ -139,7 +139,7 @@ def test_frozen_backbone_keeps_no_activations():
     assert m.optimizer.state_bytes == 0  # plain SGD; only fc is trainable anyway
     full = dr.build("resnet18")
     full.compile(batch_size=32, optimizer="sgd", lr=0.01)
-    assert m.plan()["pool_bytes"] < full.plan()["pool_bytes"] / 4
+    assert m.plan()["pool_bytes"] < full.plan()["pool_bytes"] / 3
     x, y = synthetic_classification(m.input_shape, 10, 64)
     before = m.get_weights()
     m.fit(x, y, steps=3)

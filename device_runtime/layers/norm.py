@@ -47,6 +47,7 @@ class BatchNormalization(Layer):
         self.recompute = bool(getattr(self, "recompute", False))
         if self.recompute:
             self.in_place = "no"  # type: ignore[misc]
+            self.grad_in_place = True  # dx still overwrites dy (the kernel allows it)
             self.input_needed = frozenset({CD})
             self.request_tensor("mean", (c,), {F, CG, CD})
         else:
