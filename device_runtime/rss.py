@@ -16,6 +16,20 @@ import psutil
 _PROC = psutil.Process()
 
 
+def _renew() -> None:
+    """After fork, measure the child, not the parent."""
+    global _PROC
+    _PROC = psutil.Process()
+
+
+os.register_at_fork(after_in_child=_renew)
+
+
+def process() -> psutil.Process:
+    """This process (a fresh handle after a fork)."""
+    return _PROC
+
+
 def current_rss() -> int:
     """Resident set size of this process now, in bytes."""
     return int(_PROC.memory_info().rss)
