@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import MemoryCapExceeded
-from .executor import Executor
+from .stepplan import StepPlan
 from .swap import SwapSlot
 
 # What no plan describes once the model is warmed up (Python objects, allocator slack):
@@ -42,7 +42,7 @@ def fit_to_cap(make_graph: Callable[[int], Any], weights: Any, planner: str, bat
     for b in _divisors_desc(batch):
         extra = state_bytes + (accum_bytes if b < batch else 0)
         budget = cap - baseline - extra - margin
-        ex = Executor(make_graph(b), weights, planner, lookahead=lookahead, allocate=False)
+        ex = StepPlan(make_graph(b), planner, lookahead=lookahead)
         if swap == "on":
             choices = [ex.candidates]
         elif swap == "auto":
@@ -67,7 +67,7 @@ def fit_to_cap(make_graph: Callable[[int], Any], weights: Any, planner: str, bat
                f"swap={swap}); raise the cap or use a smaller model or a frozen backbone")
 
 
-def _fewest_slots(ex: Executor, cands: list[SwapSlot], budget: int) -> list[SwapSlot]:
+def _fewest_slots(ex: StepPlan, cands: list[SwapSlot], budget: int) -> list[SwapSlot]:
     """Smallest prefix of the candidates (most bytes x idle orders first) that fits."""
     lo, hi = 1, len(cands)
     while lo < hi:

@@ -392,6 +392,7 @@ class Model:
             "swap_blocks": len(ex.slots) if ex is not None else 0,
             "swap_bytes_written": dev.bytes_written if dev else 0,
             "swap_bytes_read": dev.bytes_read if dev else 0,
+            "swap_wait_seconds": dev.wait_seconds if dev else 0.0,
             "swap_direct_io": bool(dev.direct) if dev else None,
             "guard_seconds": getattr(self, "guard_overhead", 0.0),
         }

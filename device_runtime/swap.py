@@ -19,6 +19,7 @@ import os
 import queue
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,6 +88,7 @@ class SwapDevice:
         os.ftruncate(self.fd, max(nbytes, PAGE))
         self.bytes_written = 0
         self.bytes_read = 0
+        self.wait_seconds = 0.0  # training thread blocked on I/O: what prefetch should hide
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="nnfleet-swap", daemon=True)
@@ -134,7 +136,10 @@ class SwapDevice:
         self._jobs.put((kind, view, off, event))
 
     def wait(self, event: threading.Event) -> None:
-        event.wait()
+        if not event.is_set():
+            t0 = time.perf_counter()
+            event.wait()
+            self.wait_seconds += time.perf_counter() - t0
         if self._error is not None:
             err, self._error = self._error, None
             raise OSError(f"swap I/O failed: {err}") from err

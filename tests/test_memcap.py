@@ -173,3 +173,25 @@ def test_swap_dir_mode(tmp_path):
     target = tmp_path / "swapdir"
     SwapDevice(4096, str(target)).close()
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o700
+
+
+@pytest.mark.parametrize("lookahead", [0, 1, 3])
+def test_swap_every_candidate_is_bit_identical(lookahead, monkeypatch, tmp_path):
+    # Every swap candidate swapped, on a poisoned pool: a block read back too late (or not
+    # at all) would show up as NaN or as different weights.
+    monkeypatch.setattr("device_runtime.executor.POISON", True)
+    x, y = synthetic_classification((3, 32, 32), 10, 8, seed=4)
+    out = {}
+    for swap in ("off", "on"):
+        m = dr.build("resnet18", seed=3)
+        m.compile(batch_size=4, optimizer="sgd", lr=0.05, momentum=0.9, swap=swap,
+                  lookahead=lookahead, swap_dir=str(tmp_path))
+        h = m.fit(x, y, steps=3, seed=5)
+        assert np.all(np.isfinite(h.losses))
+        out[swap] = m.get_weights()
+        if swap == "on":
+            r = m.memory_report()
+            assert r["swap_bytes_read"] == r["swap_bytes_written"] > 0
+        m.close()
+    for k in out["off"]:
+        assert np.array_equal(out["off"][k], out["on"][k]), k

@@ -3,8 +3,9 @@
 For each model (batch 32 by default) it first trains unswapped to measure the baseline
 RSS and working set, then sweeps the cap from "fits without swap" down by steps of the
 working set until the run is refused, each run in a fresh process (``nnfleet train
---ram-cap``). At the smallest cap that trains, the same run is repeated with prefetch
-lookahead 0 (read when needed, no overlap), the default 3, and 8, side by side.
+--ram-cap``). Then the run with every swap candidate swapped is repeated with prefetch lookahead 0
+(read when needed, no overlap), the default 3, and 8, side by side, with the time the
+training thread spent blocked on swap I/O.
 Prints a table with ratios and writes a PNG plot.
 """
 
@@ -54,8 +55,7 @@ def sweep(model: str, steps: int, batch: int, fractions: list[float]) -> dict[st
     prefetch = []
     if smallest is not None:
         for la in (0, 3, 8):
-            r = _train(model, steps, batch, ["--ram-cap", str(smallest), "--swap", "on",
-                                             "--lookahead", str(la)])
+            r = _train(model, steps, batch, ["--swap", "on", "--lookahead", str(la)])
             prefetch.append({"lookahead": la, **r})
     return {"model": model, "baseline": base, "working_set": ws, "ref": ref, "rows": rows,
             "prefetch": prefetch}
@@ -72,7 +72,8 @@ def _fmt(r: dict[str, Any], ref: dict[str, Any]) -> str:
             f"pool {r['pool_bytes'] / MiB:6.1f}  swap/step {r.get('swap_bytes_written', 0) / max(r['steps'], 1) / MiB:6.1f} MiB  "
             f"micro {r.get('micro_batch', '-')}  step {step:7.1f} ms  "
             f"x{step / (ref['step_seconds_median'] * 1e3):.2f} of unswapped  "
-            f"guard {100 * r.get('guard_seconds', 0) / max(r.get('wall_seconds', 1), 1e-9):.2f}% of wall")
+            f"guard {100 * r.get('guard_seconds', 0) / max(r.get('wall_seconds', 1), 1e-9):.2f}% of wall  "
+            f"I/O stall {1e3 * r.get('swap_wait_seconds', 0) / max(r['steps'], 1):6.1f} ms/step")
 
 
 def plot(results: list[dict[str, Any]], path: str) -> str | None:
@@ -126,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  lookahead {r['lookahead']}      " + _fmt(r, ref))
         pf = {r["lookahead"]: r for r in res["prefetch"] if r["returncode"] == 0}
         if 0 in pf and 3 in pf:
-            print(f"  prefetch: lookahead 3 step / no-prefetch step = "
-                  f"{pf[3]['step_seconds_median'] / pf[0]['step_seconds_median']:.2f}")
+            stall = {k: 1e3 * v.get("swap_wait_seconds", 0) / max(v["steps"], 1) for k, v in pf.items()}
+            print(f"  prefetch (every candidate swapped, no cap): lookahead 3 step / no-prefetch "
+                  f"step = {pf[3]['step_seconds_median'] / pf[0]['step_seconds_median']:.2f}; "
+                  f"I/O stall {stall[0]:.1f} ms/step without prefetch, {stall[3]:.1f} with "
+                  f"lookahead 3, {stall.get(8, float('nan')):.1f} with 8")
     png = plot(results, a.png)
     print(f"plot: {png}" if png else "plot: matplotlib not installed (pip install nnfleet[plot])")
     if a.json:
