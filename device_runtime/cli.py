@@ -107,6 +107,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         classes = int(np.prod(model.output_shape))
         x, y = synthetic_classification(model.input_shape, classes, args.samples, seed=args.seed)
+        vocab = [int(s.props["in_dim"]) for s in model.specs
+                 if s.type.lower() == "embedding" and "in_dim" in s.props]
+        if vocab:  # an embedding reads ids: make the generated inputs valid ids
+            x = np.random.default_rng(args.seed).integers(0, min(vocab), x.shape).astype(np.float32)
+        if model.loss_name != "cross_softmax":  # mse / sigmoid cross-entropy: float targets
+            y = (np.eye(classes, dtype=np.float32)[y % classes] if classes > 1
+                 else (y % 2).astype(np.float32)[:, None])
         print(f"no --data: {args.samples} generated samples of shape {tuple(model.input_shape)}, "
               f"{classes} classes")
     batch = args.batch_size or (ini.batch_size if ini and ini.batch_size else 32)
