@@ -20,13 +20,13 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from typing import Any
 
 import numpy as np
 
 from .errors import ConfigError, DataError
 from .model import Model
+from .weights import atomic_write
 
 MAGIC = b"NNFLCKPT"
 VERSION = 1
@@ -63,32 +63,22 @@ def save_checkpoint(path: str, model: Model, epoch: int, iteration: int) -> None
         "params": [[k, list(p.shape)] for k, p in model.weights.params.items()],
         "optimizer": opt_meta, "layer_state": _layer_state(model), "arrays": table,
     }).encode()
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    if not os.path.isdir(folder):
-        raise DataError(f"cannot write checkpoint {path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".ckpt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            h = hashlib.sha256()
+    def write(f: Any) -> None:
+        h = hashlib.sha256()
 
-            def put(b: bytes | memoryview) -> None:
-                h.update(b)
-                f.write(b)
+        def put(b: bytes | memoryview) -> None:
+            h.update(b)
+            f.write(b)
 
-            put(_PRE.pack(MAGIC, VERSION, len(header)))
-            put(header)
-            for entry in table:
-                a = arrays[entry["name"]]
-                put(memoryview(a.reshape(-1).view(np.uint8)))
-                put(bytes(-a.nbytes % _ALIGN))
-            f.write(h.digest())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        put(_PRE.pack(MAGIC, VERSION, len(header)))
+        put(header)
+        for entry in table:
+            a = arrays[entry["name"]]
+            put(memoryview(a.reshape(-1).view(np.uint8)))
+            put(bytes(-a.nbytes % _ALIGN))
+        f.write(h.digest())
+
+    atomic_write(path, write, ".ckpt")
 
 
 def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -12,6 +12,7 @@ import os
 import tempfile
 import zipfile
 from dataclasses import dataclass
+from typing import BinaryIO, Callable
 
 import numpy as np
 
@@ -101,15 +102,16 @@ class WeightStore:
         self.load_state(load_npz(path), strict=strict, source=path)
 
 
-def save_npz_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to ``path`` via a temporary file in the same folder and a rename."""
+def atomic_write(path: str, write: Callable[[BinaryIO], None], suffix: str = ".tmp") -> None:
+    """Write a file through ``write(f)`` into a temporary file in the same folder, fsync,
+    then rename over ``path``: a crash leaves the old file or the new one, never half."""
     folder = os.path.dirname(os.path.abspath(path)) or "."
     if not os.path.isdir(folder):
         raise DataError(f"cannot write {path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -117,6 +119,11 @@ def save_npz_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_npz_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to ``path`` as ``.npz``, atomically."""
+    atomic_write(path, lambda f: np.savez(f, **arrays), ".npz")
 
 
 def load_npz(path: str) -> dict[str, np.ndarray]:
