@@ -127,13 +127,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     # JIT-compiled kernels are part of the runtime's baseline, not of the step
     model.compile(batch_size=batch, optimizer=name, planner=args.planner, ram_cap=cap,
                   swap=args.swap, lookahead=args.lookahead, **kw)
+    # The baseline is taken at the same point with or without a cap: after the warm-up,
+    # before the step is planned and bound (a capped compile measures it there itself).
     if cap is None:
         model.warm_up()
+        baseline = rss.current_rss()
+    else:
+        baseline = model.baseline_rss
     plan = model.plan()
     steps = args.steps
     epochs = args.epochs if args.epochs is not None else (ini.epochs if ini and ini.epochs and
                                                           steps is None else 1)
-    baseline = rss.current_rss()
     rss.reset_peak()
     every = max(1, (steps or epochs * (len(xs) // batch)) // 10)
 
