@@ -16,14 +16,15 @@ from .stepplan import StepPlan
 from .swap import SwapSlot
 
 # What no plan describes once the model is warmed up (Python objects, allocator slack):
-# measured under 0.1 MiB for vgg16 and resnet18 after Model.warm_up(); 2 MiB leaves room.
-MARGIN_BYTES = int(os.environ.get("NNFLEET_CAP_MARGIN", str(2 << 20)))
+# measured +0.0 to +0.7 MiB over the plan on every row of the memory benchmark.
+MARGIN_BYTES = int(os.environ.get("NNFLEET_CAP_MARGIN", str(1 << 20)))
 
 
 @dataclass
 class Decision:
     batch: int  # micro-batch size (== batch size without accumulation)
     slots: list[SwapSlot] = field(default_factory=list)
+    lookahead: int = 3  # swap prefetch distance that fits (less prefetch when tight)
     pool_bytes: int = 0
     extra_bytes: int = 0  # optimizer state + accumulation buffer
     tried: list[dict[str, Any]] = field(default_factory=list)
@@ -42,25 +43,30 @@ def fit_to_cap(make_graph: Callable[[int], Any], weights: Any, planner: str, bat
     for b in _divisors_desc(batch):
         extra = state_bytes + (accum_bytes if b < batch else 0)
         budget = cap - baseline - extra - margin
-        ex = StepPlan(make_graph(b), planner, lookahead=lookahead)
-        if swap == "on":
-            choices = [ex.candidates]
-        elif swap == "auto":
-            choices = [[], ex.candidates]
-        else:
-            choices = [[]]
-        for slots in choices:
-            pool = ex.layout(slots)[0].pool_bytes
-            tried.append({"micro_batch": b, "swapped_blocks": len(slots), "pool_bytes": pool,
-                          "budget_bytes": budget})
-            need = baseline + extra + margin + pool
-            best_need = need if best_need is None else min(best_need, need)
-            if pool > budget:
-                continue
-            if slots and swap == "auto":
-                slots = _fewest_slots(ex, slots, budget)
+        # with swap, a shorter prefetch (fewer blocks read back early) is tried before
+        # smaller micro-batches: it costs some stall time, not different numbers
+        ahead = [lookahead] if swap == "off" else sorted({lookahead, min(lookahead, 1), 0},
+                                                          reverse=True)
+        for la in ahead:
+            ex = StepPlan(make_graph(b), planner, lookahead=la)
+            if swap == "on":
+                choices = [ex.candidates]
+            elif swap == "auto":
+                choices = [[], ex.candidates] if la == lookahead else [ex.candidates]
+            else:
+                choices = [[]]
+            for slots in choices:
                 pool = ex.layout(slots)[0].pool_bytes
-            return Decision(b, slots, pool, extra, tried)
+                tried.append({"micro_batch": b, "lookahead": la, "swapped_blocks": len(slots),
+                              "pool_bytes": pool, "budget_bytes": budget})
+                need = baseline + extra + margin + pool
+                best_need = need if best_need is None else min(best_need, need)
+                if pool > budget:
+                    continue
+                if slots and swap == "auto":
+                    slots = _fewest_slots(ex, slots, budget)
+                    pool = ex.layout(slots)[0].pool_bytes
+                return Decision(b, slots, la, pool, extra, tried)
     raise MemoryCapExceeded(
         needed=best_need or 0, cap=cap,
         detail=f"no plan fits (baseline {baseline:,} bytes, tried batch {batch} down to 1, "

@@ -188,6 +188,7 @@ class Model:
                            lookahead)
             self.decision = d
             self.micro_batch = d.batch
+            self.lookahead = d.lookahead
             self._swap_groups = [(s.group, s.out_after) for s in d.slots]
         return self
 

@@ -86,3 +86,31 @@ def test_against_torch():
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(dg, gt.grad.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(db, bt.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 13, 1000])
+@pytest.mark.parametrize("slope", [0.0, 0.1])
+def test_relu_bit_mask_kernels(n, slope):
+    # numba vs numpy, and the backward from the bits equals the backward from the output
+    from device_runtime.kernels import activation as A
+    from device_runtime.kernels import bitmask as B
+
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=n).astype(np.float32)
+    x[::5] = 0.0  # the boundary: 0 is not positive
+    y1, y2 = np.empty_like(x), np.empty_like(x)
+    m1, m2 = np.empty((n + 7) // 8, np.uint8), np.empty((n + 7) // 8, np.uint8)
+    B.relu_mask_fwd_numba(x, y1, m1, slope)
+    B.relu_mask_fwd_numpy(x, y2, m2, slope)
+    assert np.array_equal(y1, y2) and np.array_equal(m1, m2)
+    dy = rng.normal(size=n).astype(np.float32)
+    d1, d2 = np.empty_like(x), dy.copy()
+    B.relu_mask_bwd_numba(m1, dy, d1, slope)
+    B.relu_mask_bwd_numpy(m2, d2, d2, slope)  # in place
+    assert np.array_equal(d1, d2)
+    ref = np.empty_like(x)
+    if slope == 0.0:
+        A.relu_bwd(y1, dy, ref)
+    else:
+        A.leaky_relu_bwd(y1, dy, ref, slope)
+    assert np.array_equal(d1, ref)

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import os
+
+import numpy as np
+
 from ..kernels import activation as K
-from .base import CD, Layer, Shape, parse_float
+from ..kernels import bitmask as KB
+from .base import CD, F, Layer, Shape, parse_float
 
 # name -> (forward, backward, backward reads "out" or "in")
 _ACTS = {
@@ -17,6 +23,9 @@ _ACTS = {
 }
 ALIASES = {"silu": "swish", "lrelu": "leaky_relu", "leakyrelu": "leaky_relu"}
 ACTIVATIONS = tuple(sorted(_ACTS))
+# (leaky) ReLU keeps a 1-bit mask for backward instead of its output; results are the
+# same bits either way. NNFLEET_RELU_MASK=0 keeps the output instead.
+MASK_BITS = os.environ.get("NNFLEET_RELU_MASK", "1") != "0"
 
 
 class Activation(Layer):
@@ -37,7 +46,11 @@ class Activation(Layer):
     def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
         (shape,) = in_shapes
         self.slope = parse_float(self.name, "negative_slope", self.prop("negative_slope", 0.01))
-        if self.reads == "out":
+        self.bits = self.act in ("relu", "leaky_relu") and MASK_BITS
+        if self.bits:  # backward needs only the sign: keep it as bits, not the output
+            n = math.prod(shape)
+            self.request_tensor("mask", ((n + 7) // 8,), {F, CD}, np.uint8)
+        elif self.reads == "out":
             self.output_needed = frozenset({CD})
         else:
             self.input_needed = frozenset({CD})
@@ -55,10 +68,14 @@ class Activation(Layer):
             self.xv, self.yv = x.reshape(-1), y.reshape(-1)
             self.dxv = None if dx is None else dx.reshape(-1)
             self.dyv = None if dy is None else dy.reshape(-1)
+        self._slope = self.slope if self.act == "leaky_relu" else 0.0
         self._fwd = getattr(K, f"{self.act}_fwd")
         self._bwd = getattr(K, f"{self.act}_bwd")
 
     def forward(self, training: bool) -> None:
+        if self.bits and "mask" in self.t:
+            KB.relu_mask_fwd(self.xv, self.yv, self.t["mask"], self._slope)
+            return
         if self.act == "leaky_relu":
             self._fwd(self.xv, self.yv, self.slope)
         else:
@@ -71,6 +88,9 @@ class Activation(Layer):
 
     def calc_derivative(self) -> None:
         if self.dxv is None:
+            return
+        if self.bits:
+            KB.relu_mask_bwd(self.t["mask"], self.dyv, self.dxv, self._slope)
             return
         src = self.yv if self.reads == "out" else self.xv
         if self.act == "leaky_relu":
