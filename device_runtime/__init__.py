@@ -8,4 +8,4 @@ from .optimizers import SGD, Adam, AdamW, Schedule, create_optimizer
 
 __all__ = ["Adam", "AdamW", "BUILTINS", "ConfigError", "DataError", "History", "LayerSpec",
            "MemoryCapExceeded", "Model", "ModelError", "NNFleetError", "SGD", "Schedule", "build",
-           "create_optimizer", "layer"]
+           "create_optimizer", "layer", "rss"]

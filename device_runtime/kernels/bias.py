@@ -4,8 +4,6 @@ uses these loops instead."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from ._jit import njit, pick
 
 

@@ -112,16 +112,17 @@ def worker_torch(model: str, optimizer: str, batch: int, steps: int,
     m = dr.build(model)
     if variant == "frozen":
         m.freeze(m.specs[-2].name)
+    trainable = {k: p.trainable for k, p in m.weights.params.items()}
     input_shape = m.input_shape
     x, y = synthetic_classification(input_shape, n=batch * steps, seed=0)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
 
-    def build() -> tuple[Any, Any]:
-        module = to_torch(m, batch).train()  # the same architecture and initial weights
+    def build(model: Any = m) -> tuple[Any, Any]:
+        module = to_torch(model, batch).train()  # the same architecture and initial weights
         for key, (attr, pname, _) in module.param_map.items():
             t = getattr(getattr(module, attr), pname)
             if isinstance(t, torch.nn.Parameter):
-                t.requires_grad_(m.weights.params[key].trainable)
+                t.requires_grad_(trainable[key])
         return module, make_torch_optimizer(
             opt_name.replace("sgdm", "sgd"), [p for p in module.parameters() if p.requires_grad],
             **HP[opt_name])
