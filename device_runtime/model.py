@@ -92,6 +92,13 @@ class Model:
         self.label_kind = "index" if self.loss_name == "cross_softmax" else "dense"
         self._train: Executor | None = None
         self._infer: dict[tuple[int, bool], Executor] = {}
+        # RAM cap state (set by compile); defaults so reports work before it
+        self.ram_cap: int | None = None
+        self.swap, self.lookahead, self.swap_dir = "off", 3, None
+        self.micro_batch = 0
+        self._swap_groups: Any = "off"
+        self.cap_exceeded = False
+        self.peak_rss = 0
 
     # ------------------------------------------------------------------ graphs
     def _resolve_loss(self, loss: str) -> str:
