@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 
 from device_runtime.model import Model
@@ -73,3 +75,20 @@ def numerical_grad_check(model: Model, x: np.ndarray, y: np.ndarray, eps: float 
                 f"{key}[{i}]: analytic {ana:.6g} vs numerical {num:.6g}")
             checked += 1
     return checked
+
+
+def peak_alloc_during_steps(m, x, y, steps=3) -> int:
+    """Peak bytes traced during ``steps`` training steps (the body of ``Model.fit``)."""
+    m.fit(x, y, steps=2)  # warm-up: JIT, executor construction, optimizer state
+    b = m.batch_size
+    batches = [np.arange(i * b, (i + 1) * b, dtype=np.int64) % len(x) for i in range(steps)]
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base, _ = tracemalloc.get_traced_memory()
+        for idx in batches:
+            m.train_step(idx)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak - base

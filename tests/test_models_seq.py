@@ -7,13 +7,12 @@
 
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 import pytest
 
 from device_runtime import Model, layer
 from device_runtime.kernels import USE_NUMBA
+from tests.helpers import peak_alloc_during_steps
 
 
 def _ratings(n: int, users: int = 8, items: int = 10, seed: int = 0):
@@ -85,15 +84,5 @@ def test_sequence_training_step_allocates_almost_nothing():
              layer("gru", "gru", unit=16),
              layer("fully_connected", "out", unit=vocab)]
     m = Model(specs, loss="cross_softmax", seed=0).compile(batch_size=16, optimizer="adam")
-    m.fit(x, y, steps=2)  # warm-up: JIT, executor, optimizer state
-    idx = [np.arange(i * 16, (i + 1) * 16, dtype=np.int64) for i in range(3)]
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base, _ = tracemalloc.get_traced_memory()
-        for i in idx:
-            m.train_step(i)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak - base < 64 * 1024, f"{peak - base} bytes allocated outside the pool"
+    extra = peak_alloc_during_steps(m, x, y)
+    assert extra < 64 * 1024, f"{extra} bytes allocated outside the pool"

@@ -6,32 +6,13 @@ created on the hot path shows up in the traced peak.
 
 from __future__ import annotations
 
-import tracemalloc
-
-import numpy as np
 import pytest
 
 import device_runtime as dr
 from device_runtime.data import synthetic_classification
+from tests.helpers import peak_alloc_during_steps
 
 LIMIT = 64 * 1024
-
-
-def _peak_during_steps(m, x, y, steps=3) -> int:
-    """Peak bytes traced during ``steps`` training steps (the body of ``Model.fit``)."""
-    m.fit(x, y, steps=2)  # warm-up: JIT, executor construction, optimizer state
-    b = m.batch_size
-    batches = [np.arange(i * b, (i + 1) * b, dtype=np.int64) % len(x) for i in range(steps)]
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base, _ = tracemalloc.get_traced_memory()
-        for idx in batches:
-            m.train_step(idx)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return peak - base
 
 
 @pytest.mark.parametrize("name,opt,kw", [("lenet5", "sgd", {"momentum": 0.9}),
@@ -42,7 +23,7 @@ def test_training_step_allocates_almost_nothing(name, opt, kw):
     m = dr.build(name)
     m.compile(batch_size=8, optimizer=opt, lr=1e-3, **kw)
     x, y = synthetic_classification(m.input_shape, 10, 16)
-    extra = _peak_during_steps(m, x, y)
+    extra = peak_alloc_during_steps(m, x, y)
     pool = m.plan()["pool_bytes"]
     assert extra < LIMIT, f"{name}: {extra} bytes allocated outside the pool (pool {pool})"
 
@@ -61,4 +42,4 @@ def test_the_check_sees_a_numpy_temporary(monkeypatch):
 
     monkeypatch.setattr(fc, "forward", leaky_forward)
     m.train_executor._build_program()
-    assert _peak_during_steps(m, x, y) >= LIMIT
+    assert peak_alloc_during_steps(m, x, y) >= LIMIT
