@@ -15,10 +15,9 @@ import logging
 import os
 import sys
 import time
-import tomllib
 from typing import Any, TextIO
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.toml")
+from experiments.config import DEFAULT_CONFIG, load_config  # noqa: F401 (re-exported)
 
 
 class Progress:
@@ -44,19 +43,6 @@ class Progress:
         elif done >= total and "train" not in label:  # a log file: one line per round
             self.stream.write(text + "\n")
         self.stream.flush()
-
-
-def load_config(path: str | None) -> dict[str, Any]:
-    from device_runtime.errors import ConfigError
-
-    path = path or DEFAULT_CONFIG
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path} is not valid TOML: {e}") from None
 
 
 def model_text(cfg: dict[str, Any]) -> str:
