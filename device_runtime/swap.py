@@ -6,8 +6,8 @@ use before the gap and read back ``lookahead`` orders before it is needed, by a
 background thread, into the same pool bytes; in between, the planner lends those bytes
 to other tensors (the tensor lives in two stretches at one offset).
 
-Swap files live in a private directory (mode 0700), are created 0600 and unlinked as
-soon as they are open, so they vanish even if the process is killed. I/O uses O_DIRECT
+A swap file never has a name anyone can see, and nothing of it outlives the process,
+even one killed with SIGKILL: see :func:`open_private_file`. I/O uses O_DIRECT
 where the file system allows it, so swapped bytes are not kept in the page cache (which
 would hide memory from RSS); otherwise each write is followed by fdatasync and
 POSIX_FADV_DONTNEED.
@@ -68,23 +68,46 @@ def default_swap_dir() -> str:
         os.path.expanduser("~"), ".cache", "nnfleet", "swap")
 
 
+def _open(path: str, flags: int) -> tuple[int, bool]:
+    """``(fd, direct)``: with O_DIRECT where the file system allows it."""
+    if hasattr(os, "O_DIRECT"):
+        try:
+            return os.open(path, flags | os.O_DIRECT, 0o600), True
+        except OSError:
+            pass
+    return os.open(path, flags, 0o600), False
+
+
+def open_private_file(base: str) -> tuple[int, bool]:
+    """A 0600 file under ``base`` that has no name: ``(fd, direct)``.
+
+    On Linux an O_TMPFILE inode, which never has a name, so a kill at any instant leaves
+    nothing behind. Elsewhere (or on a file system without O_TMPFILE) the file is created
+    in a fresh 0700 directory and both are removed as soon as it is open: a kill within
+    those few microseconds is the only way to leave an empty ``swap-*`` folder.
+    """
+    if hasattr(os, "O_TMPFILE"):
+        try:
+            return _open(base, os.O_RDWR | os.O_TMPFILE)
+        except OSError:  # EOPNOTSUPP, or EISDIR on kernels older than 3.11
+            pass
+    folder = tempfile.mkdtemp(prefix="swap-", dir=base)  # mode 0700
+    path = os.path.join(folder, "pool.swap")
+    try:
+        return _open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+    finally:  # the open file lives on until its fd closes
+        if os.path.lexists(path):
+            os.unlink(path)
+        os.rmdir(folder)
+
+
 class SwapDevice:
     """A private swap file and one background I/O thread."""
 
     def __init__(self, nbytes: int, directory: str | None = None) -> None:
         base = directory or default_swap_dir()
         os.makedirs(base, mode=0o700, exist_ok=True)
-        self.dir = tempfile.mkdtemp(prefix="swap-", dir=base)  # mode 0700
-        path = os.path.join(self.dir, "pool.swap")
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
-        self.direct = hasattr(os, "O_DIRECT")
-        try:
-            self.fd = os.open(path, flags | (os.O_DIRECT if self.direct else 0), 0o600)
-        except OSError:
-            self.direct = False
-            self.fd = os.open(path, flags, 0o600)
-        os.unlink(path)  # gone from the file system now; freed when the fd closes
-        os.rmdir(self.dir)
+        self.fd, self.direct = open_private_file(base)
         os.ftruncate(self.fd, max(nbytes, PAGE))
         self.bytes_written = 0
         self.bytes_read = 0
