@@ -317,6 +317,7 @@ def _fit(m: Model, weights: Arrays, data: DeviceData, config: dict[str, Any], ep
     if mu and anchor:
         opt.anchor = {k: np.ascontiguousarray(a, np.float32).reshape(-1) for k, a in anchor.items()}
     steps = int(_cfg(config, "local-steps", 0)) or None
+    m.cap_exceeded = False  # the trainer is shared by devices: only this run's verdict counts
     hist = m.fit(data.x_train, data.y_train, epochs=epochs, steps=steps, shuffle=True, seed=seed)
     opt.mu, opt.anchor = 0.0, {}
     return m.get_weights(), hist.losses
