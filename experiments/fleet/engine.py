@@ -5,6 +5,12 @@ processes (each imports device_runtime and pays the JIT once, in parallel), and 
 batches of device tasks, device ``i`` on worker ``i % workers``. A device's state
 (personal layers and so on) is kept in its own file by the workers: it never comes back
 to this process, which only sees shared weights and metrics.
+
+A worker that dies (a device killed mid-task, or killed by the engine because its task ran
+past ``faults.timeout``) costs only the task it was running: that task is reported
+("killed", "timeout"), a fresh worker is started in the background, and the worker's
+remaining tasks run on it once it is warm (the data store is re-attached; device states are
+files, so they survive). See :mod:`experiments.fleet.faults`.
 """
 
 from __future__ import annotations
@@ -12,19 +18,22 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
 from device_runtime.errors import ConfigError
 
+from .faults import FaultPlan
 from .profiles import DeviceProfile
 from .store import write_store
 
@@ -32,6 +41,8 @@ from .store import write_store
 WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
               "NUMBA_NUM_THREADS": "1", "FLWR_TELEMETRY_ENABLED": "0"}
 READY_TIMEOUT = 120.0  # a cold numba cache compiles every kernel on first start
+FORK_GRACE = 5.0  # fork isolation: the worker kills a late device itself; the engine only
+# kills the worker when even that did not happen this much later
 
 
 @dataclass
@@ -43,6 +54,8 @@ class TaskResult:
     metrics: dict[str, float]
     error: str | None
     detail: str | None = None
+    status: str | None = None  # no update: "raised", "killed", "timeout", "crashed"
+    fault: str | None = None  # the fault injected on purpose, if any
 
 
 class _Proc:
@@ -55,12 +68,20 @@ class _Proc:
         self.pid = popen.pid if popen is not None else 0
         self.baseline_rss = 0
         self.warmup_seconds = 0.0
+        self.started = time.monotonic()
+        self.starting = True  # until its "ready" message; messages wait in the outbox
+        self.outbox: list[tuple] = []
+        self.timed_out = False  # killed by the engine for running past the timeout
 
     def ready(self, timeout: float = READY_TIMEOUT) -> bool:
         if not self.conn.poll(timeout):
             return False
-        _, self.pid, self.baseline_rss, self.warmup_seconds = self.conn.recv()
+        self.got_ready(self.conn.recv())
         return True
+
+    def got_ready(self, msg: tuple) -> None:
+        _, self.pid, self.baseline_rss, self.warmup_seconds = msg
+        self.starting = False
 
     def close(self) -> None:
         import psutil
@@ -118,11 +139,17 @@ class FleetEngine:
 
     def __init__(self, fleet: Any, profiles: list[DeviceProfile] | None = None,
                  workers: int = 0, isolation: str = "worker", workdir: str | None = None,
-                 zygote: bool = False) -> None:
+                 zygote: bool = False, faults: FaultPlan | dict[str, Any] | None = None,
+                 seed: int = 0) -> None:
         """``fleet``: ``experiments.data.FleetData``, or a function returning it, called
-        while the workers start (so making the data overlaps with their warm-up)."""
+        while the workers start (so making the data overlaps with their warm-up).
+        ``faults``: a :class:`FaultPlan` or the ``[faults]`` table of the experiment config
+        (drawn from ``seed`` unless it has its own)."""
         if isolation not in ("worker", "fork"):
             raise ConfigError(f"isolation must be worker or fork, got {isolation!r}")
+        self.faults = faults if isinstance(faults, FaultPlan) else \
+            FaultPlan.from_config(faults, seed)
+        self.respawned = 0  # workers replaced after they died
         self.t_start = time.perf_counter()
         if workers < 0:
             raise ConfigError(f"workers must be >= 0, got {workers}")
@@ -151,7 +178,7 @@ class FleetEngine:
         for p in self.procs:
             if not p.ready():
                 raise RuntimeError(f"fleet worker {p.index} did not start within {READY_TIMEOUT}s")
-            p.conn.send(("setup", self.store_dir, isolation))
+            self._attach(p)
         self.startup_seconds = time.perf_counter() - self.t_start
         self._ids = itertools.count()
 
@@ -159,70 +186,163 @@ class FleetEngine:
     def owner(self, device: int) -> _Proc:
         return self.procs[device % len(self.procs)]
 
+    def _attach(self, p: _Proc) -> None:
+        """A worker that is ready: tell it where the data is, then what waited for it."""
+        p.conn.send(("setup", self.store_dir, self.isolation))
+        if self.faults.active or self.faults.timeout:
+            p.conn.send(("options", self.faults.options()))
+        for msg in p.outbox:
+            p.conn.send(msg)
+        p.outbox = []
+
+    def _send(self, p: _Proc, msg: tuple) -> None:
+        if p.starting:
+            p.outbox.append(msg)
+        else:
+            p.conn.send(msg)
+
     def run(self, payloads: dict[int, tuple[dict[str, np.ndarray], dict[str, Any]]],
-            tasks: Iterable[tuple[str, int, int]], run_key: str,
+            tasks: Iterable[tuple], run_key: str,
             on_result: Callable[[TaskResult], None] | None = None) -> list[TaskResult]:
-        """Run ``(kind, device, payload_id)`` tasks; results come back as they finish."""
+        """Run ``(kind, device, payload_id[, fault])`` tasks; results come back as they finish.
+
+        Every task gets exactly one result: a device's reply, or a failure (``status``)."""
         for p in self.procs:
+            if p.starting and p.conn.poll(0):  # respawned during an earlier run, now warm
+                p.got_ready(p.conn.recv())
+                self._attach(p)
             for pid, (shared, config) in payloads.items():
-                p.conn.send(("payload", pid, shared, config))
-        per: dict[int, list[tuple]] = {p.index: [] for p in self.procs}
-        meta: dict[int, tuple[str, int]] = {}
-        for kind, device, pid in tasks:
+                self._send(p, ("payload", pid, shared, config))
+        queue: dict[int, list[tuple]] = {p.index: [] for p in self.procs}  # in running order
+        meta: dict[int, tuple[str, int, str | None]] = {}
+        for kind, device, pid, *fault in tasks:
             tid = next(self._ids)
-            meta[tid] = (kind, device)
-            per[self.owner(device).index].append(
-                (tid, kind, device, pid, self.profiles[device].settings(), run_key))
+            f = fault[0] if fault else None
+            meta[tid] = (kind, device, f)
+            queue[self.owner(device).index].append(
+                (tid, kind, device, pid, self.profiles[device].settings(), run_key, f))
         for p in self.procs:
-            if per[p.index]:
-                p.conn.send(("tasks", per[p.index]))
+            if queue[p.index]:
+                self._send(p, ("tasks", list(queue[p.index])))
+        heads = {i: 0 for i in queue}  # tasks of worker i answered so far
+        limit = self.faults.timeout
+        if limit and self.isolation == "fork":
+            limit += FORK_GRACE
+        now = time.monotonic()
+        since = {i: now for i in queue}  # when worker i began its current task
         out: list[TaskResult] = []
-        waiting = {p.conn: p for p in self.procs if per[p.index]}
-        left = {p.index: len(per[p.index]) for p in self.procs}
-        while waiting:
-            for conn in wait(list(waiting)):
-                p = waiting[conn]
+        while True:
+            busy = {p.conn: p for p in self.procs if heads[p.index] < len(queue[p.index])}
+            if not busy:
+                break
+            wait_s = None
+            if limit:
+                due = [since[p.index] + limit for p in busy.values() if not p.starting]
+                wait_s = max(0.0, min(due) - time.monotonic()) if due else limit
+            for conn in wait(list(busy), wait_s):
+                p = busy[conn]
                 try:
-                    _, tid, shared, metrics, err, detail = conn.recv()
-                except (EOFError, OSError):  # the worker died: its devices' tasks failed
-                    out += self._worker_died(p, per[p.index], out, on_result)
-                    del waiting[conn]
+                    msg = conn.recv()
+                except (EOFError, OSError):  # the worker died: its current task failed
+                    self._worker_died(p, queue, heads, meta, payloads, out, on_result)
+                    since[p.index] = time.monotonic()
                     continue
-                kind, device = meta[tid]
-                r = TaskResult(tid, device, kind, shared, metrics, err, detail)
+                if msg[0] == "ready":  # a respawned worker is warm: give it its tasks
+                    p.got_ready(msg)
+                    self._attach(p)
+                    since[p.index] = time.monotonic()
+                    continue
+                _, tid, shared, metrics, err, detail, status = msg
+                assert queue[p.index][heads[p.index]][0] == tid, "results come in task order"
+                heads[p.index] += 1
+                since[p.index] = time.monotonic()
+                kind, device, fault = meta[tid]
+                if err is not None and fault is not None and "injected" not in err:
+                    err += " (injected fault)"
+                r = TaskResult(tid, device, kind, shared, metrics, err, detail, status, fault)
                 out.append(r)
                 if on_result is not None:
                     on_result(r)
-                left[p.index] -= 1
-                if left[p.index] == 0:
-                    del waiting[conn]
+            if limit:
+                self._kill_late(busy.values(), since, limit)
         for p in self.procs:
             for pid in payloads:
-                p.conn.send(("drop", pid))
+                self._send(p, ("drop", pid))
         return out
 
-    def _worker_died(self, p: _Proc, sent: list[tuple], done: list[TaskResult],
-                     on_result: Callable[[TaskResult], None] | None) -> list[TaskResult]:
-        code = p.popen.wait() if p.popen is not None else "unknown"
-        finished = {r.task_id for r in done}
-        lost = []
-        for tid, kind, device, *_ in sent:
-            if tid not in finished:
-                r = TaskResult(tid, device, kind, None, {}, f"worker process died (exit {code})")
-                lost.append(r)
-                if on_result is not None:
-                    on_result(r)
-        # replace it so the experiment can go on (device states are files: they survive)
+    def _kill_late(self, procs: Iterable[_Proc], since: dict[int, float], limit: float) -> None:
+        """SIGKILL every worker whose current task has run longer than ``limit`` seconds."""
+        now = time.monotonic()
+        for p in procs:
+            if p.starting:
+                if now - p.started > READY_TIMEOUT:
+                    raise RuntimeError(f"fleet worker {p.index} did not restart within "
+                                       f"{READY_TIMEOUT}s")
+            elif not p.timed_out and now - since[p.index] > limit:
+                p.timed_out = True
+                try:
+                    os.kill(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def _worker_died(self, p: _Proc, queue: dict[int, list[tuple]], heads: dict[int, int],
+                     meta: dict[int, tuple[str, int, str | None]],
+                     payloads: dict[int, tuple[dict[str, np.ndarray], dict[str, Any]]],
+                     out: list[TaskResult], on_result: Callable[[TaskResult], None] | None
+                     ) -> None:
+        """Report the task the dead worker was running; respawn it for the rest."""
+        code: int | str = "unknown"
+        if p.popen is not None:
+            try:
+                code = p.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(p.pid, signal.SIGKILL)
+                code = p.popen.wait()
+        p.conn.close()
+        mine = queue[p.index]
+        if heads[p.index] < len(mine):
+            tid = mine[heads[p.index]][0]
+            heads[p.index] += 1
+            kind, device, fault = meta[tid]
+            how = " (injected fault)" if fault else ""
+            if p.timed_out:
+                status = "timeout"
+                reason = (f"device {device} did not answer within {self.faults.timeout:g} s "
+                          f"(faults.timeout): its worker process was killed{how}")
+            elif isinstance(code, int) and code < 0:
+                status = "killed"
+                reason = (f"device {device}'s process was killed by "
+                          f"{signal.Signals(-code).name} mid-task{how}")
+            else:
+                status = "crashed"
+                reason = f"device {device}'s worker process died (exit {code}){how}"
+            r = TaskResult(tid, device, kind, None, {}, reason, None, status, fault)
+            out.append(r)
+            if on_result is not None:
+                on_result(r)
+        # replace it so the experiment can go on; it warms up while the others work
         fresh = spawn_workers(1, p.index)[0]
-        if fresh.ready():
-            fresh.conn.send(("setup", self.store_dir, self.isolation))
+        self.respawned += 1
+        fresh.outbox = [("payload", pid, shared, config)
+                        for pid, (shared, config) in payloads.items()]
+        rest = mine[heads[p.index]:]
+        if rest:
+            fresh.outbox.append(("tasks", rest))
         self.procs[p.index] = fresh
-        return lost
 
     def reset(self, run_key: str) -> None:
         """Forget every device's state for ``run_key`` (a new experiment run)."""
         for p in self.procs:
-            p.conn.send(("reset", run_key))
+            self._send(p, ("reset", run_key))
+
+    def wait_ready(self) -> None:
+        """Block until every respawned worker is warm (the pool is whole again)."""
+        for p in self.procs:
+            if p.starting:
+                if not p.ready():
+                    raise RuntimeError(f"fleet worker {p.index} did not restart within "
+                                       f"{READY_TIMEOUT}s")
+                self._attach(p)
 
     # ------------------------------------------------------------------ memory
     def tree_rss(self) -> int:
@@ -243,8 +363,8 @@ class FleetEngine:
         if getattr(self, "_own_dir", False):
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "FleetEngine":
+    def __enter__(self) -> FleetEngine:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

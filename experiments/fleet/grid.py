@@ -6,13 +6,21 @@ a real node that vanished; a device that cannot train within its RAM cap answers
 error reply naming the bytes it needed. EVALUATE messages always reach every device: they
 are the experiment's measurement of personalized accuracy, not part of the federation.
 Every reply is also logged, one record per device and message, through ``on_record``.
+
+A record's ``status``: ``ok``, ``offline``, ``dropped``, ``no-data``, ``cap-exceeded``, or,
+for a device that gave no update, ``raised`` (``error`` in evaluate/final records),
+``killed``, ``timeout``, ``crashed`` (see :mod:`experiments.fleet.faults`; each failure
+also reaches the strategy as an error reply with the reason). A fault injected on purpose
+is named in the record's ``fault``. A train round with fewer successful replies than the
+engine's ``faults.min_replies`` is not aggregated: every reply is turned into an error.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
@@ -41,8 +49,12 @@ class FleetGrid(Grid):
 
     def __init__(self, engine: FleetEngine, run_key: str = "run", seed: int = 0,
                  on_record: Callable[[dict[str, Any]], None] | None = None,
-                 on_progress: Callable[[str, int, int], None] | None = None) -> None:
+                 on_progress: Callable[[str, int, int], None] | None = None,
+                 keep_messages: bool = True) -> None:
+        """``keep_messages=False``: do not keep every message in ``sent``/``received`` (long
+        runs, whose memory must stay flat)."""
         self.engine = engine
+        self.keep_messages = keep_messages
         self.run_key = run_key
         self.seed = seed
         self.on_record = on_record
@@ -86,7 +98,8 @@ class FleetGrid(Grid):
             r = self._replies.pop(mid, None)
             if r is not None:
                 out.append(r)
-        self.received += out
+        if self.keep_messages:
+            self.received += out
         return out
 
     def send_and_receive(self, messages: Iterable[Message], *,
@@ -104,7 +117,8 @@ class FleetGrid(Grid):
 
     def _execute(self) -> None:
         pending, self._pending = list(self._pending.values()), {}
-        self.sent += pending
+        if self.keep_messages:
+            self.sent += pending
         payloads: dict[int, tuple[dict[str, np.ndarray], dict[str, Any]]] = {}
         pid_of: dict[int, int] = {}
         tasks, by_device = [], {}
@@ -130,6 +144,8 @@ class FleetGrid(Grid):
             tasks.append((kind, device, pid_of[key]))
             by_device[(kind, device)] = m
         online, dropped = self._online(rnd)
+        faults = self.engine.faults.for_round(rnd, self.engine.num_devices) \
+            if self.engine.faults.active else {}
         run_tasks = []
         for kind, device, pid in tasks:
             if kind == "train" and not online[device]:
@@ -137,16 +153,20 @@ class FleetGrid(Grid):
             elif kind == "train" and dropped[device]:
                 records.append(self._record("train", rnd, device, "dropped", {}))
             else:
-                run_tasks.append((kind, device, pid))
+                run_tasks.append((kind, device, pid, faults.get(device) if kind == "train"
+                                  else None))
         total, done = len(run_tasks), [0]
         phase = "train" if any(t[0] == "train" for t in run_tasks) else "evaluate"
 
         sim = [0.0]
+        ok_train: list[Message] = []  # instructions whose reply is an update
 
         def got(r: TaskResult) -> None:  # replies are built while other devices still run
             m = by_device[(r.kind, r.device)]
             if r.error is not None:
-                status = "error"
+                status = r.status or "error"
+                if r.kind != "train" and status == "raised":
+                    status = "error"  # evaluate/final records keep their historic name
                 self._reply_error(m, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, r.error)
             elif r.kind == "train" and not r.metrics.get("trained"):
                 status = "cap-exceeded" if r.metrics.get("cap-exceeded") else "no-data"
@@ -159,7 +179,11 @@ class FleetGrid(Grid):
             else:
                 status = "ok"
                 self._replies[m.metadata.message_id] = Message(_content(r), reply_to=m)
+                if r.kind == "train":
+                    ok_train.append(m)
             rec = self._record(r.kind, rnd, r.device, status, r.metrics, r.error)
+            if r.fault is not None:
+                rec["fault"] = r.fault
             if r.kind == "train" and status == "ok":
                 sim[0] = max(sim[0], rec["sim_seconds"])
             records.append(rec)
@@ -170,9 +194,16 @@ class FleetGrid(Grid):
         t0 = time.perf_counter()
         self.engine.run(payloads, run_tasks, self.run_key, got)
         wall = time.perf_counter() - t0
+        need = self.engine.faults.min_replies
+        aggregated = not (phase == "train" and len(ok_train) < need)
+        if not aggregated:  # too few updates: the strategy gets none of them
+            for m in ok_train:
+                self._reply_error(m, ErrorCode.UNKNOWN,
+                                  f"round {rnd} not aggregated: {len(ok_train)} successful "
+                                  f"replies, fewer than faults.min_replies = {need}")
         if phase == "train":
             self.rounds.append({"round": rnd, "devices": total, "wall_seconds": wall,
-                                "sim_seconds": sim[0],
+                                "sim_seconds": sim[0], "aggregated": aggregated,
                                 "ok": sum(1 for r in records if r["status"] == "ok")})
         if self.on_record is not None:
             for rec in records:

@@ -9,9 +9,12 @@ imports only device_runtime (never flwr), warms up the kernels, and answers task
   each device in a fresh child forked from this warm process and kills it if its RSS
   goes over the device's cap (a watchdog on top of the runtime's own cap checks);
 - ``("payload", pid, shared, config)``: the shared weights and config of a message;
-- ``("tasks", [(task_id, kind, device, pid, settings, run_key), ...])``: run them;
-  one ``("result", task_id, shared_out | None, metrics, error | None, detail)`` per task,
-  the shared arrays already serialized as Flower stores them (see :func:`npy_bytes`);
+- ``("options", {...})``: :meth:`FaultPlan.options` (per-task timeout, hostile settings);
+- ``("tasks", [(task_id, kind, device, pid, settings, run_key, fault), ...])``: run them;
+  one ``("result", task_id, shared_out | None, metrics, error | None, detail, status)`` per
+  task, the shared arrays already serialized as Flower stores them (see :func:`npy_bytes`);
+  ``status`` is None, or "raised", "killed", "timeout" for a task that gave no update;
+  ``fault`` is None or a kind of :mod:`experiments.fleet.faults` to inject on purpose;
 - ``("reset", run_key)`` (forget the run's device states), ``("stop",)``.
 
 Device state (personal layers, Ditto's model, optimizer state) is kept in one file per
@@ -80,12 +83,19 @@ def npy_bytes(arrays: dict) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
     return out
 
 
-def _run_one(kind: str, state: Any, shared: dict, config: dict) -> tuple[Any, dict, Any]:
+def _run_one(kind: str, state: Any, shared: dict, config: dict, fault: str | None = None,
+             options: dict | None = None) -> tuple[Any, dict, Any]:
     from device_runtime.device import evaluate_device, run_device
 
-    if kind == "train":
+    if kind != "train":
+        return None, evaluate_device(state, shared, config), state
+    if fault is None:
         return run_device(state, shared, config)
-    return None, evaluate_device(state, shared, config), state
+    from experiments.fleet.faults import corrupt, striking
+
+    with striking(fault, state.settings):
+        out, metrics, new_state = run_device(state, shared, config)
+    return corrupt(fault, out, shared, options or {}), metrics, new_state
 
 
 class Worker:
@@ -95,6 +105,7 @@ class Worker:
         self.isolation = "worker"
         self.payloads: dict[int, tuple[dict, dict]] = {}
         self.state_dir = ""
+        self.options: dict[str, Any] = {}  # FaultPlan.options()
 
     def _state_path(self, run_key: str, device: int) -> str:
         return os.path.join(self.state_dir, run_key, f"{device}.pkl")
@@ -119,27 +130,35 @@ class Worker:
         os.replace(path + ".tmp", path)
 
     def task(self, task: tuple) -> tuple:
-        task_id, kind, device, pid, settings, run_key = task
+        task_id, kind, device, pid, settings, run_key, fault = task
         shared, config = self.payloads[pid]
         try:
             state = self.state_for(run_key, device, settings)
             if self.isolation == "fork":
-                out, metrics, new_state = self._forked(kind, state, shared, config)
+                out, metrics, new_state = self._forked(kind, state, shared, config, fault)
             else:
-                out, metrics, new_state = _run_one(kind, state, shared, config)
-        except Exception as e:  # reported to the server as the device's error reply
+                out, metrics, new_state = _run_one(kind, state, shared, config, fault,
+                                                   self.options)
+        except Exception as e:  # noqa: BLE001 - the device's error reply to the server
+            from experiments.fleet.faults import DeviceFailure
+
+            if isinstance(e, DeviceFailure):
+                return ("result", task_id, None, {}, e.reason, None, e.status)
             return ("result", task_id, None, {}, f"{type(e).__name__}: {e}",
-                    traceback.format_exc(limit=4))
+                    traceback.format_exc(limit=4), "raised")
         if kind == "evaluate" and metrics.get("cap-exceeded"):  # killed by the watchdog
-            return ("result", task_id, None, {}, f"MemoryCapExceeded: device {device} went over "
-                    f"its RAM cap of {int(metrics['ram-cap']):,} bytes while evaluating", None)
+            why = (f"MemoryCapExceeded: device {device} went over its RAM cap of "
+                   f"{int(metrics['ram-cap']):,} bytes while evaluating")
+            return ("result", task_id, None, {}, why, None, None)
         if new_state is not None and kind == "train" and metrics.get("trained"):
             self.save_state(run_key, device, new_state)
         del state, new_state
         _trim()
-        return ("result", task_id, None if out is None else npy_bytes(out), metrics, None, None)
+        return ("result", task_id, None if out is None else npy_bytes(out), metrics, None, None,
+                None)
 
-    def _forked(self, kind: str, state: Any, shared: dict, config: dict) -> tuple[Any, dict, Any]:
+    def _forked(self, kind: str, state: Any, shared: dict, config: dict,
+                fault: str | None = None) -> tuple[Any, dict, Any]:
         """Run in a child forked from this warm process; kill it if it goes over its cap.
 
         A forked child does not yet map the file-backed pages it shares with this process
@@ -151,6 +170,7 @@ class Worker:
         import psutil
 
         from device_runtime import rss
+        from experiments.fleet.faults import DeviceFailure
 
         parent_rss = rss.current_rss()
         r, w = os.pipe()
@@ -163,7 +183,7 @@ class Worker:
             try:
                 if state.settings.ram_cap:
                     state.settings.ram_cap -= unseen
-                res = _run_one(kind, state, shared, config)
+                res = _run_one(kind, state, shared, config, fault, self.options)
                 m = res[1]
                 for k in ("peak-rss", "baseline-rss", "ram-cap", "needed-bytes"):
                     if m.get(k, -1) > 0:
@@ -177,10 +197,12 @@ class Worker:
             os._exit(code)
         os.close(w)
         cap = state.settings.ram_cap
+        timeout = self.options.get("timeout")
         proc = psutil.Process(pid)
         chunks: list[bytes] = []
         killed_rss = 0
         unseen = 0
+        timed_out = False
         with os.fdopen(r, "rb") as f:
             t_fork = time.perf_counter()
             while True:
@@ -191,6 +213,9 @@ class Worker:
                         break
                     chunks.append(b)
                     continue
+                if timeout and not timed_out and time.perf_counter() - t_fork > timeout:
+                    timed_out = True
+                    os.kill(pid, signal.SIGKILL)
                 if cap and not killed_rss:
                     try:
                         child = proc.memory_info().rss
@@ -201,7 +226,10 @@ class Worker:
                     if child + unseen > cap:
                         killed_rss = child + unseen
                         os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        _, wstatus = os.waitpid(pid, 0)
+        if timed_out and not killed_rss:
+            raise DeviceFailure("timeout", f"device {state.device_id} did not answer within "
+                                f"{timeout:g} s (faults.timeout): its process was killed")
         if killed_rss:
             from device_runtime.device import METRIC_KEYS
             metrics = {k: -1.0 for k in METRIC_KEYS}
@@ -209,9 +237,13 @@ class Worker:
                             "peak-rss": float(killed_rss), "ram-cap": float(cap or -1),
                             "num-examples": float(state.data.y_train.shape[0]), "steps": 0.0})
             return None, metrics, None
+        if os.WIFSIGNALED(wstatus):
+            name = signal.Signals(os.WTERMSIG(wstatus)).name
+            raise DeviceFailure("killed", f"device {state.device_id}'s process was killed by "
+                                f"{name} mid-task")
         msg = pickle.loads(b"".join(chunks))
         if msg[0] != "ok":
-            raise RuntimeError(msg[1])
+            raise DeviceFailure("raised", msg[1])
         state.arrays, state.meta = msg[3], msg[4]
         return msg[1], msg[2], state
 
@@ -229,6 +261,8 @@ class Worker:
                 self.isolation = msg[2]
                 self.state_dir = os.path.join(os.path.dirname(msg[1]), "states")
                 self.payloads.clear()
+            elif op == "options":
+                self.options = dict(msg[1])
             elif op == "payload":
                 self.payloads[msg[1]] = (msg[2], msg[3])
             elif op == "drop":
