@@ -7,17 +7,29 @@ to a temporary file and renamed, so a crash never leaves half a file.
 
 from __future__ import annotations
 
+import lzma
 import math
 import os
+import struct
 import tempfile
 import zipfile
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 import numpy as np
+import psutil
 
-from .errors import DataError
+from .errors import DataError, ModelError
 from .init import initialize
+
+
+def memory_available() -> int:
+    """Bytes this machine can still give (psutil's ``available``). Models and files that
+    would need more are refused before anything is allocated: with overcommit, a huge
+    allocation succeeds and the process is killed only when it touches the pages."""
+    return int(psutil.virtual_memory().available)
 
 
 @dataclass(frozen=True)
@@ -41,12 +53,17 @@ class WeightStore:
     def __init__(self, params: list[ParamInfo]) -> None:
         self.params = {p.key: p for p in params}
         total = sum(p.size for p in params)
+        avail = memory_available()
+        if 4 * total > avail:
+            big = max(params, key=lambda p: p.size)
+            raise ModelError(f"the model's weights need {4 * total:,} bytes ('{big.key}' alone is "
+                             f"{big.shape}), more than the {avail:,} bytes of memory available")
         self.buffer = np.zeros(total, dtype=np.float32)
         self._views = {p.key: self.buffer[p.offset:p.offset + p.size].reshape(p.shape)
                        for p in params}
 
     @classmethod
-    def from_specs(cls, specs: list[tuple[str, tuple[int, ...], bool, str, int, int]]) -> "WeightStore":
+    def from_specs(cls, specs: list[tuple[str, tuple[int, ...], bool, str, int, int]]) -> WeightStore:
         params, off = [], 0
         for key, shape, trainable, init, fi, fo in specs:
             params.append(ParamInfo(key, tuple(shape), off, trainable, init, fi, fo))
@@ -77,17 +94,17 @@ class WeightStore:
         where = f" in {source}" if source else ""
         unknown = sorted(set(arrays) - set(self._views))
         if unknown:
-            raise DataError(f"weight '{unknown[0]}'{where} is not a parameter of this model "
+            raise DataError(f"weight {unknown[0]!r}{where} is not a parameter of this model "
                             f"(it has: {', '.join(list(self._views)[:6])}...)")
         for k, a in arrays.items():
             a = np.asarray(a)
             if a.dtype.kind not in "fiu":
-                raise DataError(f"weight '{k}'{where} has dtype {a.dtype}, expected float32")
+                raise DataError(f"weight {k!r}{where} has dtype {a.dtype}, expected float32")
             if a.shape != self._views[k].shape:
-                raise DataError(f"weight '{k}'{where} has shape {a.shape}, "
+                raise DataError(f"weight {k!r}{where} has shape {a.shape}, "
                                 f"expected {self._views[k].shape}")
             if not np.all(np.isfinite(a)):
-                raise DataError(f"weight '{k}'{where} contains NaN or Inf")
+                raise DataError(f"weight {k!r}{where} contains NaN or Inf")
         if strict:
             missing = [k for k in self._views if k not in arrays]
             if missing:
@@ -126,13 +143,63 @@ def save_npz_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
     atomic_write(path, lambda f: np.savez(f, **arrays), ".npz")
 
 
-def load_npz(path: str) -> dict[str, np.ndarray]:
-    """Read every array of an ``.npz`` file; errors name the file and the problem."""
+# what zipfile, zlib and numpy raise on a truncated, corrupted or hostile archive
+_NPZ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, OSError,
+               EOFError, ValueError, KeyError, struct.error, NotImplementedError, RuntimeError)
+
+
+def load_npz(path: str, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """Read every array of an ``.npz`` file; errors name the file and the problem.
+
+    Nothing is allocated before it is checked: every member must be a ``.npy`` array
+    (Python objects are never unpickled), its header must agree with its size in the
+    archive, and the archive's uncompressed size must fit in ``max_bytes`` (default: the
+    memory available). So a truncated, corrupted or hostile file (a zip bomb, a header
+    that claims terabytes) is a one-line DataError, never a crash.
+    """
     if not os.path.isfile(path):
         raise DataError(f"file not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic == b"\x93NUMPY":
+            raise DataError(f"{path} is a single .npy array, not an .npz archive of named arrays")
+        with zipfile.ZipFile(path) as zf:
+            return _read_members(path, zf, memory_available() if max_bytes is None else max_bytes)
+    except DataError:
+        raise
+    except _NPZ_ERRORS as e:
+        msg = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"cannot read {path} as .npz: {msg}") from None
+
+
+def _read_members(path: str, zf: zipfile.ZipFile, max_bytes: int) -> dict[str, np.ndarray]:
+    infos = zf.infolist()
+    total = sum(i.file_size for i in infos)
+    if total > max_bytes:
+        raise DataError(f"{path} would expand to {total:,} bytes, more than the {max_bytes:,} "
+                        "bytes of memory available (corrupted, or a zip bomb)")
+    out: dict[str, np.ndarray] = {}
+    for info in infos:
+        key = info.filename[:-4]
+        if not info.filename.endswith(".npy"):
+            raise DataError(f"{path}: member {info.filename!r} is not a .npy array")
+        if key in out:
+            raise DataError(f"{path}: array {key!r} appears twice")
+        with zf.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise DataError(f"{path}: array {key!r} has .npy format version {version}")
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read(f)
+            if dtype.hasobject:
+                raise DataError(f"{path}: array {key!r} holds Python objects; nnfleet never "
+                                "loads pickles")
+            need, have = math.prod(shape) * dtype.itemsize, info.file_size - f.tell()
+            if need != have:
+                raise DataError(f"{path}: array {key!r} is truncated or corrupted: its header "
+                                f"says {shape} {dtype} ({need:,} bytes), it holds {have:,}")
+            f.seek(0)
+            out[key] = np.lib.format.read_array(f, allow_pickle=False)
+    return out
