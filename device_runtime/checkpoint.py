@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 from typing import Any
@@ -26,7 +27,7 @@ import numpy as np
 
 from .errors import ConfigError, DataError
 from .model import Model
-from .weights import atomic_write
+from .weights import atomic_write, memory_available
 
 MAGIC = b"NNFLCKPT"
 VERSION = 1
@@ -82,9 +83,13 @@ def save_checkpoint(path: str, model: Model, epoch: int, iteration: int) -> None
 
 
 def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Header and arrays of a checkpoint file, after checking its checksum."""
+    """Header and arrays of a checkpoint file, after checking its checksum and header."""
     if not os.path.isfile(path):
         raise DataError(f"checkpoint not found: {path}")
+    size, avail = os.path.getsize(path), memory_available()
+    if size > avail:
+        raise DataError(f"checkpoint {path} has {size:,} bytes, more than the {avail:,} bytes "
+                        "of memory available")
     with open(path, "rb") as f:
         blob = f.read()
     if len(blob) < _PRE.size + 32 or blob[:8] != MAGIC:
@@ -97,17 +102,72 @@ def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     if version > VERSION:
         raise DataError(f"checkpoint {path} has format version {version}; this nnfleet reads "
                         f"up to {VERSION}")
-    try:
-        header = json.loads(blob[_PRE.size:_PRE.size + hlen])
-        start = _PRE.size + hlen
-        arrays = {}
-        for e in header["arrays"]:
-            a = np.frombuffer(blob, dtype=np.dtype(e["dtype"]), offset=start + e["offset"],
-                              count=e["nbytes"] // np.dtype(e["dtype"]).itemsize)
-            arrays[e["name"]] = a.reshape(e["shape"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise DataError(f"checkpoint {path} has a malformed header: {e}") from None
+    start = _PRE.size + hlen
+    try:  # a file with a valid checksum can still be hostile: nothing is trusted unchecked
+        header = json.loads(blob[_PRE.size:start]) if start <= len(blob) - 32 else None
+    except (ValueError, RecursionError) as e:
+        raise _malformed(path, f"not JSON ({str(e).splitlines()[0]})") from None
+    _check_header(path, header, len(blob) - 32 - start)
+    arrays = {}
+    for e in header["arrays"]:
+        dtype = np.dtype(e["dtype"])
+        a = np.frombuffer(blob, dtype=dtype, offset=start + e["offset"],
+                          count=e["nbytes"] // dtype.itemsize)
+        arrays[e["name"]] = a.reshape(e["shape"])
     return header, arrays
+
+
+def _malformed(path: str, what: str) -> DataError:
+    return DataError(f"checkpoint {path} has a malformed header: {what}")
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _shape(v: Any) -> bool:
+    return isinstance(v, list) and all(_count(d) for d in v)
+
+
+# header key -> (required, check, what it must be)
+_HEADER = {
+    "epoch": (True, _count, "an integer >= 0"),
+    "iteration": (True, _count, "an integer >= 0"),
+    "params": (True, lambda v: isinstance(v, list) and all(
+        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and _shape(p[1])
+        for p in v), "a list of [key, shape]"),
+    "optimizer": (False, lambda v: v is None or (isinstance(v, dict) and isinstance(
+        v.get("name"), str) and _count(v.get("iteration"))), "null or {name, iteration}"),
+    "layer_state": (False, lambda v: isinstance(v, dict) and all(
+        isinstance(s, dict) and _count(s.get("calls")) for s in v.values()),
+        "an object {layer: {calls}}"),
+    "arrays": (True, lambda v: isinstance(v, list) and all(
+        isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("dtype"), str)
+        and _shape(e.get("shape")) and _count(e.get("offset")) and _count(e.get("nbytes"))
+        for e in v), "a list of {name, dtype, shape, offset, nbytes}"),
+}
+
+
+def _check_header(path: str, header: Any, data_bytes: int) -> None:
+    if not isinstance(header, dict):
+        raise _malformed(path, "not a JSON object")
+    for key, (required, ok, want) in _HEADER.items():
+        if key not in header:
+            if required:
+                raise _malformed(path, f"no '{key}'")
+        elif not ok(header[key]):
+            raise _malformed(path, f"'{key}' must be {want}")
+    for e in header["arrays"]:
+        try:
+            dtype = np.dtype(e["dtype"])
+        except TypeError:
+            dtype = np.dtype(object)
+        if dtype.kind not in "biuf" or dtype.itemsize == 0:
+            raise _malformed(path, f"array {e['name']!r} has dtype {e['dtype']!r} (numbers only)")
+        if e["nbytes"] != math.prod(e["shape"]) * dtype.itemsize \
+                or e["offset"] + e["nbytes"] > data_bytes:
+            raise _malformed(path, f"array {e['name']!r} of shape {e['shape']} {dtype} does not "
+                             f"fit its {e['nbytes']} bytes at offset {e['offset']}")
 
 
 def load_checkpoint(path: str, model: Model) -> tuple[int, int]:
@@ -117,9 +177,9 @@ def load_checkpoint(path: str, model: Model) -> tuple[int, int]:
     have = [[k, list(p.shape)] for k, p in model.weights.params.items()]
     if header["params"] != have:
         saved = {k: s for k, s in header["params"]}
-        ours = dict((k, s) for k, s in have)
+        ours = {k: s for k, s in have}
         diff = next((k for k in list(ours) + list(saved) if saved.get(k) != ours.get(k)), "?")
-        raise DataError(f"checkpoint {path} is for another model: parameter '{diff}' is "
+        raise DataError(f"checkpoint {path} is for another model: parameter {diff!r} is "
                         f"{saved.get(diff, 'absent')} there, {ours.get(diff, 'absent')} here")
     meta = header.get("optimizer")
     opt = model.optimizer
@@ -128,7 +188,7 @@ def load_checkpoint(path: str, model: Model) -> tuple[int, int]:
             raise ConfigError("compile() the model before load_checkpoint: the optimizer "
                               "state needs the optimizer")
         if meta["name"] != opt.name:
-            raise DataError(f"checkpoint {path} holds {meta['name']} state, the model is "
+            raise DataError(f"checkpoint {path} holds {meta['name']!r} state, the model is "
                             f"compiled with {opt.name}")
         state: dict[str, Any] = {k[2:]: v for k, v in arrays.items() if k.startswith("o/")}
         want = opt.state_dict()
@@ -137,6 +197,8 @@ def load_checkpoint(path: str, model: Model) -> tuple[int, int]:
             if k not in state or np.asarray(v).shape != state[k].shape:
                 raise DataError(f"checkpoint {path} lacks optimizer state '{k}' of shape "
                                 f"{np.asarray(v).shape}")
+            if not np.all(np.isfinite(state[k])):
+                raise DataError(f"checkpoint {path}: optimizer state '{k}' contains NaN or Inf")
         state["iteration"] = meta["iteration"]
         opt.load_state_dict(state)
     model.weights.load_state({k[2:]: v for k, v in arrays.items() if k.startswith("w/")},
