@@ -188,7 +188,8 @@ def load_checkpoint(path: str, model: Model) -> tuple[int, int]:
             raise ConfigError("compile() the model before load_checkpoint: the optimizer "
                               "state needs the optimizer")
         if meta["name"] != opt.name:
-            raise DataError(f"checkpoint {path} holds {meta['name']!r} state, the model is "
+            name = meta["name"] if meta["name"].isidentifier() else repr(meta["name"])
+            raise DataError(f"checkpoint {path} holds {name} state, the model is "
                             f"compiled with {opt.name}")
         state: dict[str, Any] = {k[2:]: v for k, v in arrays.items() if k.startswith("o/")}
         want = opt.state_dict()
