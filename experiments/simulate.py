@@ -156,7 +156,8 @@ def _main(argv: list[str]) -> int:
     sim: dict[str, float] = {}
     with open(os.path.join(out, "metrics.jsonl"), "w") as sink, \
             FleetEngine(fleet, profiles, workers=int(args.workers or fleet_cfg.get("workers", 0)),
-                        isolation=args.isolation or fleet_cfg.get("isolation", "worker")) as eng:
+                        isolation=args.isolation or fleet_cfg.get("isolation", "worker"),
+                        faults=cfg.get("faults"), seed=seed) as eng:
         timing.update(startup_seconds=eng.startup_seconds, workers=len(eng.procs),
                       isolation=eng.isolation)
         for algo in algorithms:

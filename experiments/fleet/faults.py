@@ -11,8 +11,8 @@ The ``[faults]`` table of an experiment config (every key optional; see
     min_replies = 0      # a train round with fewer successful replies is not aggregated
     scale = 100.0        # "scale": the update (returned - received weights) times this
     dtype = "float64"    # "dtype": the first returned array in this dtype
-    kill = {devices = [3], rounds = [2]}  # explicit: device 3 in round 2; an absent list
-                                          # means every device / every round
+    [faults.at]          # explicit faults: an absent list means every device / round
+    kill = {devices = [3], rounds = [2]}  # device 3 is killed in round 2
 
 Faults are drawn per train round and device from the seed alone (never from what ran
 before), so a rerun injects the same faults in the same places. An explicit entry wins
@@ -59,7 +59,7 @@ DTYPES = ("float64", "float16", "int64", "int32")
 STRIKE_STEP = 1  # kill/hang/raise strike before this training step (0-based): mid-training
 UNCAPPED_HEADROOM = 256 << 20  # the cap a "cap" fault gives a device that has none
 OVERSHOOT = 64 << 20  # how far past its cap a "cap" fault goes
-KEYS = ("rate", "kinds", "seed", "timeout", "min_replies", "scale", "dtype") + KINDS
+KEYS = ("rate", "kinds", "seed", "timeout", "min_replies", "scale", "dtype", "at")
 
 
 class InjectedFault(RuntimeError):
@@ -151,9 +151,15 @@ class FaultPlan:
         if plan.dtype not in DTYPES:
             raise ConfigError(f"faults.dtype must be one of {', '.join(DTYPES)}, "
                               f"got {plan.dtype!r}")
-        for kind in KINDS:
-            if kind in cfg:
-                plan.explicit[kind] = _where(cfg[kind], kind)
+        at = cfg.get("at", {})
+        if not isinstance(at, dict):
+            raise ConfigError(f"faults.at must be a table of kind = {{devices, rounds}}, "
+                              f"got {at!r}")
+        for kind, spec in at.items():
+            if kind not in KINDS:
+                raise ConfigError(f"faults.at: unknown fault kind '{kind}' (known: "
+                                  f"{', '.join(KINDS)})")
+            plan.explicit[kind] = _where(spec, kind)
         hangs = "hang" in plan.explicit or (plan.rate > 0 and "hang" in plan.kinds)
         if hangs and plan.timeout is None:
             raise ConfigError("faults.timeout must be set when hang faults are injected "
@@ -179,14 +185,14 @@ def _int(cfg: dict[str, Any], key: str, default: int, lo: int) -> int:
 
 def _where(spec: Any, kind: str) -> tuple[frozenset[int] | None, frozenset[int] | None]:
     if not isinstance(spec, dict) or set(spec) - {"devices", "rounds"}:
-        raise ConfigError(f"faults.{kind} must be a table {{devices = [...], rounds = [...]}}, "
-                          f"got {spec!r}")
+        raise ConfigError(f"faults.at.{kind} must be a table {{devices = [...], rounds = "
+                          f"[...]}}, got {spec!r}")
     out: list[frozenset[int] | None] = []
     for key, lo in (("devices", 0), ("rounds", 1)):
         v = spec.get(key)
         if v is not None and (not isinstance(v, list) or any(
                 isinstance(x, bool) or not isinstance(x, int) or x < lo for x in v)):
-            raise ConfigError(f"faults.{kind}.{key} must be a list of integers >= {lo}, "
+            raise ConfigError(f"faults.at.{kind}.{key} must be a list of integers >= {lo}, "
                               f"got {v!r}")
         out.append(None if v is None else frozenset(v))
     return out[0], out[1]

@@ -30,7 +30,7 @@ def summarize_algorithm(records: list[dict[str, Any]]) -> dict[str, Any]:
     for r in evals:
         by_round[int(r["round"])].append(r.get("accuracy", -1.0))
     trained = {r["device"] for r in train if r["status"] == "ok"}
-    tried = {r["device"] for r in train if r["status"] in ("ok", "cap-exceeded", "error")}
+    tried = {r["device"] for r in train if r["status"] not in ("offline", "dropped", "no-data")}
     unable = sorted({r["device"] for r in train if r["status"] == "cap-exceeded"} - trained)
     status = defaultdict(int)
     for r in train:
