@@ -192,7 +192,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 BENCHES = {"memory": "experiments.bench.memory", "swap": "experiments.bench.swap",
-           "fleet": "experiments.bench.fleet"}
+           "fleet": "experiments.bench.fleet", "soak": "experiments.bench.soak"}
 
 
 def cmd_bench(args: argparse.Namespace, rest: list[str]) -> int:
@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--json", action="store_true")
     sub.add_parser("simulate", help="simulate a fleet of RAM-capped devices (see "
                    "'nnfleet simulate --help')", add_help=False)
-    be = sub.add_parser("bench", help="benchmarks: memory, swap, fleet", add_help=False)
+    be = sub.add_parser("bench", help="benchmarks: memory, swap, fleet, soak", add_help=False)
     be.add_argument("what")
     return p
 

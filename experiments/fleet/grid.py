@@ -50,11 +50,14 @@ class FleetGrid(Grid):
     def __init__(self, engine: FleetEngine, run_key: str = "run", seed: int = 0,
                  on_record: Callable[[dict[str, Any]], None] | None = None,
                  on_progress: Callable[[str, int, int], None] | None = None,
-                 keep_messages: bool = True) -> None:
+                 keep_messages: bool = True,
+                 on_round: Callable[[dict[str, Any]], None] | None = None) -> None:
         """``keep_messages=False``: do not keep every message in ``sent``/``received`` (long
-        runs, whose memory must stay flat)."""
+        runs, whose memory must stay flat). ``on_round``: called with each train round's
+        entry of ``rounds`` once its replies are in."""
         self.engine = engine
         self.keep_messages = keep_messages
+        self.on_round = on_round
         self.run_key = run_key
         self.seed = seed
         self.on_record = on_record
@@ -208,6 +211,8 @@ class FleetGrid(Grid):
         if self.on_record is not None:
             for rec in records:
                 self.on_record(rec)
+        if phase == "train" and self.on_round is not None:
+            self.on_round(self.rounds[-1])
 
     def _reply_error(self, m: Message, code: int, reason: str) -> None:
         self._replies[m.metadata.message_id] = Message(Error(code, reason), reply_to=m)
