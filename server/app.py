@@ -8,9 +8,11 @@ which implements Flower's ``Grid``.
 Run config (``[tool.flwr.app.config]`` in pyproject.toml, or ``flwr run -c``): ``model``,
 ``model-seed``, ``personal``, ``num-rounds``, ``strategy`` (+ ``strategy-args`` JSON),
 ``fraction-train``, ``fraction-evaluate``, ``min-nodes``, ``seed``, ``timeout``,
-``result-path`` (the final shared weights as ``.npz``, and Flower's aggregated metrics
-per round beside it as ``.json``) and the device keys of
-:data:`DEVICE_KEYS`, which are forwarded to every device in the message's ConfigRecord.
+``result-path`` (the final shared weights as ``.npz``, and beside it as ``.json`` Flower's
+aggregated metrics per round and the rejected replies), the screening of replies
+(``screen-updates``, ``max-update-norm``, ``max-norm-over-median``: see server/screen.py)
+and the device keys of :data:`DEVICE_KEYS`, which are forwarded to every device in the
+message's ConfigRecord.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
 from device_runtime.device import build_model, split_keys  # noqa: E402
-from device_runtime.weights import save_npz_atomic  # noqa: E402
+from device_runtime.weights import atomic_write, save_npz_atomic  # noqa: E402
 
+from .rounds import rejection_summary, run_rounds  # noqa: E402
+from .screen import ScreenRules  # noqa: E402
 from .strategies import make_strategy  # noqa: E402
 
 # config keys the server forwards to devices (see device_runtime.device)
@@ -60,23 +64,25 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run the configured strategy for ``num-rounds`` rounds over the shared layers."""
+    """Run the configured strategy for ``num-rounds`` rounds over the shared layers,
+    rejecting hostile or broken training replies before aggregation (server/screen.py);
+    a context whose state holds a stored round continues from it (server/rounds.py)."""
     cfg = dict(context.run_config)
     random.seed(int(cfg.get("seed", 0)))  # Flower samples nodes with the random module
     strategy = make_strategy(str(cfg.get("strategy", "fedavg")),
                              float(cfg.get("fraction-train", 1.0)),
                              float(cfg.get("fraction-evaluate", 1.0)), int(cfg.get("min-nodes", 2)),
                              cfg.get("strategy-args"))
-    result = strategy.start(grid=grid, initial_arrays=to_record(initial_shared(cfg)),
-                            num_rounds=int(cfg.get("num-rounds", 3)),
-                            timeout=float(cfg.get("timeout", 3600)),
-                            train_config=device_config(cfg), evaluate_config=device_config(cfg))
-    final = {k: a.numpy() for k, a in result.arrays.items()} or initial_shared(cfg)
+    state = run_rounds(strategy, grid, context, to_record(initial_shared(cfg)),
+                       num_rounds=int(cfg.get("num-rounds", 3)),
+                       timeout=float(cfg.get("timeout", 3600)), train_config=device_config(cfg),
+                       evaluate_config=device_config(cfg), rules=ScreenRules.from_run_config(cfg))
+    final = {k: a.numpy() for k, a in state.arrays.items()}
     context.state["final-arrays"] = to_record(final)
-    if cfg.get("result-path"):  # the final shared weights, and Flower's metrics per round
+    if cfg.get("result-path"):  # the final shared weights; metrics and rejections beside them
         path = str(cfg["result-path"])
         save_npz_atomic(path, final)
-        history = {"train": {r: dict(m) for r, m in result.train_metrics_clientapp.items()},
-                   "evaluate": {r: dict(m) for r, m in result.evaluate_metrics_clientapp.items()}}
-        with open(os.path.splitext(path)[0] + ".json", "w") as f:
-            json.dump(history, f, indent=1)
+        result = {**state.history, "rejected": state.rejected,
+                  "rejected_summary": rejection_summary(state.rejected)}
+        atomic_write(os.path.splitext(path)[0] + ".json",
+                     lambda f: f.write(json.dumps(result, indent=1).encode()), ".json")
