@@ -140,11 +140,13 @@ class FleetEngine:
     def __init__(self, fleet: Any, profiles: list[DeviceProfile] | None = None,
                  workers: int = 0, isolation: str = "worker", workdir: str | None = None,
                  zygote: bool = False, faults: FaultPlan | dict[str, Any] | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, state_dir: str | None = None) -> None:
         """``fleet``: ``experiments.data.FleetData``, or a function returning it, called
         while the workers start (so making the data overlaps with their warm-up).
         ``faults``: a :class:`FaultPlan` or the ``[faults]`` table of the experiment config
-        (drawn from ``seed`` unless it has its own)."""
+        (drawn from ``seed`` unless it has its own). ``state_dir``: where the workers keep
+        device states, ``<state_dir>/<run_key>/<device>.pkl`` (default: in ``workdir``)."""
+        self.state_dir = state_dir or ""
         if isolation not in ("worker", "fork"):
             raise ConfigError(f"isolation must be worker or fork, got {isolation!r}")
         self.faults = faults if isinstance(faults, FaultPlan) else \
@@ -155,6 +157,9 @@ class FleetEngine:
             raise ConfigError(f"workers must be >= 0, got {workers}")
         n = workers or (os.cpu_count() or 1)
         self.procs = spawn_workers(n, zygote=zygote)  # they warm up while we get the data
+        # a warm spare takes a dead worker's place at once (a fresh one takes ~0.5 s to
+        # warm up): kept when faults are injected, and after the first death otherwise
+        self.spare: _Proc | None = spawn_workers(1, -1)[0] if self.faults.active else None
         try:
             self._setup(fleet() if callable(fleet) else fleet, profiles, isolation, workdir)
         except BaseException:
@@ -174,6 +179,7 @@ class FleetEngine:
         self._own_dir = workdir is None
         self.workdir = workdir or tempfile.mkdtemp(prefix="nnfleet-fleet-")
         self.store_dir = os.path.join(self.workdir, "store")
+        self.state_dir = self.state_dir or os.path.join(self.workdir, "states")
         write_store(fleet, self.store_dir)
         for p in self.procs:
             if not p.ready():
@@ -188,7 +194,7 @@ class FleetEngine:
 
     def _attach(self, p: _Proc) -> None:
         """A worker that is ready: tell it where the data is, then what waited for it."""
-        p.conn.send(("setup", self.store_dir, self.isolation))
+        p.conn.send(("setup", self.store_dir, self.isolation, self.state_dir))
         if self.faults.active or self.faults.timeout:
             p.conn.send(("options", self.faults.options()))
         for msg in p.outbox:
@@ -320,8 +326,11 @@ class FleetEngine:
             out.append(r)
             if on_result is not None:
                 on_result(r)
-        # replace it so the experiment can go on; it warms up while the others work
-        fresh = spawn_workers(1, p.index)[0]
+        # replace it so the experiment can go on (the spare, or a fresh one that warms up
+        # while the others work)
+        fresh = self.spare or spawn_workers(1)[0]
+        fresh.index = p.index
+        self.spare = spawn_workers(1, -1)[0]
         self.respawned += 1
         fresh.outbox = [("payload", pid, shared, config)
                         for pid, (shared, config) in payloads.items()]

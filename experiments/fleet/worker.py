@@ -4,7 +4,8 @@ the device program for one device after another.
 Started as ``python -m experiments.fleet.worker FD`` with one end of a socket pair; it
 imports only device_runtime (never flwr), warms up the kernels, and answers tasks:
 
-- ``("setup", store_path, isolation)``: where the fleet's data is; ``worker`` runs each
+- ``("setup", store_path, isolation, state_dir)``: where the fleet's data and the device
+  states are; ``worker`` runs each
   device in this process after resetting the kernel's RSS high-water mark, ``fork`` runs
   each device in a fresh child forked from this warm process and kills it if its RSS
   goes over the device's cap (a watchdog on top of the runtime's own cap checks);
@@ -18,7 +19,7 @@ imports only device_runtime (never flwr), warms up the kernels, and answers task
 - ``("reset", run_key)`` (forget the run's device states), ``("stop",)``.
 
 Device state (personal layers, Ditto's model, optimizer state) is kept in one file per
-run and device (the device's own storage, ``<workdir>/states/``), read before the device
+run and device (the device's own storage, ``<state_dir>/<run_key>/``), read before the device
 runs and written after; it never goes back to the engine (only shared weights and
 metrics do), and one device's state never sits in the memory of the next device.
 """
@@ -259,7 +260,7 @@ class Worker:
             if op == "setup":
                 self.store = StoreReader(msg[1])
                 self.isolation = msg[2]
-                self.state_dir = os.path.join(os.path.dirname(msg[1]), "states")
+                self.state_dir = msg[3]
                 self.payloads.clear()
             elif op == "options":
                 self.options = dict(msg[1])
