@@ -246,11 +246,12 @@ class FleetGrid(Grid):
 
 
 def run_serverapp(server_app: Any, grid: FleetGrid, run_config: dict[str, Any],
-                  run_id: int | None = None) -> Any:
+                  run_id: int | None = None, state: RecordDict | None = None) -> Any:
     """Run a Flower ``ServerApp`` on ``grid`` as Flower's runtimes do; returns its Context.
 
     Like ``flwr.superlink.runtime.run_serverapp``, this sets the process's task identity
-    (which ``Message`` reads for its metadata) before calling the app.
+    (which ``Message`` reads for its metadata) before calling the app. ``state``: the
+    context's initial state (a stored round to resume from, see server/rounds.py).
     """
     from flwr.app import Context
     from flwr.common.constant import SUPERLINK_NODE_ID
@@ -262,6 +263,7 @@ def run_serverapp(server_app: Any, grid: FleetGrid, run_config: dict[str, Any],
     TaskIdentity.run_id = run.run_id
     TaskIdentity.node_id = SUPERLINK_NODE_ID
     context = Context(run_id=run.run_id, node_id=SUPERLINK_NODE_ID, node_config={},
-                      state=RecordDict(), run_config=dict(run_config))
+                      state=RecordDict() if state is None else state,
+                      run_config=dict(run_config))
     server_app(grid, context)
     return context
