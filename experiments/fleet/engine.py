@@ -338,6 +338,9 @@ class FleetEngine:
         if rest:
             fresh.outbox.append(("tasks", rest))
         self.procs[p.index] = fresh
+        if fresh.starting and fresh.conn.poll(0):  # a spare, warm already: start it now
+            fresh.got_ready(fresh.conn.recv())
+            self._attach(fresh)
 
     def reset(self, run_key: str) -> None:
         """Forget every device's state for ``run_key`` (a new experiment run)."""
@@ -355,10 +358,10 @@ class FleetEngine:
 
     # ------------------------------------------------------------------ memory
     def tree_rss(self) -> int:
-        """RSS of this process plus its workers, now."""
+        """RSS of this process plus its workers (and the spare), now."""
         import psutil
         total = psutil.Process().memory_info().rss
-        for p in self.procs:
+        for p in self.procs + ([self.spare] if self.spare else []):
             try:
                 total += psutil.Process(p.pid).memory_info().rss
             except psutil.Error:
@@ -366,9 +369,9 @@ class FleetEngine:
         return int(total)
 
     def close(self) -> None:
-        for p in self.procs:
+        for p in self.procs + ([self.spare] if getattr(self, "spare", None) else []):
             p.close()
-        self.procs = []
+        self.procs, self.spare = [], None
         if getattr(self, "_own_dir", False):
             shutil.rmtree(self.workdir, ignore_errors=True)
 
