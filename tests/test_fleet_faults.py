@@ -106,74 +106,63 @@ def fork_engine():
     eng.close()
 
 
+def _inject(fixture: tuple, kind: str, respawned: bool = False) -> tuple:
+    """Run every device with ``kind`` on VICTIM; check the others and the pool; return
+    (VICTIM's result, seconds from the start of the run to it, all results)."""
+    eng, ref = fixture
+    pids = [p.pid for p in eng.procs]
+    got, at = _run(eng, kind, kind)
+    _assert_others_unaffected(eng, ref, got, "ref", kind)
+    _assert_pool_whole(eng, pids, respawned)
+    return got[VICTIM], at[VICTIM], got
+
+
 # ---------------------------------------------------------------------------- device faults
 def test_kill_worker_dies_mid_training_is_reported_and_respawned(worker_engine):
     # Prepare
-    eng, ref = worker_engine
-    pids, respawns = [p.pid for p in eng.procs], eng.respawned
-    # Execute: VICTIM's worker process SIGKILLs itself at VICTIM's second training step
-    got, _ = _run(eng, "kill", "kill")
+    respawns = worker_engine[0].respawned
+    # Execute: VICTIM's worker process SIGKILLs itself at VICTIM's second training step;
+    # devices 4 and 6, queued behind it on that worker, run on the respawned one
+    r, _, _ = _inject(worker_engine, "kill", respawned=True)
     # Assert
-    r = got[VICTIM]
     assert r.status == "killed" and r.shared is None and r.fault == "kill"
     assert "killed by SIGKILL mid-task" in r.error and "injected" in r.error
-    assert _state(eng, "kill", VICTIM) is None  # its round is lost, not half-saved
-    _assert_others_unaffected(eng, ref, got, "ref", "kill")  # 4 and 6 ran on the new worker
-    assert eng.respawned == respawns + 1
-    _assert_pool_whole(eng, pids, respawned=True)
+    assert _state(worker_engine[0], "kill", VICTIM) is None  # its round is lost, not half-saved
+    assert worker_engine[0].respawned == respawns + 1
 
 
 def test_hang_is_killed_by_the_timeout_within_bound(worker_engine):
-    eng, ref = worker_engine
-    pids = [p.pid for p in eng.procs]
-    got, at = _run(eng, "hang", "hang")
-    r = got[VICTIM]
+    r, seconds, _ = _inject(worker_engine, "hang", respawned=True)
     assert r.status == "timeout" and f"within {TIMEOUT:g} s" in r.error
     # VICTIM starts within milliseconds of the run (one tiny device before it on its worker)
-    assert TIMEOUT <= at[VICTIM] <= TIMEOUT + 1.0, at[VICTIM]
-    _assert_others_unaffected(eng, ref, got, "ref", "hang")
-    _assert_pool_whole(eng, pids, respawned=True)
+    assert TIMEOUT <= seconds <= TIMEOUT + 1.0
 
 
 def test_raise_is_reported_and_the_worker_survives(worker_engine):
-    eng, ref = worker_engine
-    pids = [p.pid for p in eng.procs]
-    got, _ = _run(eng, "raise", "raise")
-    r = got[VICTIM]
+    r, _, _ = _inject(worker_engine, "raise")
     assert r.status == "raised" and r.error.startswith("InjectedFault: ")
     assert "Traceback" in r.detail
-    _assert_others_unaffected(eng, ref, got, "ref", "raise")
-    _assert_pool_whole(eng, pids, respawned=False)
 
 
 def test_cap_is_caught_by_the_runtime_guard(worker_engine):
-    eng, ref = worker_engine
-    pids = [p.pid for p in eng.procs]
-    got, _ = _run(eng, "cap", "cap")
-    m = got[VICTIM].metrics
-    assert got[VICTIM].error is None and not got[VICTIM].shared  # no update
+    r, _, got = _inject(worker_engine, "cap")
+    m = r.metrics
+    assert r.error is None and not r.shared  # no update
     assert m["trained"] == 0 and m["cap-exceeded"] == 1 and m["ram-cap"] == CAP
     assert m["needed-bytes"] > CAP and m["peak-rss"] > CAP  # the OS high-water mark saw it
     # the devices after it on the same worker (4, 6) are not marked over their cap
-    _assert_others_unaffected(eng, ref, got, "ref", "cap")
     assert all(got[d].metrics["cap-exceeded"] == 0 for d in range(N) if d != VICTIM)
-    _assert_pool_whole(eng, pids, respawned=False)
 
 
 @pytest.mark.parametrize("kind,status", [("kill", "killed"), ("hang", "timeout"),
                                          ("raise", "raised"), ("cap", None)])
 def test_fork_isolation_faults_cost_only_the_device(fork_engine, kind, status):
-    eng, ref = fork_engine
-    pids = [p.pid for p in eng.procs]
-    got, at = _run(eng, kind, kind)
-    r = got[VICTIM]
+    r, seconds, _ = _inject(fork_engine, kind)  # the worker itself never dies
     assert r.status == status and not r.shared
     if kind == "cap":  # the runtime's guard or the fork watchdog stopped it
         assert r.metrics["cap-exceeded"] == 1 and r.metrics["needed-bytes"] > CAP
     if kind == "hang":
-        assert TIMEOUT <= at[VICTIM] <= TIMEOUT + 1.0
-    _assert_others_unaffected(eng, ref, got, "ref", kind)
-    _assert_pool_whole(eng, pids, respawned=False)  # the worker itself never died
+        assert TIMEOUT <= seconds <= TIMEOUT + 1.0
 
 
 # ---------------------------------------------------------------------------- hostile updates
@@ -183,12 +172,10 @@ def _arrays(r) -> dict[str, np.ndarray]:
 
 
 def test_hostile_updates_reply_normally_corrupted_as_asked(worker_engine):
-    eng, ref = worker_engine
-    good = _arrays(ref[VICTIM])
+    good = _arrays(worker_engine[1][VICTIM])
     received = initial_weights(MODEL, 0)
     for kind in ("nan", "inf", "scale", "shape", "dtype", "missing", "extra"):
-        got, _ = _run(eng, kind, kind)
-        r = got[VICTIM]
+        r, _, _ = _inject(worker_engine, kind)
         assert r.error is None and r.metrics["trained"] == 1 and r.fault == kind
         a = _arrays(r)
         if kind in ("nan", "inf"):
@@ -208,7 +195,6 @@ def test_hostile_updates_reply_normally_corrupted_as_asked(worker_engine):
             assert set(a) == set(good) - {"fc2:bias"}
         else:
             assert set(a) == set(good) | {"injected:extra"}
-        _assert_others_unaffected(eng, ref, got, "ref", kind)
 
 
 # ---------------------------------------------------------------------------- the config
