@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 
+from . import lean
 from ._jit import njit, pick, prange
 
 Arr = np.ndarray  # float32 unless stated
@@ -268,7 +269,7 @@ def swish_bwd_numpy(x: Arr, dy: Arr, dx: Arr) -> None:
     dx[...] = _f64(dy) * s * (1.0 + v * (1.0 - s))
 
 
-relu_fwd = pick(relu_fwd_numba, relu_fwd_numpy)
+relu_fwd = pick(relu_fwd_numba, lean.relu_fwd)
 relu_bwd = pick(relu_bwd_numba, relu_bwd_numpy)
 leaky_relu_fwd = pick(leaky_relu_fwd_numba, leaky_relu_fwd_numpy)
 leaky_relu_bwd = pick(leaky_relu_bwd_numba, leaky_relu_bwd_numpy)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import lean
 from ._jit import njit, pick
 
 
@@ -57,5 +58,5 @@ def relu_mask_bwd_numpy(mask, dy, dx, slope):
     np.multiply(dy, np.where(pos, np.float32(1), np.float32(slope)), out=dx)
 
 
-relu_mask_fwd = pick(relu_mask_fwd_numba, relu_mask_fwd_numpy)
+relu_mask_fwd = pick(relu_mask_fwd_numba, lean.relu_mask_fwd)
 relu_mask_bwd = pick(relu_mask_bwd_numba, relu_mask_bwd_numpy)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import lean
 from ._jit import njit, pick, prange
 
 Array = np.ndarray
@@ -289,7 +290,7 @@ def bias_grad_nchw_numpy(dy: Array, db: Array, accumulate: bool) -> None:
 
 # ----------------------------------------------------------------------------- public
 
-im2col = pick(im2col_numba, im2col_numpy)
+im2col = pick(im2col_numba, lean.im2col)
 col2im = pick(col2im_numba, col2im_numpy)
 chunk_to_nchw = pick(chunk_to_nchw_numba, chunk_to_nchw_numpy)
 chunk_to_nchw_bias = pick(chunk_to_nchw_bias_numba, chunk_to_nchw_bias_numpy)

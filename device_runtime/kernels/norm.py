@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from . import lean
 from ._jit import njit, pick, prange
 
 Arr = np.ndarray  # float32 unless stated
@@ -300,7 +301,7 @@ def bn_backward_numpy(dy: Arr, x: Arr, mean: Arr, knorm: Arr, invstd: Arr, gamma
     dx[...] = _c(gamma) * _c(invstd) * (d64 - _c(sdy) / M - xh * _c(sdyx) / M)
 
 
-bn_stats = pick(bn_stats_numba, bn_stats_numpy)
-bn_normalize = pick(bn_normalize_numba, bn_normalize_numpy)
-bn_affine = pick(bn_affine_numba, bn_affine_numpy)
+bn_stats = pick(bn_stats_numba, lean.bn_stats)
+bn_normalize = pick(bn_normalize_numba, lean.bn_normalize)
+bn_affine = pick(bn_affine_numba, lean.bn_affine)
 bn_backward = pick(bn_backward_numba, bn_backward_numpy)

@@ -73,7 +73,7 @@ class Activation(Layer):
         self._bwd = getattr(K, f"{self.act}_bwd")
 
     def forward(self, training: bool) -> None:
-        if self.bits and "mask" in self.t:
+        if self.bits and self.has_cd and "mask" in self.t:  # no backward: no mask
             KB.relu_mask_fwd(self.xv, self.yv, self.t["mask"], self._slope)
             return
         if self.act == "leaky_relu":

@@ -1,0 +1,190 @@
+"""Allocation-free numpy kernels for the forward path: the runtime without numba.
+
+Without numba (``NNFLEET_NO_NUMBA=1``, or a board where it is not installed) the runtime
+does not load numba and LLVM at all, about 130 MiB less resident memory. The ``*_numpy``
+references in the other kernel modules are written for clarity and make temporaries
+the size of their input; these versions work block by block through one small scratch
+buffer (:data:`SCRATCH_BYTES`) and write into the caller's arrays, so a training step
+allocates nothing that grows with the model. They compute what the numba kernels compute,
+operation for operation (float64 where those use float64, rounding at the same points):
+the copies, maxima and element-wise ones are bit-identical to numba; the batch-norm
+statistics sum in a different order (pairwise), which can move the last bit.
+
+Covered: what a frozen backbone runs (im2col, batch-norm statistics and affine, ReLU
+with or without its bit mask, average and max pooling). Other kernels fall back to the
+references.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+Arr = np.ndarray
+
+SCRATCH_BYTES = 256 * 1024  # per dtype; grows only for a single row larger than this
+_scratch: dict[str, np.ndarray] = {}
+
+
+def scratch(n: int, dtype: type = np.float64) -> np.ndarray:
+    """A reusable 1-D buffer of at least ``n`` elements (contents undefined)."""
+    key = np.dtype(dtype).str
+    buf = _scratch.get(key)
+    if buf is None or buf.size < n:
+        size = max(n, SCRATCH_BYTES // np.dtype(dtype).itemsize)
+        buf = _scratch[key] = np.empty(size, dtype)
+    return buf[:n]
+
+
+def _span(pad: int, k: int, stride: int, size: int, n_out: int) -> tuple[int, int]:
+    """Outputs ``o`` in ``[lo, hi)`` read an in-range input ``o*stride - pad + k``."""
+    lo = -((k - pad) // stride)
+    hi = (size - 1 + pad - k) // stride + 1
+    lo = min(max(lo, 0), n_out)
+    return lo, min(max(hi, lo), n_out)
+
+
+def _rows(total: int, row: int, limit: int | None = None) -> list[tuple[int, int]]:
+    """Split ``total`` rows of ``row`` elements into blocks of at most ``limit`` elements
+    (default: as many float64 as fit in the scratch buffer)."""
+    step = max(1, (limit or SCRATCH_BYTES // 8) // max(row, 1))
+    return [(a, min(a + step, total)) for a in range(0, total, step)]
+
+
+# ----------------------------------------------------------------------------- conv
+def im2col(x: Arr, col: Arr, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int,
+           oh: int, ow: int) -> None:
+    """As ``conv.im2col_numba``: ``kh*kw`` strided copies, padding written as 0."""
+    nb, nc, h, w = x.shape
+    c6 = col.reshape(nc, kh, kw, nb, oh, ow)
+    xt = x.transpose(1, 0, 2, 3)
+    for i in range(kh):
+        y0, y1 = _span(pt, i, sh, h, oh)
+        for j in range(kw):
+            x0, x1 = _span(pl, j, sw, w, ow)
+            dst = c6[:, i, j]
+            if y0 > 0 or y1 < oh or x0 > 0 or x1 < ow:
+                dst[:, :, :y0] = 0
+                dst[:, :, y1:] = 0
+                dst[:, :, y0:y1, :x0] = 0
+                dst[:, :, y0:y1, x1:] = 0
+            if y1 > y0 and x1 > x0:
+                iy, ix = y0 * sh - pt + i, x0 * sw - pl + j
+                np.copyto(dst[:, :, y0:y1, x0:x1],
+                          xt[:, :, iy:iy + (y1 - y0 - 1) * sh + 1:sh,
+                             ix:ix + (x1 - x0 - 1) * sw + 1:sw])
+
+
+# ----------------------------------------------------------------------------- batch norm
+def bn_stats(x: Arr, mean: Arr, var: Arr, invstd: Arr, eps: float) -> None:
+    """As ``norm.bn_stats_numba``: per-channel mean and biased variance, float64 sums."""
+    n, c, s = x.shape
+    m = n * s
+    mu = np.sum(x, axis=(0, 2), dtype=np.float64) / m  # (C,) float64: small
+    acc = np.zeros(c, np.float64)
+    part = np.empty(c, np.float64)
+    for c0, c1 in _rows(c, n * s):
+        for n0, n1 in _rows(n, (c1 - c0) * s):
+            blk = scratch((n1 - n0) * (c1 - c0) * s).reshape(n1 - n0, c1 - c0, s)
+            np.subtract(x[n0:n1, c0:c1], mu[c0:c1, None], out=blk)
+            np.multiply(blk, blk, out=blk)
+            np.sum(blk, axis=(0, 2), out=part[c0:c1])
+            acc[c0:c1] += part[c0:c1]
+    v = acc / m
+    mean[...] = mu
+    var[...] = v
+    invstd[...] = 1.0 / np.sqrt(v + eps)
+
+
+def _xhat_blocks(x: Arr, mean: Arr, invstd: Arr):  # type: ignore[no-untyped-def]
+    """Yield (slices, float64 block of canonical xhat = f64(f32((x - mean) * invstd)))."""
+    n, c, s = x.shape
+    m64 = np.asarray(mean, np.float64)
+    k64 = np.asarray(invstd, np.float64)
+    for c0, c1 in _rows(c, n * s):
+        for n0, n1 in _rows(n, (c1 - c0) * s):
+            size = (n1 - n0) * (c1 - c0) * s
+            blk = scratch(size).reshape(n1 - n0, c1 - c0, s)
+            b32 = scratch(size, np.float32).reshape(blk.shape)
+            np.subtract(x[n0:n1, c0:c1], m64[c0:c1, None], out=blk)
+            np.multiply(blk, k64[c0:c1, None], out=blk)
+            np.copyto(b32, blk, casting="same_kind")  # the float32 rounding of xhat
+            np.copyto(blk, b32)
+            yield (slice(n0, n1), slice(c0, c1)), blk
+
+
+def bn_normalize(x: Arr, mean: Arr, invstd: Arr, out: Arr) -> None:
+    """As ``norm.bn_normalize_numba``: out = xhat (float32); out may alias x."""
+    for sl, blk in _xhat_blocks(x, mean, invstd):
+        np.copyto(out[sl], blk, casting="same_kind")
+
+
+def bn_affine(x: Arr, mean: Arr, invstd: Arr, gamma: Arr, beta: Arr, y: Arr) -> None:
+    """As ``norm.bn_affine_numba``: y = gamma * xhat + beta; y may alias x."""
+    g64 = np.asarray(gamma, np.float64)
+    b64 = np.asarray(beta, np.float64)
+    for sl, blk in _xhat_blocks(x, mean, invstd):
+        np.multiply(blk, g64[sl[1], None], out=blk)
+        np.add(blk, b64[sl[1], None], out=blk)
+        np.copyto(y[sl], blk, casting="same_kind")
+
+
+# ----------------------------------------------------------------------------- relu
+def relu_fwd(x: Arr, y: Arr) -> None:
+    """As ``activation.relu_fwd_numba``: y = +0.0 where x <= 0, else x (NaN passes).
+
+    ``max(x, 0)`` keeps -0.0 (and -0.0 of a negative x's max is possible), adding +0.0
+    turns every zero into +0.0 and changes nothing else: two passes, no scratch.
+    """
+    np.maximum(x, np.float32(0), out=y)
+    np.add(y, np.float32(0), out=y)
+
+
+def relu_mask_fwd(x: Arr, y: Arr, mask: Arr, slope: float) -> None:
+    """As ``bitmask.relu_mask_fwd_numba``: y = x if x > 0 else slope * x; bits of x > 0."""
+    n = x.shape[0]
+    s = np.float32(slope)
+    step = max(8, SCRATCH_BYTES // 2 // 8 * 8)  # whole bytes of mask per block
+    for a in range(0, n, step):
+        b = min(a + step, n)
+        pos = scratch(2 * (b - a), np.bool_)
+        pos, neg = pos[:b - a], pos[b - a:]
+        np.greater(x[a:b], 0, out=pos)
+        np.logical_not(pos, out=neg)
+        if y is not x:
+            np.copyto(y[a:b], x[a:b], where=pos)
+        np.multiply(x[a:b], s, out=y[a:b], where=neg)
+        mask[a // 8:(b + 7) // 8] = np.packbits(pos, bitorder="little")  # 1/8 of the block
+
+
+# ----------------------------------------------------------------------------- pooling
+def _pool(x: Arr, y: Arr, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int,
+          acc_dtype: type, init: float, op: np.ufunc, scale: float | None) -> None:
+    """Window reduction over (i, j) offsets in row-major order, into ``y`` via scratch."""
+    nb, nc, h, w = x.shape
+    oh, ow = y.shape[2:]
+    xp, yp = x.reshape(nb * nc, h, w), y.reshape(nb * nc, oh, ow)
+    for p0, p1 in _rows(nb * nc, oh * ow, SCRATCH_BYTES // np.dtype(acc_dtype).itemsize):
+        acc = scratch((p1 - p0) * oh * ow, acc_dtype).reshape(p1 - p0, oh, ow)
+        acc.fill(init)
+        for i in range(kh):
+            y0, y1 = _span(pt, i, sh, h, oh)
+            for j in range(kw):
+                x0, x1 = _span(pl, j, sw, w, ow)
+                if y1 > y0 and x1 > x0:
+                    iy, ix = y0 * sh - pt + i, x0 * sw - pl + j
+                    dst = acc[:, y0:y1, x0:x1]
+                    op(dst, xp[p0:p1, iy:iy + (y1 - y0 - 1) * sh + 1:sh,
+                               ix:ix + (x1 - x0 - 1) * sw + 1:sw], out=dst)
+        if scale is not None:
+            np.divide(acc, scale, out=acc)
+        np.copyto(yp[p0:p1], acc, casting="same_kind")
+
+
+def avgpool2d_fwd(x: Arr, y: Arr, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int) -> None:
+    """As ``pool.avgpool2d_fwd_numba``: float64 window sums / (kh*kw), same order."""
+    _pool(x, y, kh, kw, sh, sw, pt, pl, np.float64, 0.0, np.add, float(kh * kw))
+
+
+def maxpool2d_fwd(x: Arr, y: Arr, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int) -> None:
+    """As ``pool.maxpool2d_fwd_numba``: window maxima (padding never wins; NaN wins)."""
+    _pool(x, y, kh, kw, sh, sw, pt, pl, np.float32, -np.inf, np.maximum, None)
