@@ -37,20 +37,25 @@ from typing import Any
 MIB = 1024 * 1024
 # "sgd" is torch.optim.SGD's default (no momentum), as in the issue's reference figures;
 # an optimizer name may carry a variant: "sgd-swap" (every swap candidate swapped) or
-# "sgd-frozen" (everything but the last layer frozen, torch: requires_grad=False).
+# "sgd-frozen" (everything but the last layer frozen, torch: requires_grad=False), or
+# "sgd-frozen-numpy": frozen, and nnfleet runs without numba (NNFLEET_NO_NUMBA=1: its
+# allocation-free numpy kernels, kernels/lean.py), which saves the ~130 MiB that numba,
+# LLVM and the compiled kernels keep resident.
 HP: dict[str, dict[str, Any]] = {
     "sgd": {"lr": 0.01},
     "sgdm": {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4},
     "adam": {"lr": 1e-3, "weight_decay": 5e-4},
     "adamw": {"lr": 1e-3, "weight_decay": 0.01},
 }
-OPTIMIZERS = tuple(HP) + tuple(f"{o}-{v}" for o in HP for v in ("swap", "frozen"))
+VARIANTS = ("swap", "frozen", "frozen-numpy")
+OPTIMIZERS = tuple(HP) + tuple(f"{o}-{v}" for o in HP for v in VARIANTS)
 WARMUP = 2  # steps left out of the step-time median
 # Targets (see the issue): checked per row and printed as MET / NOT MET with the figure.
 POOL_OVER_LB = 1.05
 PLAN_TOLERANCE, PLAN_SLACK = 0.10, 8 * MIB
 WS_VS_TORCH, WS_VS_TORCH_MODELS = 1 / 3, ("alexnet", "vgg16", "resnet18")
 TIME_VS_TORCH = 1.5
+PEAK_VS_TORCH_FROZEN = 1 / 4  # total peak RSS of a frozen backbone (issue 3)
 
 
 # ----------------------------------------------------------------------------- workers
@@ -76,7 +81,7 @@ def worker_nnfleet(model: str, optimizer: str, batch: int, steps: int,
 
     opt, _, variant = optimizer.partition("-")
     m = dr.build(model)
-    if variant == "frozen":
+    if variant.startswith("frozen"):
         m.freeze(m.specs[-2].name)
     m.compile(batch_size=batch, optimizer=opt.replace("sgdm", "sgd"), **HP[opt],
               swap="on" if variant == "swap" else "off")
@@ -110,7 +115,7 @@ def worker_torch(model: str, optimizer: str, batch: int, steps: int,
     torch.set_num_threads(2)
     opt_name, _, variant = optimizer.partition("-")
     m = dr.build(model)
-    if variant == "frozen":
+    if variant.startswith("frozen"):
         m.freeze(m.specs[-2].name)
     trainable = {k: p.trainable for k, p in m.weights.params.items()}
     input_shape = m.input_shape
@@ -161,8 +166,13 @@ def run_worker(framework: str, model: str, optimizer: str, batch: int, steps: in
            "--steps", str(steps)] + (["--warm"] if warm else [])
     head = {"framework": framework, "model": model, "optimizer": optimizer, "batch_size": batch,
             "steps": steps, "warm": warm}
+    env = dict(os.environ)
+    if framework == "torch" or optimizer.endswith("-numpy"):
+        # torch's worker uses nnfleet only to build the same model: numba, which it never
+        # runs, would add ~60 MiB to torch's figures
+        env["NNFLEET_NO_NUMBA"] = "1"
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {**head, "error": f"timed out after {timeout:.0f} s"}
     lines = proc.stdout.strip().splitlines()
@@ -226,6 +236,14 @@ def check_targets(row: dict[str, Any]) -> list[tuple[str, str, str]]:
                         verdict(ws <= WS_VS_TORCH) if target_row else "n/a",
                         f"{ws:.2f}x" + ("" if target_row else " (not a target row)")))
     n, t = row.get("nnfleet"), row.get("torch")
+    if "frozen" in row["optimizer"]:
+        for tag in ("", "_warm"):
+            a, b = row.get("nnfleet" + tag), row.get("torch" + tag)
+            if a is not None and b is not None:
+                r = a["peak_rss"] / max(b["peak_rss"], 1)
+                out.append((f"total peak <= 1/4 of torch's [{'warm' if tag else 'cold'}]",
+                            verdict(r <= PEAK_VS_TORCH_FROZEN),
+                            f"{r:.2f}x ({_mib(a['peak_rss'])} vs {_mib(b['peak_rss'])} MiB)"))
     if n is not None and t is not None:
         st = n["step_ms"] / t["step_ms"]
         out.append((f"step time <= {TIME_VS_TORCH} x torch", verdict(st <= TIME_VS_TORCH),
