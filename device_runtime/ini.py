@@ -11,16 +11,24 @@ NNTrainer's realizer does. Errors are one line naming the file, section and key.
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .errors import DataError, ModelError
+from .errors import ConfigError, DataError, ModelError
 from .graph import parse_ref
-from .ini_data import (DataSetSpec, load_records, one_hot_to_ids, parse_legacy_section,
-                       parse_set_section, resolve)
+from .ini_data import (
+    DataSetSpec,
+    load_records,
+    one_hot_to_ids,
+    parse_legacy_section,
+    parse_set_section,
+    resolve,
+)
 from .ini_format import Section, parse_ini
 from .ini_schedules import parse_scheduler
 from .layers import create_layer
@@ -63,8 +71,14 @@ class IniModel:
         return os.path.splitext(os.path.basename(self.path))[0]
 
     def build(self, seed: int = 0) -> Model:
-        """A model with fresh weights; layers' L2 properties apply once compiled."""
-        return Model(self.layers, loss=self.loss, seed=seed, name=self.name)
+        """A model with fresh weights; layers' L2 properties apply once compiled. Errors
+        found while building the graph name the file too."""
+        try:
+            return Model(self.layers, loss=self.loss, seed=seed, name=self.name)
+        except (ModelError, DataError, ConfigError) as e:
+            if self.path in str(e):
+                raise
+            raise type(e)(f"{self.path}: {e}") from None
 
     def load_data(self, split: str, model: Model) -> tuple[np.ndarray, np.ndarray]:
         """Read the ``train``/``valid``/``test`` set; one-hot labels become class ids
@@ -81,11 +95,26 @@ class IniModel:
         return x, y
 
 
+# numeric keys of [Model] and [Optimizer] -> (check, what the value must be)
+_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    **dict.fromkeys(("batch_size", "epochs", "decay_steps"),
+                    (lambda v: v >= 1 and v == int(v), "a positive integer")),
+    **dict.fromkeys(("learning_rate", "epsilon", "decay_rate"), (lambda v: v > 0, "> 0")),
+    **dict.fromkeys(("beta1", "beta2", "momentum"), (lambda v: 0 <= v < 1, "in [0, 1)")),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+}
+
+
 def _num(path: str, sec: str, key: str, value: str, kind: type = float) -> Any:
+    """A finite number in the key's range (see ``_RANGES``); ints for integer keys."""
     try:
-        return kind(float(value)) if kind is int else kind(value)
+        v = float(value)
     except ValueError:
         raise ModelError(f"{path}: [{sec}] {key} = {value!r} is not a number") from None
+    ok, want = _RANGES.get(key, (math.isfinite, "a finite number"))
+    if not (math.isfinite(v) and ok(v)):
+        raise ModelError(f"{path}: [{sec}] {key} = {value!r} must be {want}")
+    return int(v) if kind is int else v
 
 
 def read_ini(path: str) -> IniModel:
@@ -210,8 +239,8 @@ def _renamed(spec: LayerSpec, names: dict[str, str], keep_case: bool = False) ->
     raw = props.get("input_layers")
     if raw:
         refs = [parse_ref(s) for s in str(raw).split(",") if s.strip()]
-        props["input_layers"] = ", ".join(
-            (lambda n, k: f"{n}({k})" if k else n)(names.get(p.lower(), p), k) for p, k in refs)
+        mapped = [(names.get(p.lower(), p), k) for p, k in refs]
+        props["input_layers"] = ", ".join(f"{n}({k})" if k else n for n, k in mapped)
     name = spec.name if keep_case else names.get(spec.name.lower(), spec.name)
     return LayerSpec(spec.type, name, props)
 
@@ -232,7 +261,12 @@ def _splice_backbone(path: str, sec: Section, layers: list[LayerSpec], stack: li
         raise ModelError(f"{where}: backbone file not found ({file})")
     if file in stack:
         raise ModelError(f"{where}: backbones include each other ({' -> '.join(stack)})")
-    inner = _read(file, stack + [file]).layers
+    try:
+        inner = _read(file, stack + [file]).layers
+    except ModelError as e:
+        if str(e).startswith(where):
+            raise
+        raise ModelError(f"{where}: {e}") from None
     trainable = parse_bool(sec.name or "backbone", "trainable", items.get("trainable", "false"))
     prefix = f"{sec.name}/" if sec.name else ""
     names = {s.name.lower(): prefix + s.name for s in inner}

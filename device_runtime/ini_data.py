@@ -72,9 +72,12 @@ def _int(ini_path: str, sec: str, key: str, value: str | None) -> int | None:
     if value is None or value == "":
         return None
     try:
-        return int(float(value))
+        v = float(value)
     except ValueError:
         raise ModelError(f"{ini_path}: [{sec}] {key} = {value!r} is not a number") from None
+    if not (v >= 1 and math.isfinite(v) and v == int(v)):
+        raise ModelError(f"{ini_path}: [{sec}] {key} = {value!r} must be a positive integer")
+    return int(v)
 
 
 def load_records(spec: DataSetSpec, in_shape: tuple[int, ...],

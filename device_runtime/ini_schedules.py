@@ -47,13 +47,18 @@ class PeriodicCosineSchedule(Schedule):
         return self.min_lr + 0.5 * (base_lr - self.min_lr) * (1 + cos)
 
 
-def _floats(path: str, sec: str, key: str, value: str) -> list[float]:
+def _floats(path: str, sec: str, key: str, value: str, low: float = 0.0) -> list[float]:
+    """Finite numbers ``>= low`` (``> 0`` for learning rates)."""
     try:
         out = [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise ModelError(f"{path}: [{sec}] {key} = {value!r} is not a number list") from None
     if not out:
         raise ModelError(f"{path}: [{sec}] {key} is empty")
+    positive = "learning_rate" in key and not key.startswith("min")
+    if not all(math.isfinite(v) and v >= low and (v > 0 or not positive) for v in out):
+        raise ModelError(f"{path}: [{sec}] {key} = {value!r} must be finite and "
+                         f"{'> 0' if positive else f'>= {low:g}'}")
     return out
 
 
@@ -84,14 +89,17 @@ def parse_scheduler(path: str, sec: str, items: dict[str, str]) -> tuple[float |
             "cosine", decay_steps=_positive(path, sec, num("decay_steps")),
             min_lr=num("min_learning_rate"))
     lrs = _floats(path, sec, "learning_rate", items["learning_rate"])
-    its = [int(v) for v in _floats(path, sec, "iteration", items["iteration"])]
+    its = [_positive(path, sec, v, "iteration", 0)
+           for v in _floats(path, sec, "iteration", items["iteration"])]
     if len(lrs) != len(its) + 1 or its != sorted(set(its)):
         raise ModelError(f"{path}: [{sec}] a step scheduler needs one more learning_rate than "
                          f"iterations, iterations increasing: got {lrs} and {its}")
     return lrs[0], PiecewiseSchedule("step", lrs=tuple(lrs), iterations=tuple(its))
 
 
-def _positive(path: str, sec: str, v: float) -> int:
-    if v <= 0 or v != int(v):
-        raise ModelError(f"{path}: [{sec}] decay_steps = {v} must be a positive integer")
+def _positive(path: str, sec: str, v: float, key: str = "decay_steps", low: int = 1) -> int:
+    """``v`` (already finite) as an integer ``>= low``."""
+    if v < low or v != int(v):
+        what = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ModelError(f"{path}: [{sec}] {key} = {v:g} must be {what}")
     return int(v)

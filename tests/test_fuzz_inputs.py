@@ -8,12 +8,20 @@ tests/fuzzing.py); the number tried per target is printed in pytest's summary.
 
 from __future__ import annotations
 
+import glob
+import os
+from unittest import mock
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from device_runtime import weights as weights_mod
 from device_runtime.errors import ConfigError
+from device_runtime.ini import read_ini
+from device_runtime.layers import LAYER_TYPES
 from device_runtime.units import _UNITS, MAX_SIZE, parse_size
+from tests.conftest import SHARED_INI
 from tests.fuzzing import TALLY, check_input, fuzz_settings, register_report, save_report
 
 
@@ -74,3 +82,194 @@ def test_sizes_exact():
     assert parse_size("9223372036854775807") == MAX_SIZE
     assert parse_size("1.5GiB") == 1610612736 and parse_size(" 12 MiB ") == 12 << 20
     assert parse_size(".5k") == 500 and parse_size(64) == 64 and parse_size(2.0) == 2
+
+
+# ---------------------------------------------------------------- INI model files
+
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+CORPUS = {os.path.basename(p): _read_text(p)
+          for p in sorted(glob.glob(os.path.join(SHARED_INI, "*.ini")))}
+corpus = pytest.mark.skipif(not CORPUS, reason=f"no NNTrainer INI corpus at {SHARED_INI}")
+NASTY = ["", "0", "-1", "-0", "1e400", "-1e400", "nan", "inf", "-inf", "99999999999999999999",
+         "100000", "1e12", "0.5", "3:3:3:3:3", "0:0:0", "-3:4:4", "1:1:1", "a,b", "1,,2", "(",
+         "true", "None", "\U0001f642", "\x00", "x" * 5000, "0x10", "1_000", "3,3", "0,0", "-1,-1",
+         "same", "valid", "relu", "softmax", "zeros", "he_normal", "lstm", "input", "cross",
+         "mse", "sgd", "adam", "'quoted", "\"a\"b\"", "# comment", "= =", "[x]"]
+KEYS = ["type", "input_layers", "input_shape", "unit", "filters", "kernel_size", "stride",
+        "padding", "activation", "flatten", "trainable", "batch_size", "epochs", "loss",
+        "learning_rate", "decay_steps", "pool_size", "pooling", "dropout_rate", "in_dim",
+        "out_dim", "target_shape", "axis", "momentum", "epsilon", "backbone", "unknown_key",
+        "Type", " unit ", "", "\u00e9"]
+LINE_OPS = st.lists(st.tuples(  # edits that keep the file parseable are the more frequent
+    st.sampled_from(["value"] * 4 + ["type", "input_layers", "insert"] * 2
+                    + ["key", "delete", "duplicate", "swap", "section", "truncate"]),
+    st.integers(0, 10**6), st.integers(0, 10**6), st.sampled_from(NASTY), st.sampled_from(KEYS)),
+    min_size=1, max_size=5)
+LAYER_NAMES = sorted(LAYER_TYPES) + ["relu", "bogus", "output", "backbone"]
+
+
+def _set(lines: list[str], n: int, key: str, value: str) -> None:
+    """Set ``key`` in the section around line ``n``: replace its line, or add one."""
+    start = max((k for k in range(n + 1) if lines[k].strip().startswith("[")), default=-1)
+    end = next((k for k in range(n + 1, len(lines)) if lines[k].strip().startswith("[")),
+               len(lines))
+    for k in range(start + 1, end):
+        if lines[k].split("=", 1)[0].strip().lower() == key.strip().lower():
+            lines[k] = f"{key} = {value}"
+            return
+    lines.insert(start + 1, f"{key} = {value}")
+
+
+def mutate_ini(text: str, ops: list) -> str:
+    """An INI text after line-level edits: values, keys, sections, types and input_layers
+    (cycles, self-loops, forward and dangling references) changed, lines moved or cut."""
+    lines = text.splitlines()
+    for op, i, j, value, key in ops:
+        if not lines:
+            lines = ["[a]"]
+        n = i % len(lines)
+        line = lines[n]
+        sections = [ln.strip()[1:-1] for ln in lines if ln.strip().startswith("[")] or ["a"]
+        if op == "value" and "=" in line:
+            lines[n] = line.split("=", 1)[0] + "= " + value
+        elif op == "key" and "=" in line:
+            lines[n] = key + " =" + line.split("=", 1)[1]
+        elif op == "delete":
+            del lines[n]
+        elif op == "duplicate":
+            lines.insert(n, line)
+        elif op == "swap":
+            m = j % len(lines)
+            lines[n], lines[m] = lines[m], lines[n]
+        elif op == "insert":
+            if j % 3:
+                _set(lines, n, key, value)
+            else:
+                lines.insert(n, value)
+        elif op == "section":
+            lines.insert(n, f"[{sections[j % len(sections)] if j % 2 else value}]")
+        elif op == "type":
+            _set(lines, n, "type", LAYER_NAMES[j % len(LAYER_NAMES)])
+        elif op == "input_layers":  # often a cycle: a layer fed by itself or a later one
+            _set(lines, n, "input_layers",
+                 ", ".join(sections[(j + k) % len(sections)] for k in range(1 + j % 2)))
+        elif op == "truncate":
+            text = "\n".join(lines[:n + 1])
+            lines = text[:len(text) * (j % 100) // 100].splitlines()
+    return "\n".join(lines) + "\n"
+
+
+def _write(folder, name: str, data: str | bytes) -> str:
+    path = os.path.join(folder, name)
+    with open(path, "wb") as f:
+        f.write(data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data)
+    return path
+
+
+def load_ini(path: str):
+    """What ``nnfleet`` does with a model file: read it and build the model. The memory
+    check is scaled down so that an absurd layer is refused at once, not after seconds."""
+    with mock.patch.object(weights_mod, "memory_available", lambda: 32 << 20):
+        return read_ini(path).build()
+
+
+@corpus
+@fuzz_settings(1500)
+@given(st.sampled_from(sorted(CORPUS)), LINE_OPS, st.booleans())
+def test_fuzz_ini_mutations_of_nntrainer_files(tmp_path_factory, name, ops, in_backbone):
+    # Prepare: simple_fc_backbone.ini splices simple_fc.ini in; either file is mutated
+    folder = tmp_path_factory.mktemp("ini")
+    if name == "simple_fc_backbone.ini":
+        inner = CORPUS["simple_fc.ini"]
+        _write(folder, "simple_fc.ini", mutate_ini(inner, ops) if in_backbone else inner)
+    text = CORPUS[name] if name == "simple_fc_backbone.ini" and in_backbone else \
+        mutate_ini(CORPUS[name], ops)
+    path = _write(folder, name, text)
+    # Execute / Assert: the model builds, or a one-line error names the file
+    m, _ = check_input("INI files: mutations", lambda: load_ini(path), path)
+    if m is not None:
+        assert m.weights.nbytes <= 32 << 20 and len(m.input_shape) >= 1
+
+
+@fuzz_settings(400)
+@given(st.one_of(st.binary(max_size=400), st.text(max_size=400).map(str.encode),
+                 st.sampled_from(sorted(CORPUS) or ["x"]).flatmap(
+                     lambda n: st.sampled_from(["utf-16", "utf-32", "latin-1", "cp500"]).map(
+                         lambda enc: CORPUS.get(n, "[a]\ntype=input\n").replace(
+                             "# ", "# \u00e9\u00e8 ").encode(enc, "replace")))))
+def test_fuzz_ini_bytes_and_encodings(tmp_path_factory, blob):
+    path = _write(tmp_path_factory.mktemp("ini"), "m.ini", blob)
+    check_input("INI files: bytes", lambda: load_ini(path), path)
+
+
+FC = "[a]\ntype = input\ninput_shape = 1:1:4\n[b]\ntype = fully_connected\nunit = 3\n"
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("[Model]\nbatch_size = 8\n", "no layer sections"),
+    ("[Model]\nbatch_size = 1e400\n" + FC, "[Model] batch_size = '1e400' must be a positive integer"),
+    ("[Model]\nepochs = nan\n" + FC, "epochs = 'nan' must be a positive integer"),
+    ("[Optimizer]\ntype = adam\nbeta1 = 1.5\n" + FC, "beta1 = '1.5' must be in [0, 1)"),
+    ("[Optimizer]\nlearning_rate = -inf\n" + FC, "learning_rate = '-inf' must be > 0"),
+    ("[Model]\ndecay_steps = 0\ndecay_rate = 0.9\n" + FC, "decay_steps = '0' must be a positive"),
+    ("[LearningRateScheduler]\ntype = exponential\nlearning_rate = 0.1\ndecay_rate = 0.9\n"
+     "decay_steps = nan\n" + FC, "decay_steps = 'nan' must be finite"),
+    ("[LearningRateScheduler]\ntype = step\nlearning_rate = 0.1, 0.01\niteration = inf\n" + FC,
+     "iteration = 'inf' must be finite"),
+    ("[LearningRateScheduler]\ntype = step\nlearning_rate = 0.1, 0.01\niteration = 2.5\n" + FC,
+     "iteration = 2.5 must be an integer >= 0"),
+    ("[LearningRateScheduler]\ntype = cosine\nmax_learning_rate = 0\nmin_learning_rate = 0\n"
+     "decay_steps = 3\n" + FC, "max_learning_rate = '0' must be finite and > 0"),
+    ("[train_set]\npath = x.dat\nbuffer_size = 1e400\n" + FC, "buffer_size = '1e400' must be"),
+    ("[DataSet]\nTrainData = x.dat\nBufferSize = -2\n" + FC, "BufferSize = '-2' must be"),
+    (FC + "input_layers = c\n[c]\ntype = fully_connected\nunit = 3\ninput_layers = b\n",
+     "cycle"),
+    (FC + "input_layers = b\n", "takes its own output as input"),
+    (FC.replace("unit = 3", "unit = 1000000000000"), "memory available"),
+])
+def test_ini_errors_name_the_file_and_key(tmp_path, text, needle):
+    path = _write(tmp_path, "m.ini", text)
+    _, msg = check_input("INI files: cases", lambda: load_ini(path), path, needle)
+    assert msg is not None
+
+
+def test_errors_inside_a_backbone_name_both_files(tmp_path):
+    # Prepare: the backbone has a bad value; a second pair includes each other
+    _write(tmp_path, "bb.ini", "[x]\ntype = input\ninput_shape = 1:1:4\n[y]\n"
+                               "type = fully_connected\nunits = 3\n")
+    outer = _write(tmp_path, "m.ini", '[]\nbackbone = "bb.ini"\n')
+    a = _write(tmp_path, "a.ini", "[p]\nbackbone = b.ini\n")
+    _write(tmp_path, "b.ini", "[q]\nbackbone = a.ini\n")
+    # Execute
+    _, msg = check_input("INI files: cases", lambda: load_ini(outer), outer, "bb.ini", "units")
+    _, loop = check_input("INI files: cases", lambda: load_ini(a), a, "include each other")
+    # Assert
+    assert msg.startswith(f"{outer}: [] backbone = bb.ini: {tmp_path}/bb.ini: "), msg
+    assert msg is not None and loop is not None
+
+
+# Found by the INI fuzzer in code this test file does not own (device_runtime/graph.py and
+# the planner): kept as strict xfails so that the fix flips them.
+@pytest.mark.xfail(strict=True, raises=KeyError, reason="graph.py _finalize_shapes: an input "
+                   "reference to an output index the layer does not have is a KeyError")
+def test_reference_to_a_missing_output_is_a_model_error(tmp_path):
+    # the first split leaves one column, so split s has one output and s(1) does not exist
+    emb = "type = embedding\nin_dim = 6\nout_dim = 5\n"
+    path = _write(tmp_path, "m.ini", "[in]\ntype = split\ninput_shape = 1:1:2\naxis = 3\n"
+                  "[s]\ntype = split\naxis = 3\n[u]\ninput_layers = s(0)\n" + emb +
+                  "[e]\ninput_layers = s(1)\n" + emb + "[c]\ninput_layers = u, e\ntype = concat\n")
+    check_input("INI files: cases", lambda: load_ini(path), path)
+
+
+@pytest.mark.xfail(strict=True, raises=OverflowError, reason="planner: a layer output of "
+                   "1e20 elements (padding = 1e20) overflows a C long instead of a ModelError")
+def test_absurd_output_shape_is_a_model_error_at_compile(tmp_path):
+    path = _write(tmp_path, "m.ini", "[in]\ntype = input\ninput_shape = 1:4:4\n[c]\n"
+                  "type = conv2d\nfilters = 1\nkernel_size = 3,3\n"
+                  "padding = 99999999999999999999\n")
+    check_input("INI files: cases",
+                lambda: load_ini(path).compile(batch_size=1, optimizer="sgd", lr=0.1).plan(), path)
