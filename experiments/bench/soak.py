@@ -11,6 +11,8 @@ the hostile updates). It prints:
 - the outcomes: each status with its count, which must add up to the device-rounds run,
   and for each injected kind what became of it (a device fault must end with its status,
   a hostile update with a normal reply);
+- what the server did with the hostile updates: rejected before aggregation or not
+  (``context.state["server-state"]["rejected"]`` of ``server/``, matched by round and node);
 - the summed RSS of this process and all its descendants (engine, workers, forked
   devices; psutil) after each round, with the pool whole again (respawned workers warm):
   first, last and max after ``--warmup`` rounds, and the least-squares slope per round.
@@ -41,7 +43,7 @@ def soak(devices: int = 1000, rounds: int = 10, rate: float = 0.05, cap: int = 2
     """Run the soak; returns outcome counts and RSS samples (see the module docstring)."""
     from experiments.bench.fleet import TreeSampler, workload
     from experiments.fleet import DeviceProfile, FleetEngine
-    from experiments.fleet.faults import EXPECTED_STATUS, FaultPlan
+    from experiments.fleet.faults import EXPECTED_STATUS, HOSTILE, FaultPlan
     from experiments.fleet.flower_data import fleet_from_run_config
 
     rc = workload(devices, rounds)
@@ -50,6 +52,7 @@ def soak(devices: int = 1000, rounds: int = 10, rate: float = 0.05, cap: int = 2
     profiles = [DeviceProfile(i, cap, 1.0, 1.0, 0.0) for i in range(devices)]
     status: Counter[str] = Counter()
     by_fault: Counter[tuple[str, str]] = Counter()
+    hostile: dict[tuple[int, int], str] = {}  # (round, node) -> kind, for the server's verdict
     tree = TreeSampler(os.getpid())
     rss: list[int] = []
     t0 = time.perf_counter()
@@ -72,6 +75,8 @@ def soak(devices: int = 1000, rounds: int = 10, rate: float = 0.05, cap: int = 2
                 status[rec["status"]] += 1
                 if "fault" in rec:
                     by_fault[(rec["fault"], rec["status"])] += 1
+                    if rec["fault"] in HOSTILE and rec["status"] == "ok":
+                        hostile[(int(rec["round"]), int(rec["device"]) + 1)] = rec["fault"]
 
         def after_round(info: dict[str, Any]) -> None:
             eng.wait_ready()  # measure the whole pool, respawned workers included
@@ -84,10 +89,17 @@ def soak(devices: int = 1000, rounds: int = 10, rate: float = 0.05, cap: int = 2
         grid = FleetGrid(eng, "soak", seed, on_record=record, keep_messages=False,
                          on_round=after_round)
         t1 = time.perf_counter()
-        run_serverapp(server.app, grid, rc)
+        ctx = run_serverapp(server.app, grid, rc)
         rounds_s = time.perf_counter() - t1
         startup, respawned, n_workers = eng.startup_seconds, eng.respawned, len(eng.procs)
     total = devices * rounds
+    rejected = None  # per hostile kind: rejected / not, when the server reports rejections
+    if "server-state" in ctx.state and "rejected" in ctx.state["server-state"]:
+        seen = {(int(r["round"]), int(r["node"]))
+                for r in json.loads(str(ctx.state["server-state"]["rejected"]))}
+        verdict = Counter((k, "rejected" if key in seen else "accepted")
+                          for key, k in hostile.items())
+        rejected = {f"{k}->{v}": n for (k, v), n in sorted(verdict.items())}
     mismatched = {f"{k}->{s}": n for (k, s), n in by_fault.items()
                   if s != EXPECTED_STATUS.get(k, "ok")}
     after = np.asarray(rss[warmup:] if len(rss) > warmup else rss, np.float64)
@@ -96,7 +108,8 @@ def soak(devices: int = 1000, rounds: int = 10, rate: float = 0.05, cap: int = 2
         "device_rounds": total, "outcomes": dict(status), "accounted": sum(status.values()),
         "injected": dict(Counter(k for k, _ in by_fault.elements())),
         "injected_outcomes": {f"{k}->{s}": n for (k, s), n in sorted(by_fault.items())},
-        "mismatched": mismatched, "respawned_workers": respawned, "workers": n_workers,
+        "mismatched": mismatched, "hostile_at_server": rejected,
+        "respawned_workers": respawned, "workers": n_workers,
         "isolation": isolation, "rate": rate, "timeout_s": timeout, "ram_cap": cap,
         "rss_per_round": rss, "warmup_rounds": warmup,
         "rss_first": int(after[0]) if after.size else 0,
@@ -122,6 +135,9 @@ def report(r: dict[str, Any]) -> str:
         f"{k} {n}" for k, n in r["injected_outcomes"].items()))
     if r["mismatched"]:
         lines.append(f"UNEXPECTED outcomes of injected faults: {r['mismatched']}")
+    if r["hostile_at_server"] is not None:
+        lines.append("hostile updates at the server: " + (", ".join(
+            f"{k} {n}" for k, n in r["hostile_at_server"].items()) or "none sent"))
     lines.append(f"workers respawned: {r['respawned_workers']}")
     mib = [f"{x / MIB:.0f}" for x in r["rss_per_round"]]
     lines.append(f"process-tree RSS per round (MiB): {' '.join(mib)}")

@@ -8,9 +8,10 @@ to this process, which only sees shared weights and metrics.
 
 A worker that dies (a device killed mid-task, or killed by the engine because its task ran
 past ``faults.timeout``) costs only the task it was running: that task is reported
-("killed", "timeout"), a fresh worker is started in the background, and the worker's
-remaining tasks run on it once it is warm (the data store is re-attached; device states are
-files, so they survive). See :mod:`experiments.fleet.faults`.
+("killed", "timeout"), a warm spare worker (kept when faults are injected, else started
+then) takes its place with the data store re-attached and runs the worker's remaining tasks
+(device states are files, so they survive), and a new spare warms up in the background.
+See :mod:`experiments.fleet.faults`.
 """
 
 from __future__ import annotations
@@ -338,8 +339,9 @@ class FleetEngine:
         if rest:
             fresh.outbox.append(("tasks", rest))
         self.procs[p.index] = fresh
-        if fresh.starting and fresh.conn.poll(0):  # a spare, warm already: start it now
+        if fresh.starting and fresh.conn.poll(0):  # a spare, warm already
             fresh.got_ready(fresh.conn.recv())
+        if not fresh.starting:  # start it now
             self._attach(fresh)
 
     def reset(self, run_key: str) -> None:
@@ -348,13 +350,15 @@ class FleetEngine:
             self._send(p, ("reset", run_key))
 
     def wait_ready(self) -> None:
-        """Block until every respawned worker is warm (the pool is whole again)."""
-        for p in self.procs:
+        """Block until every respawned worker, and the spare, is warm (the pool is whole
+        again)."""
+        for p in self.procs + ([self.spare] if self.spare else []):
             if p.starting:
                 if not p.ready():
                     raise RuntimeError(f"fleet worker {p.index} did not restart within "
                                        f"{READY_TIMEOUT}s")
-                self._attach(p)
+                if p is not self.spare:  # the spare is attached when it takes over
+                    self._attach(p)
 
     # ------------------------------------------------------------------ memory
     def tree_rss(self) -> int:
