@@ -83,7 +83,7 @@ def run_rounds(strategy: Any, grid: Grid, context: Context, initial: ArrayRecord
         replies = grid.send_and_receive(
             messages=strategy.configure_train(rnd, state.arrays, train_config, grid),
             timeout=timeout)
-        accepted, rejected = screen_replies(replies, state.arrays, rules)
+        accepted, rejected = screen_replies(replies, state.arrays, rules, layout=initial)
         for r in rejected:
             log(INFO, "\t> Rejected the reply of node %d: %s", r.node, r.reason)
         state.rejected += [r.as_dict(rnd) for r in rejected]

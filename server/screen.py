@@ -84,16 +84,22 @@ class Rejection:
 
 
 def screen_replies(replies: Iterable[Message], global_arrays: ArrayRecord,
-                   rules: ScreenRules = ScreenRules()) -> tuple[list[Message], list[Rejection]]:
+                   rules: ScreenRules = ScreenRules(), layout: ArrayRecord | None = None
+                   ) -> tuple[list[Message], list[Rejection]]:
     """Split training replies into those the strategy may aggregate and the rejected ones.
 
-    Error replies are kept (the strategy logs and skips them); the order of the kept
-    replies is the order they came in, so aggregation is the same as without screening.
+    ``global_arrays``: the weights the round started from (updates are measured from them);
+    ``layout``: the keys, shapes and dtypes a reply must have (default: those of
+    ``global_arrays``; the model's own, since a strategy may change the dtype: FedAdam's
+    aggregate is float64 while devices train and reply in float32). Error replies are kept
+    (the strategy logs and skips them); the order of the kept replies is the order they
+    came in, so aggregation is the same as without screening.
     """
     replies = list(replies)
     if not rules.enabled:
         return replies, []
     glob = {k: a.numpy() for k, a in global_arrays.items()}
+    spec = {k: (np.dtype(a.dtype), tuple(a.shape)) for k, a in (layout or global_arrays).items()}
     rejected: list[Rejection] = []
     norms: dict[int, float] = {}  # index in replies -> ||d_i||
     metric_keys: dict[int, frozenset[str]] = {}
@@ -101,7 +107,7 @@ def screen_replies(replies: Iterable[Message], global_arrays: ArrayRecord,
         if m.has_error():
             continue
         node = m.metadata.src_node_id
-        why = _check_one(m, glob)
+        why = _check_one(m, glob, spec)
         if isinstance(why, tuple):
             rejected.append(Rejection(node, *why))
         else:
@@ -126,7 +132,8 @@ def _norm(arrays: dict[str, np.ndarray]) -> float:
     return float(np.sqrt(sum(np.square(a, dtype=np.float64).sum() for a in arrays.values())))
 
 
-def _check_one(m: Message, glob: dict[str, np.ndarray]) -> tuple[str, str] | float:
+def _check_one(m: Message, glob: dict[str, np.ndarray],
+               spec: dict[str, tuple[np.dtype, tuple[int, ...]]]) -> tuple[str, str] | float:
     """``(kind, reason)`` when reply ``m`` is unusable, else the norm of its update."""
     c = m.content
     if len(c.array_records) != 1 or len(c.metric_records) != 1:
@@ -136,24 +143,24 @@ def _check_one(m: Message, glob: dict[str, np.ndarray]) -> tuple[str, str] | flo
     if isinstance(n, list) or n is None or not np.isfinite(n) or n <= 0:
         return ("num-examples", f"'{WEIGHT_KEY}' must be a positive finite number, got {n!r}")
     record = next(iter(c.array_records.values()))
-    missing, unknown = sorted(set(glob) - set(record)), sorted(set(record) - set(glob))
+    missing, unknown = sorted(set(spec) - set(record)), sorted(set(record) - set(spec))
     if missing or unknown:
         return ("keys", (f"arrays do not match the global ones: missing {missing}, "
                          f"unknown {unknown}"))
     sq = 0.0
-    for k, g in glob.items():
+    for k, (dtype, shape) in spec.items():
         try:
             a = record[k].numpy()
         except Exception as e:  # noqa: BLE001 - whatever the bytes are, they are not an array
             return ("malformed", f"{k} does not decode as an array: {type(e).__name__}: {e}")
-        if a.dtype != g.dtype:
-            return ("dtype", f"{k} is {a.dtype}, expected {g.dtype}")
-        if a.shape != g.shape:
-            return ("shape", f"{k} has shape {a.shape}, expected {g.shape}")
+        if a.dtype != dtype:
+            return ("dtype", f"{k} is {a.dtype}, expected {dtype}")
+        if a.shape != shape:
+            return ("shape", f"{k} has shape {a.shape}, expected {shape}")
         bad = a.size - int(np.isfinite(a).sum())
         if bad:
             return ("non-finite", f"{k} has {bad} NaN or infinite values of {a.size}")
-        sq += float(np.square(np.subtract(a, g, dtype=np.float64)).sum())
+        sq += float(np.square(np.subtract(a, glob[k], dtype=np.float64)).sum())
     return float(np.sqrt(sq))
 
 

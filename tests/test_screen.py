@@ -90,6 +90,16 @@ def test_each_kind_of_broken_update_is_rejected_with_its_reason():
     assert "unknown ['odd']" in why[11]
 
 
+def test_replies_are_held_to_the_models_layout_not_the_aggregates_dtype():
+    # FedAdam's aggregate is float64; devices keep replying in the model's float32
+    wide = _record({k: v.astype(np.float64) for k, v in GLOBAL.items()})
+    replies = [_reply(1, _moved(0.1)), _reply(2, {k: v.astype(np.float64)
+                                                  for k, v in _moved(0.1).items()})]
+    kept, rejected = screen_replies(replies, wide, layout=_record(GLOBAL))
+    assert [m.metadata.src_node_id for m in kept] == [1]
+    assert [(r.node, r.kind) for r in rejected] == [(2, "dtype")]
+
+
 def test_undecodable_arrays_are_rejected_not_raised():
     bad = ArrayRecord({"fc1:weight": Array(dtype="float32", shape=(4, 3), stype="numpy.ndarray",
                                            data=b"not an npy file"),
