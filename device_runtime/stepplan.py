@@ -21,6 +21,12 @@ from .layers.base import AG, CD, CG, F
 from .swap import PAGE, SwapSlot, find_slots, stretches
 
 
+# Layers that declare ``in_place_forward_only`` (conv, batch norm) write their output over
+# their input when they run no backward (frozen, inference). Off only to test that it
+# changes no number.
+FORWARD_ONLY_IN_PLACE = True
+
+
 @dataclass
 class Record:
     """One tensor of the step."""
@@ -142,7 +148,11 @@ class StepPlan:
                 if dx is not None and dy is not None and \
                         self.records[dx].nbytes == self.records[dy].nbytes:
                     self._union(dx, dy)
-            if lay.in_place == "no" or not node.inputs:
+            mode = lay.in_place
+            if mode == "no" and FORWARD_ONLY_IN_PLACE and not (lay.has_cg or lay.has_cd) and \
+                    getattr(lay, "in_place_forward_only", False):
+                mode = "modify"  # e.g. a frozen conv: it may write over its own input
+            if mode == "no" or not node.inputs:
                 continue
             xi = self.out_rec[node.inputs[0]]
             xrec = self.records[xi]
@@ -150,7 +160,7 @@ class StepPlan:
             if any(self.records[y].nbytes != xrec.nbytes for y in outs):
                 continue
             # Overwriting the input is only safe when no one reads its data later.
-            if lay.in_place == "modify" and max(self._group_uses(xi)) > node.orders[F]:
+            if mode == "modify" and max(self._group_uses(xi)) > node.orders[F]:
                 continue
             for y in outs:
                 self._union(y, xi)

@@ -197,3 +197,24 @@ def test_recomputed_batchnorm_outputs_are_bit_identical(monkeypatch):
     for k in out[True][0]:
         assert np.array_equal(out[True][0][k], out[False][0][k]), k
     assert out[True][1] < 0.85 * out[False][1]  # 0.63 at batch 32
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg16"])
+def test_forward_only_in_place_changes_no_bit(name, monkeypatch):
+    # Frozen convs and batch norms write their output over their input: same losses,
+    # weights and predictions as keeping both, on a poisoned pool; and a smaller pool.
+    monkeypatch.setattr("device_runtime.executor.POISON", True)
+    runs = {}
+    for in_place in (False, True):
+        monkeypatch.setattr("device_runtime.stepplan.FORWARD_ONLY_IN_PLACE", in_place)
+        m = dr.build(name, seed=1)
+        m.freeze(m.specs[-2].name)
+        m.compile(batch_size=4, optimizer="sgd", lr=0.05)
+        x, y = synthetic_classification(m.input_shape, 10, 20, seed=2)
+        hist = m.fit(x, y, steps=5, seed=3)
+        runs[in_place] = (hist.losses, m.get_weights(), m.predict(x[:6]), m.plan()["pool_bytes"])
+    (l0, w0, p0, pool0), (l1, w1, p1, pool1) = runs[False], runs[True]
+    assert l0 == l1 and np.all(np.isfinite(l1))
+    assert all(np.array_equal(w0[k], w1[k]) for k in w0)
+    assert np.array_equal(p0, p1)
+    assert pool1 < pool0

@@ -110,6 +110,11 @@ class Conv2D(Layer):
         if n // self.b == 1:
             self.grows = max(1, min(self.filters, GRAD_BLOCK_BYTES // (4 * self.ckk)))
         self.input_needed = frozenset({CG})
+        # With no backward (a frozen conv, or inference), the output may overwrite the
+        # input when sizes agree: each chunk of samples is unfolded into col (or copied
+        # into it) before its outputs are written, and later chunks read other samples.
+        # Not when a single sample's input is its own col (1x1 direct, chunk of 1).
+        self.in_place_forward_only = not (self.direct and self.b == 1)
         return [(n, filters, oh, ow)]
 
     def enable_fused_apply(self) -> bool:

@@ -45,6 +45,8 @@ class BatchNormalization(Layer):
         # and recompute xhat (and, when the executor chooses, recompute the output before
         # backward instead of keeping it); or write the output over the input and keep xhat.
         self.recompute = bool(getattr(self, "recompute", False))
+        # with no backward at all (frozen, inference) the output overwrites the input
+        self.in_place_forward_only = True
         if self.recompute:
             self.in_place = "no"  # type: ignore[misc]
             self.grad_in_place = True  # dx still overwrites dy (the kernel allows it)
