@@ -18,13 +18,16 @@ import numpy as np
 
 # Visiting orders, tried in turn. Big tensors first leaves small ones to fill the
 # holes; long-lived first keeps the stable "floor" compact; start order mimics a
-# time sweep and is best when sizes are all alike.
+# time sweep and is best when sizes are all alike; see also "size-end".
 _Key = Callable[[int, list[int], list[tuple[int, int]]], tuple[int, ...]]
 ORDERINGS: dict[str, _Key] = {
     "size": lambda i, s, iv: (-s[i], iv[i][0], i),
     "length": lambda i, s, iv: (-(iv[i][1] - iv[i][0]), -s[i], iv[i][0], i),
     "start": lambda i, s, iv: (iv[i][0], -s[i], i),
     "area": lambda i, s, iv: (-s[i] * (iv[i][1] - iv[i][0]), iv[i][0], i),
+    # big first, latest-ending first among equals: chains of equal blocks (a residual
+    # block's main path beside its shortcut) then stack without holes
+    "size-end": lambda i, s, iv: (-s[i], -iv[i][1], i),
 }
 
 
