@@ -1,23 +1,215 @@
-"""Experiment configs (TOML): loading and checking, with one-line errors."""
+"""Experiment configs (TOML): loading and checking, with one-line errors.
+
+Every section and key the experiment code reads is checked here, before anything runs:
+its type and range, and unknown keys (a typo would otherwise be silently ignored). An
+error is one ``ConfigError`` line naming the file and the key::
+
+    runs.toml: [fleet] ram_cap.sigma = -1 must be a number >= 0
+
+The sections (see experiments/configs/default.toml): top-level ``name``, ``seed``,
+``rounds``, ``algorithms``; ``[data]`` (experiments.data.make_fleet_data), ``[model]``
+(a layer list, a built-in or an INI/built-in name), ``[train]`` and ``[algorithm.<name>]``
+(device config keys, device_runtime.device), ``[server]`` (server/app.py, server/screen.py),
+``[fleet]`` (experiments.fleet.profiles) and ``[faults]`` (checked by
+experiments.fleet.faults itself). A new key is added to the tables below.
+"""
 
 from __future__ import annotations
 
+import inspect
+import math
 import os
-import tomllib
 from typing import Any
 
+import tomllib
+
+from device_runtime.errors import ConfigError
+from device_runtime.models import BUILTINS
+from device_runtime.units import parse_size
+from device_runtime.weights import memory_available
+from experiments.algorithms import ALGORITHMS
+from experiments.config_checks import (
+    Check,
+    any_table,
+    boolean,
+    distribution,
+    fail,
+    integer,
+    join,
+    list_of,
+    matches,
+    number,
+    one_of,
+    plain_keys,
+    size,
+    table,
+    text,
+)
+from experiments.data.dataset import KIND_PARTITIONS
+
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.toml")
+MAX_BYTES = 1 << 20  # a config is a few KiB; a larger file is not one
+
+# device config keys (device_runtime.device), in [train] and [algorithm.<name>]
+DEVICE: dict[str, Check] = {
+    **dict.fromkeys(("local-epochs", "local-steps", "head-epochs", "personal-epochs",
+                     "finetune-epochs"), integer(0)),
+    **dict.fromkeys(("prox-mu", "proximal-mu", "ditto-lambda", "weight-decay"), number(0)),
+    "optimizer": one_of("sgd", "adam", "adamw"), "lr": number(0, lo_open=True),
+    "momentum": number(0, 1, hi_open=True), "batch-size": integer(1),
+    "optimizer-state": one_of("reset", "keep"), "eval-before": boolean, "eval-after": boolean,
+}
+SERVER: dict[str, Check] = {
+    "strategy": text, "strategy-args": any_table, "fraction-train": number(0, 1, lo_open=True),
+    "fraction-evaluate": number(0, 1), "min-nodes": integer(1), "timeout": number(0, lo_open=True),
+    "screen-updates": boolean, "max-update-norm": number(0), "max-norm-over-median": number(0),
+}
+FLEET: dict[str, Check] = {
+    "isolation": one_of("worker", "fork"), "workers": integer(0),
+    "ram_cap": distribution(size, lambda v: parse_size(v)),
+    "speed": distribution(number(0, lo_open=True)), "availability": distribution(number(0, 1)),
+    "dropout": distribution(number(0, 1)), "small_below": size, "small_batch_size": integer(1),
+    "small_freeze": text, "swap": one_of("off", "auto", "on"),
+    "fallbacks": matches(r"((swap|batch:[1-9][0-9]*|freeze:[^;]+)\s*(;\s*|$))*",
+                         "';'-separated fallbacks: swap, batch:N, freeze:PATTERNS"),
+}
+# [data]: every kind's own parameters (experiments.data.KIND_PARAMS) and the partitions'
+DATA_KINDS: dict[str, dict[str, Check]] = {
+    "synthetic_images": {
+        "classes": integer(2), "shape": list_of(integer(1), 1), "label_skew": number(0, 1),
+        "feature_shift": number(0), "samples_per_device": integer(1), "noise": number(0),
+        "pixel_noise": number(0), "grid": integer(1)},
+    "synthetic_fedprox": {
+        "alpha": number(0), "beta": number(0), "dim": integer(1), "classes": integer(2),
+        "samples": lambda w, v: (list_of(integer(1), 1) if isinstance(v, list) else integer(1))(
+            w, v), "max_samples": integer(1), "iid": boolean},
+    "leaf": {"path": text, "dataset": one_of("femnist", "shakespeare", "sent140"),
+             "vocab_size": integer(1)},
+    "npz_dir": {"path": text, "num_classes": integer(2)},
+}
+PARTITIONS: dict[str, dict[str, Check]] = {
+    "dirichlet": {"alpha": number(0, lo_open=True), "min_size": integer(0)},
+    "k_classes": {"k": integer(1)}}
+DATA_COMMON: dict[str, Check] = {"kind": one_of(*DATA_KINDS), "devices": integer(2),
+                                 "partition": text, "test_fraction": number(0, 1, hi_open=True),
+                                 "stratify": boolean}
 
 
 def load_config(path: str | None) -> dict[str, Any]:
-    """The parsed experiment config at ``path`` (default: ``configs/default.toml``)."""
-    from device_runtime.errors import ConfigError
-
+    """The parsed and checked experiment config at ``path`` (default: ``configs/default.toml``)."""
     path = path or DEFAULT_CONFIG
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
+    if os.path.getsize(path) > MAX_BYTES:
+        raise ConfigError(f"{path} is {os.path.getsize(path):,} bytes: not an experiment config")
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            cfg = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (bad byte at offset {e.start})") from None
+    except RecursionError:
+        raise ConfigError(f"{path} is not valid TOML: values nested too deeply") from None
+    try:
+        check_config(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return cfg
+
+
+def check_config(cfg: dict[str, Any]) -> None:
+    """Raise a one-line ConfigError naming the first bad key of an experiment config."""
+    table({"name": matches(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "a plain name (letters, digits, "
+                                                           "_ . -): it names the output folder"),
+           "seed": integer(0, 2**32 - 1), "rounds": integer(1),
+           "algorithms": list_of(one_of(*ALGORITHMS), 1), "data": _data, "model": _model,
+           "train": table(DEVICE), "server": _server, "fleet": table(FLEET),
+           "algorithm": _algorithm, "faults": _faults})("", cfg)
+
+
+def _algorithm(where: str, a: Any) -> None:
+    table(dict.fromkeys(ALGORITHMS, any_table))("[algorithm]", a)
+    for name, overrides in a.items():
+        table(DEVICE)(f"[algorithm.{name}]", overrides)
+
+
+def _data(where: str, d: Any) -> None:
+    any_table("[data]", d)
+    kind = d.get("kind", "synthetic_images")
+    DATA_COMMON["kind"]("[data] kind", kind)
+    partition = d.get("partition", KIND_PARTITIONS[kind][0])
+    one_of(*KIND_PARTITIONS[kind])("[data] partition", partition)
+    table({**DATA_COMMON, **DATA_KINDS[kind], **PARTITIONS.get(partition, {})})("[data]", d)
+    if kind in ("leaf", "npz_dir") and "path" not in d:
+        raise ConfigError(f"[data] kind = {kind!r} needs path = FOLDER")
+    if kind == "synthetic_images" and len(d.get("shape", [3])) not in (1, 3):
+        raise fail("[data] shape", d["shape"], "[C, H, W] or [F]")
+    devices = d.get("devices", 100)
+    if isinstance(d.get("samples"), list) and len(d["samples"]) != devices:
+        raise ConfigError(f"[data] samples has {len(d['samples'])} counts for {devices} devices")
+    # generated data lives in memory: refuse a fleet that cannot fit before making it
+    if kind == "synthetic_images":
+        per_device = d.get("samples_per_device", 200) * math.prod(d.get("shape", [3, 32, 32]))
+    elif kind == "synthetic_fedprox":
+        samples = d.get("samples", 0)
+        per_device = d.get("max_samples", max(samples) if isinstance(samples, list) else samples)
+        per_device *= d.get("dim", 60)
+    else:
+        per_device = 0
+    need, avail = 4 * devices * per_device, memory_available()
+    if need > avail:
+        raise ConfigError(f"[data] {devices} devices of generated data need {need:,} bytes, more "
+                          f"than the {avail:,} bytes of memory available")
+
+
+def _model(where: str, m: Any) -> None:
+    table({"layers": list_of(_layer, 1), "builtin": one_of(*BUILTINS), "args": any_table,
+           "name": text, "head": list_of(text, 1)})("[model]", m)
+    given = [k for k in ("layers", "builtin", "name") if k in m]
+    if len(given) > 1:
+        raise ConfigError(f"[model] gives {' and '.join(given)}: give one")
+    if "args" in m:
+        if "builtin" not in m:
+            raise ConfigError("[model] args applies to a builtin model only")
+        params = inspect.signature(BUILTINS[m["builtin"]]).parameters
+        table(dict.fromkeys(params, integer(1)))("[model] args", m["args"])
+    names = [str(x["name"]) for x in m.get("layers", [])]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise ConfigError(f"[model] layers: two layers are named {dup!r}")
+    for h in m.get("head", []) if names else []:
+        if h not in names:
+            raise ConfigError(f"[model] head names {h!r}, which is not a layer "
+                              f"({', '.join(names)})")
+
+
+def _layer(where: str, v: Any) -> None:
+    any_table(where, v)
+    plain_keys(where, v)
+    for k in ("type", "name"):
+        if k not in v:
+            raise ConfigError(f"{where} needs {k!r}")
+        text(join(where, k), v[k])
+    for k, x in v.items():
+        items = x if isinstance(x, list) else [x]
+        if not all(isinstance(i, (str, int, float, bool)) for i in items):
+            raise fail(join(where, k), x, "a string, number or boolean (or a list of them)")
+
+
+def _server(where: str, s: Any) -> None:
+    table(SERVER)("[server]", s)
+    try:  # importing server imports flwr; without it simulate cannot run anyway
+        from server.strategies import STRATEGIES
+    except ImportError:
+        return
+    if "strategy" in s:
+        one_of(*STRATEGIES)("[server] strategy", s["strategy"])
+
+
+def _faults(where: str, f: Any) -> None:
+    from experiments.fleet.faults import FaultPlan
+
+    any_table("[faults]", f)
+    plain_keys("[faults]", f)
+    FaultPlan.from_config(f, 0)  # its own checks; messages name faults.<key>

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 
 from device_runtime.errors import NNFleetError
 
@@ -32,6 +33,31 @@ def fuzz_settings(examples: int) -> settings:
                     deadline=None, print_blob=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.filter_too_much])
+
+
+# byte-level edits of a file: (kind, position, byte value)
+OPS = st.lists(st.tuples(st.sampled_from(["flip", "set", "cut", "delete", "insert", "dup"]),
+                         st.integers(0, 2**31), st.integers(0, 255)), min_size=1, max_size=6)
+
+
+def mutate(blob: bytes, ops: list[tuple[str, int, int]]) -> bytes:
+    """``blob`` after a few byte-level edits (bit flips, overwrites, cuts, inserts)."""
+    b = bytearray(blob)
+    for kind, pos, val in ops:
+        i = pos % max(len(b), 1)
+        if kind == "flip" and b:
+            b[i] ^= 1 << (val % 8)
+        elif kind == "set" and b:
+            b[i] = val
+        elif kind == "cut":
+            del b[i:]
+        elif kind == "delete" and b:
+            del b[i]
+        elif kind == "insert":
+            b.insert(i, val)
+        elif kind == "dup":
+            b[i:i] = b[i:i + val]
+    return bytes(b)
 
 
 class Hang(Exception):

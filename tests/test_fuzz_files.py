@@ -24,7 +24,15 @@ from device_runtime import DataError, Model, ModelError, layer
 from device_runtime import weights as weights_mod
 from device_runtime.checkpoint import _PRE, MAGIC, VERSION, load_checkpoint, save_checkpoint
 from device_runtime.weights import load_npz
-from tests.fuzzing import TALLY, check_input, fuzz_settings, register_report, save_report
+from tests.fuzzing import (
+    OPS,
+    TALLY,
+    check_input,
+    fuzz_settings,
+    mutate,
+    register_report,
+    save_report,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -46,30 +54,6 @@ WEIGHTS = _model().get_weights()  # key -> float32 array, the intact file's cont
 
 
 # ---------------------------------------------------------------- byte mutations
-
-OPS = st.lists(st.tuples(st.sampled_from(["flip", "set", "cut", "delete", "insert", "dup"]),
-                         st.integers(0, 2**31), st.integers(0, 255)), min_size=1, max_size=6)
-
-
-def mutate(blob: bytes, ops: list[tuple[str, int, int]]) -> bytes:
-    """``blob`` after a few byte-level edits (bit flips, overwrites, cuts, inserts)."""
-    b = bytearray(blob)
-    for kind, pos, val in ops:
-        i = pos % max(len(b), 1)
-        if kind == "flip" and b:
-            b[i] ^= 1 << (val % 8)
-        elif kind == "set" and b:
-            b[i] = val
-        elif kind == "cut":
-            del b[i:]
-        elif kind == "delete" and b:
-            del b[i]
-        elif kind == "insert":
-            b.insert(i, val)
-        elif kind == "dup":
-            b[i:i] = b[i:i + val]
-    return bytes(b)
-
 
 def _write(tmp_path, name: str, blob: bytes) -> str:
     path = os.path.join(tmp_path, name)
