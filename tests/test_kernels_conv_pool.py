@@ -13,7 +13,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from device_runtime.kernels import conv, pool
+from device_runtime.kernels import conv, lean, pool
 from device_runtime.kernels._jit import USE_NUMBA
 from device_runtime.kernels.conv import (
     bias_grad_nchw, chunk_to_nchw, chunk_to_nchw_bias, col2im, im2col, nchw_to_chunk,
@@ -87,15 +87,17 @@ def _geom(case: tuple[int, ...]) -> tuple[int, ...]:
 
 
 @pytest.mark.parametrize("case", CONV_CASES)
-def test_im2col_numba_matches_numpy(case: tuple[int, ...]) -> None:
-    # Prepare
+@pytest.mark.parametrize("other", ["numpy", "lean"])
+def test_im2col_numba_matches_numpy(case: tuple[int, ...], other: str) -> None:
+    # Prepare: the numpy reference, and the allocation-free one the runtime uses
+    # without numba (kernels/lean.py)
     rng = np.random.default_rng(1)
     xs, cs, oh, ow = _col_shapes(case)
     x = _rand(rng, *xs)
     got, want = np.full(cs, np.nan, F32), np.full(cs, np.nan, F32)  # NaN: catch unwritten
     # Execute
     conv.im2col_numba(x, got, *_geom(case), oh, ow)
-    conv.im2col_numpy(x, want, *_geom(case), oh, ow)
+    (conv.im2col_numpy if other == "numpy" else lean.im2col)(x, want, *_geom(case), oh, ow)
     # Assert
     np.testing.assert_array_equal(got, want)
 

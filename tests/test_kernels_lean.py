@@ -1,4 +1,5 @@
-"""The allocation-free numpy kernels (kernels/lean.py) against the numba kernels.
+"""The allocation-free numpy kernels (kernels/lean.py) against the numba kernels
+(im2col's is in test_kernels_conv_pool.py, beside the numpy reference's).
 
 They replace the numpy references when numba is off, so they must compute the same
 thing: bit for bit for copies, maxima, ReLU and the batch-norm affine (same float64
@@ -14,12 +15,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from device_runtime.kernels import activation, bitmask, conv, lean, norm, pool
+from device_runtime.kernels import activation, bitmask, lean, norm, pool
 from tests.test_kernels_conv_pool import (
-    CONV_CASES,
     POOL_CASES,
-    _col_shapes,
-    _geom,
     _out,
     _rand,
 )
@@ -32,17 +30,6 @@ def scratch_size(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(lean, "SCRATCH_BYTES", request.param)
     monkeypatch.setattr(lean, "_scratch", {})
     return request.param
-
-
-@pytest.mark.parametrize("case", CONV_CASES)
-def test_im2col_lean_equals_numba(case: tuple[int, ...]) -> None:
-    rng = np.random.default_rng(3)
-    xs, cs, oh, ow = _col_shapes(case)
-    x = _rand(rng, *xs)
-    got, want = np.full(cs, np.nan, F32), np.full(cs, np.nan, F32)  # NaN: catch unwritten
-    lean.im2col(x, got, *_geom(case), oh, ow)
-    conv.im2col_numba(x, want, *_geom(case), oh, ow)
-    np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("case", POOL_CASES)
