@@ -9,6 +9,7 @@ run); the default keeps the fuzz tests well under a minute.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -58,6 +59,50 @@ def mutate(blob: bytes, ops: list[tuple[str, int, int]]) -> bytes:
         elif kind == "dup":
             b[i:i] = b[i:i + val]
     return bytes(b)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4),
+    max_leaves=8)
+
+
+def edits(values: st.SearchStrategy, keys: st.SearchStrategy | None = None,
+          max_size: int = 3) -> st.SearchStrategy:
+    """Edits for :func:`edit_document`: (position, action, key, value)."""
+    keys = st.text(max_size=6) if keys is None else keys
+    return st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from(["set", "delete", "rename",
+                                                                       "add"]), keys, values),
+                    min_size=1, max_size=max_size)
+
+
+def _slots(node: Any, out: list) -> list:
+    items = node.items() if isinstance(node, dict) else enumerate(node) \
+        if isinstance(node, list) else []
+    for k, v in list(items):
+        out.append((node, k))
+        _slots(v, out)
+    return out
+
+
+def edit_document(doc: Any, changes: list) -> Any:
+    """A deep copy of a JSON-like document with values replaced and keys deleted, renamed
+    or added, at positions counted depth first."""
+    doc = json.loads(json.dumps(doc))
+    for pos, action, key, value in changes:
+        slots = _slots(doc, [])
+        if not slots:
+            return value
+        node, k = slots[pos % len(slots)]
+        if action == "set" or not isinstance(node, dict):
+            node[k] = value
+        elif action == "delete":
+            del node[k]
+        elif action == "rename":
+            node[key] = node.pop(k)
+        elif action == "add" and isinstance(node[k], dict):
+            node[k][key] = value
+    return doc
 
 
 class Hang(Exception):

@@ -28,6 +28,8 @@ from tests.fuzzing import (
     OPS,
     TALLY,
     check_input,
+    edit_document,
+    edits,
     fuzz_settings,
     mutate,
     register_report,
@@ -124,35 +126,7 @@ KEYS = st.sampled_from(["dist", "value", "low", "high", "median", "sigma", "valu
                         "kill", "devices", "typo", ""]) | st.text(max_size=6)
 
 
-def _slots(node: object, out: list) -> list:
-    items = node.items() if isinstance(node, dict) else enumerate(node) \
-        if isinstance(node, list) else []
-    for k, v in list(items):
-        out.append((node, k))
-        _slots(v, out)
-    return out
-
-
-def mutate_config(cfg: dict, edits: list) -> dict:
-    """A deep copy of ``cfg`` with values replaced, keys deleted, renamed or added."""
-    cfg = json.loads(json.dumps(cfg))
-    for pos, action, key, value in edits:
-        slots = _slots(cfg, [])
-        node, k = slots[pos % len(slots)]
-        if action == "set" or not isinstance(node, dict):
-            node[k] = value
-        elif action == "delete":
-            del node[k]
-        elif action == "rename":
-            node[key] = node.pop(k)
-        elif action == "add" and isinstance(node[k], dict):
-            node[k][key] = value
-    return cfg
-
-
-EDITS = st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from(["set", "delete", "rename",
-                                                                    "add"]), KEYS, TOML_VALUES),
-                 min_size=1, max_size=3)
+EDITS = edits(TOML_VALUES, KEYS)
 
 
 def _downstream(cfg: dict) -> None:
@@ -167,9 +141,9 @@ def _downstream(cfg: dict) -> None:
 
 @fuzz_settings(1500)
 @given(st.sampled_from(sorted(BASES)), EDITS)
-def test_fuzz_config_values_and_keys(tmp_path_factory, name, edits):
+def test_fuzz_config_values_and_keys(tmp_path_factory, name, changes):
     # Prepare
-    cfg = mutate_config(BASES[name], edits)
+    cfg = edit_document(BASES[name], changes)
     path = str(tmp_path_factory.mktemp("cfg") / name)
     with open(path, "w", encoding="utf-8") as f:
         f.write(to_toml(cfg))
