@@ -122,7 +122,7 @@ def _malformed(path: str, what: str) -> DataError:
 
 
 def _count(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63
 
 
 def _shape(v: Any) -> bool:
