@@ -88,8 +88,10 @@ def _read_leaf_json(path: str) -> dict[str, dict[str, list[Any]]]:
         hint = " (the file looks truncated)" if e.pos >= len(text.rstrip()) else ""
         raise DataError(f"{path} is not valid JSON at line {e.lineno} column {e.colno}: "
                         f"{e.msg}{hint}") from None
+    except RecursionError:
+        raise DataError(f"{path} is not a LEAF file: values nested too deeply") from None
     if not isinstance(doc, dict) or "users" not in doc or "user_data" not in doc:
-        keys = ", ".join(map(str, doc)) if isinstance(doc, dict) else type(doc).__name__
+        keys = ", ".join(map(repr, doc))[:200] if isinstance(doc, dict) else type(doc).__name__
         raise DataError(f"{path} is not a LEAF file: needs keys 'users' and 'user_data' "
                         f"(found: {keys or 'none'})")
     users, data, counts = doc["users"], doc["user_data"], doc.get("num_samples")
@@ -103,20 +105,20 @@ def _read_leaf_json(path: str) -> dict[str, dict[str, list[Any]]]:
         u = str(user)
         rec = data.get(u)
         if not isinstance(rec, dict) or "x" not in rec or "y" not in rec:
-            raise DataError(f"{path}: user '{u}' has no 'x' and 'y' lists in 'user_data'")
+            raise DataError(f"{path}: user {u!r} has no 'x' and 'y' lists in 'user_data'")
         x, y = rec["x"], rec["y"]
         if not isinstance(x, list) or not isinstance(y, list):
-            raise DataError(f"{path}: user '{u}': 'x' and 'y' must be lists")
+            raise DataError(f"{path}: user {u!r}: 'x' and 'y' must be lists")
         if len(x) != len(y):
-            raise DataError(f"{path}: user '{u}' has {len(x)} x but {len(y)} y")
+            raise DataError(f"{path}: user {u!r} has {len(x)} x but {len(y)} y")
         if counts is not None and counts[i] != len(y):
-            raise DataError(f"{path}: user '{u}': num_samples says {counts[i]} but there are "
-                            f"{len(y)} samples")
+            raise DataError(f"{path}: user {u!r}: num_samples says {_short(counts[i])} but "
+                            f"there are {len(y)} samples")
         out[u] = rec
     return out
 
 
-def _detect(x0: Any) -> str:
+def _detect(x0: Any, where: str) -> str:
     if isinstance(x0, str):
         return "shakespeare"
     if isinstance(x0, list) and len(x0) > SENT140_TEXT_INDEX and isinstance(
@@ -124,34 +126,40 @@ def _detect(x0: Any) -> str:
         return "sent140"
     if isinstance(x0, list) and len(x0) == 784:
         return "femnist"
-    raise DataError(f"cannot tell which LEAF dataset a sample like {str(x0)[:40]!r} is "
-                    "(pass dataset='femnist', 'shakespeare' or 'sent140')")
+    raise DataError(f"{where}: cannot tell which LEAF dataset a sample like {str(x0)[:40]!r} "
+                    "is (pass dataset='femnist', 'shakespeare' or 'sent140')")
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
 
 
 def _int_labels(path: str, user: str, y: list[Any], classes: int) -> np.ndarray:
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in y):
-        bad = next(v for v in y if not isinstance(v, int) or isinstance(v, bool))
-        raise DataError(f"{path}: user '{user}': y must be integer class ids, found {bad!r}")
-    arr = np.asarray(y, dtype=np.int64)
-    if arr.size and (arr.min() < 0 or arr.max() >= classes):
-        raise DataError(f"{path}: user '{user}': labels must be in [0, {classes}), found "
-                        f"{int(arr.min())}..{int(arr.max())}")
-    return arr
+    bad = [v for v in y if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < classes]
+    if bad:
+        raise DataError(f"{path}: user {user!r}: y must be integer class ids in [0, {classes}), "
+                        f"found {_short(bad[0])}")
+    return np.asarray(y, dtype=np.int64)
 
 
 def _femnist(path: str, user: str, rec: dict[str, list[Any]]) -> Shard:
     try:
         x = np.asarray(rec["x"]) if rec["x"] else np.zeros((0, 784))
     except (ValueError, TypeError):
-        raise DataError(f"{path}: user '{user}': FEMNIST x must be lists of 784 numbers "
+        raise DataError(f"{path}: user {user!r}: FEMNIST x must be lists of 784 numbers "
                         "(rows have different lengths)") from None
     if x.dtype.kind not in "fiu":
-        raise DataError(f"{path}: user '{user}': FEMNIST x must be numbers, found {x.dtype} values")
+        raise DataError(f"{path}: user {user!r}: FEMNIST x must be numbers, found {x.dtype} "
+                        "values")
     if x.ndim != 2 or x.shape[1] != 784:
-        raise DataError(f"{path}: user '{user}': FEMNIST x must be lists of 784 pixels, got "
+        raise DataError(f"{path}: user {user!r}: FEMNIST x must be lists of 784 pixels, got "
                         f"shape {x.shape}")
-    return (x.astype(np.float32).reshape(-1, 1, 28, 28),
-            _int_labels(path, user, rec["y"], FEMNIST_CLASSES))
+    x = x.astype(np.float32)
+    if not np.all(np.isfinite(x)):  # JSON NaN/Infinity, or a number beyond float32
+        raise DataError(f"{path}: user {user!r}: FEMNIST x contains NaN, Inf or a number too "
+                        "large for float32")
+    return x.reshape(-1, 1, 28, 28), _int_labels(path, user, rec["y"], FEMNIST_CLASSES)
 
 
 def _chars(s: str, counter: list[int]) -> list[int]:
@@ -164,12 +172,12 @@ def _shakespeare(path: str, user: str, rec: dict[str, list[Any]], unknown: list[
     xs, ys = rec["x"], rec["y"]
     if not all(isinstance(s, str) for s in xs) or not all(
             isinstance(c, str) and len(c) == 1 for c in ys):
-        raise DataError(f"{path}: user '{user}': Shakespeare x must be strings and y single "
+        raise DataError(f"{path}: user {user!r}: Shakespeare x must be strings and y single "
                         "characters")
     lengths = {len(s) for s in xs}
-    if len(lengths) > 1:
-        raise DataError(f"{path}: user '{user}': x strings have different lengths "
-                        f"{sorted(lengths)[:4]}; LEAF uses 80 characters")
+    if len(lengths) > 1 or 0 in lengths:
+        raise DataError(f"{path}: user {user!r}: x strings have lengths {sorted(lengths)[:4]}; "
+                        "they must all have one length > 0 (LEAF uses 80 characters)")
     width = lengths.pop() if lengths else 80
     x = np.asarray([_chars(s, unknown) for s in xs], dtype=np.float32).reshape(-1, width)
     y = np.asarray([_chars(c, unknown)[0] for c in ys], dtype=np.int64)
@@ -181,7 +189,7 @@ def _tokens(path: str, user: str, rec: dict[str, list[Any]]) -> list[list[str]]:
     for r in rec["x"]:
         if not isinstance(r, list) or len(r) <= SENT140_TEXT_INDEX or not isinstance(
                 r[SENT140_TEXT_INDEX], str):
-            raise DataError(f"{path}: user '{user}': Sent140 x must be records with the text "
+            raise DataError(f"{path}: user {user!r}: Sent140 x must be records with the text "
                             f"at index {SENT140_TEXT_INDEX}, found {str(r)[:40]!r}")
         out.append(_WORD.findall(r[SENT140_TEXT_INDEX].lower()))
     return out
@@ -232,10 +240,11 @@ def load_leaf(path: str, dataset: str | None = None, vocab_size: int = 1000,
     if max_users is not None and max_users < len(keep):
         pick = np.random.default_rng(seed).choice(len(keep), size=int(max_users), replace=False)
         keep = [keep[i] for i in sorted(pick)]
-    first = next((train_raw[u][1]["x"][0] for u in keep if train_raw[u][1]["x"]), None)
-    if first is None:
+    found = next(((train_raw[u][1]["x"][0], train_raw[u][0]) for u in keep
+                  if train_raw[u][1]["x"]), None)
+    if found is None:
         raise DataError(f"{path}: the LEAF training data has no samples")
-    name = (dataset or _detect(first)).lower()
+    name = (dataset or _detect(*found)).lower()
     if name not in ("femnist", "shakespeare", "sent140"):
         raise DataError(f"unknown LEAF dataset '{dataset}' (known: femnist, shakespeare, sent140)")
 
@@ -263,8 +272,8 @@ def load_leaf(path: str, dataset: str | None = None, vocab_size: int = 1000,
     for split, users in (("train", train), ("test", test)):
         for u, (x, _) in users.items():
             if x.shape[1:] != shape:
-                raise DataError(f"{path}: {split} user '{u}' has samples of shape {x.shape[1:]}, "
-                                f"others {shape}")
+                raise DataError(f"{path}: {split} user {u!r} has samples of shape "
+                                f"{x.shape[1:]}, others {shape}")
     classes = {"femnist": FEMNIST_CLASSES, "shakespeare": len(LEAF_CHARS), "sent140": 2}[name]
     return LeafData(name, train, test, shape, classes, vocab, unknown[0])
 
@@ -272,12 +281,16 @@ def load_leaf(path: str, dataset: str | None = None, vocab_size: int = 1000,
 # ---------------------------------------------------------------- .npz folder
 
 
+MAX_CLASSES = 1 << 20  # a class id beyond this is a corrupted file, not a task
+
+
 def _check_xy(path: str, x: np.ndarray, y: np.ndarray, xs: str, ys: str) -> Shard:
-    if x.ndim < 2 or x.dtype.kind not in "fiu":
+    if x.ndim < 2 or x.dtype.kind not in "fiu" or 0 in x.shape[1:]:
         raise DataError(f"{path}: {xs} must be numbers of shape (N, features...), got dtype "
                         f"{x.dtype} shape {x.shape}")
-    if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
-        raise DataError(f"{path}: {xs} contains NaN or Inf")
+    x32 = x.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(x32)):
+        raise DataError(f"{path}: {xs} contains NaN, Inf or a number too large for float32")
     if y.ndim != 1 or y.dtype.kind not in "fiu":
         raise DataError(f"{path}: {ys} must be (N,) class ids, got dtype {y.dtype} shape {y.shape}")
     if y.dtype.kind == "f" and not np.all(np.equal(np.mod(y, 1), 0)):
@@ -285,8 +298,10 @@ def _check_xy(path: str, x: np.ndarray, y: np.ndarray, xs: str, ys: str) -> Shar
     if len(x) != len(y):
         raise DataError(f"{path}: {xs} has {len(x)} samples but {ys} has {len(y)}")
     if y.size and y.min() < 0:
-        raise DataError(f"{path}: {ys} has negative class id {int(y.min())}")
-    return x.astype(np.float32, copy=False), y.astype(np.int64)
+        raise DataError(f"{path}: {ys} has negative class id {y.min()}")
+    if y.size and y.max() >= MAX_CLASSES:
+        raise DataError(f"{path}: {ys} has class id {y.max()}; ids must be below {MAX_CLASSES}")
+    return x32, y.astype(np.int64)
 
 
 def load_npz_dir(path: str) -> dict[str, dict[str, np.ndarray]]:
