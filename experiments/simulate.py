@@ -23,9 +23,9 @@ from experiments.config import DEFAULT_CONFIG, load_config  # noqa: F401 (re-exp
 class Progress:
     """A plain-text progress bar on stderr (redrawn in place on a terminal, lines otherwise)."""
 
-    def __init__(self, stream: TextIO = sys.stderr, quiet: bool = False) -> None:
-        self.stream, self.quiet = stream, quiet
-        self.tty = stream.isatty()
+    def __init__(self, stream: TextIO | None = None, quiet: bool = False) -> None:
+        self.stream, self.quiet = stream or sys.stderr, quiet  # sys.stderr of now, not of import
+        self.tty = self.stream.isatty()
         self.t0 = time.perf_counter()
         self.label = ""
 
@@ -94,6 +94,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--isolation", choices=["worker", "fork"], help="per-device isolation")
     p.add_argument("--seed", type=int, help="seed of data, profiles, sampling and training")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its "
+                   "last checkpoint (written after every round)")
     return p.parse_args(argv)
 
 
@@ -133,9 +135,15 @@ def _main(argv: list[str]) -> int:
     out = args.out or os.path.join("runs", str(cfg.get("name", "simulate")))
     os.makedirs(out, exist_ok=True)
     seed = int(cfg.get("seed", 0))
+    isolation = args.isolation or fleet_cfg.get("isolation", "worker")
+    from experiments.resume import RunLog, fingerprint
+    log = RunLog(out, fingerprint({"config": cfg, "data": data, "algorithms": algorithms,
+                                   "isolation": isolation}), resume=args.resume)
     progress = Progress(quiet=args.quiet)
 
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    from flwr.app import RecordDict
+
     import server
     from device_runtime.device import build_model
     from experiments.data import make_fleet_data
@@ -151,25 +159,26 @@ def _main(argv: list[str]) -> int:
     fleet = make_fleet_data(kind, n, seed, **data)
     specs = build_model(model_text(cfg), seed).specs
     profiles = draw_profiles(len(fleet.devices), fleet_cfg, seed)
-    records: list[dict[str, Any]] = []
-    timing: dict[str, Any] = {"per_algorithm": {}}
-    sim: dict[str, float] = {}
-    with open(os.path.join(out, "metrics.jsonl"), "w") as sink, \
-            FleetEngine(fleet, profiles, workers=int(args.workers or fleet_cfg.get("workers", 0)),
-                        isolation=args.isolation or fleet_cfg.get("isolation", "worker"),
-                        faults=cfg.get("faults"), seed=seed) as eng:
+    records = log.records
+    timing: dict[str, Any] = {"per_algorithm": log.meta["timing"]}
+    sim: dict[str, float] = log.meta["sim"]
+    os.makedirs(os.path.join(out, "weights"), exist_ok=True)
+    with FleetEngine(fleet, profiles, workers=int(args.workers or fleet_cfg.get("workers", 0)),
+                     isolation=isolation, faults=cfg.get("faults"), seed=seed,
+                     state_dir=log.ckpt.live) as eng:
         timing.update(startup_seconds=eng.startup_seconds, workers=len(eng.procs),
                       isolation=eng.isolation)
-        for algo in algorithms:
-            t0 = time.perf_counter()
+        for algo in [a for a in algorithms if a not in log.meta["finished"]]:
+            snap = log.resume_point(algo)
+            t0 = time.perf_counter() - (snap.meta["elapsed"] if snap else 0.0)
             rc = run_config(cfg, algo, specs)
+            rc["result-path"] = os.path.join(out, "weights", f"{algo}.npz")
 
             def record(rec: dict[str, Any], algo: str = algo) -> None:
                 rec["algorithm"] = algo
-                records.append(rec)
-                sink.write(json.dumps(rec) + "\n")
+                log.record(rec)
 
-            rnd = [0]
+            rnd = [snap.meta["round"] if snap else 0]
 
             def show(phase: str, done: int, total: int, algo: str = algo) -> None:
                 if phase == "train" and done == 1:
@@ -177,13 +186,28 @@ def _main(argv: list[str]) -> int:
                 progress.update(f"{algo} round {rnd[0]}/{rc['num-rounds']} {phase}", done, total)
 
             grid = FleetGrid(eng, run_key=algo, seed=seed, on_record=record, on_progress=show)
-            ctx = run_serverapp(server.app, grid, rc)
+            grid.rounds = list(snap.meta["grid_rounds"]) if snap else []
+
+            def round_end(server_round: int, context: Any, algo: str = algo,
+                          grid: FleetGrid = grid, t0: float = t0) -> None:
+                for r in json.loads(str(context.state["server-state"]["rejected"])):
+                    if r["round"] == server_round:  # node i + 1 is device i
+                        record({"run": algo, "phase": "rejected", "round": server_round,
+                                "device": r["node"] - 1, "status": "rejected",
+                                "kind": r["kind"], "reason": r["reason"]}, algo)
+                log.round_done(algo, server_round, context.state, grid.rounds,
+                               time.perf_counter() - t0)
+
+            grid.on_round_end = round_end  # type: ignore[attr-defined] # see server/rounds.py
+            ctx = run_serverapp(server.app, grid, rc,
+                                state=snap.server_state() if snap else RecordDict())
             final = {k: a.numpy() for k, a in ctx.state["final-arrays"].items()}
             grid.evaluate_all(final, rc, rnd=int(rc["num-rounds"]))
             eng.reset(algo)
-            timing["per_algorithm"][algo] = time.perf_counter() - t0
             sim[algo] = sum(r["sim_seconds"] for r in grid.rounds)
+            log.algorithm_done(algo, time.perf_counter() - t0, sim[algo])
             progress.update(f"{algo} done", 1, 1)
+    log.close()
     devices = _devices(profiles, records)
     timing["total_seconds"] = time.perf_counter() - t_start
     from experiments.algorithms import ALGORITHMS
@@ -247,6 +271,10 @@ def _print_table(summary: dict[str, Any], out: str) -> None:
         better = f"{100 * vs['better']:.0f}% of devices" if vs else "-"
         print(f"{algo:12s} {100 * f['mean']:8.1f}% {100 * f['std']:5.1f} {100 * f['p10']:6.1f} "
               f"{100 * ft['mean']:12.1f}% {better:>19s}")
+    rejected = {a: s["rejected_updates"]["total"] for a, s in summary["algorithms"].items()}
+    if any(rejected.values()):
+        print("updates rejected by the server: " + ", ".join(
+            f"{a} {n}" for a, n in rejected.items() if n) + " (see report)")
     t = summary["timing"]
     print(f"devices unable to train within their cap: {summary['fleet']['unable_to_train']}; "
           f"total {t['total_seconds']:.1f} s (engine start-up {t['startup_seconds']:.2f} s); "

@@ -63,7 +63,14 @@ def render(summary: dict[str, Any], plots: list[str]) -> str:
                      f"{summary['simulated_seconds'][algo]:.1f} s simulated; train replies "
                      + ", ".join(f"{k} {v}" for k, v in sorted(st.items()))
                      + f"; peak RSS median {fmt_bytes(s['peak_rss']['median'])}")
+        rej = s.get("rejected_updates", {})
+        if rej.get("total"):
+            kinds = ", ".join(f"{k} {v}" for k, v in sorted(rej["per_kind"].items()))
+            lines.append(f"  - updates rejected by the server before aggregation: "
+                         f"{rej['total']} ({kinds}) from devices "
+                         f"{', '.join(map(str, rej['per_device']))}")
     lines += ["", "## Files", "", "- `metrics.jsonl`: one line per device and message "
-              "(train, evaluate, final), with the device's metrics and status",
+              "(train, evaluate, final), with the device's metrics and status; one line per "
+              "update the server rejected (rejected, with its kind and reason)",
               "- `summary.json`: these numbers", ""]
     return "\n".join(lines)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any, Iterable
 
 import numpy as np
@@ -22,6 +22,8 @@ def spread(values: Iterable[float]) -> dict[str, float]:
 
 def summarize_algorithm(records: list[dict[str, Any]]) -> dict[str, Any]:
     """One algorithm's records -> final accuracy spread, curves, participation, memory."""
+    # devices finish in any order: sort, so that means are summed in the same order always
+    records = sorted(records, key=lambda r: (r["phase"], r["round"], r["device"]))
     final = {r["device"]: r.get("accuracy", -1.0) for r in records
              if r["phase"] == "final" and r["status"] == "ok"}
     train = [r for r in records if r["phase"] == "train"]
@@ -55,7 +57,20 @@ def summarize_algorithm(records: list[dict[str, Any]]) -> dict[str, Any]:
         "accuracy_after_training": spread(after),
         "peak_rss_by_device": {int(d): v for d, v in sorted(peak.items())},
         "peak_rss": spread(peak.values()),
+        "rejected_updates": rejections(records),
     }
+
+
+def rejections(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Updates the server rejected (``rejected`` records): counts per round, kind and device,
+    and each device's reasons."""
+    rej = [r for r in records if r["phase"] == "rejected"]
+    per_device: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in rej:
+        per_device[int(r["device"])].append({k: r[k] for k in ("round", "kind", "reason")})
+    return {"total": len(rej), "per_round": dict(Counter(int(r["round"]) for r in rej)),
+            "per_kind": dict(Counter(r["kind"] for r in rej)),
+            "per_device": dict(sorted(per_device.items()))}
 
 
 def wins(a: dict[int, float], b: dict[int, float]) -> dict[str, float]:
