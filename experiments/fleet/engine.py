@@ -8,10 +8,10 @@ to this process, which only sees shared weights and metrics.
 
 A worker that dies (a device killed mid-task, or killed by the engine because its task ran
 past ``faults.timeout``) costs only the task it was running: that task is reported
-("killed", "timeout"), a warm spare worker (kept when faults are injected, else started
-then) takes its place with the data store re-attached and runs the worker's remaining tasks
-(device states are files, so they survive), and a new spare warms up in the background.
-See :mod:`experiments.fleet.faults`.
+("killed", "timeout"), a warm spare worker (kept when faults are injected in worker
+isolation, else started then) takes its place with the data store re-attached and runs
+the worker's remaining tasks (device states are files, so they survive), and a new spare
+warms up in the background. See :mod:`experiments.fleet.faults`.
 """
 
 from __future__ import annotations
@@ -159,8 +159,10 @@ class FleetEngine:
         n = workers or (os.cpu_count() or 1)
         self.procs = spawn_workers(n, zygote=zygote)  # they warm up while we get the data
         # a warm spare takes a dead worker's place at once (a fresh one takes ~0.5 s to
-        # warm up): kept when faults are injected, and after the first death otherwise
-        self.spare: _Proc | None = spawn_workers(1, -1)[0] if self.faults.active else None
+        # warm up): kept from the start when injected faults will kill workers (worker
+        # isolation; in fork isolation only the device's child dies), else after a death
+        self.spare: _Proc | None = (spawn_workers(1, -1)[0] if self.faults.active
+                                    and isolation == "worker" else None)
         try:
             self._setup(fleet() if callable(fleet) else fleet, profiles, isolation, workdir)
         except BaseException:
