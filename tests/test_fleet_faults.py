@@ -90,20 +90,22 @@ def _assert_pool_whole(eng: FleetEngine, pids_before: list[int], respawned: bool
     assert changed == ([True, False] if respawned else [False, False])  # VICTIM's worker: 0
 
 
-@pytest.fixture(scope="module")
-def worker_engine():
-    eng = _engine("worker")
+def _with_reference(isolation: str):
+    """An engine and its fault-free results (run key "ref"), closed after the module."""
+    eng = _engine(isolation)
     ref, _ = _run(eng, "ref")
     yield eng, ref
     eng.close()
+
+
+@pytest.fixture(scope="module")
+def worker_engine():
+    yield from _with_reference("worker")
 
 
 @pytest.fixture(scope="module")
 def fork_engine():
-    eng = _engine("fork")
-    ref, _ = _run(eng, "ref")
-    yield eng, ref
-    eng.close()
+    yield from _with_reference("fork")
 
 
 def _inject(fixture: tuple, kind: str, respawned: bool = False) -> tuple:
