@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, MemoryCapExceeded, NNFleetError
-from .units import parse_size
+from .units import MAX_BATCH_SIZE, parse_size
+from .weights import memory_available
 
 EXIT_BAD_INPUT = 2
 EXIT_CAP = 3  # refused before training, or stopped for going over the RAM cap
@@ -24,7 +25,7 @@ EXIT_CAP = 3  # refused before training, or stopped for going over the RAM cap
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, like every other error of ours
-        raise ConfigError(message)
+        raise ConfigError(one_line(message))
 
 
 def load_model(spec: str, seed: int = 0) -> tuple[Any, Any]:
@@ -56,16 +57,49 @@ def _optimizer_kwargs(args: argparse.Namespace, ini: Any) -> tuple[str, dict[str
     return name, kw
 
 
-def _positive(kind: type, what: str) -> Any:
+def _positive(kind: type, top: float = float("inf")) -> Any:
+    """An argparse type: a finite number in (0, top] (argparse names the option)."""
     def conv(text: str) -> Any:
         try:
             v = kind(text)
         except ValueError:
-            raise ConfigError(f"{what} must be a number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
         if not v > 0:
-            raise ConfigError(f"{what} must be > 0, got {text}")
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        if v == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if v > top:
+            raise argparse.ArgumentTypeError(f"must be <= {top}, got {text!r}")
         return v
     return conv
+
+
+def _count(text: str) -> int:
+    """An argparse type: an integer >= 0 (seeds)."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return v
+
+
+def _size(text: str) -> int:
+    """An argparse type: a size in bytes (64MiB, 1.5GiB, 500MB, plain bytes)."""
+    try:
+        return parse_size(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+# what str.splitlines() breaks on, shown escaped: an error message stays one line
+_BREAKS = str.maketrans({c: repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"})
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks escaped (a message may quote what a user typed)."""
+    return text.translate(_BREAKS)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -127,6 +161,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         x, y = ini.load_data("train", model)
     else:
         classes = int(np.prod(model.output_shape))
+        need, avail = 4 * args.samples * int(np.prod(model.input_shape)), memory_available()
+        if need > avail:
+            raise ConfigError(f"--samples {args.samples}: the generated data needs {need:,} "
+                              f"bytes, more than the {avail:,} bytes of memory available")
         x, y = synthetic_classification(model.input_shape, classes, args.samples, seed=args.seed)
         vocab = [int(s.props["in_dim"]) for s in model.specs
                  if s.type.lower() == "embedding" and "in_dim" in s.props]
@@ -232,26 +270,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     pl = sub.add_parser("plan", help="print the memory plan of a training step")
     pl.add_argument("model", help="INI file or built-in model name")
-    pl.add_argument("--batch-size", type=_positive(int, "--batch-size"))
+    pl.add_argument("--batch-size", type=_positive(int, MAX_BATCH_SIZE))
     pl.add_argument("--planner", default=DEFAULT_STRATEGY, choices=sorted(STRATEGIES))
     pl.add_argument("--json", action="store_true")
     tr = sub.add_parser("train", help="train a model on a data file (or generated data)")
     tr.add_argument("model", help="INI file or built-in model name")
     tr.add_argument("--data", help=".npz with x and y (default: generated data)")
-    tr.add_argument("--samples", type=_positive(int, "--samples"), default=1024,
+    tr.add_argument("--samples", type=_positive(int), default=1024,
                     help="generated samples when no --data (default 1024)")
-    tr.add_argument("--epochs", type=_positive(int, "--epochs"))
-    tr.add_argument("--steps", type=_positive(int, "--steps"))
-    tr.add_argument("--batch-size", type=_positive(int, "--batch-size"))
+    tr.add_argument("--epochs", type=_positive(int))
+    tr.add_argument("--steps", type=_positive(int))
+    tr.add_argument("--batch-size", type=_positive(int, MAX_BATCH_SIZE))
     tr.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
-    tr.add_argument("--lr", type=_positive(float, "--lr"))
+    tr.add_argument("--lr", type=_positive(float))
     tr.add_argument("--momentum", type=float)
     tr.add_argument("--no-shuffle", action="store_true")
     tr.add_argument("--init", help="initial weights .npz")
     tr.add_argument("--save", help="write trained weights .npz (atomically)")
     tr.add_argument("--planner", default=DEFAULT_STRATEGY, choices=sorted(STRATEGIES))
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--ram-cap", help="RAM cap of the whole process (64MiB, 1.5GiB, 500MB, bytes)")
+    tr.add_argument("--seed", type=_count, default=0)
+    tr.add_argument("--ram-cap", type=_size, help="RAM cap of the whole process (64MiB, 1.5GiB, 500MB, bytes)")
     tr.add_argument("--swap", choices=["off", "auto", "on"], default="auto",
                     help="swap idle tensors to storage: auto = only if the cap needs it")
     tr.add_argument("--lookahead", type=int, default=3,
@@ -284,13 +322,13 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         return {"plan": cmd_plan, "train": cmd_train}[args.cmd](args)
     except MemoryCapExceeded as e:
-        print(f"nnfleet: error: RAM cap: {e}", file=sys.stderr)
+        print(f"nnfleet: error: RAM cap: {one_line(str(e))}", file=sys.stderr)
         return EXIT_CAP
     except NNFleetError as e:
-        print(f"nnfleet: error: {e}", file=sys.stderr)
+        print(f"nnfleet: error: {one_line(str(e))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (OSError, MemoryError) as e:
-        print(f"nnfleet: error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"nnfleet: error: {type(e).__name__}: {one_line(str(e))}", file=sys.stderr)
         return 1
 
 

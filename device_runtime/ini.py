@@ -35,6 +35,7 @@ from .layers import create_layer
 from .layers.base import parse_bool
 from .model import LayerSpec, Model
 from .optimizers import Schedule
+from .units import MAX_BATCH_SIZE
 
 _TYPE_ALIASES = {"output": "identity"}
 _MODEL_KEYS = {"type", "epochs", "loss", "batch_size", "save_path", "learning_rate", "optimizer",
@@ -97,8 +98,10 @@ class IniModel:
 
 # numeric keys of [Model] and [Optimizer] -> (check, what the value must be)
 _RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
-    **dict.fromkeys(("batch_size", "epochs", "decay_steps"),
+    **dict.fromkeys(("epochs", "decay_steps"),
                     (lambda v: v >= 1 and v == int(v), "a positive integer")),
+    "batch_size": (lambda v: 1 <= v <= MAX_BATCH_SIZE and v == int(v),
+                   f"an integer in [1, {MAX_BATCH_SIZE}]"),
     **dict.fromkeys(("learning_rate", "epsilon", "decay_rate"), (lambda v: v > 0, "> 0")),
     **dict.fromkeys(("beta1", "beta2", "momentum"), (lambda v: 0 <= v < 1, "in [0, 1)")),
     "weight_decay": (lambda v: v >= 0, ">= 0"),

@@ -17,6 +17,8 @@ _SIZE = re.compile(r"^\s*((?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\
 _MAX_CHARS = 64
 MAX_SIZE = 2**63 - 1  # bytes: the largest size an OS (and numpy's int64 sizes) can address
 _HINT = "use e.g. 64MiB, 1.5GiB, 500MB or plain bytes"
+# A larger batch is a typo: the layers' and the planner's work grows with the batch size.
+MAX_BATCH_SIZE = 1 << 16
 
 
 def parse_size(text: str | float, what: str = "") -> int:

@@ -211,7 +211,9 @@ FC = "[a]\ntype = input\ninput_shape = 1:1:4\n[b]\ntype = fully_connected\nunit 
 
 @pytest.mark.parametrize("text, needle", [
     ("[Model]\nbatch_size = 8\n", "no layer sections"),
-    ("[Model]\nbatch_size = 1e400\n" + FC, "[Model] batch_size = '1e400' must be a positive integer"),
+    ("[Model]\nbatch_size = 1e400\n" + FC,
+     "[Model] batch_size = '1e400' must be an integer in [1, 65536]"),
+    ("[Model]\nbatch_size = 1e12\n" + FC, "batch_size = '1e12' must be an integer in [1, 65536]"),
     ("[Model]\nepochs = nan\n" + FC, "epochs = 'nan' must be a positive integer"),
     ("[Optimizer]\ntype = adam\nbeta1 = 1.5\n" + FC, "beta1 = '1.5' must be in [0, 1)"),
     ("[Optimizer]\nlearning_rate = -inf\n" + FC, "learning_rate = '-inf' must be > 0"),
