@@ -131,7 +131,7 @@ def check_config(cfg: dict[str, Any]) -> None:
 def _algorithm(where: str, a: Any) -> None:
     table(dict.fromkeys(ALGORITHMS, any_table))("[algorithm]", a)
     for name, overrides in a.items():
-        table(DEVICE)(f"[algorithm.{name}]", overrides)
+        table({**DEVICE, "strategy-args": any_table})(f"[algorithm.{name}]", overrides)
 
 
 def _data(where: str, d: Any) -> None:

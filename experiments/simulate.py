@@ -70,12 +70,13 @@ def run_config(cfg: dict[str, Any], algo_name: str, specs: list[Any]) -> dict[st
         "fraction-evaluate": float(server.get("fraction-evaluate", 1.0)),
         "min-nodes": int(server.get("min-nodes", 2)),
     }
+    own = dict(cfg.get("algorithm", {}).get(algo_name, {}))  # [algorithm.<name>] overrides
     args = dict(server.get("strategy-args", {}))
     args.update(algo.strategy_args)
+    args.update(own.pop("strategy-args", {}))
     rc["strategy-args"] = json.dumps(args)
     rc.update(cfg.get("train", {}))
-    rc.update(device_config(algo, specs, cfg.get("model", {}).get("head", []),
-                            cfg.get("algorithm", {}).get(algo_name, {})))
+    rc.update(device_config(algo, specs, cfg.get("model", {}).get("head", []), own))
     return rc
 
 

@@ -51,6 +51,15 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
               "Li et al., ICLR 2021", personal="{bn}"),
     Algorithm("fedprox", "FedAvg with a proximal term mu/2 ||w - w_global||^2 on the device",
               "Li et al., MLSys 2020", strategy="fedprox", strategy_args={"proximal_mu": 0.01}),
+    # robust aggregation of one global model (set the number of attackers Krum assumes with
+    # [algorithm.krum] strategy-args = {num_malicious_nodes = F})
+    Algorithm("krum", "one global model; each round the update closest to its n - f - 2 "
+              "nearest neighbours is taken", "Blanchard et al., NeurIPS 2017", strategy="krum"),
+    Algorithm("fedtrimmedavg", "one global model; per coordinate, the mean of the updates "
+              "without the largest and smallest 20%", "Yin et al., ICML 2018",
+              strategy="fedtrimmedavg"),
+    Algorithm("fedmedian", "one global model; per coordinate, the median of the updates",
+              "Yin et al., ICML 2018", strategy="fedmedian"),
 ]}
 
 
