@@ -167,20 +167,18 @@ def _check_one(m: Message, glob: dict[str, np.ndarray],
 def _norm_rules(replies: list[Message], norms: dict[int, float], w_norm: float,
                 rules: ScreenRules, rejected: list[Rejection]) -> None:
     """Apply the two norm rules of the module docstring, removing rejected entries."""
-    if rules.max_update_norm > 0 and w_norm > 0:
+    # the median is taken after the first rule, so that absurd updates do not raise it
+    for kind, factor, what, name in (
+            ("norm", rules.max_update_norm, "the global weights' norm", "max-update-norm"),
+            ("norm-median", rules.max_norm_over_median, "the round's median",
+             "max-norm-over-median")):
+        ref = w_norm if kind == "norm" else \
+            float(np.median(list(norms.values()))) if len(norms) >= 3 else 0.0
+        if factor <= 0 or ref <= 0:
+            continue
         for i, d in list(norms.items()):
-            if d > rules.max_update_norm * w_norm:
-                rejected.append(Rejection(replies[i].metadata.src_node_id, "norm",
-                                          f"update norm {d:.4g} is {d / w_norm:.3g} x the global "
-                                          f"weights' norm {w_norm:.4g} (max-update-norm = "
-                                          f"{rules.max_update_norm:g})"))
-                del norms[i]
-    median = float(np.median(list(norms.values()))) if len(norms) >= 3 else 0.0
-    if rules.max_norm_over_median > 0 and median > 0:
-        for i, d in list(norms.items()):
-            if d > rules.max_norm_over_median * median:
-                rejected.append(Rejection(replies[i].metadata.src_node_id, "norm-median",
-                                          f"update norm {d:.4g} is {d / median:.3g} x the "
-                                          f"round's median {median:.4g} (max-norm-over-median"
-                                          f" = {rules.max_norm_over_median:g})"))
+            if d > factor * ref:
+                rejected.append(Rejection(replies[i].metadata.src_node_id, kind,
+                                          f"update norm {d:.4g} is {d / ref:.3g} x {what} "
+                                          f"{ref:.4g} ({name} = {factor:g})"))
                 del norms[i]
