@@ -77,9 +77,7 @@ class IniModel:
         try:
             return Model(self.layers, loss=self.loss, seed=seed, name=self.name)
         except (ModelError, DataError, ConfigError) as e:
-            if self.path in str(e):
-                raise
-            raise type(e)(f"{self.path}: {e}") from None
+            raise _naming(self.path, e) from None
 
     def load_data(self, split: str, model: Model) -> tuple[np.ndarray, np.ndarray]:
         """Read the ``train``/``valid``/``test`` set; one-hot labels become class ids
@@ -122,7 +120,15 @@ def _num(path: str, sec: str, key: str, value: str, kind: type = float) -> Any:
 
 def read_ini(path: str) -> IniModel:
     """Parse an NNTrainer INI model file; errors name the file, section and key."""
-    return _read(path, [os.path.abspath(path)])
+    try:
+        return _read(path, [os.path.abspath(path)])
+    except (ModelError, DataError, ConfigError) as e:
+        raise _naming(path, e) from None
+
+
+def _naming(path: str, e: ModelError | DataError | ConfigError) -> Exception:
+    """``e``, or the same error with the file's name in front where it lacks it."""
+    return e if path in str(e) else type(e)(f"{path}: {e}")
 
 
 def _read(path: str, stack: list[str]) -> IniModel:

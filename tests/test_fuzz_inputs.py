@@ -246,12 +246,16 @@ def test_errors_inside_a_backbone_name_both_files(tmp_path):
     outer = _write(tmp_path, "m.ini", '[]\nbackbone = "bb.ini"\n')
     a = _write(tmp_path, "a.ini", "[p]\nbackbone = b.ini\n")
     _write(tmp_path, "b.ini", "[q]\nbackbone = a.ini\n")
+    _write(tmp_path, "ok.ini", "[x]\ntype = input\ninput_shape = 1:1:4\n[y]\n"
+                               "type = fully_connected\nunit = 3\n")
+    ref = _write(tmp_path, "ref.ini", "[]\nbackbone = ok.ini\ninput_layers = (\n")
     # Execute
     _, msg = check_input("INI files: cases", lambda: load_ini(outer), outer, "bb.ini", "units")
     _, loop = check_input("INI files: cases", lambda: load_ini(a), a, "include each other")
+    _, bad = check_input("INI files: cases", lambda: load_ini(ref), ref, "input_layers entry")
     # Assert
     assert msg.startswith(f"{outer}: [] backbone = bb.ini: {tmp_path}/bb.ini: "), msg
-    assert msg is not None and loop is not None
+    assert msg is not None and loop is not None and bad is not None
 
 
 # Found by the INI fuzzer in code this test file does not own (device_runtime/graph.py and
