@@ -49,6 +49,7 @@ layers = [
 [train]
 lr = 0.05
 batch-size = 8
+local-epochs = 4  # long enough rounds for the kills to land inside them
 
 [server]
 strategy = "fedadam"
