@@ -72,5 +72,9 @@ def render(summary: dict[str, Any], plots: list[str]) -> str:
     lines += ["", "## Files", "", "- `metrics.jsonl`: one line per device and message "
               "(train, evaluate, final), with the device's metrics and status; one line per "
               "update the server rejected (rejected, with its kind and reason)",
-              "- `summary.json`: these numbers", ""]
+              "- `summary.json`: these numbers",
+              "- `weights/<algorithm>.npz`: the final shared weights; `.json` beside them: the "
+              "server's aggregated metrics per round and the updates it rejected",
+              "- `checkpoint/`: the last round's checkpoint (`nnfleet simulate ... --resume` "
+              "continues a run that was stopped)", ""]
     return "\n".join(lines)
