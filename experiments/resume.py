@@ -2,9 +2,12 @@
 
 Everything a run needs to go on lives in ``<out>/checkpoint/`` (folders 0700, files 0600)::
 
-    live-<pid>/<algorithm>/<device>.pkl  device states as this run's fleet workers keep
-                                   them now (per process: a worker of a killed run that
-                                   finishes its task after the kill writes elsewhere)
+    run-<pid>/                     this process's fleet engine folder (the engine's
+                                   ``workdir``: its packed data, store/) and
+    run-<pid>/states/<algorithm>/<device>.pkl  device states as its workers keep them now
+                                   (per process: a worker of a killed run that finishes
+                                   its task after the kill writes elsewhere; the folders
+                                   of killed runs are removed by the next start)
     ckpt-000042/                   the last complete checkpoint:
         meta.json                  config fingerprint, finished algorithms, the algorithm
                                    and round it stands at, bytes of metrics.jsonl so far,
@@ -86,7 +89,8 @@ class Checkpointer:
 
     def __init__(self, out: str, fingerprint: str) -> None:
         self.root = os.path.join(out, "checkpoint")
-        self.live = os.path.join(self.root, f"live-{os.getpid()}")  # the engine's state_dir
+        self.work = os.path.join(self.root, f"run-{os.getpid()}")  # the engine's workdir
+        self.live = os.path.join(self.work, "states")  # and state_dir
         self.fingerprint = fingerprint
         self.seq = 0
         self._bin = ThreadPoolExecutor(max_workers=1)  # removes old checkpoints
@@ -94,12 +98,15 @@ class Checkpointer:
     def start_fresh(self) -> None:
         """Forget any checkpoint of an earlier run in this folder."""
         shutil.rmtree(self.root, ignore_errors=True)
-        os.makedirs(self.live, mode=0o700)
-        os.chmod(self.root, 0o700)
+        self._make_work()
+
+    def _make_work(self) -> None:
+        for d in (self.root, self.work, self.live):  # makedirs gives mode to the leaf only
+            os.makedirs(d, mode=0o700, exist_ok=True)
 
     def close(self) -> None:
         self._bin.shutdown(wait=True)
-        shutil.rmtree(self.live, ignore_errors=True)
+        shutil.rmtree(self.work, ignore_errors=True)
 
     def load(self) -> Snapshot:
         """The last complete checkpoint; a ConfigError names why there is none to use."""
@@ -123,10 +130,10 @@ class Checkpointer:
                               f"without --resume to start over)")
         self.seq = int(meta["seq"])
         for d in os.listdir(self.root):  # debris of a checkpoint cut short, older ones,
-            if d.startswith((".tmp-", ".old-", "live-")) or (d.startswith(PREFIX)
+            if d.startswith((".tmp-", ".old-", "run-")) or (d.startswith(PREFIX)
                                                              and d != done[-1]):
                 shutil.rmtree(os.path.join(self.root, d), ignore_errors=True)  # old states
-        os.makedirs(self.live, mode=0o700)
+        self._make_work()
         return Snapshot(path, meta)
 
     def save(self, meta: dict[str, Any], server_state: Any = None,

@@ -166,7 +166,7 @@ def _main(argv: list[str]) -> int:
     os.makedirs(os.path.join(out, "weights"), exist_ok=True)
     with FleetEngine(fleet, profiles, workers=int(args.workers or fleet_cfg.get("workers", 0)),
                      isolation=isolation, faults=cfg.get("faults"), seed=seed,
-                     state_dir=log.ckpt.live) as eng:
+                     workdir=log.ckpt.work, state_dir=log.ckpt.live) as eng:
         timing.update(startup_seconds=eng.startup_seconds, workers=len(eng.procs),
                       isolation=eng.isolation)
         for algo in [a for a in algorithms if a not in log.meta["finished"]]:
