@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
@@ -175,6 +176,16 @@ def check_input(target: str, fn: Callable[[], Any], *needles: str,
         return None, msg
     TALLY.add(target, "loaded", time.perf_counter() - t0)
     return result, None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fuzz_report(request: Any) -> Iterator[None]:
+    """Import this autouse fixture into a fuzz test module: the tally is shown at the end of
+    the run (and under ``pytest -s`` after the module) and kept in pytest's cache."""
+    register_report(request.config)
+    yield
+    save_report(request.config)
+    print("\n" + "\n".join(TALLY.lines()))
 
 
 class _Report:

@@ -21,15 +21,12 @@ from device_runtime import build
 from device_runtime import weights as weights_mod
 from device_runtime.cli import main
 from device_runtime.model import Model
-from tests.fuzzing import TALLY, fuzz_settings, register_report, save_report, time_bound
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _report(request):
-    register_report(request.config)
-    yield
-    save_report(request.config)
-    print("\n" + "\n".join(TALLY.lines()))
+from tests.fuzzing import (
+    TALLY,
+    fuzz_report,  # noqa: F401 (an autouse fixture)
+    fuzz_settings,
+    time_bound,
+)
 
 
 class WouldRun(Exception):

@@ -26,26 +26,16 @@ from experiments.fleet.faults import FaultPlan
 from experiments.fleet.profiles import draw_profiles
 from tests.fuzzing import (
     OPS,
-    TALLY,
     check_input,
     edit_document,
     edits,
+    fuzz_report,  # noqa: F401 (an autouse fixture)
     fuzz_settings,
     mutate,
-    register_report,
-    save_report,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = sorted(glob.glob(os.path.join(ROOT, "experiments", "configs", "*.toml")))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _report(request):
-    register_report(request.config)
-    yield
-    save_report(request.config)
-    print("\n" + "\n".join(TALLY.lines()))
 
 
 def _load_toml(path: str) -> dict:

@@ -19,26 +19,8 @@ from hypothesis import strategies as st
 from device_runtime.errors import DataError
 from experiments.data import LEAF_CHARS, load_leaf, load_npz_dir
 from experiments.data.loaders import MAX_CLASSES
-from tests.fuzzing import (
-    JSON_VALUES,
-    OPS,
-    TALLY,
-    check_input,
-    edit_document,
-    edits,
-    fuzz_settings,
-    mutate,
-    register_report,
-    save_report,
-)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _report(request):
-    register_report(request.config)
-    yield
-    save_report(request.config)
-    print("\n" + "\n".join(TALLY.lines()))
+from tests import fuzzing as fz
+from tests.fuzzing import fuzz_report  # noqa: F401 (an autouse fixture)
 
 
 def _leaf(users: dict[str, tuple[list, list]]) -> dict:
@@ -73,21 +55,21 @@ def _write(folder, name: str, data: bytes) -> str:
     return path
 
 
-@fuzz_settings(900)
-@given(st.sampled_from(sorted(LEAF_DOCS)), edits(JSON_VALUES))
+@fz.fuzz_settings(900)
+@given(st.sampled_from(sorted(LEAF_DOCS)), fz.edits(fz.JSON_VALUES))
 def test_fuzz_leaf_documents(tmp_path_factory, name, changes):
-    doc = edit_document(LEAF_DOCS[name], changes)
+    doc = fz.edit_document(LEAF_DOCS[name], changes)
     path = _write(tmp_path_factory.mktemp("leaf"), f"{name}.json",
                   json.dumps(doc, allow_nan=True).encode())
-    check_input("LEAF JSON: documents", lambda: _check_leaf(path), path)
+    fz.check_input("LEAF JSON: documents", lambda: _check_leaf(path), path)
 
 
-@fuzz_settings(400)
-@given(st.sampled_from(sorted(LEAF_DOCS)), OPS)
+@fz.fuzz_settings(400)
+@given(st.sampled_from(sorted(LEAF_DOCS)), fz.OPS)
 def test_fuzz_leaf_bytes(tmp_path_factory, name, ops):
-    blob = mutate(json.dumps(LEAF_DOCS[name]).encode(), ops)
+    blob = fz.mutate(json.dumps(LEAF_DOCS[name]).encode(), ops)
     path = _write(tmp_path_factory.mktemp("leaf"), f"{name}.json", blob)
-    check_input("LEAF JSON: bytes", lambda: _check_leaf(path), path)
+    fz.check_input("LEAF JSON: bytes", lambda: _check_leaf(path), path)
 
 
 @pytest.mark.parametrize("text, needle", [
@@ -103,7 +85,7 @@ def test_fuzz_leaf_bytes(tmp_path_factory, name, ops):
 ])
 def test_leaf_errors_name_file_and_problem(tmp_path, text, needle):
     path = _write(tmp_path, "l.json", text.encode())
-    _, msg = check_input("LEAF JSON: cases", lambda: _check_leaf(path), path, needle)
+    _, msg = fz.check_input("LEAF JSON: cases", lambda: _check_leaf(path), path, needle)
     assert msg is not None
 
 
@@ -131,9 +113,9 @@ CHANGES = {
 }
 
 
-@fuzz_settings(700)
+@fz.fuzz_settings(700)
 @given(st.fixed_dictionaries({k: st.sampled_from(sorted(CHANGES)) for k in GOOD}),
-       st.one_of(st.none(), OPS))
+       st.one_of(st.none(), fz.OPS))
 def test_fuzz_npz_device_folders(tmp_path_factory, changes, ops):
     # Prepare: d0.npz intact, d1.npz changed array by array, then maybe byte-mutated
     folder = tmp_path_factory.mktemp("npz")
@@ -141,9 +123,9 @@ def test_fuzz_npz_device_folders(tmp_path_factory, changes, ops):
     arrays = {k: CHANGES[c](a) for (k, a), c in zip(GOOD.items(), changes.values())
               if CHANGES[c] is not None}
     bad = _npz(**arrays)
-    path = _write(folder, "d1.npz", mutate(bad, ops) if ops else bad)
+    path = _write(folder, "d1.npz", fz.mutate(bad, ops) if ops else bad)
     # Execute
-    got, msg = check_input("npz data folders", lambda: load_npz_dir(str(folder)), path)
+    got, msg = fz.check_input("npz data folders", lambda: load_npz_dir(str(folder)), path)
     # Assert: what loads is numbers of one shape, integer class ids
     if msg is None:
         for dev in got.values():

@@ -24,26 +24,8 @@ from device_runtime import DataError, Model, ModelError, layer
 from device_runtime import weights as weights_mod
 from device_runtime.checkpoint import _PRE, MAGIC, VERSION, load_checkpoint, save_checkpoint
 from device_runtime.weights import load_npz
-from tests.fuzzing import (
-    JSON_VALUES,
-    OPS,
-    TALLY,
-    check_input,
-    edit_document,
-    edits,
-    fuzz_settings,
-    mutate,
-    register_report,
-    save_report,
-)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _report(request):
-    register_report(request.config)
-    yield
-    save_report(request.config)
-    print("\n" + "\n".join(TALLY.lines()))
+from tests import fuzzing as fz
+from tests.fuzzing import fuzz_report  # noqa: F401 (an autouse fixture)
 
 
 def _model(compiled: bool = False) -> Model:
@@ -74,25 +56,25 @@ def _npz_bytes(arrays: dict[str, np.ndarray], compress: bool = False) -> bytes:
 INTACT = {False: _npz_bytes(WEIGHTS), True: _npz_bytes(WEIGHTS, compress=True)}
 
 
-@fuzz_settings(700)
-@given(st.booleans(), OPS)
+@fz.fuzz_settings(700)
+@given(st.booleans(), fz.OPS)
 def test_fuzz_weight_file_bytes(tmp_path_factory, compressed, ops):
     # Prepare
-    path = _write(tmp_path_factory.mktemp("w"), "w.npz", mutate(INTACT[compressed], ops))
+    path = _write(tmp_path_factory.mktemp("w"), "w.npz", fz.mutate(INTACT[compressed], ops))
     m = _model()
     # Execute
-    _, msg = check_input("weight files: bytes", lambda: m.load_weights(path), path)
+    _, msg = fz.check_input("weight files: bytes", lambda: m.load_weights(path), path)
     # Assert: what loads is exactly the intact file (zip CRCs catch every changed byte)
     if msg is None:
         for k, v in WEIGHTS.items():
             np.testing.assert_array_equal(m.get_weights()[k], v, err_msg=k)
 
 
-@fuzz_settings(300)
+@fz.fuzz_settings(300)
 @given(st.binary(max_size=2000))
 def test_fuzz_random_bytes_as_weights(tmp_path_factory, blob):
     path = _write(tmp_path_factory.mktemp("r"), "r.npz", blob)
-    _, msg = check_input("weight files: bytes", lambda: load_npz(path), path)
+    _, msg = fz.check_input("weight files: bytes", lambda: load_npz(path), path)
     assert msg is not None or blob[:2] == b"PK"
 
 
@@ -145,7 +127,7 @@ def _member(key: str, a: np.ndarray, change: str, marker: str) -> list[tuple[str
     return [(f"{key}.npy", _npy(a.astype(change) if change != "V4" else a.view("V4")))]
 
 
-@fuzz_settings(500)
+@fz.fuzz_settings(500)
 @given(st.lists(st.sampled_from(CHANGES), min_size=len(WEIGHTS), max_size=len(WEIGHTS)), EXTRAS,
        st.booleans())
 def test_fuzz_weight_archives(tmp_path_factory, changes, extras, compress):
@@ -172,7 +154,7 @@ def test_fuzz_weight_archives(tmp_path_factory, changes, extras, compress):
             z.writestr(name, data)
     m = _model()
     # Execute
-    _, msg = check_input("weight files: archives", lambda: m.load_weights(path), path)
+    _, msg = fz.check_input("weight files: archives", lambda: m.load_weights(path), path)
     # Assert: loads exactly when every parameter is there as numbers of its shape
     fine = all(c in FINE or (c == "transpose" and WEIGHTS[k].ndim > 1 and
                              WEIGHTS[k].shape[0] == WEIGHTS[k].shape[1])
@@ -266,23 +248,23 @@ def _load_ckpt(path: str) -> tuple[int, int]:
     return load_checkpoint(path, _model(compiled=True))
 
 
-@fuzz_settings(300)
-@given(OPS)
+@fz.fuzz_settings(300)
+@given(fz.OPS)
 def test_fuzz_checkpoint_bytes(tmp_path_factory, ops):
-    blob = mutate(CKPT, ops)
+    blob = fz.mutate(CKPT, ops)
     path = _write(tmp_path_factory.mktemp("c"), "c.ckpt", blob)
-    got, msg = check_input("checkpoints: bytes", lambda: _load_ckpt(path), path)
+    got, msg = fz.check_input("checkpoints: bytes", lambda: _load_ckpt(path), path)
     assert msg is not None or (blob == CKPT and got == (1, 2))
 
 
-@fuzz_settings(500)
-@given(edits(JSON_VALUES))
+@fz.fuzz_settings(500)
+@given(fz.edits(fz.JSON_VALUES))
 def test_fuzz_checkpoint_header(tmp_path_factory, changes):
     # Prepare: edit the header's values and keys, then give the file a valid checksum
-    header = edit_document(CKPT_HEADER, changes)
+    header = fz.edit_document(CKPT_HEADER, changes)
     path = _write(tmp_path_factory.mktemp("k"), "c.ckpt", _with_header(header))
     # Execute / Assert
-    got, msg = check_input("checkpoints: headers", lambda: _load_ckpt(path), path)
+    got, msg = fz.check_input("checkpoints: headers", lambda: _load_ckpt(path), path)
     assert msg is not None or got == (header["epoch"], header["iteration"])
 
 

@@ -22,16 +22,11 @@ from device_runtime.ini import read_ini
 from device_runtime.layers import LAYER_TYPES
 from device_runtime.units import _UNITS, MAX_SIZE, parse_size
 from tests.conftest import SHARED_INI
-from tests.fuzzing import TALLY, check_input, fuzz_settings, register_report, save_report
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _report(request):
-    register_report(request.config)
-    yield
-    save_report(request.config)
-    print("\n" + "\n".join(TALLY.lines()))
-
+from tests.fuzzing import (
+    check_input,
+    fuzz_report,  # noqa: F401 (an autouse fixture)
+    fuzz_settings,
+)
 
 # ---------------------------------------------------------------- sizes
 
