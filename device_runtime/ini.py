@@ -38,6 +38,7 @@ from .optimizers import Schedule
 from .units import MAX_BATCH_SIZE
 
 _TYPE_ALIASES = {"output": "identity"}
+MAX_INI_BYTES = 4 << 20  # NNTrainer model files have a few KiB (resnet18.ini: 9 KiB)
 _MODEL_KEYS = {"type", "epochs", "loss", "batch_size", "save_path", "learning_rate", "optimizer",
                "decay_rate", "decay_steps", "beta1", "beta2", "epsilon", "momentum",
                # NNTrainer run-time switches with no meaning here (nnfleet plans and swaps
@@ -134,6 +135,9 @@ def _naming(path: str, e: ModelError | DataError | ConfigError) -> Exception:
 def _read(path: str, stack: list[str]) -> IniModel:
     if not os.path.isfile(path):
         raise ModelError(f"model file not found: {path}")
+    if os.path.getsize(path) > MAX_INI_BYTES:
+        raise ModelError(f"{path} has {os.path.getsize(path):,} bytes: not an INI model file "
+                         f"(those are a few KiB; at most {MAX_INI_BYTES:,} are read)")
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()

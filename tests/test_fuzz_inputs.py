@@ -227,6 +227,7 @@ FC = "[a]\ntype = input\ninput_shape = 1:1:4\n[b]\ntype = fully_connected\nunit 
      "cycle"),
     (FC + "input_layers = b\n", "takes its own output as input"),
     (FC.replace("unit = 3", "unit = 1000000000000"), "memory available"),
+    ("#" * (5 << 20), "5,242,880 bytes: not an INI model file"),
 ])
 def test_ini_errors_name_the_file_and_key(tmp_path, text, needle):
     path = _write(tmp_path, "m.ini", text)
