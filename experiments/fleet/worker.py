@@ -125,8 +125,10 @@ class Worker:
 
     def save_state(self, run_key: str, device: int, state: Any) -> None:
         path = self._state_path(run_key, device)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "wb") as f:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        # private (0600), whatever the umask: a device's personal layers are its own
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
             pickle.dump((state.arrays, state.meta), f, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(path + ".tmp", path)
 
