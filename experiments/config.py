@@ -50,19 +50,21 @@ from experiments.data.dataset import KIND_PARTITIONS
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.toml")
 MAX_BYTES = 1 << 20  # a config is a few KiB; a larger file is not one
 
-# device config keys (device_runtime.device), in [train] and [algorithm.<name>]
+# device config keys (device_runtime.device) that the server forwards to devices
+# (server.app.DEVICE_KEYS), in [train] and [algorithm.<name>]
 DEVICE: dict[str, Check] = {
     **dict.fromkeys(("local-epochs", "local-steps", "head-epochs", "personal-epochs",
                      "finetune-epochs"), integer(0)),
-    **dict.fromkeys(("prox-mu", "proximal-mu", "ditto-lambda", "weight-decay"), number(0)),
+    **dict.fromkeys(("prox-mu", "ditto-lambda", "weight-decay"), number(0)),
     "optimizer": one_of("sgd", "adam", "adamw"), "lr": number(0, lo_open=True),
     "momentum": number(0, 1, hi_open=True), "batch-size": integer(1),
     "optimizer-state": one_of("reset", "keep"), "eval-before": boolean, "eval-after": boolean,
 }
+# what experiments.simulate.run_config reads of [server]; the ServerApp's other run-config
+# keys (timeout, screen-updates, max-update-norm, ...) belong here once simulate forwards them
 SERVER: dict[str, Check] = {
     "strategy": text, "strategy-args": any_table, "fraction-train": number(0, 1, lo_open=True),
-    "fraction-evaluate": number(0, 1), "min-nodes": integer(1), "timeout": number(0, lo_open=True),
-    "screen-updates": boolean, "max-update-norm": number(0), "max-norm-over-median": number(0),
+    "fraction-evaluate": number(0, 1), "min-nodes": integer(1),
 }
 FLEET: dict[str, Check] = {
     "isolation": one_of("worker", "fork"), "workers": integer(0),
