@@ -12,6 +12,7 @@ upstream is trainable.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -20,6 +21,9 @@ from .layers import create_layer
 from .layers.base import AG, CD, CG, F, Layer, Shape
 from .layers.loss import Loss
 
+# no tensor of a step may have more elements than this (2^40: 4 TiB of float32), so the
+# planner's byte arithmetic stays far inside int64 whatever a model file says
+MAX_ELEMENTS = 1 << 40
 _REF = re.compile(r"^\s*([^()\s]+)\s*(?:\(\s*(\d+)\s*\))?\s*$")
 
 
@@ -92,6 +96,12 @@ class Graph:
         shapes: dict[tuple[str, int], Shape] = {}
         for node in self.nodes:
             lay = node.layer
+            missing = [ref for ref in node.inputs if ref not in shapes]
+            if missing:
+                p, k = missing[0]
+                raise lay.fail(f"reads output {k} of '{p}', which has "
+                               f"{self.by_name[p].layer.num_outputs} output(s)"
+                               if p in self.by_name else f"reads '{p}', which is not a layer")
             in_shapes = [shapes[ref] for ref in node.inputs]
             if not (lay.min_inputs <= len(in_shapes) <= lay.max_inputs):
                 raise lay.fail(f"takes {lay.min_inputs}..{lay.max_inputs} inputs, got "
@@ -103,6 +113,9 @@ class Graph:
             for k, s in enumerate(lay.out_shapes):
                 if any(d <= 0 for d in s):
                     raise lay.fail(f"output shape {s} has a non-positive dimension "
+                                   f"(input shapes {in_shapes})")
+                if math.prod(s) > MAX_ELEMENTS:
+                    raise lay.fail(f"output shape {s} has more than {MAX_ELEMENTS:,} elements "
                                    f"(input shapes {in_shapes})")
                 shapes[(node.name, k)] = s
 

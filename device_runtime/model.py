@@ -6,8 +6,9 @@ import dataclasses
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -19,8 +20,8 @@ from .layers.core import Input
 from .layers.loss import CrossEntropySoftmax, Loss
 from .optimizers import Accumulator, NullOptimizer, Optimizer, create_optimizer
 from .planner import DEFAULT_STRATEGY, STRATEGIES
+from .units import MAX_BATCH_SIZE
 from .weights import WeightStore
-
 
 # Recompute cheap outputs (batch-norm + activation) before backward instead of keeping
 # them; NNFLEET_NO_RECOMPUTE=1 turns it off (results are bit-identical either way).
@@ -143,13 +144,13 @@ class Model:
                 planner: str = DEFAULT_STRATEGY, clip_grad_norm: float | None = None,
                 label_kind: str | None = None, ram_cap: int | None = None,
                 swap: str = "auto", lookahead: int = 3, swap_dir: str | None = None,
-                baseline_rss: int | None = None, **opt_kwargs: Any) -> "Model":
+                baseline_rss: int | None = None, **opt_kwargs: Any) -> Model:
         """Choose batch size, optimizer and planner; with ``ram_cap`` (bytes, whole process)
         fit the step into it (planner, then swap unless ``swap="off"``, then micro-batches
         with gradient accumulation) or raise :class:`MemoryCapExceeded` before training.
         ``swap="on"`` swaps every candidate block even without a cap."""
-        if int(batch_size) < 1:
-            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        if not 1 <= int(batch_size) <= MAX_BATCH_SIZE:
+            raise ConfigError(f"batch size must be in [1, {MAX_BATCH_SIZE}], got {batch_size}")
         if planner not in STRATEGIES:
             raise ConfigError(f"unknown planner '{planner}' (known: {', '.join(STRATEGIES)})")
         if clip_grad_norm is not None and not clip_grad_norm > 0:

@@ -254,10 +254,8 @@ def test_errors_inside_a_backbone_name_both_files(tmp_path):
     assert msg is not None and loop is not None and bad is not None
 
 
-# Found by the INI fuzzer in code this test file does not own (device_runtime/graph.py and
-# the planner): kept as strict xfails so that the fix flips them.
-@pytest.mark.xfail(strict=True, raises=KeyError, reason="graph.py _finalize_shapes: an input "
-                   "reference to an output index the layer does not have is a KeyError")
+# Found by the INI fuzzer in device_runtime/graph.py (a KeyError; an OverflowError in the
+# planner): now ModelErrors naming the layer.
 def test_reference_to_a_missing_output_is_a_model_error(tmp_path):
     # the first split leaves one column, so split s has one output and s(1) does not exist
     emb = "type = embedding\nin_dim = 6\nout_dim = 5\n"
@@ -267,8 +265,6 @@ def test_reference_to_a_missing_output_is_a_model_error(tmp_path):
     check_input("INI files: cases", lambda: load_ini(path), path)
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason="planner: a layer output of "
-                   "1e20 elements (padding = 1e20) overflows a C long instead of a ModelError")
 def test_absurd_output_shape_is_a_model_error_at_compile(tmp_path):
     path = _write(tmp_path, "m.ini", "[in]\ntype = input\ninput_shape = 1:4:4\n[c]\n"
                   "type = conv2d\nfilters = 1\nkernel_size = 3,3\n"
