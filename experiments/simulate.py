@@ -55,6 +55,9 @@ def model_text(cfg: dict[str, Any]) -> str:
     return str(m.get("name", "mlp"))
 
 
+SERVER_KEYS = ("timeout", "screen-updates", "max-update-norm", "max-norm-over-median")
+
+
 def run_config(cfg: dict[str, Any], algo_name: str, specs: list[Any]) -> dict[str, Any]:
     """The Flower run config of one algorithm (see server/app.py for the keys)."""
     from experiments.algorithms import device_config, get_algorithm
@@ -70,6 +73,8 @@ def run_config(cfg: dict[str, Any], algo_name: str, specs: list[Any]) -> dict[st
         "fraction-evaluate": float(server.get("fraction-evaluate", 1.0)),
         "min-nodes": int(server.get("min-nodes", 2)),
     }
+    # the server's own settings: round timeout and the screening of updates (server/screen.py)
+    rc.update({k: server[k] for k in SERVER_KEYS if k in server})
     own = dict(cfg.get("algorithm", {}).get(algo_name, {}))  # [algorithm.<name>] overrides
     args = dict(server.get("strategy-args", {}))
     args.update(algo.strategy_args)
@@ -102,12 +107,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``nnfleet simulate``; returns the exit code."""
+    from device_runtime.cli import one_line
     from device_runtime.errors import NNFleetError
 
     try:
         return _main(list(sys.argv[1:] if argv is None else argv))
     except NNFleetError as e:
-        print(f"nnfleet: error: {e}", file=sys.stderr)
+        print(f"nnfleet: error: {one_line(str(e))}", file=sys.stderr)
         return 2
 
 

@@ -191,7 +191,5 @@ def test_bad_values_name_the_option(args, needle):
     assert code == 2 and needle in line, line
 
 
-@pytest.mark.xfail(strict=True, reason="experiments/simulate.py prints its errors itself, and "
-                   "get_algorithm quotes the name raw: two lines (use cli.one_line there)")
 def test_simulate_error_with_a_line_break_is_one_line():
     _check("command lines: cases", ["simulate", "--algorithm", "a\nb"])

@@ -66,7 +66,7 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
 def get_algorithm(name: str) -> Algorithm:
     key = name.strip().lower()
     if key not in ALGORITHMS:
-        raise ConfigError(f"unknown algorithm '{name}' (known: {', '.join(ALGORITHMS)})")
+        raise ConfigError(f"unknown algorithm {name!r} (known: {', '.join(ALGORITHMS)})")
     return ALGORITHMS[key]
 
 
