@@ -60,11 +60,12 @@ DEVICE: dict[str, Check] = {
     "momentum": number(0, 1, hi_open=True), "batch-size": integer(1),
     "optimizer-state": one_of("reset", "keep"), "eval-before": boolean, "eval-after": boolean,
 }
-# what experiments.simulate.run_config reads of [server]; the ServerApp's other run-config
-# keys (timeout, screen-updates, max-update-norm, ...) belong here once simulate forwards them
+# what experiments.simulate.run_config reads of [server] and forwards to the ServerApp
 SERVER: dict[str, Check] = {
     "strategy": text, "strategy-args": any_table, "fraction-train": number(0, 1, lo_open=True),
     "fraction-evaluate": number(0, 1), "min-nodes": integer(1),
+    "timeout": number(0, lo_open=True), "screen-updates": boolean,
+    "max-update-norm": number(0, lo_open=True), "max-norm-over-median": number(0),
 }
 FLEET: dict[str, Check] = {
     "isolation": one_of("worker", "fork"), "workers": integer(0),

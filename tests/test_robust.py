@@ -16,6 +16,7 @@ pytest.importorskip("flwr")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 import server  # noqa: E402
+from device_runtime.errors import ConfigError  # noqa: E402
 from experiments.data import make_fleet_data  # noqa: E402
 from experiments.fleet import FleetEngine  # noqa: E402
 from experiments.fleet.faults import FaultPlan  # noqa: E402
@@ -98,3 +99,23 @@ def test_absurdly_scaled_updates_are_rejected_as_if_never_sent():
     assert rejected[0]["kind"] == "norm"
     for k in screened:
         assert np.array_equal(screened[k], offline[k]), k
+
+
+def test_server_settings_of_a_config_reach_the_server(tmp_path):
+    # [server] timeout and the screening keys are checked at load and forwarded
+    from experiments.config import load_config
+    from experiments.simulate import run_config
+
+    path = tmp_path / "c.toml"
+    path.write_text('[server]\nmax-update-norm = 3.5\nscreen-updates = false\ntimeout = 60\n'
+                    'max-norm-over-median = 4\n')
+    from device_runtime.device import build_model
+    from experiments.simulate import model_text
+
+    cfg = load_config(str(path))
+    rc = run_config(cfg, "fedavg", build_model(model_text(cfg), 0).specs)
+    assert (rc["max-update-norm"], rc["screen-updates"], rc["timeout"],
+            rc["max-norm-over-median"]) == (3.5, False, 60, 4)
+    path.write_text('[server]\nmax-update-norm = -1\n')
+    with pytest.raises(ConfigError, match=r"\[server\] max-update-norm"):
+        load_config(str(path))
