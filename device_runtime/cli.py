@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         return {"plan": cmd_plan, "train": cmd_train}[args.cmd](args)
     except MemoryCapExceeded as e:
-        print(f"nnfleet: error: RAM cap: {one_line(str(e))}", file=sys.stderr)
+        print(f"nnfleet: error: memory: {one_line(str(e))}", file=sys.stderr)
         return EXIT_CAP
     except NNFleetError as e:
         print(f"nnfleet: error: {one_line(str(e))}", file=sys.stderr)

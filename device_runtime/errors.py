@@ -27,8 +27,8 @@ class ConfigError(NNFleetError, ValueError):
 class MemoryCapExceeded(NNFleetError):
     """Training cannot fit (or did not stay) within the device's RAM cap."""
 
-    def __init__(self, needed: int, cap: int, detail: str = "") -> None:
+    def __init__(self, needed: int, cap: int, detail: str = "", limit: str = "the RAM cap") -> None:
         self.needed = int(needed)
         self.cap = int(cap)
-        msg = f"needs {self.needed:,} bytes but the RAM cap is {self.cap:,} bytes"
+        msg = f"needs {self.needed:,} bytes but {limit} is {self.cap:,} bytes"
         super().__init__(f"{msg}: {detail}" if detail else msg)

@@ -27,7 +27,8 @@ from .layers.core import Input
 from .layers.loss import Loss
 from .stepplan import Record, StepPlan
 from .swap import PAGE, SwapDevice
-from .weights import WeightStore
+from .errors import MemoryCapExceeded
+from .weights import WeightStore, memory_available
 
 POISON = os.environ.get("NNFLEET_POISON", "") == "1"
 
@@ -64,6 +65,10 @@ class Executor(StepPlan):
         # shows what a step really touches), and given back to the OS when freed, never
         # served from heap memory that malloc already holds.
         n = self.plan.pool_bytes
+        avail = memory_available()
+        if n > avail:  # refuse before mapping: a touched pool beyond it ends in the OOM killer
+            raise MemoryCapExceeded(n, avail, "the step's pool does not fit this machine "
+                                    "(a smaller batch?)", limit="the memory available")
         self._mmap = mmap.mmap(-1, max(n, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.pool = np.frombuffer(self._mmap, dtype=np.uint8, count=n)
         if poison:  # NaN for floats, -1 for ints: reading an unwritten tensor shows up

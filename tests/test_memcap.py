@@ -198,3 +198,13 @@ def test_swap_every_candidate_is_bit_identical(lookahead, monkeypatch, tmp_path)
         m.close()
     for k in out["off"]:
         assert np.array_equal(out["off"][k], out["on"][k]), k
+
+
+def test_pool_larger_than_the_machine_is_refused_before_mapping(monkeypatch):
+    # no cap given: a pool beyond the memory available would end in the OOM killer once
+    # touched, so it is refused at allocation with the bytes it needs
+    monkeypatch.setattr("device_runtime.executor.memory_available", lambda: 1 << 20)
+    m = dr.build("lenet5")
+    m.compile(batch_size=32, optimizer="sgd", lr=0.01)
+    with pytest.raises(MemoryCapExceeded, match=r"but the memory available is 1,048,576 bytes"):
+        m.plan()
