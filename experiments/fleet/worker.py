@@ -32,12 +32,15 @@ import select
 import shutil
 import signal
 import sys
+import threading
 import time
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
 KILL_POLL_SECONDS = 0.002
+ORPHAN_POLL_SECONDS = 0.5
+_child = [0]  # the device process forked by this worker (fork isolation), while it runs
 
 
 def _after_fork_in_child() -> None:
@@ -179,6 +182,8 @@ class Worker:
         r, w = os.pipe()
         pipe_w = w
         pid = os.fork()
+        if pid:
+            _child[0] = pid
         if pid == 0:  # child: run, send the result, exit without cleanup handlers
             os.close(r)
             code = 0
@@ -230,6 +235,7 @@ class Worker:
                         killed_rss = child + unseen
                         os.kill(pid, signal.SIGKILL)
         _, wstatus = os.waitpid(pid, 0)
+        _child[0] = 0
         if timed_out and not killed_rss:
             raise DeviceFailure("timeout", f"device {state.device_id} did not answer within "
                                 f"{timeout:g} s (faults.timeout): its process was killed")
@@ -279,6 +285,23 @@ class Worker:
                 return
 
 
+def _exit_when_orphaned(parent: int) -> None:
+    """End this worker (and its device process) once the engine's process is gone.
+
+    A worker notices a closed socket only when it reads it; one whose device hangs (or
+    computes for long) would outlive an engine that was killed. This thread polls the
+    parent pid instead, which changes when the parent dies.
+    """
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_POLL_SECONDS)
+    if _child[0]:
+        try:
+            os.kill(_child[0], signal.SIGKILL)
+        except OSError:
+            pass
+    os._exit(1)
+
+
 def main(argv: list[str]) -> int:
     """``worker FD [FD ...]``: warm up once, fork one worker per further FD, serve FD 0."""
     t0 = time.perf_counter()
@@ -296,6 +319,7 @@ def main(argv: list[str]) -> int:
         if fd != mine:
             os.close(fd)
     conn = Connection(mine)
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     conn.send(("ready", os.getpid(), rss.current_rss(), time.perf_counter() - t0))
     Worker(conn).serve()
     if mine != fds[0]:
