@@ -190,6 +190,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # before the step is planned and bound (a capped compile measures it there itself).
     if cap is None:
         model.warm_up()
+        rss.release_heap()  # as a capped compile does before it measures
         baseline = rss.current_rss()
     else:
         baseline = model.baseline_rss

@@ -186,9 +186,10 @@ class Model:
         self.decision = None
         if ram_cap is not None:
             from .capfit import fit_to_cap
-            from .rss import current_rss
+            from .rss import current_rss, release_heap
 
             self.warm_up()  # JIT code is part of the baseline, and must be loaded before it
+            release_heap()
             self.baseline_rss = baseline_rss if baseline_rss is not None else current_rss()
             def fit(base: int) -> Any:
                 return fit_to_cap(lambda b: self._graph(b, backward=True, with_loss=True),
@@ -197,8 +198,10 @@ class Model:
                                   swap, lookahead)
 
             d = fit(self.baseline_rss)
-            # Planning itself leaves heap behind (about 1 MiB for resnet18): count it in the
-            # baseline and fit again (the second pass reuses that heap).
+            # Planning itself leaves heap behind (about 1 MiB for resnet18, less once freed
+            # pages are given back): count it in the baseline and fit again (the second
+            # pass reuses that heap).
+            release_heap()
             grown = current_rss()
             if grown > self.baseline_rss:
                 self.baseline_rss = grown

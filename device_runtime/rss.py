@@ -63,3 +63,16 @@ def reset_peak() -> bool:
         return True
     except OSError:
         return False
+
+
+def release_heap() -> None:
+    """Collect garbage and give free heap pages back to the OS (glibc's ``malloc_trim``),
+    so that RSS measured next shows live memory, not what malloc keeps for later."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass

@@ -69,10 +69,10 @@ def test_guard_stops_python_api_run():
 # The working set is the plan's (pool + optimizer state): the memory benchmark measures it
 # within 0.7 MiB, and it does not move with machine noise. vgg16 is the tight one: its
 # smallest swapped pool at batch 32 is 24.25 MiB (prefetch shortened to 1 order, ReLU
-# masks as bits) + 1 MiB margin, against 25.4 MiB for half its working set; at exactly
-# 50% it fits or is refused by a few KB depending on the run's baseline RSS (seen both),
-# so the test asks for 55%.
-@pytest.mark.parametrize("name,fraction", [("vgg16", 0.55), ("resnet18", 0.5)])
+# masks as bits) + 1 MiB margin, against 25.4 MiB for half its working set. Both runs give
+# freed heap back before they measure their baseline (rss.release_heap), so the capped
+# run's baseline no longer carries its planner's garbage: 0.12 MiB to spare, every run.
+@pytest.mark.parametrize("name,fraction", [("vgg16", 0.5), ("resnet18", 0.5)])
 def test_half_working_set_cap_trains_under_cap_bit_identical(name, fraction, tmp_path):
     # Prepare: the unswapped run measures its working set and saves its weights.
     rng = np.random.default_rng(0)
