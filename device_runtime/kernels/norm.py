@@ -26,55 +26,6 @@ def _c(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)[None, :, None]
 
 
-@njit(parallel=True)
-def bn_train_fwd_numba(x: Arr, y: Arr, xhat: Arr, mean: Arr, var: Arr, invstd: Arr,
-                       gamma: Arr, beta: Arr, eps: float) -> None:
-    """Training-mode BN: batch mean/biased var/invstd (C,), xhat and y (N, C, S).
-
-    Channels run in parallel (disjoint slices): ~2x on 2 cores even at (32, 16, 64).
-    """
-    N, C, S = x.shape
-    M = N * S
-    for c in prange(C):
-        acc = 0.0
-        for n in range(N):
-            for s in range(S):
-                acc += np.float64(x[n, c, s])
-        mu = acc / M
-        acc = 0.0
-        for n in range(N):
-            for s in range(S):
-                d = np.float64(x[n, c, s]) - mu
-                acc += d * d
-        v = acc / M
-        inv = 1.0 / math.sqrt(v + eps)
-        mean[c] = mu
-        var[c] = v
-        invstd[c] = inv
-        g = np.float64(gamma[c])
-        b = np.float64(beta[c])
-        for n in range(N):
-            for s in range(S):
-                xh = (np.float64(x[n, c, s]) - mu) * inv
-                xhat[n, c, s] = xh
-                y[n, c, s] = g * xh + b
-
-
-def bn_train_fwd_numpy(x: Arr, y: Arr, xhat: Arr, mean: Arr, var: Arr, invstd: Arr,
-                       gamma: Arr, beta: Arr, eps: float) -> None:
-    x64 = x.astype(np.float64)
-    mu = x64.mean(axis=(0, 2))
-    d = x64 - mu[None, :, None]
-    v = np.mean(d * d, axis=(0, 2))
-    inv = 1.0 / np.sqrt(v + eps)
-    xh = d * inv[None, :, None]
-    mean[...] = mu
-    var[...] = v
-    invstd[...] = inv
-    xhat[...] = xh
-    y[...] = _c(gamma) * xh + _c(beta)
-
-
 @njit
 def bn_update_running_numba(running_mean: Arr, running_var: Arr, mean: Arr, var: Arr,
                             momentum: float, count: int) -> None:
@@ -122,76 +73,12 @@ def bn_infer_fwd_numpy(x: Arr, y: Arr, running_mean: Arr, running_var: Arr, gamm
     y[...] = x.astype(np.float64) * scale + shift
 
 
-@njit(parallel=True)
-def bn_bwd_numba(dy: Arr, xhat: Arr, gamma: Arr, invstd: Arr, dx: Arr, dgamma: Arr, dbeta: Arr,
-                 accumulate: bool) -> None:
-    """Training-mode BN backward; dgamma/dbeta are written, or added to if ``accumulate``."""
-    N, C, S = dy.shape
-    M = N * S
-    for c in prange(C):
-        sdy = 0.0
-        sdyx = 0.0
-        for n in range(N):
-            for s in range(S):
-                g = np.float64(dy[n, c, s])
-                sdy += g
-                sdyx += g * np.float64(xhat[n, c, s])
-        if accumulate:
-            dgamma[c] = np.float64(dgamma[c]) + sdyx
-            dbeta[c] = np.float64(dbeta[c]) + sdy
-        else:
-            dgamma[c] = sdyx
-            dbeta[c] = sdy
-        # dx = invstd/M * (M*dy*gamma - gamma*sum(dy) - xhat*gamma*sum(dy*xhat))
-        k = np.float64(gamma[c]) * np.float64(invstd[c])
-        a = sdy / M
-        b = sdyx / M
-        for n in range(N):
-            for s in range(S):
-                xh = np.float64(xhat[n, c, s])
-                dx[n, c, s] = k * (np.float64(dy[n, c, s]) - a - xh * b)
-
-
-def bn_bwd_numpy(dy: Arr, xhat: Arr, gamma: Arr, invstd: Arr, dx: Arr, dgamma: Arr, dbeta: Arr,
-                 accumulate: bool) -> None:
-    dy64, xh64 = dy.astype(np.float64), xhat.astype(np.float64)
-    M = dy.shape[0] * dy.shape[2]
-    sdy = dy64.sum(axis=(0, 2))
-    sdyx = (dy64 * xh64).sum(axis=(0, 2))
-    if accumulate:
-        dgamma[...] = dgamma + sdyx
-        dbeta[...] = dbeta + sdy
-    else:
-        dgamma[...] = sdyx
-        dbeta[...] = sdy
-    k = _c(gamma) * _c(invstd)
-    dx[...] = k * (dy64 - _c(sdy) / M - xh64 * _c(sdyx) / M)
-
-
-@njit(parallel=True)
-def bn_infer_bwd_numba(dy: Arr, running_var: Arr, gamma: Arr, eps: float, dx: Arr) -> None:
-    """Frozen BN backward (eval-mode statistics, gamma/beta not trained): dx = dy*gamma/std."""
-    N, C, S = dy.shape
-    for c in prange(C):
-        k = np.float64(gamma[c]) / math.sqrt(np.float64(running_var[c]) + eps)
-        for n in range(N):
-            for s in range(S):
-                dx[n, c, s] = np.float64(dy[n, c, s]) * k
-
-
-def bn_infer_bwd_numpy(dy: Arr, running_var: Arr, gamma: Arr, eps: float, dx: Arr) -> None:
-    dx[...] = dy.astype(np.float64) * (_c(gamma) / np.sqrt(_c(running_var) + eps))
-
-
-bn_train_fwd = pick(bn_train_fwd_numba, bn_train_fwd_numpy)
 bn_update_running = pick(bn_update_running_numba, bn_update_running_numpy)
 bn_infer_fwd = pick(bn_infer_fwd_numba, bn_infer_fwd_numpy)
-bn_bwd = pick(bn_bwd_numba, bn_bwd_numpy)
-bn_infer_bwd = pick(bn_infer_bwd_numba, bn_infer_bwd_numpy)
 
 
 # --------------------------------------------------------------------------------------
-# The kernels the BatchNormalization layer uses. One canonical normalised value,
+# Training. One canonical normalised value,
 #     xhat = float32((float64(x) - float64(mean32)) * float64(invstd32)),
 # is computed the same way everywhere: in the forward pass, when the output is recomputed
 # before backward (instead of being kept), and in backward (from x, or from a stored
