@@ -55,6 +55,7 @@ def model_text(cfg: dict[str, Any]) -> str:
     return str(m.get("name", "mlp"))
 
 
+NOT_FAILURES = ("ok", "offline", "dropped")  # train statuses that are not a device failure
 SERVER_KEYS = ("timeout", "screen-updates", "max-update-norm", "max-norm-over-median")
 
 
@@ -227,7 +228,8 @@ def _main(argv: list[str]) -> int:
         "fleet": {"data": fleet.stats(), "profiles": [p.as_dict() for p in profiles],
                   "caps": _caps(profiles),
                   "unable_to_train": sum(1 for d in devices
-                                         if d["cap_failures"] and not d["trained"])},
+                                         if d["cap_failures"] and not d["trained"]),
+                  "failures": _failures(devices)},
         "algorithm_info": {a: {"summary": ALGORITHMS[a].summary,
                                "reference": ALGORITHMS[a].reference} for a in algorithms},
         "simulated_seconds": sim, "timing": timing, "devices": devices})
@@ -244,7 +246,7 @@ def _devices(profiles: list[Any], records: list[dict[str, Any]]) -> list[dict[st
     """Per device: cap, largest measured peak RSS, whether it ever trained."""
     out = [{"device": p.index, "ram_cap": p.ram_cap, "peak_rss": 0.0, "trained": False,
             "cap_failures": 0, "rounds_trained": 0, "speed": p.speed,
-            "availability": p.availability} for p in profiles]
+            "availability": p.availability, "failures": {}} for p in profiles]
     for r in records:
         if r["phase"] != "train":
             continue
@@ -257,7 +259,18 @@ def _devices(profiles: list[Any], records: list[dict[str, Any]]) -> list[dict[st
         if r["status"] == "cap-exceeded":
             d["needed_bytes"] = r.get("needed-bytes")
             d["cap_failures"] += 1
+        if r["status"] not in NOT_FAILURES:  # killed, timeout, raised, crashed, cap-exceeded...
+            d["failures"][r["status"]] = d["failures"].get(r["status"], 0) + 1
     return out
+
+
+def _failures(devices: list[dict[str, Any]]) -> dict[str, int]:
+    """Train tasks that failed, by status, over every device and algorithm."""
+    total: dict[str, int] = {}
+    for d in devices:
+        for status, n in d["failures"].items():
+            total[status] = total.get(status, 0) + n
+    return dict(sorted(total.items()))
 
 
 def _caps(profiles: list[Any]) -> str:
@@ -283,6 +296,10 @@ def _print_table(summary: dict[str, Any], out: str) -> None:
         print("updates rejected by the server: " + ", ".join(
             f"{a} {n}" for a, n in rejected.items() if n) + " (see report)")
     t = summary["timing"]
+    failures = summary["fleet"]["failures"]
+    if failures:
+        print("device train tasks that failed: " + ", ".join(
+            f"{n} {status}" for status, n in failures.items()) + " (per device: summary.json)")
     print(f"devices unable to train within their cap: {summary['fleet']['unable_to_train']}; "
           f"total {t['total_seconds']:.1f} s (engine start-up {t['startup_seconds']:.2f} s); "
           f"report: {os.path.join(out, 'report.md')}")

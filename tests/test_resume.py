@@ -187,6 +187,9 @@ def test_killed_at_any_moment_resumes_to_identical_results(tmp_path, capsys):
     assert _records(out) == _records(ref)
     assert not [r for r in _records(ref) if '"phase": "rejected"' in r]
     a, b = (_json(os.path.join(d, "summary.json")) for d in (ref, out))
+    # the hung devices of round 2 are counted as failures, once each, in both runs
+    hung = sum(1 for r in _records(ref) if '"status": "timeout"' in r)
+    assert hung > 0 and a["fleet"]["failures"] == b["fleet"]["failures"] == {"timeout": hung}
     for algo in ("fedper", "ditto"):
         for key in ("final_accuracy_by_device", "accuracy_per_round", "train_status"):
             assert a["algorithms"][algo][key] == b["algorithms"][algo][key], (algo, key)

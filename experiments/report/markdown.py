@@ -43,7 +43,10 @@ def render(summary: dict[str, Any], plots: list[str]) -> str:
               f"({timing['isolation']} isolation), "
               f"start-up {timing['startup_seconds']:.2f} s, total {timing['total_seconds']:.1f} s",
               f"- RAM caps: {fleet['caps']}; devices unable to train within their cap: "
-              f"{fleet['unable_to_train']}", ""]
+              f"{fleet['unable_to_train']}",
+              "- device train tasks that failed: " + (", ".join(
+                  f"{n} {status}" for status, n in fleet.get("failures", {}).items()) or "none")
+              + " (per device in summary.json, each with its reason in metrics.jsonl)", ""]
     lines += ["## Personalized accuracy on each device's own test split (final round, %)", "",
               *accuracy_table(summary), "",
               "Statistics are over the devices that could run the runtime at the end (a device "
