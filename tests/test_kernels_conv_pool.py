@@ -103,13 +103,14 @@ def test_im2col_numba_matches_numpy(case: tuple[int, ...], other: str) -> None:
 
 
 @pytest.mark.parametrize("case", CONV_CASES)
-def test_col2im_numba_matches_numpy(case: tuple[int, ...]) -> None:
+@pytest.mark.parametrize("other", ["numpy", "lean"])
+def test_col2im_numba_matches_numpy(case: tuple[int, ...], other: str) -> None:
     rng = np.random.default_rng(2)
     xs, cs, oh, ow = _col_shapes(case)
     col = _rand(rng, *cs)
     got, want = np.full(xs, np.nan, F32), np.full(xs, np.nan, F32)
     conv.col2im_numba(col, got, *_geom(case), oh, ow)
-    conv.col2im_numpy(col, want, *_geom(case), oh, ow)
+    (conv.col2im_numpy if other == "numpy" else lean.col2im)(col, want, *_geom(case), oh, ow)
     # both sum each element's terms in (i, j) order: identical rounding
     np.testing.assert_array_equal(got, want)
 

@@ -14,7 +14,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from device_runtime.kernels import _jit
+from device_runtime.kernels import _jit, lean
 from device_runtime.kernels import activation as KA
 from device_runtime.kernels import loss as KL
 from device_runtime.kernels import norm as KN
@@ -122,7 +122,9 @@ def test_public_names_follow_the_switch():
         for name in dir(mod):
             if name.endswith("_numba") and not name.startswith("_"):
                 base = name[: -len("_numba")]
-                want = getattr(mod, name) if _jit.USE_NUMBA else getattr(mod, base + "_numpy")
+                # without numba: the allocation-free version where there is one
+                fallback = getattr(lean, base, None) or getattr(mod, base + "_numpy")
+                want = getattr(mod, name) if _jit.USE_NUMBA else fallback
                 assert getattr(mod, base) is want, f"{mod.__name__}.{base}"
 
 
@@ -289,7 +291,8 @@ def run_optim(impl, kind, cfg, steps=5, seed=13, n=33):
     for k, g in enumerate(grads):
         keep = g.copy()
         if kind == "sgd":
-            getattr(KO, f"sgd_step_{impl}")(w, g, s1, *cfg, k == 0)
+            fn = lean.sgd_step if impl == "lean" else getattr(KO, f"sgd_step_{impl}")
+            fn(w, g, s1, *cfg, k == 0)
         else:
             getattr(KO, f"adam_step_{impl}")(w, g, s1, s2, *cfg[:-1], k + 1, cfg[-1])
         np.testing.assert_array_equal(g, keep, err_msg="the gradient must be left intact")
@@ -311,6 +314,10 @@ def test_optim_numba_matches_numpy(kind, cfg):
     _, _, a = run_optim("numba", kind, cfg)
     _, _, b = run_optim("numpy", kind, cfg)
     np.testing.assert_array_equal(np.stack(a), np.stack(b))  # same float32 op sequence
+    if kind == "sgd":  # and the allocation-free one the runtime uses without numba
+        _, _, c = run_optim("lean", kind, cfg, n=70_001)
+        _, _, d = run_optim("numba", kind, cfg, n=70_001)  # several scratch blocks
+        np.testing.assert_array_equal(np.stack(c), np.stack(d))
 
 
 def test_grad_norm_and_scale_numba_match_numpy():

@@ -30,7 +30,8 @@ except ImportError:  # pragma: no cover - exercised on boards without numba
     prange = range
 
     def _njit(*args: Any, **kwargs: Any) -> Any:
-        if len(args) == 1 and callable(args[0]) and not kwargs:
+        # plain Python: @njit, @njit(...) and njit(f, cache=...) all give f itself
+        if len(args) == 1 and callable(args[0]):
             return args[0]
         return lambda f: f
 

@@ -59,4 +59,4 @@ def relu_mask_bwd_numpy(mask, dy, dx, slope):
 
 
 relu_mask_fwd = pick(relu_mask_fwd_numba, lean.relu_mask_fwd)
-relu_mask_bwd = pick(relu_mask_bwd_numba, relu_mask_bwd_numpy)
+relu_mask_bwd = pick(relu_mask_bwd_numba, lean.relu_mask_bwd)

@@ -291,7 +291,7 @@ def bias_grad_nchw_numpy(dy: Array, db: Array, accumulate: bool) -> None:
 # ----------------------------------------------------------------------------- public
 
 im2col = pick(im2col_numba, lean.im2col)
-col2im = pick(col2im_numba, col2im_numpy)
+col2im = pick(col2im_numba, lean.col2im)
 chunk_to_nchw = pick(chunk_to_nchw_numba, chunk_to_nchw_numpy)
 chunk_to_nchw_bias = pick(chunk_to_nchw_bias_numba, chunk_to_nchw_bias_numpy)
 nchw_to_chunk = pick(nchw_to_chunk_numba, nchw_to_chunk_numpy)

@@ -11,8 +11,10 @@ the copies, maxima and element-wise ones are bit-identical to numba; the batch-n
 statistics sum in a different order (pairwise), which can move the last bit.
 
 Covered: what a frozen backbone runs (im2col, batch-norm statistics and affine, ReLU
-with or without its bit mask, average and max pooling). Other kernels fall back to the
-references.
+with or without its bit mask, average and max pooling), and the backward kernels of a
+convolution, batch norm, ReLU and average pooling (col2im, bn_backward, the ReLU mask,
+avgpool2d_bwd), and the SGD step. Other kernels (max pooling's backward, Adam, the
+sequence layers' among them) fall back to the references.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ SCRATCH_BYTES = 256 * 1024  # per dtype; grows only for a single row larger than
 _scratch: dict[str, np.ndarray] = {}
 
 
-def scratch(n: int, dtype: type = np.float64) -> np.ndarray:
-    """A reusable 1-D buffer of at least ``n`` elements (contents undefined)."""
-    key = np.dtype(dtype).str
+def scratch(n: int, dtype: type = np.float64, slot: int = 0) -> np.ndarray:
+    """A reusable 1-D buffer of at least ``n`` elements (contents undefined); kernels that
+    need two buffers of one dtype at once take slots 0 and 1."""
+    key = f"{np.dtype(dtype).str}/{slot}"
     buf = _scratch.get(key)
     if buf is None or buf.size < n:
         size = max(n, SCRATCH_BYTES // np.dtype(dtype).itemsize)
@@ -74,6 +77,24 @@ def im2col(x: Arr, col: Arr, kh: int, kw: int, sh: int, sw: int, pt: int, pl: in
                              ix:ix + (x1 - x0 - 1) * sw + 1:sw])
 
 
+def col2im(col: Arr, dx: Arr, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int,
+           oh: int, ow: int) -> None:
+    """As ``conv.col2im_numba``: dx zeroed, then each (i, j) slice of col added at its
+    source, in (i, j) order, so every element sums its terms in the same order."""
+    nb, nc, h, w = dx.shape
+    c6 = col.reshape(nc, kh, kw, nb, oh, ow)
+    dt = dx.transpose(1, 0, 2, 3)
+    dx.fill(0)
+    for i in range(kh):
+        y0, y1 = _span(pt, i, sh, h, oh)
+        for j in range(kw):
+            x0, x1 = _span(pl, j, sw, w, ow)
+            if y1 > y0 and x1 > x0:
+                iy, ix = y0 * sh - pt + i, x0 * sw - pl + j
+                dst = dt[:, :, iy:iy + (y1 - y0 - 1) * sh + 1:sh, ix:ix + (x1 - x0 - 1) * sw + 1:sw]
+                np.add(dst, c6[:, i, j, :, y0:y1, x0:x1], out=dst)
+
+
 # ----------------------------------------------------------------------------- batch norm
 def bn_stats(x: Arr, mean: Arr, var: Arr, invstd: Arr, eps: float) -> None:
     """As ``norm.bn_stats_numba``: per-channel mean and biased variance, float64 sums."""
@@ -110,6 +131,36 @@ def _xhat_blocks(x: Arr, mean: Arr, invstd: Arr):  # type: ignore[no-untyped-def
             np.copyto(b32, blk, casting="same_kind")  # the float32 rounding of xhat
             np.copyto(blk, b32)
             yield (slice(n0, n1), slice(c0, c1)), blk
+
+
+def bn_backward(dy: Arr, x: Arr, mean: Arr, knorm: Arr, invstd: Arr, gamma: Arr,
+                dx: Arr, dgamma: Arr, dbeta: Arr) -> None:
+    """As ``norm.bn_backward_numba`` (dx may alias dy); its float64 channel sums run in
+    another order, so the last bit may differ."""
+    n, c, s = dy.shape
+    m = n * s
+    sdy, sdyx = np.zeros(c, np.float64), np.zeros(c, np.float64)
+    part = np.empty(c, np.float64)
+    for sl, xh in _xhat_blocks(x, mean, knorm):
+        d64 = scratch(xh.size, np.float64, 1).reshape(xh.shape)
+        np.copyto(d64, dy[sl])
+        np.sum(d64, axis=(0, 2), out=part[sl[1]])
+        sdy[sl[1]] += part[sl[1]]
+        np.multiply(d64, xh, out=d64)
+        np.sum(d64, axis=(0, 2), out=part[sl[1]])
+        sdyx[sl[1]] += part[sl[1]]
+    dgamma[...] = sdyx
+    dbeta[...] = sdy
+    f = np.asarray(gamma, np.float64) * np.asarray(invstd, np.float64)
+    a, bq = sdy / m, sdyx / m
+    for sl, xh in _xhat_blocks(x, mean, knorm):  # dx = f * ((dy - a) - xh * bq), in order
+        cs = sl[1]
+        t = scratch(xh.size, np.float64, 1).reshape(xh.shape)
+        np.subtract(dy[sl], a[cs, None], out=t)
+        np.multiply(xh, bq[cs, None], out=xh)
+        np.subtract(t, xh, out=t)
+        np.multiply(t, f[cs, None], out=t)
+        np.copyto(dx[sl], t, casting="same_kind")
 
 
 def bn_normalize(x: Arr, mean: Arr, invstd: Arr, out: Arr) -> None:
@@ -156,6 +207,22 @@ def relu_mask_fwd(x: Arr, y: Arr, mask: Arr, slope: float) -> None:
         mask[a // 8:(b + 7) // 8] = np.packbits(pos, bitorder="little")  # 1/8 of the block
 
 
+def relu_mask_bwd(mask: Arr, dy: Arr, dx: Arr, slope: float) -> None:
+    """As ``bitmask.relu_mask_bwd_numba``: dx = dy where the bit is set, else slope * dy;
+    dx may alias dy."""
+    n = dy.shape[0]
+    s = np.float32(slope)
+    step = max(8, SCRATCH_BYTES // 8 // 8 * 8)  # np.unpackbits makes a block-sized array
+    for a in range(0, n, step):
+        b = min(a + step, n)
+        pos = np.unpackbits(mask[a // 8:(b + 7) // 8], count=b - a, bitorder="little")
+        neg = scratch(b - a, np.bool_)
+        np.equal(pos, 0, out=neg)
+        if dx is not dy:
+            np.copyto(dx[a:b], dy[a:b], where=pos.view(np.bool_))
+        np.multiply(dy[a:b], s, out=dx[a:b], where=neg)
+
+
 # ----------------------------------------------------------------------------- pooling
 def _pool(x: Arr, y: Arr, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int,
           acc_dtype: type, init: float, op: np.ufunc, scale: float | None) -> None:
@@ -188,3 +255,57 @@ def avgpool2d_fwd(x: Arr, y: Arr, kh: int, kw: int, sh: int, sw: int, pt: int, p
 def maxpool2d_fwd(x: Arr, y: Arr, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int) -> None:
     """As ``pool.maxpool2d_fwd_numba``: window maxima (padding never wins; NaN wins)."""
     _pool(x, y, kh, kw, sh, sw, pt, pl, np.float32, -np.inf, np.maximum, None)
+
+
+def avgpool2d_bwd(dy: Arr, dx: Arr, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int) -> None:
+    """As ``pool.avgpool2d_bwd_numba``: dx zeroed, then float32(dy / (kh*kw)) added over each
+    window offset (i, j) in row-major order (the same order per element)."""
+    nb, nc, h, w = dx.shape
+    oh, ow = dy.shape[2:]
+    dyp, dxp = dy.reshape(nb * nc, oh, ow), dx.reshape(nb * nc, h, w)
+    kk = np.float32(kh * kw)
+    dx.fill(0)
+    for p0, p1 in _rows(nb * nc, oh * ow, SCRATCH_BYTES // 4):
+        g = scratch((p1 - p0) * oh * ow, np.float32).reshape(p1 - p0, oh, ow)
+        np.divide(dyp[p0:p1], kk, out=g)
+        for i in range(kh):
+            y0, y1 = _span(pt, i, sh, h, oh)
+            for j in range(kw):
+                x0, x1 = _span(pl, j, sw, w, ow)
+                if y1 > y0 and x1 > x0:
+                    iy, ix = y0 * sh - pt + i, x0 * sw - pl + j
+                    dst = dxp[p0:p1, iy:iy + (y1 - y0 - 1) * sh + 1:sh,
+                              ix:ix + (x1 - x0 - 1) * sw + 1:sw]
+                    np.add(dst, g[:, y0:y1, x0:x1], out=dst)
+
+
+# ----------------------------------------------------------------------------- optimizer
+def sgd_step(w: Arr, g: Arr, buf: Arr, lr: float, momentum: float, weight_decay: float,
+             nesterov: bool, first_step: bool) -> None:
+    """As ``optim.sgd_step_numba``, block by block: the same float32 operations, and the
+    same fused multiply-adds (float64 product and sum, one rounding)."""
+    f32 = np.float32
+    for a, b in _rows(w.shape[0], 1):
+        d = scratch(b - a, np.float32)
+        t = scratch(b - a, np.float64)
+        np.copyto(d, g[a:b])
+        if weight_decay != 0.0:  # d = fma(w, wd, d)
+            np.multiply(w[a:b], np.float64(f32(weight_decay)), out=t)
+            np.add(t, d, out=t)
+            np.copyto(d, t, casting="same_kind")
+        if momentum != 0.0:
+            mb = buf[a:b]
+            if first_step:
+                np.copyto(mb, d)
+            else:
+                np.multiply(mb, f32(momentum), out=mb)
+                np.add(mb, d, out=mb)
+            if nesterov:  # d = fma(buf, momentum, d)
+                np.multiply(mb, np.float64(f32(momentum)), out=t)
+                np.add(t, d, out=t)
+                np.copyto(d, t, casting="same_kind")
+            else:
+                np.copyto(d, mb)
+        np.multiply(d, np.float64(f32(-lr)), out=t)  # w = fma(d, -lr, w)
+        np.add(t, w[a:b], out=t)
+        np.copyto(w[a:b], t, casting="same_kind")

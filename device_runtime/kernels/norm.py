@@ -191,4 +191,4 @@ def bn_backward_numpy(dy: Arr, x: Arr, mean: Arr, knorm: Arr, invstd: Arr, gamma
 bn_stats = pick(bn_stats_numba, lean.bn_stats)
 bn_normalize = pick(bn_normalize_numba, lean.bn_normalize)
 bn_affine = pick(bn_affine_numba, lean.bn_affine)
-bn_backward = pick(bn_backward_numba, bn_backward_numpy)
+bn_backward = pick(bn_backward_numba, lean.bn_backward)

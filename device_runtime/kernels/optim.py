@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from . import lean
 from ._jit import njit, pick
 
 
@@ -156,7 +157,7 @@ def scale_inplace_numpy(g, s: float) -> None:
     g *= np.float32(s)
 
 
-sgd_step = pick(sgd_step_numba, sgd_step_numpy)
+sgd_step = pick(sgd_step_numba, lean.sgd_step)
 adam_step = pick(adam_step_numba, adam_step_numpy)
 global_sq_norm = pick(global_sq_norm_numba, global_sq_norm_numpy)
 scale_inplace = pick(scale_inplace_numba, scale_inplace_numpy)

@@ -209,4 +209,4 @@ def avgpool2d_bwd_numpy(
 maxpool2d_fwd = pick(maxpool2d_fwd_numba, lean.maxpool2d_fwd)
 maxpool2d_bwd = pick(maxpool2d_bwd_numba, maxpool2d_bwd_numpy)
 avgpool2d_fwd = pick(avgpool2d_fwd_numba, lean.avgpool2d_fwd)
-avgpool2d_bwd = pick(avgpool2d_bwd_numba, avgpool2d_bwd_numpy)
+avgpool2d_bwd = pick(avgpool2d_bwd_numba, lean.avgpool2d_bwd)
