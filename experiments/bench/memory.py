@@ -40,14 +40,14 @@ MIB = 1024 * 1024
 # "sgd-frozen" (everything but the last layer frozen, torch: requires_grad=False), or
 # "sgd-frozen-numpy": frozen, and nnfleet runs without numba (NNFLEET_NO_NUMBA=1: its
 # allocation-free numpy kernels, kernels/lean.py), which saves the ~130 MiB that numba,
-# LLVM and the compiled kernels keep resident.
+# LLVM and the compiled kernels keep resident; "sgd-numpy": all layers train, no numba.
 HP: dict[str, dict[str, Any]] = {
     "sgd": {"lr": 0.01},
     "sgdm": {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4},
     "adam": {"lr": 1e-3, "weight_decay": 5e-4},
     "adamw": {"lr": 1e-3, "weight_decay": 0.01},
 }
-VARIANTS = ("swap", "frozen", "frozen-numpy")
+VARIANTS = ("swap", "frozen", "frozen-numpy", "numpy")
 OPTIMIZERS = tuple(HP) + tuple(f"{o}-{v}" for o in HP for v in VARIANTS)
 WARMUP = 2  # steps left out of the step-time median
 # Targets (see the issue): checked per row and printed as MET / NOT MET with the figure.
