@@ -19,6 +19,8 @@ sequence layers' among them) fall back to the references.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 Arr = np.ndarray
@@ -46,6 +48,19 @@ def _span(pad: int, k: int, stride: int, size: int, n_out: int) -> tuple[int, in
     return lo, min(max(hi, lo), n_out)
 
 
+def _offsets(kh: int, kw: int, sh: int, sw: int, pt: int, pl: int, h: int, w: int, oh: int,
+             ow: int) -> Iterator[tuple[int, int, tuple[int, int, int, int], tuple[slice, slice]]]:
+    """Each window offset (i, j) in row-major order, with the output range (y0, y1, x0, x1)
+    whose window reads an in-range input there, and the strided input slices it reads."""
+    for i in range(kh):
+        y0, y1 = _span(pt, i, sh, h, oh)
+        for j in range(kw):
+            x0, x1 = _span(pl, j, sw, w, ow)
+            iy, ix = y0 * sh - pt + i, x0 * sw - pl + j
+            yield i, j, (y0, y1, x0, x1), (slice(iy, iy + (y1 - y0 - 1) * sh + 1, sh),
+                                           slice(ix, ix + (x1 - x0 - 1) * sw + 1, sw))
+
+
 def _rows(total: int, row: int, limit: int | None = None) -> list[tuple[int, int]]:
     """Split ``total`` rows of ``row`` elements into blocks of at most ``limit`` elements
     (default: as many float64 as fit in the scratch buffer)."""
@@ -60,21 +75,15 @@ def im2col(x: Arr, col: Arr, kh: int, kw: int, sh: int, sw: int, pt: int, pl: in
     nb, nc, h, w = x.shape
     c6 = col.reshape(nc, kh, kw, nb, oh, ow)
     xt = x.transpose(1, 0, 2, 3)
-    for i in range(kh):
-        y0, y1 = _span(pt, i, sh, h, oh)
-        for j in range(kw):
-            x0, x1 = _span(pl, j, sw, w, ow)
-            dst = c6[:, i, j]
-            if y0 > 0 or y1 < oh or x0 > 0 or x1 < ow:
-                dst[:, :, :y0] = 0
-                dst[:, :, y1:] = 0
-                dst[:, :, y0:y1, :x0] = 0
-                dst[:, :, y0:y1, x1:] = 0
-            if y1 > y0 and x1 > x0:
-                iy, ix = y0 * sh - pt + i, x0 * sw - pl + j
-                np.copyto(dst[:, :, y0:y1, x0:x1],
-                          xt[:, :, iy:iy + (y1 - y0 - 1) * sh + 1:sh,
-                             ix:ix + (x1 - x0 - 1) * sw + 1:sw])
+    for i, j, (y0, y1, x0, x1), src in _offsets(kh, kw, sh, sw, pt, pl, h, w, oh, ow):
+        dst = c6[:, i, j]
+        if y0 > 0 or y1 < oh or x0 > 0 or x1 < ow:
+            dst[:, :, :y0] = 0
+            dst[:, :, y1:] = 0
+            dst[:, :, y0:y1, :x0] = 0
+            dst[:, :, y0:y1, x1:] = 0
+        if y1 > y0 and x1 > x0:
+            np.copyto(dst[:, :, y0:y1, x0:x1], xt[:, :, src[0], src[1]])
 
 
 def col2im(col: Arr, dx: Arr, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int,
@@ -85,14 +94,10 @@ def col2im(col: Arr, dx: Arr, kh: int, kw: int, sh: int, sw: int, pt: int, pl: i
     c6 = col.reshape(nc, kh, kw, nb, oh, ow)
     dt = dx.transpose(1, 0, 2, 3)
     dx.fill(0)
-    for i in range(kh):
-        y0, y1 = _span(pt, i, sh, h, oh)
-        for j in range(kw):
-            x0, x1 = _span(pl, j, sw, w, ow)
-            if y1 > y0 and x1 > x0:
-                iy, ix = y0 * sh - pt + i, x0 * sw - pl + j
-                dst = dt[:, :, iy:iy + (y1 - y0 - 1) * sh + 1:sh, ix:ix + (x1 - x0 - 1) * sw + 1:sw]
-                np.add(dst, c6[:, i, j, :, y0:y1, x0:x1], out=dst)
+    for i, j, (y0, y1, x0, x1), src in _offsets(kh, kw, sh, sw, pt, pl, h, w, oh, ow):
+        if y1 > y0 and x1 > x0:
+            dst = dt[:, :, src[0], src[1]]
+            np.add(dst, c6[:, i, j, :, y0:y1, x0:x1], out=dst)
 
 
 # ----------------------------------------------------------------------------- batch norm
@@ -233,15 +238,10 @@ def _pool(x: Arr, y: Arr, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int,
     for p0, p1 in _rows(nb * nc, oh * ow, SCRATCH_BYTES // np.dtype(acc_dtype).itemsize):
         acc = scratch((p1 - p0) * oh * ow, acc_dtype).reshape(p1 - p0, oh, ow)
         acc.fill(init)
-        for i in range(kh):
-            y0, y1 = _span(pt, i, sh, h, oh)
-            for j in range(kw):
-                x0, x1 = _span(pl, j, sw, w, ow)
-                if y1 > y0 and x1 > x0:
-                    iy, ix = y0 * sh - pt + i, x0 * sw - pl + j
-                    dst = acc[:, y0:y1, x0:x1]
-                    op(dst, xp[p0:p1, iy:iy + (y1 - y0 - 1) * sh + 1:sh,
-                               ix:ix + (x1 - x0 - 1) * sw + 1:sw], out=dst)
+        for _, _, (y0, y1, x0, x1), src in _offsets(kh, kw, sh, sw, pt, pl, h, w, oh, ow):
+            if y1 > y0 and x1 > x0:
+                dst = acc[:, y0:y1, x0:x1]
+                op(dst, xp[p0:p1, src[0], src[1]], out=dst)
         if scale is not None:
             np.divide(acc, scale, out=acc)
         np.copyto(yp[p0:p1], acc, casting="same_kind")
@@ -268,15 +268,10 @@ def avgpool2d_bwd(dy: Arr, dx: Arr, kh: int, kw: int, sh: int, sw: int, pt: int,
     for p0, p1 in _rows(nb * nc, oh * ow, SCRATCH_BYTES // 4):
         g = scratch((p1 - p0) * oh * ow, np.float32).reshape(p1 - p0, oh, ow)
         np.divide(dyp[p0:p1], kk, out=g)
-        for i in range(kh):
-            y0, y1 = _span(pt, i, sh, h, oh)
-            for j in range(kw):
-                x0, x1 = _span(pl, j, sw, w, ow)
-                if y1 > y0 and x1 > x0:
-                    iy, ix = y0 * sh - pt + i, x0 * sw - pl + j
-                    dst = dxp[p0:p1, iy:iy + (y1 - y0 - 1) * sh + 1:sh,
-                              ix:ix + (x1 - x0 - 1) * sw + 1:sw]
-                    np.add(dst, g[:, y0:y1, x0:x1], out=dst)
+        for _, _, (y0, y1, x0, x1), src in _offsets(kh, kw, sh, sw, pt, pl, h, w, oh, ow):
+            if y1 > y0 and x1 > x0:
+                dst = dxp[p0:p1, src[0], src[1]]
+                np.add(dst, g[:, y0:y1, x0:x1], out=dst)
 
 
 # ----------------------------------------------------------------------------- optimizer
