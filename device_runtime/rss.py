@@ -65,14 +65,23 @@ def reset_peak() -> bool:
         return False
 
 
-def release_heap() -> None:
-    """Collect garbage and give free heap pages back to the OS (glibc's ``malloc_trim``),
-    so that RSS measured next shows live memory, not what malloc keeps for later."""
-    import ctypes
-    import gc
+_TRIM: list = []
 
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
+
+def release_heap(collect: bool = True) -> None:
+    """Collect garbage (a few ms; ``collect=False`` skips it) and give free heap pages back
+    to the OS (glibc's ``malloc_trim``: microseconds), so that RSS measured next shows live
+    memory, not what malloc keeps for later."""
+    if collect:
+        import gc
+
+        gc.collect()
+    if not _TRIM:
+        import ctypes
+
+        try:
+            _TRIM.append(ctypes.CDLL("libc.so.6").malloc_trim)
+        except (OSError, AttributeError):  # not glibc: nothing to trim
+            _TRIM.append(None)
+    if _TRIM[0] is not None:
+        _TRIM[0](0)
