@@ -387,13 +387,6 @@ def run_device(state: DeviceState, shared: Arrays, config: dict[str, Any]
     rss.reset_peak()
     metrics["baseline-rss"] = float(baseline)
 
-    def ready(trained: Model) -> Model:
-        # the baseline is the RSS with the trainer compiled, before its first step: a
-        # compile gives freed heap back to the OS, which may take RSS below the first one
-        if metrics["baseline-rss"] == float(baseline):
-            metrics["baseline-rss"] = float(min(baseline, rss.current_rss()))
-        return trained
-
     if batch < 1:
         metrics["peak-rss"] = float(rss.peak_rss())
         return {}, metrics, state
@@ -410,7 +403,7 @@ def run_device(state: DeviceState, shared: Arrays, config: dict[str, Any]
     try:
         if head_epochs and personal_keys and shared_keys:  # FedRep: head first, then body
             body = tuple(sorted(_layers_of(shared_keys) | set(frozen)))
-            m = ready(_train_with_fallbacks(state, config, batch, body)[0])
+            m, _, _ = _train_with_fallbacks(state, config, batch, body)
             full, ls = _fit(m, full, data, config, head_epochs,
                             _seed(config, state.device_id, "head"))
             losses += ls
@@ -419,7 +412,7 @@ def run_device(state: DeviceState, shared: Arrays, config: dict[str, Any]
             full, ls = _fit(m, full, data, config, epochs, _seed(config, state.device_id, "body"))
             losses += ls
         else:
-            m = ready(_train_with_fallbacks(state, config, batch, frozen)[0])
+            m, _, _ = _train_with_fallbacks(state, config, batch, frozen)
             # Flower's FedProx strategy sends "proximal-mu"; our own config says "prox-mu"
             mu = float(_cfg(config, "prox-mu", 0.0)) or float(_cfg(config, "proximal-mu", 0.0))
             full, ls = _fit(m, full, data, config, epochs, _seed(config, state.device_id, "local"),
@@ -441,7 +434,9 @@ def run_device(state: DeviceState, shared: Arrays, config: dict[str, Any]
         metrics.update({"cap-exceeded": 1.0, "needed-bytes": float(e.needed),
                         "peak-rss": float(rss.peak_rss())})
         return {}, metrics, state
-    peak = rss.peak_rss()
+    # the peak since training began: at least the baseline, even where RSS fell before the
+    # RAM guard reset the OS high-water mark for the step (a compile gives heap back)
+    peak = max(rss.peak_rss(), baseline)
     metrics.update({"peak-rss": float(peak), "steps": float(len(losses)), "trained": 1.0,
                     "train-loss": float(np.mean(losses)) if losses else -1.0})
     if m is not None and hasattr(m, "memory_report"):
