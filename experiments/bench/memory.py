@@ -23,8 +23,6 @@ frameworks see the same threading settings; torch is also given 2 threads explic
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import importlib.util
 import json
 import os
@@ -64,15 +62,6 @@ def _step_ms(seconds: list[float]) -> float:
     return 1e3 * statistics.median(timed)
 
 
-def _release() -> None:
-    """Free garbage and hand free heap pages back to the OS (glibc), so RSS is honest."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
-
-
 def worker_nnfleet(model: str, optimizer: str, batch: int, steps: int,
                    warm: bool = False) -> dict[str, Any]:
     import device_runtime as dr
@@ -89,7 +78,7 @@ def worker_nnfleet(model: str, optimizer: str, batch: int, steps: int,
     if warm:  # the runtime's own warm-up, as a RAM-capped device runs it before its baseline
         m.warm_up()
     plan = m.plan()  # plans and creates the pool (no page of it touched yet)
-    _release()
+    rss.release_heap()
     base = rss.current_rss()
     reset = rss.reset_peak()
     step_rss: list[int] = []
@@ -136,10 +125,10 @@ def worker_torch(model: str, optimizer: str, batch: int, steps: int,
         module, opt = build()
         torch_step(module, opt, xt[:batch], yt[:batch])
         del module, opt
-        _release()
+        rss.release_heap()
     module, opt = build()
     del m
-    _release()
+    rss.release_heap()
     base = rss.current_rss()
     reset = rss.reset_peak()
     seconds, losses, step_rss = [], [], []

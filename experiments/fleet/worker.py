@@ -55,21 +55,6 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _trim() -> None:
-    """Give freed heap pages back to the OS after each device, so that one device's
-    garbage never counts in the next device's RSS (glibc keeps them otherwise)."""
-    global _TRIM
-    if _TRIM is None:
-        try:
-            import ctypes
-            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _TRIM = False
-    if _TRIM:
-        _TRIM(0)
-
-
-_TRIM: Any = None
 
 
 def npy_bytes(arrays: dict) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
@@ -159,7 +144,10 @@ class Worker:
         if new_state is not None and kind == "train" and metrics.get("trained"):
             self.save_state(run_key, device, new_state)
         del state, new_state
-        _trim()
+        # give this device's garbage back to the OS: it must not count in the next one's RSS
+        from device_runtime.rss import release_heap
+
+        release_heap(collect=False)
         return ("result", task_id, None if out is None else npy_bytes(out), metrics, None, None,
                 None)
 
