@@ -101,41 +101,70 @@ def col2im(col: Arr, dx: Arr, kh: int, kw: int, sh: int, sw: int, pt: int, pl: i
 
 
 # ----------------------------------------------------------------------------- batch norm
+_CHANNELS: list[np.ndarray] = []
+
+
+def _channels(rows: int, c: int) -> list[np.ndarray]:
+    """``rows`` reusable float64 vectors of length ``c``, for per-channel values (a kernel
+    takes all it needs in one call, so the rows of one call never overlap)."""
+    if not _CHANNELS or _CHANNELS[0].shape[0] < rows or _CHANNELS[0].shape[1] < c:
+        old = _CHANNELS[0].shape if _CHANNELS else (0, 0)
+        _CHANNELS[:] = [np.empty((max(rows, old[0]), max(c, old[1])), np.float64)]
+    return list(_CHANNELS[0][:rows, :c])
+
+
+def _f64_blocks(x: Arr, slot: int = 0) -> Iterator[tuple[tuple[slice, slice], np.ndarray]]:
+    """Yield ((sample slice, channel slice), float64 copy of that block of x (N, C, S)), in
+    scratch ``slot``. Copying first keeps numpy from casting through its own 64 KiB buffer,
+    which a mixed float32/float64 ufunc allocates on every call."""
+    n, c, s = x.shape
+    for c0, c1 in _rows(c, n * s):
+        for n0, n1 in _rows(n, (c1 - c0) * s):
+            blk = scratch((n1 - n0) * (c1 - c0) * s, np.float64, slot)
+            blk = blk.reshape(n1 - n0, c1 - c0, s)
+            np.copyto(blk, x[n0:n1, c0:c1])
+            yield (slice(n0, n1), slice(c0, c1)), blk
+
+
 def bn_stats(x: Arr, mean: Arr, var: Arr, invstd: Arr, eps: float) -> None:
     """As ``norm.bn_stats_numba``: per-channel mean and biased variance, float64 sums."""
     n, c, s = x.shape
     m = n * s
-    mu = np.sum(x, axis=(0, 2), dtype=np.float64) / m  # (C,) float64: small
-    acc = np.zeros(c, np.float64)
-    part = np.empty(c, np.float64)
-    for c0, c1 in _rows(c, n * s):
-        for n0, n1 in _rows(n, (c1 - c0) * s):
-            blk = scratch((n1 - n0) * (c1 - c0) * s).reshape(n1 - n0, c1 - c0, s)
-            np.subtract(x[n0:n1, c0:c1], mu[c0:c1, None], out=blk)
-            np.multiply(blk, blk, out=blk)
-            np.sum(blk, axis=(0, 2), out=part[c0:c1])
-            acc[c0:c1] += part[c0:c1]
-    v = acc / m
-    mean[...] = mu
-    var[...] = v
-    invstd[...] = 1.0 / np.sqrt(v + eps)
+    mu, acc, part = _channels(3, c)
+    mu.fill(0.0)
+    for (_, cs), blk in _f64_blocks(x):
+        np.sum(blk, axis=(0, 2), out=part[cs])
+        np.add(mu[cs], part[cs], out=mu[cs])
+    np.divide(mu, m, out=mu)
+    acc.fill(0.0)
+    for (_, cs), blk in _f64_blocks(x):
+        np.subtract(blk, mu[cs, None], out=blk)
+        np.multiply(blk, blk, out=blk)
+        np.sum(blk, axis=(0, 2), out=part[cs])
+        np.add(acc[cs], part[cs], out=acc[cs])
+    np.divide(acc, m, out=acc)  # the biased variance
+    np.copyto(mean, mu, casting="same_kind")
+    np.copyto(var, acc, casting="same_kind")
+    np.add(acc, eps, out=part)  # invstd = 1 / sqrt(var + eps)
+    np.sqrt(part, out=part)
+    np.divide(1.0, part, out=part)
+    np.copyto(invstd, part, casting="same_kind")
 
 
-def _xhat_blocks(x: Arr, mean: Arr, invstd: Arr):  # type: ignore[no-untyped-def]
-    """Yield (slices, float64 block of canonical xhat = f64(f32((x - mean) * invstd)))."""
-    n, c, s = x.shape
-    m64 = np.asarray(mean, np.float64)
-    k64 = np.asarray(invstd, np.float64)
-    for c0, c1 in _rows(c, n * s):
-        for n0, n1 in _rows(n, (c1 - c0) * s):
-            size = (n1 - n0) * (c1 - c0) * s
-            blk = scratch(size).reshape(n1 - n0, c1 - c0, s)
-            b32 = scratch(size, np.float32).reshape(blk.shape)
-            np.subtract(x[n0:n1, c0:c1], m64[c0:c1, None], out=blk)
-            np.multiply(blk, k64[c0:c1, None], out=blk)
-            np.copyto(b32, blk, casting="same_kind")  # the float32 rounding of xhat
-            np.copyto(blk, b32)
-            yield (slice(n0, n1), slice(c0, c1)), blk
+def _xhat_blocks(x: Arr, mean: Arr, invstd: Arr, m64: Arr,
+                 k64: Arr) -> Iterator[tuple[tuple[slice, slice], np.ndarray]]:
+    """Yield (slices, float64 block of canonical xhat = f64(f32((x - mean) * invstd)));
+    ``m64`` and ``k64`` are the caller's per-channel work vectors."""
+    np.copyto(m64, mean)
+    np.copyto(k64, invstd)
+    for sl, blk in _f64_blocks(x):
+        cs = sl[1]
+        np.subtract(blk, m64[cs, None], out=blk)
+        np.multiply(blk, k64[cs, None], out=blk)
+        b32 = scratch(blk.size, np.float32).reshape(blk.shape)
+        np.copyto(b32, blk, casting="same_kind")  # the float32 rounding of xhat
+        np.copyto(blk, b32)
+        yield sl, blk
 
 
 def bn_backward(dy: Arr, x: Arr, mean: Arr, knorm: Arr, invstd: Arr, gamma: Arr,
@@ -144,25 +173,28 @@ def bn_backward(dy: Arr, x: Arr, mean: Arr, knorm: Arr, invstd: Arr, gamma: Arr,
     another order, so the last bit may differ."""
     n, c, s = dy.shape
     m = n * s
-    sdy, sdyx = np.zeros(c, np.float64), np.zeros(c, np.float64)
-    part = np.empty(c, np.float64)
-    for sl, xh in _xhat_blocks(x, mean, knorm):
-        d64 = scratch(xh.size, np.float64, 1).reshape(xh.shape)
-        np.copyto(d64, dy[sl])
-        np.sum(d64, axis=(0, 2), out=part[sl[1]])
-        sdy[sl[1]] += part[sl[1]]
-        np.multiply(d64, xh, out=d64)
-        np.sum(d64, axis=(0, 2), out=part[sl[1]])
-        sdyx[sl[1]] += part[sl[1]]
-    dgamma[...] = sdyx
-    dbeta[...] = sdy
-    f = np.asarray(gamma, np.float64) * np.asarray(invstd, np.float64)
-    a, bq = sdy / m, sdyx / m
-    for sl, xh in _xhat_blocks(x, mean, knorm):  # dx = f * ((dy - a) - xh * bq), in order
+    m64, k64, sdy, sdyx, part, f = _channels(6, c)
+    sdy.fill(0.0)
+    sdyx.fill(0.0)
+    # x and dy have one shape: their blocks pair up
+    for (sl, xh), (_, d64) in zip(_xhat_blocks(x, mean, knorm, m64, k64), _f64_blocks(dy, 1)):
         cs = sl[1]
-        t = scratch(xh.size, np.float64, 1).reshape(xh.shape)
-        np.subtract(dy[sl], a[cs, None], out=t)
-        np.multiply(xh, bq[cs, None], out=xh)
+        np.sum(d64, axis=(0, 2), out=part[cs])
+        np.add(sdy[cs], part[cs], out=sdy[cs])
+        np.multiply(d64, xh, out=d64)
+        np.sum(d64, axis=(0, 2), out=part[cs])
+        np.add(sdyx[cs], part[cs], out=sdyx[cs])
+    np.copyto(dgamma, sdyx, casting="same_kind")
+    np.copyto(dbeta, sdy, casting="same_kind")
+    np.copyto(f, gamma)
+    np.multiply(f, invstd, out=f)  # gamma * invstd
+    np.divide(sdy, m, out=sdy)  # a
+    np.divide(sdyx, m, out=sdyx)  # bq
+    # dx = f * ((dy - a) - xh * bq), in that order
+    for (sl, xh), (_, t) in zip(_xhat_blocks(x, mean, knorm, m64, k64), _f64_blocks(dy, 1)):
+        cs = sl[1]
+        np.subtract(t, sdy[cs, None], out=t)
+        np.multiply(xh, sdyx[cs, None], out=xh)
         np.subtract(t, xh, out=t)
         np.multiply(t, f[cs, None], out=t)
         np.copyto(dx[sl], t, casting="same_kind")
@@ -170,15 +202,16 @@ def bn_backward(dy: Arr, x: Arr, mean: Arr, knorm: Arr, invstd: Arr, gamma: Arr,
 
 def bn_normalize(x: Arr, mean: Arr, invstd: Arr, out: Arr) -> None:
     """As ``norm.bn_normalize_numba``: out = xhat (float32); out may alias x."""
-    for sl, blk in _xhat_blocks(x, mean, invstd):
+    for sl, blk in _xhat_blocks(x, mean, invstd, *_channels(2, x.shape[1])):
         np.copyto(out[sl], blk, casting="same_kind")
 
 
 def bn_affine(x: Arr, mean: Arr, invstd: Arr, gamma: Arr, beta: Arr, y: Arr) -> None:
     """As ``norm.bn_affine_numba``: y = gamma * xhat + beta; y may alias x."""
-    g64 = np.asarray(gamma, np.float64)
-    b64 = np.asarray(beta, np.float64)
-    for sl, blk in _xhat_blocks(x, mean, invstd):
+    m64, k64, g64, b64 = _channels(4, x.shape[1])
+    np.copyto(g64, gamma)
+    np.copyto(b64, beta)
+    for sl, blk in _xhat_blocks(x, mean, invstd, m64, k64):
         np.multiply(blk, g64[sl[1], None], out=blk)
         np.add(blk, b64[sl[1], None], out=blk)
         np.copyto(y[sl], blk, casting="same_kind")
@@ -195,21 +228,43 @@ def relu_fwd(x: Arr, y: Arr) -> None:
     np.add(y, np.float32(0), out=y)
 
 
+# The ReLU mask: bit k of byte i is element 8i + k (np.packbits' "little" order), packed
+# and unpacked with shifts into the caller's mask, since np.packbits/np.unpackbits
+# return new arrays. A block is whole bytes; the last may end mid-byte (its bits past the
+# end are 0).
+def _mask_step() -> int:
+    """Elements per mask block: whole bytes, half the scratch size."""
+    return max(8, SCRATCH_BYTES // 2 // 8 * 8)
+
+
+def _mask_block(n: int, a: int) -> tuple[int, int, np.ndarray]:
+    """End of the block starting at element ``a``, its bytes, and its bits as a (bytes, 8)
+    uint8 view of scratch (one element per bit)."""
+    b = min(a + _mask_step(), n)
+    nbytes = (b - a + 7) // 8
+    return b, nbytes, scratch(8 * nbytes, np.uint8).reshape(nbytes, 8)
+
+
 def relu_mask_fwd(x: Arr, y: Arr, mask: Arr, slope: float) -> None:
     """As ``bitmask.relu_mask_fwd_numba``: y = x if x > 0 else slope * x; bits of x > 0."""
     n = x.shape[0]
     s = np.float32(slope)
-    step = max(8, SCRATCH_BYTES // 2 // 8 * 8)  # whole bytes of mask per block
-    for a in range(0, n, step):
-        b = min(a + step, n)
-        pos = scratch(2 * (b - a), np.bool_)
-        pos, neg = pos[:b - a], pos[b - a:]
+    for a in range(0, n, _mask_step()):
+        b, nbytes, bits = _mask_block(n, a)
+        flat = bits.reshape(-1)
+        pos = flat[:b - a].view(np.bool_)
         np.greater(x[a:b], 0, out=pos)
+        flat[b - a:] = 0
+        neg = scratch(b - a, np.bool_)
         np.logical_not(pos, out=neg)
         if y is not x:
             np.copyto(y[a:b], x[a:b], where=pos)
         np.multiply(x[a:b], s, out=y[a:b], where=neg)
-        mask[a // 8:(b + 7) // 8] = np.packbits(pos, bitorder="little")  # 1/8 of the block
+        out, tmp = mask[a // 8:a // 8 + nbytes], scratch(nbytes, np.uint8, 1)
+        np.copyto(out, bits[:, 0])
+        for k in range(1, 8):
+            np.left_shift(bits[:, k], k, out=tmp)
+            np.bitwise_or(out, tmp, out=out)
 
 
 def relu_mask_bwd(mask: Arr, dy: Arr, dx: Arr, slope: float) -> None:
@@ -217,14 +272,17 @@ def relu_mask_bwd(mask: Arr, dy: Arr, dx: Arr, slope: float) -> None:
     dx may alias dy."""
     n = dy.shape[0]
     s = np.float32(slope)
-    step = max(8, SCRATCH_BYTES // 8 // 8 * 8)  # np.unpackbits makes a block-sized array
-    for a in range(0, n, step):
-        b = min(a + step, n)
-        pos = np.unpackbits(mask[a // 8:(b + 7) // 8], count=b - a, bitorder="little")
+    for a in range(0, n, _mask_step()):
+        b, nbytes, bits = _mask_block(n, a)
+        src = mask[a // 8:a // 8 + nbytes]
+        for k in range(8):
+            np.right_shift(src, k, out=bits[:, k])
+            np.bitwise_and(bits[:, k], 1, out=bits[:, k])
+        pos = bits.reshape(-1)[:b - a].view(np.bool_)
         neg = scratch(b - a, np.bool_)
-        np.equal(pos, 0, out=neg)
+        np.logical_not(pos, out=neg)
         if dx is not dy:
-            np.copyto(dx[a:b], dy[a:b], where=pos.view(np.bool_))
+            np.copyto(dx[a:b], dy[a:b], where=pos)
         np.multiply(dy[a:b], s, out=dx[a:b], where=neg)
 
 
