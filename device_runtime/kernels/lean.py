@@ -1,11 +1,12 @@
-"""Allocation-free numpy kernels for the forward path: the runtime without numba.
+"""Allocation-free numpy kernels: the runtime without numba.
 
 Without numba (``NNFLEET_NO_NUMBA=1``, or a board where it is not installed) the runtime
 does not load numba and LLVM at all, about 130 MiB less resident memory. The ``*_numpy``
 references in the other kernel modules are written for clarity and make temporaries
-the size of their input; these versions work block by block through one small scratch
-buffer (:data:`SCRATCH_BYTES`) and write into the caller's arrays, so a training step
-allocates nothing that grows with the model. They compute what the numba kernels compute,
+the size of their input; these versions work block by block through small reused
+buffers (:data:`SCRATCH_BYTES` each) and write into the caller's arrays, so a training
+step allocates nothing that grows with the model (what remains is numpy's own fixed
+iteration buffer, at most ``np.getbufsize()`` elements per operand). They compute what the numba kernels compute,
 operation for operation (float64 where those use float64, rounding at the same points):
 the copies, maxima and element-wise ones are bit-identical to numba; the batch-norm
 statistics sum in a different order (pairwise), which can move the last bit.

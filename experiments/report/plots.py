@@ -23,6 +23,22 @@ def _plt() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, ax: Any, path: str, xlabel: str | None, ylabel: str, title: str,
+          grid_axis: str = "both") -> str:
+    """Label, grid, legend (when something is labelled), write the PNG, close the figure."""
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis=grid_axis)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def accuracy_per_round(summary: dict[str, Any], path: str) -> str:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -30,15 +46,8 @@ def accuracy_per_round(summary: dict[str, Any], path: str) -> str:
         curve = s["accuracy_per_round"]
         if curve:
             ax.plot(list(curve), list(curve.values()), marker=".", label=algo)
-    ax.set_xlabel("round")
-    ax.set_ylabel("mean personalized accuracy (own test split)")
-    ax.set_title("Accuracy per round (mean over evaluated devices)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path, "round", "mean personalized accuracy (own test split)",
+                 "Accuracy per round (mean over evaluated devices)")
 
 
 def accuracy_spread(summary: dict[str, Any], path: str) -> str:
@@ -49,13 +58,8 @@ def accuracy_spread(summary: dict[str, Any], path: str) -> str:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.boxplot(data, showmeans=True)
     ax.set_xticks(range(1, len(names) + 1), names, rotation=20)
-    ax.set_ylabel("final personalized accuracy per device")
-    ax.set_title("Spread of personalized accuracy across devices")
-    ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path, None, "final personalized accuracy per device",
+                 "Spread of personalized accuracy across devices", grid_axis="y")
 
 
 def memory_vs_cap(devices: list[dict[str, Any]], path: str) -> str:
@@ -82,15 +86,8 @@ def memory_vs_cap(devices: list[dict[str, Any]], path: str) -> str:
         lo = min(min(p) for p in pts) * 0.95
         hi = max(max(p) for p in pts) * 1.05
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="peak = cap")
-    ax.set_xlabel("RAM cap (MiB)")
-    ax.set_ylabel("measured peak RSS (MiB)")
-    ax.set_title("Per-device peak memory against its cap")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path, "RAM cap (MiB)", "measured peak RSS (MiB)",
+                 "Per-device peak memory against its cap")
 
 
 def write_plots(summary: dict[str, Any], devices: list[dict[str, Any]], out: str) -> list[str]:
