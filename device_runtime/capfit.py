@@ -7,17 +7,17 @@ covers what no plan describes (Python objects, BLAS buffers, allocator slack).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import MemoryCapExceeded
 from .stepplan import StepPlan
 from .swap import SwapSlot
+from . import switches
 
 # What no plan describes once the model is warmed up (Python objects, allocator slack):
 # measured +0.0 to +0.7 MiB over the plan on every row of the memory benchmark.
-MARGIN_BYTES = int(os.environ.get("NNFLEET_CAP_MARGIN", str(1 << 20)))
+MARGIN_BYTES = switches.integer("NNFLEET_CAP_MARGIN")
 
 
 @dataclass

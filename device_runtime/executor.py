@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import mmap
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -29,8 +28,9 @@ from .stepplan import Record, StepPlan
 from .swap import PAGE, SwapDevice
 from .errors import MemoryCapExceeded
 from .weights import WeightStore, memory_available
+from . import switches
 
-POISON = os.environ.get("NNFLEET_POISON", "") == "1"
+POISON = switches.flag("NNFLEET_POISON")
 
 __all__ = ["Executor", "Record"]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,16 +21,17 @@ from .optimizers import Accumulator, NullOptimizer, Optimizer, create_optimizer
 from .planner import DEFAULT_STRATEGY, STRATEGIES
 from .units import MAX_BATCH_SIZE
 from .weights import WeightStore
+from . import hooks, switches
 
 # Recompute cheap outputs (batch-norm + activation) before backward instead of keeping
 # them; NNFLEET_NO_RECOMPUTE=1 turns it off (results are bit-identical either way).
-RECOMPUTE = os.environ.get("NNFLEET_NO_RECOMPUTE", "") != "1"
+RECOMPUTE = not switches.flag("NNFLEET_NO_RECOMPUTE")
 
 
 def _test_leak() -> tuple[int, int] | None:
     """``NNFLEET_TEST_ALLOC=BYTES@STEP``: allocate memory the plan does not know about at
     that step (a debug switch that lets tests show the RAM guard stopping a run)."""
-    raw = os.environ.get("NNFLEET_TEST_ALLOC")
+    raw = switches.text("NNFLEET_TEST_ALLOC")
     if not raw:
         return None
     size, _, step = raw.partition("@")
@@ -377,6 +377,7 @@ class Model:
 
     def train_step(self, idx: np.ndarray) -> float:
         """One step on rows ``idx`` of the source set by ``fit`` (or ``Executor.set_source``)."""
+        hooks.run_before_step()
         opt = self.optimizer
         assert opt is not None
         ex = self.train_executor

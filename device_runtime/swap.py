@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from . import switches
 
 PAGE = 4096
 WRITE_SLACK = 2  # a write started after order u must be done before order u + WRITE_SLACK
@@ -64,7 +65,7 @@ def stretches(uses: list[int], slots: list[SwapSlot]) -> list[tuple[int, int]]:
 
 def default_swap_dir() -> str:
     """Not /tmp, which may be RAM (tmpfs): swap must reach storage."""
-    return os.environ.get("NNFLEET_SWAP_DIR") or os.path.join(
+    return switches.text("NNFLEET_SWAP_DIR") or os.path.join(
         os.path.expanduser("~"), ".cache", "nnfleet", "swap")
 
 

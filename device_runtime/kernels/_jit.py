@@ -11,10 +11,10 @@ references, so the runtime works on a board without numba.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
+from .. import switches
 
-_OFF = os.environ.get("NNFLEET_NO_NUMBA", "") in ("1", "true")
+_OFF = switches.flag("NNFLEET_NO_NUMBA")
 
 try:  # numba is optional at run time; with NNFLEET_NO_NUMBA it is not even imported (~60 MiB)
     if _OFF:
@@ -40,7 +40,7 @@ USE_NUMBA = HAVE_NUMBA and not _OFF
 # Numba's parallel loops are off unless asked for: interleaved with OpenBLAS calls (the
 # conv path alternates im2col and matmul) the two thread pools spin against each other
 # on a small board; measured here, im2col+matmul took 8.3 ms parallel vs 0.53 ms serial.
-PARALLEL = os.environ.get("NNFLEET_NUMBA_PARALLEL", "") in ("1", "true")
+PARALLEL = switches.flag("NNFLEET_NUMBA_PARALLEL")
 
 
 def njit(*args: Any, **kwargs: Any) -> Any:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
 from ..kernels import activation as K
 from ..kernels import bitmask as KB
 from .base import CD, F, Layer, Shape, parse_float
+from .. import switches
 
 # name -> (forward, backward, backward reads "out" or "in")
 _ACTS = {
@@ -25,7 +25,7 @@ ALIASES = {"silu": "swish", "lrelu": "leaky_relu", "leakyrelu": "leaky_relu"}
 ACTIVATIONS = tuple(sorted(_ACTS))
 # (leaky) ReLU keeps a 1-bit mask for backward instead of its output; results are the
 # same bits either way. NNFLEET_RELU_MASK=0 keeps the output instead.
-MASK_BITS = os.environ.get("NNFLEET_RELU_MASK", "1") != "0"
+MASK_BITS = switches.text("NNFLEET_RELU_MASK") != "0"
 
 
 class Activation(Layer):

@@ -9,7 +9,6 @@ efficient; large ones go one sample at a time, straight into the output (no copy
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
@@ -17,8 +16,9 @@ from ..kernels import conv as K
 from ..kernels.bias import add_col_bias
 from .base import CD, CG, F, Layer, Shape, parse_ints
 from .core import GRAD_BLOCK_BYTES
+from .. import switches
 
-CONV_COLUMNS = int(os.environ.get("NNFLEET_CONV_COLUMNS", "1024"))
+CONV_COLUMNS = switches.integer("NNFLEET_CONV_COLUMNS")
 
 
 def resolve_padding(layer: Layer, raw: object, size: tuple[int, int], kernel: tuple[int, int],

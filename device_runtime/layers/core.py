@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
 from ..kernels import dropout as kdrop
 from ..kernels.bias import add_row_bias
 from .base import CD, CG, F, Layer, Shape, parse_float, parse_ints
+from .. import switches
 
 
 # Bytes of gradient a fused layer computes before handing it to the optimizer.
-GRAD_BLOCK_BYTES = int(os.environ.get("NNFLEET_GRAD_BLOCK", str(1 << 20)))
+GRAD_BLOCK_BYTES = switches.integer("NNFLEET_GRAD_BLOCK")
 
 
 def feature_count(shape: Shape) -> int:

@@ -203,14 +203,15 @@ def _where(spec: Any, kind: str) -> tuple[frozenset[int] | None, frozenset[int] 
 def striking(kind: str | None, settings: Any) -> Iterator[None]:
     """Carry out device fault ``kind`` (if it is one) while the device trains in this block.
 
-    The fault strikes from inside the training loop (``Model.train_step``), so a kill or a
-    hang happens mid-training; if training ends first, it strikes right after.
+    The fault strikes from inside the training loop (a ``device_runtime.hooks`` step
+    hook), so a kill or a hang happens mid-training; if training ends first, it strikes
+    right after.
     """
     if kind not in DEVICE_FAULTS:
         yield
         return
     from device_runtime import rss
-    from device_runtime.model import Model
+    from device_runtime.hooks import before_each_step
 
     if kind == "cap" and not settings.ram_cap:
         settings.ram_cap = (rss.current_rss() + UNCAPPED_HEADROOM) >> 26 << 26
@@ -231,21 +232,17 @@ def striking(kind: str | None, settings: Any) -> Iterator[None]:
             hog.append(np.ones(max(settings.ram_cap - rss.current_rss(), 0) + OVERSHOOT,
                                np.uint8))
 
-    original = Model.train_step
-
-    def train_step(self: Any, idx: np.ndarray) -> float:
+    def before_step() -> None:
         if calls[0] == at:
             strike()
         calls[0] += 1
-        return original(self, idx)
 
-    Model.train_step = train_step  # type: ignore[method-assign]
     try:
-        yield
+        with before_each_step(before_step):
+            yield
         if calls[0] >= 0 and kind != "cap":  # training ended before the strike
             strike()
     finally:
-        Model.train_step = original  # type: ignore[method-assign]
         hog.clear()
 
 
