@@ -1,7 +1,10 @@
-"""``nnfleet``: plan, train, bench and simulate from the command line.
+"""``nnfleet``: plan and train on the device, from the command line.
 
 The contract (DESIGN.md): ``--json`` prints one JSON object on the last line of stdout;
 bad input prints one line ``nnfleet: error: ...`` on stderr and exits non-zero.
+``python -m device_runtime`` is the device's own command (plan, train); the installed
+``nnfleet`` command is :func:`main` with the lab's commands added (``simulate``,
+``bench``: ``experiments.cli``), which this module never imports.
 """
 
 from __future__ import annotations
@@ -11,35 +14,25 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from .errors import ConfigError, MemoryCapExceeded, NNFleetError
+from .modelspec import load_model
 from .units import MAX_BATCH_SIZE, parse_size
 from .weights import memory_available
 
 EXIT_BAD_INPUT = 2
 EXIT_CAP = 3  # refused before training, or stopped for going over the RAM cap
+# a command another package adds to ``nnfleet``: (its one-line help, run(argv) -> exit code)
+Command = tuple[str, Callable[[list[str]], int]]
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, like every other error of ours
         raise ConfigError(one_line(message))
-
-
-def load_model(spec: str, seed: int = 0) -> tuple[Any, Any]:
-    """MODEL is an INI path or a built-in name -> (Model, IniModel or None)."""
-    from .ini import read_ini
-    from .models import BUILTINS, build
-
-    if spec.lower().endswith(".ini") or os.path.sep in spec or os.path.exists(spec):
-        ini = read_ini(spec)
-        return ini.build(seed), ini
-    if spec.lower() not in BUILTINS:
-        raise ConfigError(f"MODEL '{spec}' is neither a file nor a built-in model "
-                          f"({', '.join(BUILTINS)})")
-    return build(spec, seed=seed), None
 
 
 def _optimizer_kwargs(args: argparse.Namespace, ini: Any) -> tuple[str, dict[str, Any]]:
@@ -251,31 +244,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHES = {"memory": "experiments.bench.memory", "swap": "experiments.bench.swap",
-           "fleet": "experiments.bench.fleet", "soak": "experiments.bench.soak"}
-
-
-def cmd_bench(args: argparse.Namespace, rest: list[str]) -> int:
-    import importlib
-
-    if args.what not in BENCHES:
-        raise ConfigError(f"unknown benchmark '{args.what}' (known: {', '.join(BENCHES)})")
-    return int(importlib.import_module(BENCHES[args.what]).main(rest) or 0)
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Mapping[str, Command] | None = None) -> argparse.ArgumentParser:
+    """The parser of ``plan`` and ``train``, with ``commands`` listed beside them."""
     from .planner import DEFAULT_STRATEGY, STRATEGIES
 
     p = _Parser(prog="nnfleet", description="nnfleet: memory-planned on-device training, fleets "
                 "of RAM-capped devices, federated personalization.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     pl = sub.add_parser("plan", help="print the memory plan of a training step")
-    pl.add_argument("model", help="INI file or built-in model name")
+    pl.add_argument("model", help="INI file, built-in model name or JSON layer list")
     pl.add_argument("--batch-size", type=_positive(int, MAX_BATCH_SIZE))
     pl.add_argument("--planner", default=DEFAULT_STRATEGY, choices=sorted(STRATEGIES))
     pl.add_argument("--json", action="store_true")
     tr = sub.add_parser("train", help="train a model on a data file (or generated data)")
-    tr.add_argument("model", help="INI file or built-in model name")
+    tr.add_argument("model", help="INI file, built-in model name or JSON layer list")
     tr.add_argument("--data", help=".npz with x and y (default: generated data)")
     tr.add_argument("--samples", type=_positive(int), default=1024,
                     help="generated samples when no --data (default 1024)")
@@ -302,24 +284,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="numba (default when installed) or the allocation-free numpy "
                          "kernels: slower, but ~130 MiB less resident memory (no numba/LLVM)")
     tr.add_argument("--json", action="store_true")
-    sub.add_parser("simulate", help="simulate a fleet of RAM-capped devices (see "
-                   "'nnfleet simulate --help')", add_help=False)
-    be = sub.add_parser("bench", help="benchmarks: memory, swap, fleet, soak", add_help=False)
-    be.add_argument("what")
+    for name, (text, _) in (commands or {}).items():  # each parses its own arguments
+        sub.add_parser(name, help=text, add_help=False)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, commands: Mapping[str, Command] | None = None) -> int:
+    """Run one ``nnfleet`` command line; ``commands`` adds sub-commands (the lab's)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    commands = dict(commands or {})
     try:
-        parser = build_parser()
-        if argv and argv[0] == "bench":
-            args, rest = parser.parse_known_args(argv)
-            return cmd_bench(args, rest)
-        if argv and argv[0] == "simulate":  # the fleet lives in experiments/, not on a board
-            from experiments.simulate import main as simulate
-
-            return int(simulate(argv[1:]) or 0)
+        parser = build_parser(commands)
+        if argv and argv[0] in commands:
+            return int(commands[argv[0]][1](argv[1:]) or 0)
         args = parser.parse_args(argv)
         return {"plan": cmd_plan, "train": cmd_train}[args.cmd](args)
     except MemoryCapExceeded as e:

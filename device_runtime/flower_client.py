@@ -37,6 +37,8 @@ from .device import (
     load_device_data,
     parse_settings,
     run_device,
+    state_arrays,
+    state_from_arrays,
 )
 from .errors import ConfigError, MemoryCapExceeded
 
@@ -45,8 +47,7 @@ from .errors import ConfigError, MemoryCapExceeded
 __all__ = ["app", "evaluate", "load_state", "make_client_app", "reply_content", "save_state",  # noqa: F822
            "train"]
 
-STATE_ARRAYS = "device-state"  # ArrayRecord in context.state: personal arrays
-STATE_META = "device-meta"  # MetricRecord in context.state: counters
+STATE_ARRAYS = "device-state"  # ArrayRecord in context.state: the device state's arrays
 SETTING_KEYS = ("ram-cap", "swap", "batch-size", "freeze", "fallbacks")
 
 _DATA: dict[tuple[Any, ...], DeviceData] = {}
@@ -84,23 +85,20 @@ def device_id(context: Any) -> int:
 
 def load_state(context: Any) -> DeviceState:
     """The device state kept in ``context.state`` between rounds."""
-    arrays: dict[str, np.ndarray] = {}
-    meta: dict[str, float] = {}
+    saved: dict[str, np.ndarray] = {}
     if STATE_ARRAYS in context.state:
-        arrays = {k: a.numpy() for k, a in context.state[STATE_ARRAYS].items()}
-    if STATE_META in context.state:
-        meta = {k: float(v) for k, v in context.state[STATE_META].items()}
+        saved = {k: a.numpy() for k, a in context.state[STATE_ARRAYS].items()}
+    arrays, meta = state_from_arrays(saved)
     settings = parse_settings({k: node_value(context, k) for k in SETTING_KEYS
                                if node_value(context, k) is not None})
     return DeviceState(device_id(context), device_data(context), settings, arrays, meta)
 
 
 def save_state(context: Any, state: DeviceState) -> None:
-    from flwr.app import Array, ArrayRecord, MetricRecord
+    from flwr.app import Array, ArrayRecord
 
     context.state[STATE_ARRAYS] = ArrayRecord(
-        {k: Array(np.ascontiguousarray(v)) for k, v in state.arrays.items()})
-    context.state[STATE_META] = MetricRecord({k: float(v) for k, v in state.meta.items()})
+        {k: Array(np.ascontiguousarray(v)) for k, v in state_arrays(state).items()})
 
 
 def arrays_of(message: Any) -> dict[str, np.ndarray]:

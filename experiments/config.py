@@ -23,6 +23,7 @@ from typing import Any
 
 import tomllib
 
+from device_runtime.device import key_specs
 from device_runtime.errors import ConfigError
 from device_runtime.models import BUILTINS
 from device_runtime.units import parse_size
@@ -50,16 +51,26 @@ from experiments.data.dataset import KIND_PARTITIONS
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.toml")
 MAX_BYTES = 1 << 20  # a config is a few KiB; a larger file is not one
 
-# device config keys (device_runtime.device) that the server forwards to devices
-# (server.app.DEVICE_KEYS), in [train] and [algorithm.<name>]
-DEVICE: dict[str, Check] = {
-    **dict.fromkeys(("local-epochs", "local-steps", "head-epochs", "personal-epochs",
-                     "finetune-epochs"), integer(0)),
-    **dict.fromkeys(("prox-mu", "ditto-lambda", "weight-decay"), number(0)),
-    "optimizer": one_of("sgd", "adam", "adamw"), "lr": number(0, lo_open=True),
-    "momentum": number(0, 1, hi_open=True), "batch-size": integer(1),
-    "optimizer-state": one_of("reset", "keep"), "eval-before": boolean, "eval-after": boolean,
-}
+
+def _device_check(spec: dict[str, Any]) -> Check:
+    """The check of one device config key, from its DeviceConfig field."""
+    if spec["choices"]:
+        return one_of(*spec["choices"])
+    kind = spec["type"]
+    if kind is bool:
+        return boolean
+    if kind is int:
+        return integer(spec["lo"], spec["hi"])
+    if kind is float:
+        return number(spec["lo"], spec["hi"], lo_open=spec["lo_open"], hi_open=spec["hi_open"])
+    return text
+
+
+# the device config keys an experiment sets in [train] and [algorithm.<name>]: the fields of
+# device_runtime.device.DeviceConfig (the server forwards them, server.app.DEVICE_KEYS) but
+# those the experiment's other sections or Flower set
+DEVICE: dict[str, Check] = {k: _device_check(s) for k, s in key_specs().items()
+                            if s["set_by"] == "train"}
 # what experiments.simulate.run_config reads of [server] and forwards to the ServerApp
 SERVER: dict[str, Check] = {
     "strategy": text, "strategy-args": any_table, "fraction-train": number(0, 1, lo_open=True),

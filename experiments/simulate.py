@@ -17,6 +17,7 @@ import sys
 import time
 from typing import Any, TextIO
 
+from device_runtime.modelspec import spec_text
 from experiments.config import DEFAULT_CONFIG, load_config  # noqa: F401 (re-exported)
 
 
@@ -46,13 +47,8 @@ class Progress:
 
 
 def model_text(cfg: dict[str, Any]) -> str:
-    """The ``model`` config value for devices and server: a JSON layer list or built-in."""
-    m = cfg.get("model", {})
-    if "layers" in m:
-        return json.dumps(m["layers"])
-    if "builtin" in m:
-        return json.dumps({"builtin": m["builtin"], **m.get("args", {})})
-    return str(m.get("name", "mlp"))
+    """The ``model`` config value for devices and server (device_runtime.modelspec)."""
+    return spec_text(cfg.get("model", {}))
 
 
 NOT_FAILURES = ("ok", "offline", "dropped")  # train statuses that are not a device failure
@@ -153,7 +149,7 @@ def _main(argv: list[str]) -> int:
     from flwr.app import RecordDict
 
     import server
-    from device_runtime.device import build_model
+    from device_runtime.modelspec import load_model
     from experiments.data import make_fleet_data
     from experiments.fleet import FleetEngine, draw_profiles
     from experiments.fleet.grid import FleetGrid, run_serverapp
@@ -165,7 +161,7 @@ def _main(argv: list[str]) -> int:
     if "shape" in data:
         data["shape"] = tuple(data["shape"])
     fleet = make_fleet_data(kind, n, seed, **data)
-    specs = build_model(model_text(cfg), seed).specs
+    specs = load_model(model_text(cfg), seed)[0].specs
     profiles = draw_profiles(len(fleet.devices), fleet_cfg, seed)
     records = log.records
     timing: dict[str, Any] = {"per_algorithm": log.meta["timing"]}

@@ -29,25 +29,23 @@ import numpy as np  # noqa: E402
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
-from device_runtime.device import build_model, split_keys  # noqa: E402
+from device_runtime.device import forwarded_keys, split_keys  # noqa: E402
+from device_runtime.modelspec import load_model  # noqa: E402
 from device_runtime.weights import atomic_write, save_npz_atomic  # noqa: E402
 
 from .rounds import rejection_summary, run_rounds  # noqa: E402
 from .screen import ScreenRules  # noqa: E402
 from .strategies import make_strategy  # noqa: E402
 
-# config keys the server forwards to devices (see device_runtime.device)
-DEVICE_KEYS = ("model", "model-seed", "personal", "local-epochs", "local-steps", "head-epochs",
-               "prox-mu", "ditto-lambda", "personal-epochs", "finetune-epochs", "optimizer", "lr",
-               "momentum", "weight-decay", "batch-size", "optimizer-state", "seed", "eval-before",
-               "eval-after")
+# config keys the server forwards to devices: the fields of device_runtime.device.DeviceConfig
+DEVICE_KEYS = forwarded_keys()
 
 
 def initial_shared(run_config: dict[str, Any]) -> dict[str, np.ndarray]:
     """The model's seeded initial weights, shared part only."""
-    model = build_model(str(run_config.get("model", "mlp")), int(run_config.get("model-seed", 0)))
-    shared, _ = split_keys(model, {"personal": run_config.get("personal", "")})
+    model, _ = load_model(str(run_config.get("model", "mlp")), int(run_config.get("model-seed", 0)))
     w = model.get_weights()
+    shared, _ = split_keys(list(w), str(run_config.get("personal", "")))
     return {k: w[k] for k in shared}
 
 

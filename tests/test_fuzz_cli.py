@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from device_runtime import build
 from device_runtime import weights as weights_mod
-from device_runtime.cli import main
+from experiments.cli import main
 from device_runtime.model import Model
 from tests.fuzzing import (
     TALLY,

@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from device_runtime import weights as weights_mod
-from device_runtime.device import build_model
+from device_runtime.modelspec import load_model
 from device_runtime.errors import ConfigError
 from experiments.config import DATA_KINDS, DEVICE, PARTITIONS, check_config, load_config
 from experiments.data.dataset import KIND_PARAMS, PARTITION_PARAMS
@@ -126,7 +126,7 @@ def _downstream(cfg: dict) -> None:
     m = cfg.get("model", {})
     if "layers" in m:
         with mock.patch.object(weights_mod, "memory_available", lambda: 32 << 20):
-            build_model(json.dumps(m["layers"]), 0)
+            load_model(json.dumps(m["layers"]), 0)
 
 
 @fuzz_settings(1500)

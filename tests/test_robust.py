@@ -109,11 +109,11 @@ def test_server_settings_of_a_config_reach_the_server(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('[server]\nmax-update-norm = 3.5\nscreen-updates = false\ntimeout = 60\n'
                     'max-norm-over-median = 4\n')
-    from device_runtime.device import build_model
+    from device_runtime.modelspec import load_model
     from experiments.simulate import model_text
 
     cfg = load_config(str(path))
-    rc = run_config(cfg, "fedavg", build_model(model_text(cfg), 0).specs)
+    rc = run_config(cfg, "fedavg", load_model(model_text(cfg), 0)[0].specs)
     assert (rc["max-update-norm"], rc["screen-updates"], rc["timeout"],
             rc["max-norm-over-median"]) == (3.5, False, 60, 4)
     path.write_text('[server]\nmax-update-norm = -1\n')

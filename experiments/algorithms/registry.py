@@ -1,6 +1,9 @@
 """Personalization algorithms as data: which layers stay on the device, what the device
 does each round, and which Flower strategy aggregates the rest.
 
+A new algorithm is one row below; one whose device does something new also needs a
+local-update rule (``device_runtime.device.rules``: one decorated function).
+
 Personal layers are given as patterns over layer names (see ``device_runtime.device``),
 with three placeholders resolved against the model: ``{head}`` (the classifier: the
 model's last layer with weights unless the experiment names it), ``{base}`` (every other
@@ -25,7 +28,9 @@ class Algorithm:
     summary: str
     reference: str
     personal: str = ""  # patterns of personal layers (placeholders allowed)
-    client: dict[str, Any] = field(default_factory=dict)  # device config keys it sets
+    # device config keys it sets (device_runtime.device.DeviceConfig; "local-update" names
+    # the device's rule, device_runtime.device.rules)
+    client: dict[str, Any] = field(default_factory=dict)
     strategy: str = "fedavg"  # a flwr.serverapp.strategy class, by lower-case name
     strategy_args: dict[str, Any] = field(default_factory=dict)
 
@@ -41,12 +46,12 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
               "Arivazhagan et al., arXiv:1912.00818 2019", personal="{head}"),
     Algorithm("fedrep", "personal head trained first with the base frozen, then the shared "
               "base with the head frozen", "Collins et al., ICML 2021", personal="{head}",
-              client={"head-epochs": 2}),
+              client={"local-update": "fedrep", "head-epochs": 2}),
     Algorithm("lg-fedavg", "personal base (representation), shared head",
               "Liang et al., arXiv:2001.01523 2020", personal="{base}"),
     Algorithm("ditto", "global model by FedAvg plus a personal model pulled towards it by "
               "lambda/2 ||v - w||^2", "Li et al., ICML 2021",
-              client={"ditto-lambda": 0.1, "personal-epochs": 1}),
+              client={"local-update": "ditto", "ditto-lambda": 0.1, "personal-epochs": 1}),
     Algorithm("fedbn", "batch-normalization layers stay on the device",
               "Li et al., ICLR 2021", personal="{bn}"),
     Algorithm("fedprox", "FedAvg with a proximal term mu/2 ||w - w_global||^2 on the device",

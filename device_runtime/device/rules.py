@@ -1,0 +1,115 @@
+"""Local-update rules: what a device does with the received shared weights in one round.
+
+Each rule is one small function over a :class:`LocalRun`, registered under its name with
+``@local_update(name)``; the device config's ``local-update`` key names it. Algorithms that
+differ only in which layers stay on the device (FedAvg, FedPer, LG-FedAvg, FedBN, local
+training) all use ``plain``; FedAvg + fine-tuning is an evaluation option
+(``finetune-epochs``, see :mod:`.evaluation`). A new rule is one decorated function here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..model import Model
+from .config import DeviceConfig
+from .prox import ProxOptimizer
+from .registry import LOCAL_UPDATES, local_update
+from .state import Arrays, DeviceState
+from .trainers import fit, phase_seed, with_fallbacks
+
+
+@dataclass
+class LocalRun:
+    """One round of local training on one device: what a rule reads and updates."""
+
+    state: DeviceState
+    cfg: DeviceConfig
+    batch: int
+    frozen: tuple[str, ...]  # layers this device never trains
+    shared_keys: list[str]
+    personal_keys: list[str]
+    received: Arrays  # the shared weights from the server
+    init: Arrays  # the model's seeded initial weights
+    weights: Arrays  # the whole model: its shared part is returned, its personal part kept
+    personal_model: Arrays  # Ditto's v (evaluated instead of ``weights`` when not empty)
+    arrays: Arrays  # the device state's arrays after the round
+    losses: list[float] = field(default_factory=list)
+    model: Model | None = None  # the last trainer used (its memory report goes to metrics)
+
+    def train(self, frozen: tuple[str, ...], start: Arrays, epochs: int, phase: str,
+              anchor: Arrays | None = None, mu: float = 0.0,
+              opt_state: dict[str, Any] | None = None) -> Arrays:
+        """Train from ``start`` with ``frozen`` layers fixed; returns the new weights."""
+        self.model = with_fallbacks(self.cfg, self.state.settings, self.batch, frozen)
+        out, losses = fit(self.model, start, self.state.data, self.cfg, epochs,
+                          phase_seed(self.cfg, self.state.device_id, phase), anchor, mu,
+                          opt_state)
+        self.losses += losses
+        return out
+
+
+def _layers_of(keys: list[str]) -> set[str]:
+    return {k.split(":", 1)[0] for k in keys}
+
+
+@local_update("plain")
+def plain(run: LocalRun) -> None:
+    """Local SGD/Adam from the received weights (McMahan et al., 2017), with FedProx's
+    proximal term mu/2 ||w - w_global||^2 when ``prox-mu`` is set (Li et al., 2020)."""
+    keep = run.cfg.optimizer_state == "keep"
+    saved = run.state.arrays
+    opt_state: dict[str, Any] | None = None
+    if keep:
+        opt_state = {k[2:]: v for k, v in saved.items() if k.startswith("o/")}
+        if "o/iteration" in saved:
+            opt_state["iteration"] = int(saved["o/iteration"])
+    run.weights = run.train(run.frozen, run.weights, run.cfg.local_epochs, "local",
+                            anchor=run.received, mu=run.cfg.prox_mu, opt_state=opt_state)
+    if keep:
+        assert run.model is not None and isinstance(run.model.optimizer, ProxOptimizer)
+        sd = run.model.optimizer.state_dict()
+        run.arrays["o/iteration"] = np.asarray(sd.pop("iteration"), np.int64)
+        run.arrays.update({"o/" + k: np.asarray(v) for k, v in sd.items()})
+
+
+@local_update("fedrep")
+def fedrep(run: LocalRun) -> None:
+    """FedRep (Collins et al., 2021): the personal head first with the shared body frozen,
+    then the body with the head frozen; plain training when either part is empty."""
+    if not (run.personal_keys and run.shared_keys):
+        plain(run)
+        return
+    body = tuple(sorted(_layers_of(run.shared_keys) | set(run.frozen)))
+    run.weights = run.train(body, run.weights, run.cfg.head_epochs, "head")
+    head = tuple(sorted(_layers_of(run.personal_keys) | set(run.frozen)))
+    run.weights = run.train(head, run.weights, run.cfg.local_epochs, "body")
+
+
+@local_update("ditto")
+def ditto(run: LocalRun) -> None:
+    """Ditto (Li et al., 2021): plain training of the global model, then a personal model
+    v trained with lambda/2 ||v - w_global||^2 pulling it to the received global one."""
+    plain(run)
+    glob = {**run.init, **run.received}
+    run.personal_model = run.train(run.frozen, run.personal_model or glob,
+                                   run.cfg.epochs_of_personal_model(), "ditto", anchor=glob,
+                                   mu=run.cfg.ditto_lambda)
+    run.arrays.update({"v/" + k: a for k, a in run.personal_model.items()})
+
+
+def rule_of(cfg: DeviceConfig) -> Callable[[LocalRun], None]:
+    """The rule ``local-update`` names; ``auto`` picks it from the keys that are set
+    (``head-epochs`` -> fedrep, ``ditto-lambda`` -> ditto, else plain)."""
+    name = cfg.local_update
+    if name == "auto":
+        name = "fedrep" if cfg.head_epochs else "ditto" if cfg.ditto_lambda else "plain"
+    if name not in LOCAL_UPDATES:
+        raise ConfigError(f"device config local-update = {name!r} is not a rule (known: auto, "
+                          f"{', '.join(LOCAL_UPDATES)})")
+    return LOCAL_UPDATES[name]

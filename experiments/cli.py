@@ -1,0 +1,48 @@
+"""The ``nnfleet`` command: the device runtime's ``plan`` and ``train`` plus the lab's
+``simulate`` and ``bench``, which need ``experiments/`` (and Flower) and so are not
+part of the device's own command (``python -m device_runtime``)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from device_runtime.cli import Command, _Parser
+from device_runtime.cli import main as device_main
+from device_runtime.errors import ConfigError
+
+BENCHES = {"memory": "experiments.bench.memory", "swap": "experiments.bench.swap",
+           "fleet": "experiments.bench.fleet", "soak": "experiments.bench.soak"}
+
+
+def bench(argv: list[str]) -> int:
+    """``nnfleet bench WHAT ...``: run one benchmark module's ``main`` on the rest."""
+    p = _Parser(prog="nnfleet bench", add_help=False)
+    p.add_argument("what")
+    args, rest = p.parse_known_args(argv)
+    if args.what not in BENCHES:
+        raise ConfigError(f"unknown benchmark '{args.what}' (known: {', '.join(BENCHES)})")
+    return int(importlib.import_module(BENCHES[args.what]).main(rest) or 0)
+
+
+def simulate(argv: list[str]) -> int:
+    """``nnfleet simulate ...`` (experiments.simulate)."""
+    from experiments.simulate import main as run
+
+    return int(run(argv) or 0)
+
+
+COMMANDS: dict[str, Command] = {
+    "simulate": ("simulate a fleet of RAM-capped devices (see 'nnfleet simulate --help')",
+                 simulate),
+    "bench": ("benchmarks: memory, swap, fleet, soak", bench),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the installed ``nnfleet`` command."""
+    return device_main(argv, COMMANDS)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
