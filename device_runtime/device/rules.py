@@ -68,7 +68,8 @@ def plain(run: LocalRun) -> None:
     if keep:
         opt_state = {k[2:]: v for k, v in saved.items() if k.startswith("o/")}
         if "o/iteration" in saved:
-            opt_state["iteration"] = int(saved["o/iteration"])
+            # a (1,) array after a round trip through Flower's ArrayRecord
+            opt_state["iteration"] = int(np.asarray(saved["o/iteration"]).reshape(-1)[0])
     run.weights = run.train(run.frozen, run.weights, run.cfg.local_epochs, "local",
                             anchor=run.received, mu=run.cfg.prox_mu, opt_state=opt_state)
     if keep:

@@ -41,13 +41,15 @@ class DeviceState:
 def state_arrays(state: DeviceState) -> Arrays:
     """The persistent part of ``state`` (arrays and counters) as one flat dict of arrays."""
     out = dict(state.arrays)
-    out.update({META + k: np.asarray(v, np.float64) for k, v in state.meta.items()})
+    # shape (1,), not 0-d: Flower's ArrayRecord stores a scalar array as shape (1,)
+    out.update({META + k: np.asarray([v], np.float64) for k, v in state.meta.items()})
     return out
 
 
 def state_from_arrays(saved: Arrays) -> tuple[Arrays, dict[str, float]]:
     """(arrays, meta) from :func:`state_arrays`' form."""
-    meta = {k[len(META):]: float(v) for k, v in saved.items() if k.startswith(META)}
+    meta = {k[len(META):]: float(np.asarray(v).reshape(-1)[0]) for k, v in saved.items()
+            if k.startswith(META)}
     return {k: v for k, v in saved.items() if not k.startswith(META)}, meta
 
 
