@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -31,13 +31,14 @@ Command = tuple[str, Callable[[list[str]], int]]
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, like every other error of ours
+    def error(self, message: str) -> NoReturn:  # one line, like every other error of ours
         raise ConfigError(one_line(message))
 
 
 def _optimizer_kwargs(args: argparse.Namespace, ini: Any) -> tuple[str, dict[str, Any]]:
     name = args.optimizer or (ini.optimizer if ini and ini.optimizer else "sgd")
-    kw: dict[str, Any] = dict(ini.optimizer_kwargs) if ini and (ini.optimizer or "sgd") == name else {}
+    same = ini is not None and (ini.optimizer or "sgd") == name
+    kw: dict[str, Any] = dict(ini.optimizer_kwargs) if same else {}
     if name != "sgd":
         kw.pop("momentum", None)
     else:
@@ -106,13 +107,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps(plan))
         return 0
     print(f"model {plan['model']}  batch {batch}  planner {plan['planner']}  "
-          f"{plan['num_tensors']} tensors in {plan['num_blocks']} blocks, {plan['num_orders']} orders")
+          f"{plan['num_tensors']} tensors in {plan['num_blocks']} blocks, "
+          f"{plan['num_orders']} orders")
     print(f"{'tensor':44s} {'kind':10s} {'bytes':>12s} {'interval':>12s} {'offset':>12s}")
     for t in plan["tensors"]:
         iv = f"[{t['interval'][0]},{t['interval'][1]})"
-        print(f"{t['name'][:44]:44s} {t['kind']:10s} {t['bytes']:12,d} {iv:>12s} {t['offset']:12,d}")
+        print(f"{t['name'][:44]:44s} {t['kind']:10s} {t['bytes']:12,d} {iv:>12s} "
+              f"{t['offset']:12,d}")
     lb = plan["lower_bound_bytes"]
-    print(f"pool {fmt_bytes(plan['pool_bytes'])} = {plan['pool_bytes'] / max(lb, 1):.3f} x lower bound "
+    print(f"pool {fmt_bytes(plan['pool_bytes'])} = {plan['pool_bytes'] / max(lb, 1):.3f} x "
+          f"lower bound "
           f"{fmt_bytes(lb)}; naive {fmt_bytes(plan['naive_bytes'])}; weights "
           f"{fmt_bytes(plan['weight_bytes'])}")
     return 0
@@ -227,7 +231,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     if hist.correct:
         result["train_accuracy_last_epoch"] = float(
-            np.sum(hist.correct[-(len(xs) // batch):]) / (batch * min(len(hist.correct), len(xs) // batch)))
+            np.sum(hist.correct[-(len(xs) // batch):])
+            / (batch * min(len(hist.correct), len(xs) // batch)))
     if args.json:
         print(json.dumps(result))
     else:
@@ -238,7 +243,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"trained {len(hist.losses)} steps in {wall:.1f} s (median step {med * 1e3:.1f} ms); "
               f"loss {hist.losses[0]:.4f} -> {hist.losses[-1]:.4f}")
         print(f"memory: baseline RSS {fmt_bytes(baseline)}, peak RSS {fmt_bytes(peak)}, "
-              f"working set {fmt_bytes(peak - baseline)} (planned {fmt_bytes(plan['planned_working_set_bytes'])})")
+              f"working set {fmt_bytes(peak - baseline)} "
+              f"(planned {fmt_bytes(plan['planned_working_set_bytes'])})")
         if args.save:
             print(f"weights saved to {args.save}")
     return 0
@@ -272,7 +278,8 @@ def build_parser(commands: Mapping[str, Command] | None = None) -> argparse.Argu
     tr.add_argument("--save", help="write trained weights .npz (atomically)")
     tr.add_argument("--planner", default=DEFAULT_STRATEGY, choices=sorted(STRATEGIES))
     tr.add_argument("--seed", type=_count, default=0)
-    tr.add_argument("--ram-cap", type=_size, help="RAM cap of the whole process (64MiB, 1.5GiB, 500MB, bytes)")
+    tr.add_argument("--ram-cap", type=_size,
+                    help="RAM cap of the whole process (64MiB, 1.5GiB, 500MB, bytes)")
     tr.add_argument("--swap", choices=["off", "auto", "on"], default="auto",
                     help="swap idle tensors to storage: auto = only if the cap needs it")
     tr.add_argument("--lookahead", type=int, default=3,

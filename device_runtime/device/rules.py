@@ -9,8 +9,8 @@ training) all use ``plain``; FedAvg + fine-tuning is an evaluation option
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
