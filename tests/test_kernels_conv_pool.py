@@ -16,10 +16,18 @@ import pytest
 from device_runtime.kernels import conv, lean, pool
 from device_runtime.kernels._jit import USE_NUMBA
 from device_runtime.kernels.conv import (
-    bias_grad_nchw, chunk_to_nchw, chunk_to_nchw_bias, col2im, im2col, nchw_to_chunk,
+    bias_grad_nchw,
+    chunk_to_nchw,
+    chunk_to_nchw_bias,
+    col2im,
+    im2col,
+    nchw_to_chunk,
 )
 from device_runtime.kernels.pool import (
-    avgpool2d_bwd, avgpool2d_fwd, maxpool2d_bwd, maxpool2d_fwd,
+    avgpool2d_bwd,
+    avgpool2d_fwd,
+    maxpool2d_bwd,
+    maxpool2d_fwd,
 )
 
 F32 = np.float32
