@@ -10,14 +10,7 @@ import numpy as np
 import pytest
 
 from device_runtime.kernels import loss as KL
-from tests.kernel_cases import (
-    act_inputs,
-    assert_close,
-    check_grads,
-    f32,
-    num_grad,
-    torch_or_skip,
-)
+from tests.kernel_cases import act_inputs, assert_close, check_grads, f32, num_grad, torch_or_skip
 
 
 def loss_case(seed, N=6, K=5):
