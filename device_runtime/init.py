@@ -16,6 +16,8 @@ def initialize(out: np.ndarray, init: str, fan_in: int, fan_out: int,
                rng: np.random.Generator, what: str = "") -> None:
     """Fill ``out`` in place."""
     name = str(init).strip().lower() or "torch"
+    if name not in INITIALIZERS:
+        raise ModelError(f"{what}: unknown initializer '{init}' (known: {', '.join(INITIALIZERS)})")
     fi, fo = max(fan_in, 1), max(fan_out, 1)
     if name in ("zeros", "none"):
         out.fill(0.0)
@@ -25,15 +27,9 @@ def initialize(out: np.ndarray, init: str, fan_in: int, fan_out: int,
         b = 1.0 / math.sqrt(fi)
         out[...] = rng.uniform(-b, b, out.shape)
     elif name.endswith("_uniform"):
-        scale = {"xavier": 6.0 / (fi + fo), "he": 6.0 / fi, "lecun": 3.0 / fi}.get(name[:-8])
-        if scale is None:
-            raise ModelError(f"{what}: unknown initializer '{init}' (known: {', '.join(INITIALIZERS)})")
+        scale = {"xavier": 6.0 / (fi + fo), "he": 6.0 / fi, "lecun": 3.0 / fi}[name[:-8]]
         b = math.sqrt(scale)
         out[...] = rng.uniform(-b, b, out.shape)
-    elif name.endswith("_normal"):
-        var = {"xavier": 2.0 / (fi + fo), "he": 2.0 / fi, "lecun": 1.0 / fi}.get(name[:-7])
-        if var is None:
-            raise ModelError(f"{what}: unknown initializer '{init}' (known: {', '.join(INITIALIZERS)})")
+    else:  # *_normal
+        var = {"xavier": 2.0 / (fi + fo), "he": 2.0 / fi, "lecun": 1.0 / fi}[name[:-7]]
         out[...] = rng.normal(0.0, math.sqrt(var), out.shape)
-    else:
-        raise ModelError(f"{what}: unknown initializer '{init}' (known: {', '.join(INITIALIZERS)})")

@@ -42,7 +42,8 @@ class Schedule:
             return base_lr * self.gamma ** (it // self.step_size)
         if self.kind == "cosine":  # torch CosineAnnealingLR closed form, clamped at the end
             t = min(it, self.decay_steps)
-            return self.min_lr + 0.5 * (base_lr - self.min_lr) * (1 + math.cos(math.pi * t / self.decay_steps))
+            cos = math.cos(math.pi * t / self.decay_steps)
+            return self.min_lr + 0.5 * (base_lr - self.min_lr) * (1 + cos)
         return base_lr
 
 
@@ -154,14 +155,15 @@ class Adam(Optimizer):
                  schedule: Schedule | None = None) -> None:
         super().__init__(lr, weight_decay, schedule)
         if not (0 <= beta1 < 1 and 0 <= beta2 < 1 and epsilon > 0):
-            raise ConfigError(f"adam needs 0<=beta<1 and epsilon>0, got {beta1}, {beta2}, {epsilon}")
+            raise ConfigError(f"adam needs 0<=beta<1 and epsilon>0, got {beta1}, {beta2}, "
+                              f"{epsilon}")
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(epsilon)
 
     def update(self, key: str, w: np.ndarray, g: np.ndarray, start: int = 0) -> None:
         m, v = self._state[key]
         n = g.size
-        K.adam_step(w, g, m[start:start + n], v[start:start + n], self.lr, self.beta1, self.beta2, self.eps, self.weight_decay,
-                    self.iteration + 1, self.decoupled)
+        K.adam_step(w, g, m[start:start + n], v[start:start + n], self.lr, self.beta1,
+                    self.beta2, self.eps, self.weight_decay, self.iteration + 1, self.decoupled)
 
 
 class AdamW(Adam):

@@ -63,7 +63,8 @@ class WeightStore:
                        for p in params}
 
     @classmethod
-    def from_specs(cls, specs: list[tuple[str, tuple[int, ...], bool, str, int, int]]) -> WeightStore:
+    def from_specs(cls, specs: list[tuple[str, tuple[int, ...], bool, str, int, int]]
+                   ) -> WeightStore:
         params, off = [], 0
         for key, shape, trainable, init, fi, fo in specs:
             params.append(ParamInfo(key, tuple(shape), off, trainable, init, fi, fo))
@@ -89,7 +90,8 @@ class WeightStore:
         """Copies of every parameter, keyed ``layer:param``."""
         return {k: v.copy() for k, v in self._views.items()}
 
-    def load_state(self, arrays: dict[str, np.ndarray], strict: bool = True, source: str = "") -> None:
+    def load_state(self, arrays: dict[str, np.ndarray], strict: bool = True,
+                   source: str = "") -> None:
         """Copy arrays in; shapes must match exactly; with ``strict`` every key is required."""
         where = f" in {source}" if source else ""
         unknown = sorted(set(arrays) - set(self._views))
@@ -119,7 +121,7 @@ class WeightStore:
         self.load_state(load_npz(path), strict=strict, source=path)
 
 
-def atomic_write(path: str, write: Callable[[BinaryIO], None], suffix: str = ".tmp") -> None:
+def atomic_write(path: str, write: Callable[[BinaryIO], object], suffix: str = ".tmp") -> None:
     """Write a file through ``write(f)`` into a temporary file in the same folder, fsync,
     then rename over ``path``: a crash leaves the old file or the new one, never half."""
     folder = os.path.dirname(os.path.abspath(path)) or "."
@@ -139,8 +141,8 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None], suffix: str = ".t
 
 
 def save_npz_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to ``path`` as ``.npz``, atomically."""
-    atomic_write(path, lambda f: np.savez(f, **arrays), ".npz")
+    """Write ``arrays`` to ``path`` as ``.npz``, atomically (no pickles: loaders refuse them)."""
+    atomic_write(path, lambda f: np.savez(f, allow_pickle=False, **arrays), ".npz")
 
 
 # what zipfile, zlib and numpy raise on a truncated, corrupted or hostile archive

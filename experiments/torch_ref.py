@@ -102,7 +102,8 @@ def _activation(act: str, slope: float, inplace: bool) -> Callable[[torch.Tensor
         "swish": F.silu,
     }
     if act not in table:
-        raise ValueError(f"activation '{act}' has no torch mapping (known: relu, {', '.join(table)})")
+        raise ValueError(f"activation '{act}' has no torch mapping "
+                         f"(known: relu, {', '.join(table)})")
     return table[act]
 
 
@@ -152,7 +153,8 @@ def to_torch(model: Any, batch: int = 1, inplace: bool = True, logits: bool = Tr
 
 
 def _convert(node: Any, mod: GraphModule, attr: str, kinds: dict[str, str],
-             readers: dict[Ref, list[int]], inplace: bool) -> tuple[Callable[..., Any], nn.Module | None]:
+             readers: dict[Ref, list[int]], inplace: bool
+             ) -> tuple[Callable[..., Any], nn.Module | None]:
     lay = node.layer
     t = lay.type
     name = node.name
@@ -169,7 +171,7 @@ def _convert(node: Any, mod: GraphModule, attr: str, kinds: dict[str, str],
         n_out = len(lay.out_shapes)
         return (lambda _, ins: [ins[0]] * n_out), None
     if t == "fully_connected":
-        sub = nn.Linear(lay.fin, lay.units, bias=lay.use_bias)
+        sub: nn.Module = nn.Linear(lay.fin, lay.units, bias=lay.use_bias)
         mod.param_map[f"{name}:weight"] = (attr, "weight", True)
         if lay.use_bias:
             mod.param_map[f"{name}:bias"] = (attr, "bias", False)
@@ -178,7 +180,8 @@ def _convert(node: Any, mod: GraphModule, attr: str, kinds: dict[str, str],
     if t == "conv2d":
         kh, kw, sh, sw, _, _, _, _ = lay.geom
         _, _, h, w = lay.in_shapes[0]
-        pt, pb, pl, pr = resolve_padding(lay, lay.prop("padding", "valid"), (h, w), (kh, kw), (sh, sw))
+        pt, pb, pl, pr = resolve_padding(lay, lay.prop("padding", "valid"), (h, w), (kh, kw),
+                                         (sh, sw))
         sym = pt == pb and pl == pr
         sub = nn.Conv2d(lay.c, lay.filters, (kh, kw), (sh, sw), (pt, pl) if sym else 0,
                         bias=lay.use_bias)

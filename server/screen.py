@@ -75,7 +75,8 @@ class Rejection:
     """One rejected reply: the node it came from, a kind, and a one-line reason."""
 
     node: int
-    kind: str  # malformed | metrics | num-examples | keys | shape | dtype | non-finite | norm | norm-median
+    # malformed | metrics | num-examples | keys | shape | dtype | non-finite | norm | norm-median
+    kind: str
     reason: str
 
     def as_dict(self, server_round: int) -> dict[str, Any]:

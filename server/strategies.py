@@ -24,7 +24,10 @@ def make_strategy(name: str, fraction_train: float = 1.0, fraction_evaluate: flo
     key = name.strip().lower()
     if key not in STRATEGIES:
         raise ConfigError(f"unknown strategy '{name}' (known: {', '.join(STRATEGIES)})")
-    kwargs = json.loads(args) if isinstance(args, str) and args.strip() else dict(args or {})
+    if isinstance(args, str):  # JSON text, as a run config carries it; blank means none
+        kwargs = json.loads(args) if args.strip() else {}
+    else:
+        kwargs = dict(args or {})
     if not isinstance(kwargs, dict):
         raise ConfigError(f"strategy-args must be a JSON object, got {args!r}")
     kwargs.setdefault("fraction_train", float(fraction_train))

@@ -185,7 +185,8 @@ def _records(path: str, n: int, fin: int, k: int, seed: int = 0) -> tuple[np.nda
 def test_file_data_sets_resolve_relative_paths_and_read_records(tmp_path):
     os.makedirs(tmp_path / "data")
     x, ids = _records(str(tmp_path / "data" / "train.dat"), 10, 6, 3)
-    sets = "\n[train_set]\ntype = file\npath = data/train.dat\n[valid_set]\npath = data/missing.dat\n"
+    sets = ("\n[train_set]\ntype = file\npath = data/train.dat\n"
+            "[valid_set]\npath = data/missing.dat\n")
     ini = read_ini(_write(tmp_path, "d.ini", MLP + sets))
     m = ini.build()
     xs, ys = ini.load_data("train", m)

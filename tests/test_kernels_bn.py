@@ -1,14 +1,16 @@
-"""The batch-norm kernels the layer uses: numba vs numpy, vs PyTorch, and the promise
-that keeping xhat or recomputing it from the input gives the same bits."""
+"""The batch-norm kernels: numba vs numpy, hand-worked values, numerical gradients,
+PyTorch (training and eval), and the promise that keeping xhat or recomputing it from the
+input gives the same bits; and the ReLU bit-mask kernels the fused layer uses."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 
 from device_runtime.kernels import norm as K
-
-EPS = 1e-5
+from tests.kernel_cases import EPS, assert_close, check_grads, f32, num_grad, torch_or_skip
 
 
 def _data(seed=0, shape=(6, 4, 9)):
@@ -114,3 +116,112 @@ def test_relu_bit_mask_kernels(n, slope):
     else:
         A.leaky_relu_bwd(y1, dy, ref, slope)
     assert np.array_equal(d1, ref)
+
+
+def bn_case(shape, seed):
+    rng = np.random.default_rng(seed)
+    C = shape[1]
+    x = f32(rng.normal(1.5, 2.0, shape))
+    gamma, beta = f32(rng.normal(1, 0.5, C)), f32(rng.normal(0, 0.5, C))
+    return x, gamma, beta, f32(rng.normal(size=shape))
+
+
+def test_hand_worked_batchnorm():
+    # one channel holding [1, 3]: mean 2, biased var 1, xhat = [-1, 1]/sqrt(1 + eps)
+    x = f32([[[1.0]], [[3.0]]])  # (N=2, C=1, S=1)
+    y = np.empty_like(x)
+    mean, var, invstd = (np.empty(1, np.float32) for _ in range(3))
+    K.bn_stats(x, mean, var, invstd, EPS)
+    K.bn_affine(x, mean, invstd, f32([2.0]), f32([0.5]), y)
+    s = 1 / math.sqrt(1 + EPS)
+    assert (mean[0], var[0]) == (2.0, 1.0)
+    assert_close(y.ravel(), [0.5 - 2 * s, 0.5 + 2 * s], 1e-7, 0, "bn y")
+    rm, rv = f32([0.0]), f32([1.0])
+    K.bn_update_running(rm, rv, mean, var, 0.1, 2)  # unbiased var = 1 * 2/1
+    assert_close([rm[0], rv[0]], [0.2, 0.9 * 1 + 0.1 * 2], 1e-7, 0, "running stats")
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5), (6, 2, 1)])
+def test_batchnorm_running_stats_numba_matches_numpy(shape):
+    # the training kernels (stats, affine, backward): the tests above
+    x, _, _, _ = bn_case(shape, 6)
+    C = shape[1]
+    stats = [np.empty(C, np.float32) for _ in range(3)]
+    K.bn_stats(x, *stats, EPS)
+    running = {}
+    for impl in ("numba", "numpy"):
+        rm, rv = f32(np.linspace(-1, 1, C)), f32(np.linspace(0.5, 2, C))
+        getattr(K, f"bn_update_running_{impl}")(rm, rv, *stats[:2], 0.1, shape[0] * shape[2])
+        running[impl] = np.stack([rm, rv])
+    assert_close(running["numba"], running["numpy"], 1e-7, 0, "running stats")
+
+
+def test_batchnorm_infer_numba_matches_numpy():
+    x, gamma, beta, _ = bn_case((3, 4, 5), 7)
+    rm, rv = f32([0.1, -0.2, 0.3, 2.0]), f32([1.0, 0.5, 2.0, 0.01])
+    y_np = np.empty_like(x)
+    K.bn_infer_fwd_numpy(x, y_np, rm, rv, gamma, beta, EPS)
+    y_nb = x.copy()
+    K.bn_infer_fwd_numba(y_nb, y_nb, rm, rv, gamma, beta, EPS)  # y is x
+    assert_close(y_nb, y_np, 1e-6, 1e-6, "bn infer fwd")
+
+
+def test_batchnorm_numerical_gradient():
+    # bn_backward against central differences of the float64 batch norm (the kernel rounds
+    # xhat to float32 once, as the forward pass does: hence rtol 1e-5, not 1e-6)
+    rng = np.random.default_rng(17)
+    N, C, S = 3, 2, 4
+    x, w = rng.normal(1, 2, (N, C, S)), rng.normal(size=(N, C, S))
+    gamma, beta = rng.normal(1, 0.5, C), rng.normal(size=C)
+
+    def loss(xx, gg, bb):
+        mu = xx.mean(axis=(0, 2), keepdims=True)
+        var = ((xx - mu) ** 2).mean(axis=(0, 2), keepdims=True)
+        y = gg[None, :, None] * (xx - mu) / np.sqrt(var + EPS) + bb[None, :, None]
+        return float(np.sum(w * y))
+
+    mean, var, invstd = (np.empty(C) for _ in range(3))
+    K.bn_stats_numpy(x, mean, var, invstd, EPS)
+    dx, dg, db = np.empty_like(x), np.empty(C), np.empty(C)
+    K.bn_backward_numpy(w, x, mean, invstd, invstd, gamma, dx, dg, db)
+    check_grads(dx, num_grad(lambda v: loss(v, gamma, beta), x), "bn dx", 1e-5, 1e-6)
+    check_grads(dg, num_grad(lambda v: loss(x, v, beta), gamma), "bn dgamma", 1e-5, 1e-6)
+    check_grads(db, num_grad(lambda v: loss(x, gamma, v), beta), "bn dbeta")
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (8, 5)])
+def test_batchnorm_vs_torch(shape):
+    torch = torch_or_skip()
+    F = torch.nn.functional
+    N, C = shape[:2]
+    x, gamma, beta, dy = bn_case(shape, 20)
+    rm0, rv0 = f32(np.linspace(-1, 1, C)), f32(np.linspace(0.5, 2, C))
+    # torch, training mode
+    xt = torch.tensor(x, requires_grad=True)
+    gt, bt = torch.tensor(gamma, requires_grad=True), torch.tensor(beta, requires_grad=True)
+    rmt, rvt = torch.tensor(rm0), torch.tensor(rv0)
+    yt = F.batch_norm(xt, rmt, rvt, gt, bt, training=True, momentum=0.1, eps=EPS)
+    yt.backward(torch.tensor(dy))
+    # ours on (N, C, S) views
+    S = x.size // (N * C)
+    x3, dy3 = x.reshape(N, C, S), dy.reshape(N, C, S)
+    y3 = np.empty_like(x3)
+    mean, var, invstd = (np.empty(C, np.float32) for _ in range(3))
+    K.bn_stats(x3, mean, var, invstd, EPS)
+    K.bn_affine(x3, mean, invstd, gamma, beta, y3)
+    rm, rv = rm0.copy(), rv0.copy()
+    K.bn_update_running(rm, rv, mean, var, 0.1, N * S)
+    dx, dg, db = np.empty_like(x3), np.empty(C, np.float32), np.empty(C, np.float32)
+    K.bn_backward(dy3, x3, mean, invstd, invstd, gamma, dx, dg, db)
+    tol = dict(rtol=1e-4, atol=1e-5)
+    assert_close(y3.reshape(shape), yt.detach().numpy(), what="y", **tol)
+    assert_close(rm, rmt.numpy(), what="running mean", **tol)
+    assert_close(rv, rvt.numpy(), what="running var (unbiased)", **tol)
+    assert_close(dx.reshape(shape), xt.grad.numpy(), what="dx", **tol)
+    assert_close(dg, gt.grad.numpy(), what="dgamma", **tol)
+    assert_close(db, bt.grad.numpy(), what="dbeta", **tol)
+    # eval mode (running statistics)
+    yt = F.batch_norm(torch.tensor(x), torch.tensor(rv0 - 1.0), torch.tensor(rv0),
+                      torch.tensor(gamma), torch.tensor(beta), training=False, eps=EPS)
+    K.bn_infer_fwd(x3, y3, rv0 - 1.0, rv0, gamma, beta, EPS)
+    assert_close(y3.reshape(shape), yt.numpy(), what="eval y", **tol)

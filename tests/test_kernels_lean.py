@@ -1,5 +1,5 @@
 """The allocation-free numpy kernels (kernels/lean.py) against the numba kernels
-(im2col's is in test_kernels_conv_pool.py, beside the numpy reference's).
+(im2col's is in test_kernels_conv.py, beside the numpy reference's).
 
 They replace the numpy references when numba is off, so they must compute the same
 thing: bit for bit for copies, maxima, ReLU and the batch-norm affine (same float64
@@ -16,13 +16,7 @@ import numpy as np
 import pytest
 
 from device_runtime.kernels import activation, bitmask, lean, norm, pool
-from tests.test_kernels_conv_pool import (
-    POOL_CASES,
-    _out,
-    _rand,
-)
-
-F32 = np.float32
+from tests.kernel_cases import F32, POOL_CASES, out_size, rand
 
 
 @pytest.fixture(params=[lean.SCRATCH_BYTES, 96], ids=["scratch-256k", "scratch-96b"])
@@ -35,8 +29,8 @@ def scratch_size(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize("case", POOL_CASES)
 def test_pools_lean_equal_numba(case: tuple[int, ...], scratch_size: int) -> None:
     b, c, h, w, kh, kw, sh, sw, pt, pb, pl, pr = case
-    oh, ow = _out(h, kh, sh, pt, pb), _out(w, kw, sw, pl, pr)
-    x = _rand(np.random.default_rng(4), b, c, h, w)
+    oh, ow = out_size(h, kh, sh, pt, pb), out_size(w, kw, sw, pl, pr)
+    x = rand(np.random.default_rng(4), b, c, h, w)
     x[0, 0, 0, 0] = np.nan  # NaN wins a max window, and spreads through an average
     for fl, fn in ((lean.maxpool2d_fwd, pool.maxpool2d_fwd_numba),
                    (lean.avgpool2d_fwd, pool.avgpool2d_fwd_numba)):
@@ -44,7 +38,7 @@ def test_pools_lean_equal_numba(case: tuple[int, ...], scratch_size: int) -> Non
         fl(x, got, kh, kw, sh, sw, pt, pl)
         fn(x, want, kh, kw, sh, sw, pt, pl)
         np.testing.assert_array_equal(got, want)
-    dy = _rand(np.random.default_rng(5), b, c, oh, ow)
+    dy = rand(np.random.default_rng(5), b, c, oh, ow)
     got, want = np.full_like(x, 7), np.full_like(x, 7)
     lean.avgpool2d_bwd(dy, got, kh, kw, sh, sw, pt, pl)
     pool.avgpool2d_bwd_numba(dy, want, kh, kw, sh, sw, pt, pl)
@@ -98,7 +92,7 @@ def test_batchnorm_lean_matches_numba(shape: tuple[int, int, int], scratch_size:
 @pytest.mark.parametrize("n", [1, 7, 8, 9, 1000, 4099])
 @pytest.mark.parametrize("slope", [0.0, 0.01])
 def test_relu_lean_equals_numba(n: int, slope: float, scratch_size: int) -> None:
-    x = _rand(np.random.default_rng(n), n)
+    x = rand(np.random.default_rng(n), n)
     x[:: 5] = 0.0
     x[1:: 7] = np.nan
     nb = (n + 7) // 8
@@ -111,7 +105,7 @@ def test_relu_lean_equals_numba(n: int, slope: float, scratch_size: int) -> None
     inplace = x.copy()
     lean.relu_mask_fwd(inplace, inplace, mask, slope)
     np.testing.assert_array_equal(inplace.view(np.uint32), y_ref.view(np.uint32))
-    dy = _rand(np.random.default_rng(n + 1), n)
+    dy = rand(np.random.default_rng(n + 1), n)
     dx, dx_ref = np.full_like(dy, 3), np.full_like(dy, 3)
     lean.relu_mask_bwd(mask_ref, dy, dx, slope)
     bitmask.relu_mask_bwd_numba(mask_ref, dy, dx_ref, slope)

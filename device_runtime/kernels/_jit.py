@@ -12,28 +12,33 @@ references, so the runtime works on a board without numba.
 from __future__ import annotations
 
 from typing import Any, Callable
+
 from .. import switches
 
 _OFF = switches.flag("NNFLEET_NO_NUMBA")
 
+
+def _plain_njit(*args: Any, **kwargs: Any) -> Any:
+    # plain Python: @njit, @njit(...) and njit(f, cache=...) all give f itself
+    if len(args) == 1 and callable(args[0]):
+        return args[0]
+    return lambda f: f
+
+
+_njit: Callable[..., Any] = _plain_njit
+prange: Callable[..., Any] = range
+HAVE_NUMBA = False
 try:  # numba is optional at run time; with NNFLEET_NO_NUMBA it is not even imported (~60 MiB)
     if _OFF:
         raise ImportError("numba disabled by NNFLEET_NO_NUMBA")
-    import numba as _numba
+    import numba
     from numba import njit as _njit
-    from numba import prange
+    from numba import prange as prange  # re-exported: the kernels' parallel loops
 
-    HAVE_NUMBA = not _numba.config.DISABLE_JIT
+    # numba.config sets its options from the environment at import: no static attribute
+    HAVE_NUMBA = not getattr(numba.config, "DISABLE_JIT")
 except ImportError:  # pragma: no cover - exercised on boards without numba
-    _numba = None
-    HAVE_NUMBA = False
-    prange = range
-
-    def _njit(*args: Any, **kwargs: Any) -> Any:
-        # plain Python: @njit, @njit(...) and njit(f, cache=...) all give f itself
-        if len(args) == 1 and callable(args[0]):
-            return args[0]
-        return lambda f: f
+    pass
 
 
 USE_NUMBA = HAVE_NUMBA and not _OFF

@@ -138,6 +138,7 @@ def tanh_fwd_numba(x: Arr, y: Arr) -> None:
     for i in range(x.shape[0]):
         v = np.float64(x[i])
         a = abs(v)
+        t: float  # np.float64 in one branch, a Python float (also a double) in the other
         if a < 1e-4:
             t = a - a * a * a / 3.0
         else:

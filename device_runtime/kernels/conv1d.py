@@ -58,8 +58,8 @@ def col2im1d_numpy(col: Arr, dx: Arr, k: int, stride: int, pad: int, dil: int) -
     i, ok = _index(W, col.shape[1], k, stride, pad, dil)
     acc = np.zeros((C, W), np.float64)
     c3 = col.reshape(C, k, -1).astype(np.float64)
-    for j in range(k):
-        np.add.at(acc, (slice(None), i[j][ok[j]]), c3[:, j, ok[j]])
+    for j in range(k):  # scatter-add into acc's columns (rows of acc.T, a view)
+        np.add.at(acc.T, i[j][ok[j]], c3[:, j, ok[j]].T)
     dx[...] = acc
 
 

@@ -10,11 +10,13 @@ import numpy as np
 
 from ._jit import njit, pick
 
+
 @njit
 def dropout_fwd_numba(x, y, mask, rate, seed, call):
     thr = np.uint64(min(int(rate * 4294967296.0), 4294967295))
     scale = np.float32(1.0 / (1.0 - rate))
-    base = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(call) * np.uint64(0xD1B54A32D192ED03)
+    base = (np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+            + np.uint64(call) * np.uint64(0xD1B54A32D192ED03))
     for i in range(x.shape[0]):
         z = base + np.uint64(i) * np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)

@@ -24,7 +24,7 @@ def ln_fwd_numba(x: Arr, y: Arr, xhat: Arr, invstd: Arr, gamma: Arr, beta: Arr,
         for n in range(N):
             acc += x[r, n]
         mu = acc / N
-        acc = 0.0
+        acc = np.float64(0.0)
         for n in range(N):
             d = np.float64(x[r, n]) - mu
             acc += d * d

@@ -6,10 +6,11 @@ references in the other kernel modules are written for clarity and make temporar
 the size of their input; these versions work block by block through small reused
 buffers (:data:`SCRATCH_BYTES` each) and write into the caller's arrays, so a training
 step allocates nothing that grows with the model (what remains is numpy's own fixed
-iteration buffer, at most ``np.getbufsize()`` elements per operand). They compute what the numba kernels compute,
-operation for operation (float64 where those use float64, rounding at the same points):
-the copies, maxima and element-wise ones are bit-identical to numba; the batch-norm
-statistics sum in a different order (pairwise), which can move the last bit.
+iteration buffer, at most ``np.getbufsize()`` elements per operand). They compute what
+the numba kernels compute, operation for operation (float64 where those use float64,
+rounding at the same points): the copies, maxima and element-wise ones are bit-identical
+to numba; the batch-norm statistics sum in a different order (pairwise), which can move
+the last bit.
 
 Covered: what a frozen backbone runs (im2col, batch-norm statistics and affine, ReLU
 with or without its bit mask, average and max pooling), and the backward kernels of a

@@ -18,13 +18,13 @@ from ._jit import njit, pick
 
 
 @njit
-def _fma32(a, b, c):  # type: ignore[no-untyped-def]
+def _fma32(a, b, c):
     # a*b + c rounded once, like the FMA PyTorch's vectorised kernels use: the product
     # of two float32 values is exact in float64, so only the final roundings remain
     return np.float32(np.float64(a) * np.float64(b) + np.float64(c))
 
 
-def _fma32_np(a, b, c):  # type: ignore[no-untyped-def]
+def _fma32_np(a, b, c):
     f64 = np.float64
     return (np.asarray(a, f64) * np.asarray(b, f64) + np.asarray(c, f64)).astype(np.float32)
 

@@ -99,9 +99,6 @@ def plan_best_fit(aligned_sizes: list[int], stretches: list[list[tuple[int, int]
     return best
 
 
-plan_best_fit.multi_interval = True  # type: ignore[attr-defined]
-
-
 def _live_peak(aligned_sizes: list[int], stretches: list[list[tuple[int, int]]]) -> int:
     """Max over orders of live bytes (same as ``lower_bound``, sizes already aligned)."""
     # at equal orders the ends (-size) sort before the starts, as intervals are half-open

@@ -51,9 +51,9 @@ def check_plan(
         assert off >= 0 and off % alignment == 0, (
             f"tensor {i} offset {off} is not a non-negative multiple of {alignment}"
         )
-        hi = off + align(int(sizes[i]), alignment)
-        assert hi <= plan.pool_bytes, (
-            f"tensor {i} [{off}, {hi}) overflows the pool of {plan.pool_bytes} bytes"
+        top = off + align(int(sizes[i]), alignment)
+        assert top <= plan.pool_bytes, (
+            f"tensor {i} [{off}, {top}) overflows the pool of {plan.pool_bytes} bytes"
         )
     if not used:
         return

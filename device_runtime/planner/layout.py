@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Sequence, cast
 
 from .best_fit import plan_best_fit
 from .naive import plan_naive
@@ -18,6 +18,8 @@ STRATEGIES: dict[str, Strategy] = {
     "best_fit": plan_best_fit,
 }
 DEFAULT_STRATEGY = "best_fit"
+# Strategies given each tensor's stretches (they can reuse the gaps); the others see the hull.
+MULTI_INTERVAL = frozenset({"best_fit"})
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,9 @@ def pieces(interval: Interval | Sequence[Interval]) -> list[Interval]:
     """One interval ``(s, e)`` or several (a tensor swapped out or recomputed in between
     lives in two or more stretches, always at the same offset) -> sorted list of pairs."""
     if len(interval) == 2 and not isinstance(interval[0], (tuple, list)):
-        return [(int(interval[0]), int(interval[1]))]  # type: ignore[arg-type]
-    return sorted((int(a), int(b)) for a, b in interval)  # type: ignore[misc]
+        start, end = cast(Interval, interval)
+        return [(int(start), int(end))]
+    return sorted((int(a), int(b)) for a, b in cast(Sequence[Interval], interval))
 
 
 def plan_layout(
@@ -109,7 +112,7 @@ def plan_layout(
         spans.append(ps)
 
     fn = STRATEGIES[strategy]
-    if getattr(fn, "multi_interval", False):
+    if strategy in MULTI_INTERVAL:
         placed = fn(aligned, spans)
     else:
         placed = fn(aligned, [(p[0][0], p[-1][1]) for p in spans])

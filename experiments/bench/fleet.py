@@ -153,7 +153,7 @@ def run_flower(devices: int, rounds: int, timeout: float) -> dict[str, Any]:
                              "--disable-runtime-dependency-installation", "--host", "127.0.0.1",
                              "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    procs = [link]
+    procs: list[subprocess.Popen[Any]] = [link]
     out: dict[str, Any] = {"runtime": "Flower simulation (flwr run)", "caps_enforced": False}
     try:
         with TreeSampler(link.pid) as mem:

@@ -307,8 +307,9 @@ def _names(text: str, known: tuple[str, ...], what: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     from device_runtime import BUILTINS
 
-    p = argparse.ArgumentParser(prog="nnfleet bench memory",
-                                description="Planned vs measured training memory, nnfleet vs torch.")
+    p = argparse.ArgumentParser(
+        prog="nnfleet bench memory",
+        description="Planned vs measured training memory, nnfleet vs torch.")
     p.add_argument("--models", default="lenet5,alexnet,vgg16,resnet18",
                    type=lambda s: _names(s, tuple(BUILTINS), "model"))
     p.add_argument("--optimizers", default="sgd,adam,sgd-swap,sgd-frozen",

@@ -67,13 +67,16 @@ def _fmt(r: dict[str, Any], ref: dict[str, Any]) -> str:
         return f"  cap {cap} MiB  REFUSED/STOPPED: {r.get('error', '')[:90]}"
     cap = f"{r['cap'] / MiB:8.1f}" if r.get("cap") else "    none"
     step = r["step_seconds_median"] * 1e3
-    return (f"  cap {cap} MiB  peak {r['peak_rss_bytes'] / MiB:8.1f} MiB  "
-            f"under cap {'yes' if not r.get('cap') or r['peak_rss_bytes'] <= r['cap'] else 'NO':3s}  "
-            f"pool {r['pool_bytes'] / MiB:6.1f}  swap/step {r.get('swap_bytes_written', 0) / max(r['steps'], 1) / MiB:6.1f} MiB  "
+    steps = max(r["steps"], 1)
+    under = "yes" if not r.get("cap") or r["peak_rss_bytes"] <= r["cap"] else "NO"
+    guard = 100 * r.get("guard_seconds", 0) / max(r.get("wall_seconds", 1), 1e-9)
+    return (f"  cap {cap} MiB  peak {r['peak_rss_bytes'] / MiB:8.1f} MiB  under cap {under:3s}  "
+            f"pool {r['pool_bytes'] / MiB:6.1f}  "
+            f"swap/step {r.get('swap_bytes_written', 0) / steps / MiB:6.1f} MiB  "
             f"micro {r.get('micro_batch', '-')}  step {step:7.1f} ms  "
             f"x{step / (ref['step_seconds_median'] * 1e3):.2f} of unswapped  "
-            f"guard {100 * r.get('guard_seconds', 0) / max(r.get('wall_seconds', 1), 1e-9):.2f}% of wall  "
-            f"I/O stall {1e3 * r.get('swap_wait_seconds', 0) / max(r['steps'], 1):6.1f} ms/step")
+            f"guard {guard:.2f}% of wall  "
+            f"I/O stall {1e3 * r.get('swap_wait_seconds', 0) / steps:6.1f} ms/step")
 
 
 def plot(results: list[dict[str, Any]], path: str) -> str | None:
@@ -120,14 +123,16 @@ def main(argv: list[str] | None = None) -> int:
         results.append(res)
         ref = res["ref"]
         print(f"{model} batch {a.batch_size}: baseline {res['baseline'] / MiB:.1f} MiB, unswapped "
-              f"working set {res['working_set'] / MiB:.1f} MiB, step {ref['step_seconds_median'] * 1e3:.1f} ms")
+              f"working set {res['working_set'] / MiB:.1f} MiB, "
+              f"step {ref['step_seconds_median'] * 1e3:.1f} ms")
         for r in res["rows"][1:]:
             print(f"  {r['fraction']:.2f} x ws" + _fmt(r, ref))
         for r in res["prefetch"]:
             print(f"  lookahead {r['lookahead']}      " + _fmt(r, ref))
         pf = {r["lookahead"]: r for r in res["prefetch"] if r["returncode"] == 0}
         if 0 in pf and 3 in pf:
-            stall = {k: 1e3 * v.get("swap_wait_seconds", 0) / max(v["steps"], 1) for k, v in pf.items()}
+            stall = {k: 1e3 * v.get("swap_wait_seconds", 0) / max(v["steps"], 1)
+                     for k, v in pf.items()}
             print(f"  prefetch (every candidate swapped, no cap): lookahead 3 step / no-prefetch "
                   f"step = {pf[3]['step_seconds_median'] / pf[0]['step_seconds_median']:.2f}; "
                   f"I/O stall {stall[0]:.1f} ms/step without prefetch, {stall[3]:.1f} with "

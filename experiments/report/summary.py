@@ -34,7 +34,7 @@ def summarize_algorithm(records: list[dict[str, Any]]) -> dict[str, Any]:
     trained = {r["device"] for r in train if r["status"] == "ok"}
     tried = {r["device"] for r in train if r["status"] not in ("offline", "dropped", "no-data")}
     unable = sorted({r["device"] for r in train if r["status"] == "cap-exceeded"} - trained)
-    status = defaultdict(int)
+    status: dict[str, int] = defaultdict(int)
     for r in train:
         status[r["status"]] += 1
     peak: dict[int, float] = {}
