@@ -70,7 +70,7 @@ def main(grid: Grid, context: Context) -> None:
     strategy = make_strategy(str(cfg.get("strategy", "fedavg")),
                              float(cfg.get("fraction-train", 1.0)),
                              float(cfg.get("fraction-evaluate", 1.0)), int(cfg.get("min-nodes", 2)),
-                             cfg.get("strategy-args"))
+                             str(cfg.get("strategy-args") or ""))
     state = run_rounds(strategy, grid, context, to_record(initial_shared(cfg)),
                        num_rounds=int(cfg.get("num-rounds", 3)),
                        timeout=float(cfg.get("timeout", 3600)), train_config=device_config(cfg),

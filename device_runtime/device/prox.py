@@ -28,11 +28,11 @@ class ProxOptimizer(Optimizer):
         self._scratch = np.zeros(max((n for _, n in params), default=0), np.float32)
 
     @property
-    def state_bytes(self) -> int:  # type: ignore[override]
+    def state_bytes(self) -> int:
         return self.inner.state_bytes + self._scratch.nbytes
 
     @property
-    def state_buffer(self) -> np.ndarray:  # type: ignore[override]
+    def state_buffer(self) -> np.ndarray:
         return self.inner.state_buffer
 
     @state_buffer.setter
