@@ -13,9 +13,9 @@ and ``"server-state"``: a ConfigRecord with ``round``, ``random-state`` (Python'
 FedAdam's moments, FedAvgM's momentum...), ``history`` (aggregated metrics per round) and
 ``rejected`` (every rejected reply: round, node, kind, reason), the last three as JSON.
 A run started with that state in its context continues at round ``r + 1`` and computes
-what an uninterrupted run would have. A grid with an ``on_round_end(server_round,
-context)`` method gets it called right after the state is stored (the fleet engine
-checkpoints there).
+what an uninterrupted run would have. A grid that has a round-end hook (a
+:class:`RoundEndGrid`, such as the fleet engine's ``FleetGrid``, which checkpoints there)
+gets it called right after the state is stored; Flower's own grids have none.
 """
 
 from __future__ import annotations
@@ -23,15 +23,24 @@ from __future__ import annotations
 import json
 import pickle
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import INFO
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from .screen import ScreenRules, screen_replies
+
+
+@runtime_checkable
+class RoundEndGrid(Protocol):
+    """A grid with a hook called as ``on_round_end(server_round, context)`` once a round's
+    state is stored (None: no hook)."""
+
+    on_round_end: Callable[[int, Context], None] | None
 
 
 @dataclass
@@ -77,7 +86,7 @@ def run_rounds(strategy: Any, grid: Grid, context: Context, initial: ArrayRecord
     log(INFO, "Starting %s strategy at round %d of %d", type(strategy).__name__,
         state.round + 1, num_rounds)
     strategy.summary()
-    on_round_end = getattr(grid, "on_round_end", None)
+    on_round_end = grid.on_round_end if isinstance(grid, RoundEndGrid) else None
     for rnd in range(state.round + 1, num_rounds + 1):
         log(INFO, "[ROUND %s/%s]", rnd, num_rounds)
         replies = grid.send_and_receive(
