@@ -75,15 +75,23 @@ FLEET: dict[str, Check] = {
     "fallbacks": matches(r"((swap|batch:[1-9][0-9]*|freeze:[^;]+)\s*(;\s*|$))*",
                          "';'-separated fallbacks: swap, batch:N, freeze:PATTERNS"),
 }
-# [data]: every kind's own parameters and the partitions', from the data-kind registry
-# (experiments/data/kinds.py)
+
+
+# [data]: every kind's own parameters and the partitions', read from the data-kind registry
+# (experiments/data/kinds.py) when a config is checked
+def _checks(params: dict[str, data_kinds.Param]) -> dict[str, Check]:
+    return {k: p.check for k, p in params.items()}
+
+
+def _kind(where: str, v: Any) -> None:
+    one_of(*data_kinds.KINDS)(where, v)
+
+
 DATA_KINDS: dict[str, dict[str, Check]] = {
-    name: {k: p.check for k, p in kind.params.items()}
-    for name, kind in data_kinds.KINDS.items()}
+    name: _checks(kind.params) for name, kind in data_kinds.KINDS.items()}
 PARTITIONS: dict[str, dict[str, Check]] = {
-    name: {k: p.check for k, p in params.items()}
-    for name, params in data_kinds.PARTITIONS.items() if params}
-DATA_COMMON: dict[str, Check] = {"kind": one_of(*DATA_KINDS), "devices": integer(2),
+    name: _checks(params) for name, params in data_kinds.PARTITIONS.items() if params}
+DATA_COMMON: dict[str, Check] = {"kind": _kind, "devices": integer(2),
                                  "partition": text, "test_fraction": number(0, 1, hi_open=True),
                                  "stratify": boolean}
 
@@ -134,7 +142,8 @@ def _data(where: str, d: Any) -> None:
     kind = data_kinds.KINDS[name]
     partition = d.get("partition", kind.partitions[0])
     one_of(*kind.partitions)("[data] partition", partition)
-    table({**DATA_COMMON, **DATA_KINDS[name], **PARTITIONS.get(partition, {})})("[data]", d)
+    table({**DATA_COMMON, **_checks(kind.params),
+           **_checks(data_kinds.PARTITIONS.get(partition, {}))})("[data]", d)
     if kind.on_disk and "path" not in d:
         raise ConfigError(f"[data] kind = {name!r} needs path = FOLDER")
     devices = d.get("devices", 100)

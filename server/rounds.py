@@ -26,7 +26,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import INFO
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid
@@ -67,14 +67,14 @@ class RoundState:
         to where they were; None for a fresh run."""
         if "server-state" not in context.state:
             return None
-        s = context.state["server-state"]
+        s = cast(ConfigRecord, context.state["server-state"])
         version, internal, gauss = json.loads(str(s["random-state"]))
         random.setstate((version, tuple(internal), gauss))
-        vars(strategy).update(pickle.loads(bytes(s["strategy"])))  # our own checkpoint
+        vars(strategy).update(pickle.loads(cast(bytes, s["strategy"])))  # our own checkpoint
         history = {phase: {int(r): m for r, m in per.items()}
                    for phase, per in json.loads(str(s["history"])).items()}
-        return cls(int(s["round"]), context.state["server-arrays"], history,
-                   json.loads(str(s["rejected"])))
+        arrays = cast(ArrayRecord, context.state["server-arrays"])
+        return cls(int(cast(int, s["round"])), arrays, history, json.loads(str(s["rejected"])))
 
 
 def run_rounds(strategy: Any, grid: Grid, context: Context, initial: ArrayRecord,

@@ -253,3 +253,28 @@ def test_make_fleet_data_kinds_and_partitions():
 def test_make_fleet_data_config_errors(kind, params, match):
     with pytest.raises(ConfigError, match=match):
         make_fleet_data(kind, 4, **params)
+
+
+def test_a_new_data_kind_is_one_registry_entry(monkeypatch):
+    # Prepare: a kind that is one entry: its parameter, its partitions, its build function
+    from experiments.config import check_config
+    from experiments.config_checks import integer
+    from experiments.data import KINDS, DataKind, DeviceShard, Param
+
+    def build(r):
+        x = np.full((r.num_devices, 4, 3), r.params["value"], np.float32)
+        devices = [DeviceShard(f"c{i}", x[i], np.zeros(4, np.int64), x[i][:1],
+                               np.zeros(1, np.int64)) for i in range(r.num_devices)]
+        return FleetData(devices, (3,), 2, "constant", r.meta)
+
+    monkeypatch.setitem(KINDS, "constant", DataKind(build, {"value": Param(integer(0), 7)},
+                                                    ("natural",)))
+    # Execute
+    fleet = make_fleet_data("constant", 3, seed=0)
+    # Assert: built with the default, and the parameter's check refuses a bad value
+    assert len(fleet) == 3 and float(fleet.devices[2].x_train[0, 0]) == 7.0
+    assert make_fleet_data("constant", 2, value=5).devices[0].x_test.tolist() == [[5, 5, 5]]
+    with pytest.raises(ConfigError, match="unknown constant data parameter"):
+        make_fleet_data("constant", 2, k=1)
+    with pytest.raises(ConfigError, match=r"\[data\] value = -1 must be an integer >= 0"):
+        check_config({"data": {"kind": "constant", "value": -1}})

@@ -24,8 +24,8 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from multiprocessing.connection import wait
-from typing import Any, Self
+from multiprocessing.connection import Connection, wait
+from typing import Any, Self, cast
 
 import numpy as np
 
@@ -137,8 +137,8 @@ class FleetEngine:
             if p.starting and p.conn.poll(0):  # respawned during an earlier run, now warm
                 p.got_ready(p.conn.recv())
                 self._attach(p)
-            for msg in _payload_messages(payloads):
-                self._send(p, msg)
+            for payload in _payload_messages(payloads):
+                self._send(p, payload)
         queue: dict[int, list[Task]] = {p.index: [] for p in self.procs}  # in running order
         for job in jobs:
             queue[self.owner(job.device).index].append(
@@ -168,7 +168,7 @@ class FleetEngine:
             if limit:
                 due = [since[p.index] + limit for p in busy.values() if not p.starting]
                 wait_s = max(0.0, min(due) - time.monotonic()) if due else limit
-            for conn in wait(list(busy), wait_s):
+            for conn in cast(list[Connection], wait(list(busy), wait_s)):
                 p = busy[conn]
                 try:
                     msg = conn.recv()
@@ -289,7 +289,9 @@ class FleetEngine:
         return int(total)
 
     def close(self) -> None:
-        for p in self.procs + ([self.spare] if getattr(self, "spare", None) else []):
+        """Stop every worker (and the spare); remove the work folder if the engine made it."""
+        spare = getattr(self, "spare", None)  # None when __init__ failed before it was set
+        for p in self.procs + ([spare] if spare else []):
             p.close()
         self.procs, self.spare = [], None
         if getattr(self, "_own_dir", False):

@@ -20,12 +20,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import (
     Array,
     ArrayRecord,
+    ConfigRecord,
     Context,
     Error,
     Message,
@@ -158,8 +159,9 @@ class FleetGrid(Grid):
             key = id(m.content)
             if key not in pid_of:  # strategies send one RecordDict to many nodes: convert once
                 pid_of[key] = len(payloads)
-                cfg = dict(m.content["config"]) if "config" in m.content else {}
-                arrays = {k: a.numpy() for k, a in m.content["arrays"].items()} \
+                cfg: dict[str, Any] = dict(cast(ConfigRecord, m.content["config"])) \
+                    if "config" in m.content else {}
+                arrays = {k: a.numpy() for k, a in cast(ArrayRecord, m.content["arrays"]).items()} \
                     if "arrays" in m.content else {}
                 payloads[pid_of[key]] = (arrays, cfg)
                 rnd = int(cfg.get("server-round", rnd))
