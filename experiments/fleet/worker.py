@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from experiments.fleet.protocol import (
     Drop,
+    NpyArrays,
     Options,
     Payload,
     Ready,
@@ -66,7 +67,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def npy_bytes(arrays: dict) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
+def npy_bytes(arrays: dict) -> NpyArrays:
     """Arrays as ``(dtype, shape, .npy bytes)``: what a Flower ``Array`` holds, made here in
     the worker (in parallel) rather than in the engine's single server process."""
     import io
