@@ -17,7 +17,6 @@ experiments.fleet.faults itself). A new key is added to the tables below.
 from __future__ import annotations
 
 import inspect
-import math
 import os
 from typing import Any
 
@@ -46,7 +45,7 @@ from experiments.config_checks import (
     table,
     text,
 )
-from experiments.data.dataset import KIND_PARTITIONS
+from experiments.data import kinds as data_kinds
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.toml")
 MAX_BYTES = 1 << 20  # a config is a few KiB; a larger file is not one
@@ -87,24 +86,23 @@ FLEET: dict[str, Check] = {
     "fallbacks": matches(r"((swap|batch:[1-9][0-9]*|freeze:[^;]+)\s*(;\s*|$))*",
                          "';'-separated fallbacks: swap, batch:N, freeze:PATTERNS"),
 }
-# [data]: every kind's own parameters (experiments.data.KIND_PARAMS) and the partitions'
+
+
+# [data]: every kind's own parameters and the partitions', read from the data-kind registry
+# (experiments/data/kinds.py) when a config is checked
+def _checks(params: dict[str, data_kinds.Param]) -> dict[str, Check]:
+    return {k: p.check for k, p in params.items()}
+
+
+def _kind(where: str, v: Any) -> None:
+    one_of(*data_kinds.KINDS)(where, v)
+
+
 DATA_KINDS: dict[str, dict[str, Check]] = {
-    "synthetic_images": {
-        "classes": integer(2), "shape": list_of(integer(1), 1), "label_skew": number(0, 1),
-        "feature_shift": number(0), "samples_per_device": integer(1), "noise": number(0),
-        "pixel_noise": number(0), "grid": integer(1)},
-    "synthetic_fedprox": {
-        "alpha": number(0), "beta": number(0), "dim": integer(1), "classes": integer(2),
-        "samples": lambda w, v: (list_of(integer(1), 1) if isinstance(v, list) else integer(1))(
-            w, v), "max_samples": integer(1), "iid": boolean},
-    "leaf": {"path": text, "dataset": one_of("femnist", "shakespeare", "sent140"),
-             "vocab_size": integer(1)},
-    "npz_dir": {"path": text, "num_classes": integer(2)},
-}
+    name: _checks(kind.params) for name, kind in data_kinds.KINDS.items()}
 PARTITIONS: dict[str, dict[str, Check]] = {
-    "dirichlet": {"alpha": number(0, lo_open=True), "min_size": integer(0)},
-    "k_classes": {"k": integer(1)}}
-DATA_COMMON: dict[str, Check] = {"kind": one_of(*DATA_KINDS), "devices": integer(2),
+    name: _checks(params) for name, params in data_kinds.PARTITIONS.items() if params}
+DATA_COMMON: dict[str, Check] = {"kind": _kind, "devices": integer(2),
                                  "partition": text, "test_fraction": number(0, 1, hi_open=True),
                                  "stratify": boolean}
 
@@ -150,27 +148,21 @@ def _algorithm(where: str, a: Any) -> None:
 
 def _data(where: str, d: Any) -> None:
     any_table("[data]", d)
-    kind = d.get("kind", "synthetic_images")
-    DATA_COMMON["kind"]("[data] kind", kind)
-    partition = d.get("partition", KIND_PARTITIONS[kind][0])
-    one_of(*KIND_PARTITIONS[kind])("[data] partition", partition)
-    table({**DATA_COMMON, **DATA_KINDS[kind], **PARTITIONS.get(partition, {})})("[data]", d)
-    if kind in ("leaf", "npz_dir") and "path" not in d:
-        raise ConfigError(f"[data] kind = {kind!r} needs path = FOLDER")
-    if kind == "synthetic_images" and len(d.get("shape", [3])) not in (1, 3):
-        raise fail("[data] shape", d["shape"], "[C, H, W] or [F]")
+    name = d.get("kind", data_kinds.DEFAULT_KIND)
+    DATA_COMMON["kind"]("[data] kind", name)
+    kind = data_kinds.KINDS[name]
+    partition = d.get("partition", kind.partitions[0])
+    one_of(*kind.partitions)("[data] partition", partition)
+    table({**DATA_COMMON, **_checks(kind.params),
+           **_checks(data_kinds.PARTITIONS.get(partition, {}))})("[data]", d)
+    if kind.on_disk and "path" not in d:
+        raise ConfigError(f"[data] kind = {name!r} needs path = FOLDER")
     devices = d.get("devices", 100)
-    if isinstance(d.get("samples"), list) and len(d["samples"]) != devices:
-        raise ConfigError(f"[data] samples has {len(d['samples'])} counts for {devices} devices")
+    params = kind.resolve(d)
+    if kind.check is not None:
+        kind.check(params, devices)
     # generated data lives in memory: refuse a fleet that cannot fit before making it
-    if kind == "synthetic_images":
-        per_device = d.get("samples_per_device", 200) * math.prod(d.get("shape", [3, 32, 32]))
-    elif kind == "synthetic_fedprox":
-        samples = d.get("samples", 0)
-        per_device = d.get("max_samples", max(samples) if isinstance(samples, list) else samples)
-        per_device *= d.get("dim", 60)
-    else:
-        per_device = 0
+    per_device = kind.elements(params) if kind.elements is not None else 0
     need, avail = 4 * devices * per_device, memory_available()
     if need > avail:
         raise ConfigError(f"[data] {devices} devices of generated data need {need:,} bytes, more "

@@ -184,25 +184,26 @@ def _main(argv: list[str]) -> int:
 
             rnd = [snap.meta["round"] if snap else 0]
 
-            def show(phase: str, done: int, total: int, algo: str = algo) -> None:
+            def show(phase: str, done: int, total: int, algo: str = algo, rnd: list[int] = rnd,
+                     rc: dict[str, Any] = rc) -> None:
                 if phase == "train" and done == 1:
                     rnd[0] += 1
                 progress.update(f"{algo} round {rnd[0]}/{rc['num-rounds']} {phase}", done, total)
 
-            grid = FleetGrid(eng, run_key=algo, seed=seed, on_record=record, on_progress=show)
-            grid.rounds = list(snap.meta["grid_rounds"]) if snap else []
+            rounds = list(snap.meta["grid_rounds"]) if snap else []  # the grid appends to it
 
             def round_end(server_round: int, context: Any, algo: str = algo,
-                          grid: FleetGrid = grid, t0: float = t0) -> None:
+                          rounds: list[dict[str, Any]] = rounds, t0: float = t0) -> None:
                 for r in json.loads(str(context.state["server-state"]["rejected"])):
                     if r["round"] == server_round:  # node i + 1 is device i
                         record({"run": algo, "phase": "rejected", "round": server_round,
                                 "device": r["node"] - 1, "status": "rejected",
                                 "kind": r["kind"], "reason": r["reason"]}, algo)
-                log.round_done(algo, server_round, context.state, grid.rounds,
+                log.round_done(algo, server_round, context.state, rounds,
                                time.perf_counter() - t0)
 
-            grid.on_round_end = round_end  # type: ignore[attr-defined] # see server/rounds.py
+            grid = FleetGrid(eng, run_key=algo, seed=seed, on_record=record, on_progress=show,
+                             on_round_end=round_end, rounds=rounds)
             ctx = run_serverapp(server.app, grid, rc,
                                 state=snap.server_state() if snap else RecordDict())
             final = {k: a.numpy() for k, a in ctx.state["final-arrays"].items()}

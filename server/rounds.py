@@ -13,9 +13,9 @@ and ``"server-state"``: a ConfigRecord with ``round``, ``random-state`` (Python'
 FedAdam's moments, FedAvgM's momentum...), ``history`` (aggregated metrics per round) and
 ``rejected`` (every rejected reply: round, node, kind, reason), the last three as JSON.
 A run started with that state in its context continues at round ``r + 1`` and computes
-what an uninterrupted run would have. A grid with an ``on_round_end(server_round,
-context)`` method gets it called right after the state is stored (the fleet engine
-checkpoints there).
+what an uninterrupted run would have. A grid that has a round-end hook (a
+:class:`RoundEndGrid`, such as the fleet engine's ``FleetGrid``, which checkpoints there)
+gets it called right after the state is stored; Flower's own grids have none.
 """
 
 from __future__ import annotations
@@ -23,15 +23,24 @@ from __future__ import annotations
 import json
 import pickle
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import INFO
-from typing import Any
+from typing import Any, Protocol, cast, runtime_checkable
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from .screen import ScreenRules, screen_replies
+
+
+@runtime_checkable
+class RoundEndGrid(Protocol):
+    """A grid with a hook called as ``on_round_end(server_round, context)`` once a round's
+    state is stored (None: no hook)."""
+
+    on_round_end: Callable[[int, Context], None] | None
 
 
 @dataclass
@@ -58,14 +67,14 @@ class RoundState:
         to where they were; None for a fresh run."""
         if "server-state" not in context.state:
             return None
-        s = context.state["server-state"]
+        s = cast(ConfigRecord, context.state["server-state"])
         version, internal, gauss = json.loads(str(s["random-state"]))
         random.setstate((version, tuple(internal), gauss))
-        vars(strategy).update(pickle.loads(bytes(s["strategy"])))  # our own checkpoint
+        vars(strategy).update(pickle.loads(cast(bytes, s["strategy"])))  # our own checkpoint
         history = {phase: {int(r): m for r, m in per.items()}
                    for phase, per in json.loads(str(s["history"])).items()}
-        return cls(int(s["round"]), context.state["server-arrays"], history,
-                   json.loads(str(s["rejected"])))
+        arrays = cast(ArrayRecord, context.state["server-arrays"])
+        return cls(int(cast(int, s["round"])), arrays, history, json.loads(str(s["rejected"])))
 
 
 def run_rounds(strategy: Any, grid: Grid, context: Context, initial: ArrayRecord,
@@ -77,7 +86,7 @@ def run_rounds(strategy: Any, grid: Grid, context: Context, initial: ArrayRecord
     log(INFO, "Starting %s strategy at round %d of %d", type(strategy).__name__,
         state.round + 1, num_rounds)
     strategy.summary()
-    on_round_end = getattr(grid, "on_round_end", None)
+    on_round_end = grid.on_round_end if isinstance(grid, RoundEndGrid) else None
     for rnd in range(state.round + 1, num_rounds + 1):
         log(INFO, "[ROUND %s/%s]", rnd, num_rounds)
         replies = grid.send_and_receive(

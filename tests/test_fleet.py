@@ -124,3 +124,19 @@ def test_fork_isolation_gives_the_same_weights_as_worker_isolation():
             assert all(r["peak-rss"] > 0 for r in records if r["phase"] == "train")
     for k in finals[0]:
         np.testing.assert_allclose(finals[0][k], finals[1][k], rtol=0, atol=1e-6)
+
+
+def test_a_task_carries_the_settings_a_device_would_parse_from_its_node_config():
+    # Prepare: profiles with and without caps, small batches, freezes and fallbacks
+    from device_runtime.device import parse_settings
+    from experiments.fleet import draw_profiles
+
+    cfg = {"ram_cap": {"dist": "choice", "values": ["96MiB", "300MB", "1GiB"]},
+           "small_below": "256MiB", "small_batch_size": 4, "small_freeze": "conv*",
+           "fallbacks": " batch:2; swap ;freeze:fc1", "swap": "on"}
+    profiles = draw_profiles(30, cfg, seed=1) + [DeviceProfile(30, None, 1.0, 1.0, 0.0)]
+    # Execute / Assert: what the engine sends is what a real device reads from node_config
+    for p in profiles:
+        assert p.device_settings() == parse_settings(p.settings()), p
+    assert profiles[-1].device_settings().ram_cap is None
+    assert profiles[0].device_settings().fallbacks == ("batch:2", "swap", "freeze:fc1")

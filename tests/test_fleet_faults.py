@@ -18,7 +18,7 @@ import pytest
 from device_runtime.device import initial_weights
 from device_runtime.errors import ConfigError
 from experiments.data import make_fleet_data
-from experiments.fleet import DeviceProfile, FleetEngine
+from experiments.fleet import DeviceProfile, FleetEngine, Job
 from experiments.fleet.faults import KINDS, FaultPlan
 
 MODEL = json.dumps([
@@ -53,7 +53,7 @@ def _run(eng: FleetEngine, key: str, fault: str | None = None) -> tuple[dict, di
     t0 = time.monotonic()
     at: dict[int, float] = {}
     res = eng.run({0: (shared, CONFIG)},
-                  [("train", d, 0, fault if d == VICTIM else None) for d in range(N)], key,
+                  [Job("train", d, 0, fault if d == VICTIM else None) for d in range(N)], key,
                   on_result=lambda r: at.__setitem__(r.device, time.monotonic() - t0))
     assert sorted(r.device for r in res) == list(range(N))  # one result per task
     return {r.device: r for r in res}, at

@@ -21,7 +21,7 @@ from device_runtime import weights as weights_mod
 from device_runtime.modelspec import load_model
 from device_runtime.errors import ConfigError
 from experiments.config import DATA_KINDS, DEVICE, PARTITIONS, check_config, load_config
-from experiments.data.dataset import KIND_PARAMS, PARTITION_PARAMS
+from experiments.data.kinds import KIND_PARAMS, PARTITION_PARAMS
 from experiments.fleet.faults import FaultPlan
 from experiments.fleet.profiles import draw_profiles
 from tests.fuzzing import (

@@ -1,24 +1,21 @@
-"""The unified fleet data type: one train and one local test set per device."""
+"""The unified fleet data type: one train and one local test set per device.
+
+(:class:`DeviceShard` is a device's share of the experiment's data; the device program's
+own ``device_runtime.device.DeviceData`` is what a device trains on, without an id.)
+Fleets are made by :func:`experiments.data.make_fleet_data` (experiments/data/kinds.py).
+"""
 
 from __future__ import annotations
 
-import inspect
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from device_runtime.errors import ConfigError, NNFleetError
-
-from .generators import synthetic_fedprox, synthetic_images
-from .loaders import load_leaf, load_npz_dir
-from . import partition as part
-from .partition import train_test_split_per_device
-
 
 @dataclass
-class DeviceData:
+class DeviceShard:
     """One device's data: x float32 (n, *input_shape), y int64 (n,) class ids.
 
     The test set comes from the device's own distribution: personalized accuracy is
@@ -70,7 +67,7 @@ def _five(values: np.ndarray) -> dict[str, float]:
 class FleetData:
     """Every device's data plus what a model needs to know: input shape and class count."""
 
-    devices: list[DeviceData]
+    devices: list[DeviceShard]
     input_shape: tuple[int, ...]
     num_classes: int
     name: str
@@ -79,10 +76,10 @@ class FleetData:
     def __len__(self) -> int:
         return len(self.devices)
 
-    def __getitem__(self, i: int) -> DeviceData:
+    def __getitem__(self, i: int) -> DeviceShard:
         return self.devices[i]
 
-    def device(self, device_id: str) -> DeviceData:
+    def device(self, device_id: str) -> DeviceShard:
         for d in self.devices:
             if d.device_id == device_id:
                 return d
@@ -122,8 +119,8 @@ class FleetData:
                     f"max {v['max']:{fmt}}")
 
         return "\n".join([
-            f"{s['name']}: {s['num_devices']} devices, input {tuple(s['input_shape'])}, "
-            f"{s['num_classes']} classes, {s['train_samples']} train / {s['test_samples']} test",
+            (f"{s['name']}: {s['num_devices']} devices, input {tuple(s['input_shape'])}, "
+             f"{s['num_classes']} classes, {s['train_samples']} train / {s['test_samples']} test"),
             f"  train samples per device: {row('train_per_device')}",
             f"  test samples per device:  {row('test_per_device')}",
             f"  classes per device:       {row('classes_per_device', '.1f')}",
@@ -135,163 +132,3 @@ class FleetData:
         os.makedirs(path, exist_ok=True)
         for d in self.devices:
             d.save(os.path.join(path, f"{d.device_id}.npz"))
-
-
-# ---------------------------------------------------------------- building from a config
-
-# parameters each kind accepts (besides partition, test_fraction, stratify and the
-# partition's own: alpha and min_size for dirichlet, k for k_classes)
-def _kwargs(fn: Any, *skip: str) -> set[str]:
-    return set(inspect.signature(fn).parameters) - {"num_devices", "seed", *skip}
-
-
-KIND_PARAMS: dict[str, set[str]] = {
-    "synthetic_fedprox": _kwargs(synthetic_fedprox),
-    "synthetic_images": _kwargs(synthetic_images, "device_labels"),
-    "leaf": {"path", "dataset", "vocab_size"},
-    "npz_dir": {"path", "num_classes"},
-}
-# partitions each kind allows; the first is the default ("skew" = the generator's label_skew)
-KIND_PARTITIONS: dict[str, tuple[str, ...]] = {
-    "synthetic_fedprox": ("natural",),
-    "synthetic_images": ("skew", "iid", "dirichlet", "k_classes"),
-    "leaf": ("natural", "iid", "dirichlet", "k_classes"),
-    "npz_dir": ("natural", "iid", "dirichlet", "k_classes"),
-}
-PARTITION_PARAMS = {"dirichlet": {"alpha", "min_size"}, "k_classes": {"k"}}
-
-
-def _ids(n: int) -> list[str]:
-    width = len(str(max(n - 1, 0)))
-    return [f"d{i:0{width}d}" for i in range(n)]
-
-
-def _partition(labels: np.ndarray, partition: str, num_devices: int, seed: int,
-               p: dict[str, Any]) -> list[np.ndarray]:
-    if partition == "iid":
-        return part.iid(labels.size, num_devices, seed)
-    if partition == "dirichlet":
-        return part.dirichlet(labels, num_devices, float(p.get("alpha", 0.3)),
-                              int(p.get("min_size", 10)), seed)
-    return part.k_classes(labels, num_devices, int(p.get("k", 2)), seed)
-
-
-def _split(ids: list[str], shards: list[tuple[np.ndarray, np.ndarray]], test_fraction: float,
-           stratify: bool, seed: int) -> list[DeviceData]:
-    out = []
-    for i, (dev, (x, y)) in enumerate(zip(ids, shards)):
-        [(tr, te)] = train_test_split_per_device([np.arange(y.size)], test_fraction, seed + i,
-                                                 labels=y if stratify else None)
-        out.append(DeviceData(dev, x[tr], y[tr], x[te], y[te]))
-    return out
-
-
-def make_fleet_data(kind: str, num_devices: int | None = None, seed: int = 0,
-                    **params: Any) -> FleetData:
-    """Build :class:`FleetData` from a config (e.g. a TOML table).
-
-    ``kind``: ``synthetic_images``, ``synthetic_fedprox``, ``leaf`` (``path=``) or
-    ``npz_dir`` (``path=``); the kind's own parameters are those of
-    :func:`synthetic_images`, :func:`synthetic_fedprox`, :func:`load_leaf` and
-    :func:`load_npz_dir` (see ``KIND_PARAMS``). ``partition``: ``natural`` (one device per
-    generated device, LEAF user or file; ``num_devices`` picks a seeded subset, None = all),
-    ``iid``, ``dirichlet`` (``alpha=0.3``, ``min_size=10``) or ``k_classes`` (``k=2``);
-    for synthetic images these set each device's labels (default: the generator's
-    ``label_skew``), for files they re-partition the pooled samples. Devices without their
-    own test set get a ``test_fraction`` (0.2) split of their data, stratified by label
-    unless ``stratify=False``.
-    """
-    if kind not in KIND_PARAMS:
-        raise ConfigError(f"unknown data kind '{kind}' (known: {', '.join(KIND_PARAMS)})")
-    p = dict(params)
-    partition = str(p.pop("partition", None) or KIND_PARTITIONS[kind][0])
-    if partition not in KIND_PARTITIONS[kind]:
-        raise ConfigError(f"partition '{partition}' does not apply to {kind} (use one of: "
-                          f"{', '.join(KIND_PARTITIONS[kind])})")
-    test_fraction = float(p.pop("test_fraction", 0.2))
-    stratify = bool(p.pop("stratify", True))
-    allowed = KIND_PARAMS[kind] | PARTITION_PARAMS.get(partition, set())
-    unknown = sorted(set(p) - allowed)
-    if unknown:
-        raise ConfigError(f"unknown {kind} data parameter(s) {', '.join(unknown)} with partition "
-                          f"{partition} (known: {', '.join(sorted(allowed))})")
-    if num_devices is None and (kind.startswith("synthetic") or partition != "natural"):
-        raise ConfigError(f"{kind} data with partition {partition} needs num_devices")
-    meta = {"kind": kind, "partition": partition, "seed": seed, "test_fraction": test_fraction,
-            "params": dict(params)}
-    gen = {k: v for k, v in p.items() if k in KIND_PARAMS[kind]}
-    try:
-        if kind == "synthetic_fedprox":
-            assert num_devices is not None
-            shards = synthetic_fedprox(num_devices, seed=seed, **gen)
-            devices = _split(_ids(num_devices), shards, test_fraction, stratify, seed + 2)
-            return FleetData(devices, (int(gen.get("dim", 60)),), int(gen.get("classes", 10)),
-                             f"synthetic_fedprox({gen.get('alpha', 1.0)},{gen.get('beta', 1.0)})",
-                             meta)
-        if kind == "synthetic_images":
-            assert num_devices is not None
-            classes = int(gen.get("classes", 10))
-            shape = tuple(int(s) for s in gen.pop("shape", (3, 32, 32)))
-            labels = None
-            if partition != "skew":
-                n = num_devices * int(gen.get("samples_per_device", 200))
-                pool = np.random.default_rng(seed + 1).permutation(np.arange(n) % classes)
-                labels = [pool[i] for i in _partition(pool, partition, num_devices, seed + 1, p)]
-            shards = synthetic_images(num_devices, shape=shape, device_labels=labels, seed=seed,
-                                      **gen)
-            devices = _split(_ids(num_devices), shards, test_fraction, stratify, seed + 2)
-            return FleetData(devices, shape, classes, "synthetic_images", meta)
-
-        # data on disk: per-user / per-file (x, y) and, where the files have it, a test set
-        if "path" not in gen:
-            raise ConfigError(f"{kind} data needs path= (a folder or file on this machine)")
-        pick = num_devices if partition == "natural" else None
-        if kind == "leaf":
-            leaf = load_leaf(str(gen["path"]), gen.get("dataset"), int(gen.get("vocab_size", 1000)),
-                             max_users=pick, seed=seed)
-            if pick is not None and pick > len(leaf.train):
-                raise ConfigError(f"asked for {pick} devices but {gen['path']} has "
-                                  f"{len(leaf.train)} users")
-            users = {u: (x, y, *leaf.test.get(u, (None, None))) for u, (x, y) in leaf.train.items()}
-            shape, classes, name = leaf.input_shape, leaf.num_classes, f"leaf/{leaf.name}"
-            if leaf.vocab:
-                meta["vocab"] = leaf.vocab
-        else:
-            files = load_npz_dir(str(gen["path"]))
-            names = sorted(files)
-            if pick is not None:
-                if pick > len(names):
-                    raise ConfigError(f"asked for {pick} devices but {gen['path']} has "
-                                      f"{len(names)} .npz files")
-                chosen = np.random.default_rng(seed).choice(len(names), pick, replace=False)
-                names = [names[i] for i in sorted(chosen)]
-            users = {u: (files[u]["x"], files[u]["y"], files[u].get("x_test"),
-                         files[u].get("y_test")) for u in names}
-            shape = tuple(files[names[0]]["x"].shape[1:])
-            top = max(int(max(v[1].max(initial=0), v[3].max(initial=0) if v[3] is not None else 0))
-                      for v in users.values())
-            classes = int(gen.get("num_classes", top + 1))
-            if classes <= top:
-                raise ConfigError(f"num_classes={classes} but {gen['path']} has label {top}")
-            name = f"npz_dir/{os.path.basename(os.path.normpath(str(gen['path'])))}"
-        if partition == "natural":
-            devices = []
-            for i, (u, (x, y, xt, yt)) in enumerate(users.items()):
-                if xt is None:
-                    devices += _split([u], [(x, y)], test_fraction, stratify, seed + 2 + i)
-                else:
-                    devices.append(DeviceData(u, x, y, xt, yt))
-        else:
-            assert num_devices is not None
-            parts = [(x, y) for x, y, _, _ in users.values()]
-            parts += [(xt, yt) for _, _, xt, yt in users.values() if xt is not None]
-            x_all = np.concatenate([x for x, _ in parts])
-            y_all = np.concatenate([y for _, y in parts])
-            idx = _partition(y_all, partition, num_devices, seed + 1, p)
-            devices = _split(_ids(num_devices), [(x_all[i], y_all[i]) for i in idx],
-                             test_fraction, stratify, seed + 2)
-        return FleetData(devices, tuple(int(s) for s in shape), classes, name, meta)
-    except (ValueError, TypeError) as e:
-        if isinstance(e, NNFleetError):
-            raise
-        raise ConfigError(f"{kind} data: {e}") from None

@@ -6,12 +6,13 @@ which import this package, never import Flower.
 
 from typing import Any
 
-from .engine import FleetEngine, TaskResult
+from .engine import FleetEngine
 from .profiles import DeviceProfile, draw, draw_profiles
+from .protocol import Job, TaskResult
 from .store import StoreReader, write_store
 
-__all__ = ["DeviceProfile", "FleetEngine", "FleetGrid", "StoreReader", "TaskResult", "draw",
-           "draw_profiles", "write_store"]
+__all__ = ["DeviceProfile", "FleetEngine", "FleetGrid", "Job", "StoreReader", "TaskResult",
+           "draw", "draw_profiles", "write_store"]
 
 
 def __getattr__(name: str) -> Any:

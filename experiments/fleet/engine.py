@@ -20,114 +20,31 @@ import itertools
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import numpy as np
 
 from device_runtime.errors import ConfigError
 
 from .faults import FaultPlan
+from .procs import READY_TIMEOUT, WorkerProc, spawn_workers
 from .profiles import DeviceProfile
+from .protocol import Drop, Job, Payload, Ready, Reset, Result, Setup, Task, TaskResult, Tasks
 from .store import write_store
 
-# one BLAS thread per worker: the workers are the parallelism
-WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-              "NUMBA_NUM_THREADS": "1", "FLWR_TELEMETRY_ENABLED": "0"}
-READY_TIMEOUT = 120.0  # a cold numba cache compiles every kernel on first start
 FORK_GRACE = 5.0  # fork isolation: the worker kills a late device itself; the engine only
 # kills the worker when even that did not happen this much later
+# payload id -> (shared weights, server config) of the messages of one run
+Payloads = dict[int, tuple[dict[str, np.ndarray], dict[str, Any]]]
 
 
-@dataclass
-class TaskResult:
-    task_id: int
-    device: int
-    kind: str
-    shared: dict[str, tuple[str, tuple[int, ...], bytes]] | None  # (dtype, shape, .npy bytes)
-    metrics: dict[str, float]
-    error: str | None
-    detail: str | None = None
-    status: str | None = None  # no update: "raised", "killed", "timeout", "crashed"
-    fault: str | None = None  # the fault injected on purpose, if any
-
-
-class _Proc:
-    """One worker: its end of the socket pair, its pid, and the Popen of a spawned one."""
-
-    def __init__(self, index: int, conn: Connection, popen: subprocess.Popen | None) -> None:
-        self.index = index
-        self.conn = conn
-        self.popen = popen
-        self.pid = popen.pid if popen is not None else 0
-        self.baseline_rss = 0
-        self.warmup_seconds = 0.0
-        self.started = time.monotonic()
-        self.starting = True  # until its "ready" message; messages wait in the outbox
-        self.outbox: list[tuple] = []
-        self.timed_out = False  # killed by the engine for running past the timeout
-
-    def ready(self, timeout: float = READY_TIMEOUT) -> bool:
-        if not self.conn.poll(timeout):
-            return False
-        self.got_ready(self.conn.recv())
-        return True
-
-    def got_ready(self, msg: tuple) -> None:
-        _, self.pid, self.baseline_rss, self.warmup_seconds = msg
-        self.starting = False
-
-    def close(self) -> None:
-        import psutil
-
-        try:
-            self.conn.send(("stop",))
-        except (OSError, ValueError):
-            pass
-        try:
-            if self.popen is not None:
-                self.popen.wait(timeout=5)
-            elif self.pid:
-                psutil.Process(self.pid).wait(timeout=5)
-        except (subprocess.TimeoutExpired, psutil.TimeoutExpired):
-            os.kill(self.pid, 9)
-        except psutil.Error:
-            pass
-        self.conn.close()
-
-
-def spawn_workers(n: int, first_index: int = 0, zygote: bool = False) -> list[_Proc]:
-    """Start ``n`` worker processes.
-
-    By default each is a fresh interpreter that imports and warms up by itself, so its
-    RSS is what a device running the runtime would see (the cap is on the whole process).
-    With ``zygote=True`` one process warms up and forks the others: faster to start and
-    lighter, but a forked worker's RSS leaves out the parent's file-backed pages it has
-    not touched yet (tens of MiB), so per-device peaks read lower than on a real device.
-    """
-    env = dict(os.environ, **WORKER_ENV)
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    pairs = [socket.socketpair() for _ in range(n)]
-    groups = [list(range(n))] if zygote else [[i] for i in range(n)]
-    procs: list[_Proc] = []
-    for group in groups:
-        fds = [pairs[i][1].fileno() for i in group]
-        popen = subprocess.Popen([sys.executable, "-m", "experiments.fleet.worker",
-                                  *map(str, fds)], pass_fds=fds, env=env,
-                                 stdin=subprocess.DEVNULL)
-        for j, i in enumerate(group):
-            pairs[i][1].close()
-            procs.append(_Proc(first_index + i, Connection(pairs[i][0].detach()),
-                               popen if j == 0 else None))
-    return procs
+def _payload_messages(payloads: Payloads) -> list[Payload]:
+    return [Payload(pid, shared, config) for pid, (shared, config) in payloads.items()]
 
 
 class FleetEngine:
@@ -161,8 +78,8 @@ class FleetEngine:
         # a warm spare takes a dead worker's place at once (a fresh one takes ~0.5 s to
         # warm up): kept from the start when injected faults will kill workers (worker
         # isolation; in fork isolation only the device's child dies), else after a death
-        self.spare: _Proc | None = (spawn_workers(1, -1)[0] if self.faults.active
-                                    and isolation == "worker" else None)
+        self.spare: WorkerProc | None = (spawn_workers(1, -1)[0] if self.faults.active
+                                         and isolation == "worker" else None)
         try:
             self._setup(fleet() if callable(fleet) else fleet, profiles, isolation, workdir)
         except BaseException:
@@ -192,47 +109,44 @@ class FleetEngine:
         self._ids = itertools.count()
 
     # ------------------------------------------------------------------ running
-    def owner(self, device: int) -> _Proc:
+    def owner(self, device: int) -> WorkerProc:
+        """The worker that runs ``device`` (its device states are in that worker's care)."""
         return self.procs[device % len(self.procs)]
 
-    def _attach(self, p: _Proc) -> None:
+    def _attach(self, p: WorkerProc) -> None:
         """A worker that is ready: tell it where the data is, then what waited for it."""
-        p.conn.send(("setup", self.store_dir, self.isolation, self.state_dir))
+        p.conn.send(Setup(self.store_dir, self.isolation, self.state_dir))
         if self.faults.active or self.faults.timeout:
-            p.conn.send(("options", self.faults.options()))
+            p.conn.send(self.faults.options())
         for msg in p.outbox:
             p.conn.send(msg)
         p.outbox = []
 
-    def _send(self, p: _Proc, msg: tuple) -> None:
+    def _send(self, p: WorkerProc, msg: Any) -> None:
         if p.starting:
             p.outbox.append(msg)
         else:
             p.conn.send(msg)
 
-    def run(self, payloads: dict[int, tuple[dict[str, np.ndarray], dict[str, Any]]],
-            tasks: Iterable[tuple], run_key: str,
+    def run(self, payloads: Payloads, jobs: Iterable[Job], run_key: str,
             on_result: Callable[[TaskResult], None] | None = None) -> list[TaskResult]:
-        """Run ``(kind, device, payload_id[, fault])`` tasks; results come back as they finish.
+        """Run ``jobs``; results come back as they finish (``on_result`` sees each at once).
 
-        Every task gets exactly one result: a device's reply, or a failure (``status``)."""
+        Every job gets exactly one result: a device's reply, or a failure (``status``)."""
         for p in self.procs:
             if p.starting and p.conn.poll(0):  # respawned during an earlier run, now warm
                 p.got_ready(p.conn.recv())
                 self._attach(p)
-            for pid, (shared, config) in payloads.items():
-                self._send(p, ("payload", pid, shared, config))
-        queue: dict[int, list[tuple]] = {p.index: [] for p in self.procs}  # in running order
-        meta: dict[int, tuple[str, int, str | None]] = {}
-        for kind, device, pid, *fault in tasks:
-            tid = next(self._ids)
-            f = fault[0] if fault else None
-            meta[tid] = (kind, device, f)
-            queue[self.owner(device).index].append(
-                (tid, kind, device, pid, self.profiles[device].settings(), run_key, f))
+            for payload in _payload_messages(payloads):
+                self._send(p, payload)
+        queue: dict[int, list[Task]] = {p.index: [] for p in self.procs}  # in running order
+        for job in jobs:
+            queue[self.owner(job.device).index].append(
+                Task(next(self._ids), job.kind, job.device, job.payload,
+                     self.profiles[job.device].device_settings(), run_key, job.fault))
         for p in self.procs:
             if queue[p.index]:
-                self._send(p, ("tasks", list(queue[p.index])))
+                self._send(p, Tasks(tuple(queue[p.index])))
         heads = {i: 0 for i in queue}  # tasks of worker i answered so far
         limit = self.faults.timeout
         if limit and self.isolation == "fork":
@@ -240,6 +154,12 @@ class FleetEngine:
         now = time.monotonic()
         since = {i: now for i in queue}  # when worker i began its current task
         out: list[TaskResult] = []
+
+        def report(r: TaskResult) -> None:
+            out.append(r)
+            if on_result is not None:
+                on_result(r)
+
         while True:
             busy = {p.conn: p for p in self.procs if heads[p.index] < len(queue[p.index])}
             if not busy:
@@ -248,38 +168,38 @@ class FleetEngine:
             if limit:
                 due = [since[p.index] + limit for p in busy.values() if not p.starting]
                 wait_s = max(0.0, min(due) - time.monotonic()) if due else limit
-            for conn in wait(list(busy), wait_s):
+            for conn in cast(list[Connection], wait(list(busy), wait_s)):
                 p = busy[conn]
                 try:
                     msg = conn.recv()
                 except (EOFError, OSError):  # the worker died: its current task failed
-                    self._worker_died(p, queue, heads, meta, payloads, out, on_result)
+                    self._worker_died(p, queue, heads, payloads, report)
                     since[p.index] = time.monotonic()
                     continue
-                if msg[0] == "ready":  # a respawned worker is warm: give it its tasks
+                if isinstance(msg, Ready):  # a respawned worker is warm: give it its tasks
                     p.got_ready(msg)
                     self._attach(p)
                     since[p.index] = time.monotonic()
                     continue
-                _, tid, shared, metrics, err, detail, status = msg
-                assert queue[p.index][heads[p.index]][0] == tid, "results come in task order"
+                assert isinstance(msg, Result), f"a worker sent {msg!r}"
+                task = queue[p.index][heads[p.index]]
+                assert task.task_id == msg.task_id, "results come in task order"
                 heads[p.index] += 1
                 since[p.index] = time.monotonic()
-                kind, device, fault = meta[tid]
-                if err is not None and fault is not None and "injected" not in err:
+                err = msg.error
+                if err is not None and task.fault is not None and "injected" not in err:
                     err += " (injected fault)"
-                r = TaskResult(tid, device, kind, shared, metrics, err, detail, status, fault)
-                out.append(r)
-                if on_result is not None:
-                    on_result(r)
+                report(TaskResult(task.task_id, task.device, task.kind, msg.shared, msg.metrics,
+                                  err, msg.detail, msg.status, task.fault))
             if limit:
                 self._kill_late(busy.values(), since, limit)
         for p in self.procs:
             for pid in payloads:
-                self._send(p, ("drop", pid))
+                self._send(p, Drop(pid))
         return out
 
-    def _kill_late(self, procs: Iterable[_Proc], since: dict[int, float], limit: float) -> None:
+    def _kill_late(self, procs: Iterable[WorkerProc], since: dict[int, float],
+                   limit: float) -> None:
         """SIGKILL every worker whose current task has run longer than ``limit`` seconds."""
         now = time.monotonic()
         for p in procs:
@@ -294,11 +214,8 @@ class FleetEngine:
                 except ProcessLookupError:
                     pass
 
-    def _worker_died(self, p: _Proc, queue: dict[int, list[tuple]], heads: dict[int, int],
-                     meta: dict[int, tuple[str, int, str | None]],
-                     payloads: dict[int, tuple[dict[str, np.ndarray], dict[str, Any]]],
-                     out: list[TaskResult], on_result: Callable[[TaskResult], None] | None
-                     ) -> None:
+    def _worker_died(self, p: WorkerProc, queue: dict[int, list[Task]], heads: dict[int, int],
+                     payloads: Payloads, report: Callable[[TaskResult], None]) -> None:
         """Report the task the dead worker was running; respawn it for the rest."""
         code: int | str = "unknown"
         if p.popen is not None:
@@ -310,10 +227,10 @@ class FleetEngine:
         p.conn.close()
         mine = queue[p.index]
         if heads[p.index] < len(mine):
-            tid = mine[heads[p.index]][0]
+            task = mine[heads[p.index]]
             heads[p.index] += 1
-            kind, device, fault = meta[tid]
-            how = " (injected fault)" if fault else ""
+            device = task.device
+            how = " (injected fault)" if task.fault else ""
             if p.timed_out:
                 status = "timeout"
                 reason = (f"device {device} did not answer within {self.faults.timeout:g} s "
@@ -325,21 +242,18 @@ class FleetEngine:
             else:
                 status = "crashed"
                 reason = f"device {device}'s worker process died (exit {code}){how}"
-            r = TaskResult(tid, device, kind, None, {}, reason, None, status, fault)
-            out.append(r)
-            if on_result is not None:
-                on_result(r)
+            report(TaskResult(task.task_id, device, task.kind, None, {}, reason, None, status,
+                              task.fault))
         # replace it so the experiment can go on (the spare, or a fresh one that warms up
         # while the others work)
         fresh = self.spare or spawn_workers(1)[0]
         fresh.index = p.index
         self.spare = spawn_workers(1, -1)[0]
         self.respawned += 1
-        fresh.outbox = [("payload", pid, shared, config)
-                        for pid, (shared, config) in payloads.items()]
+        fresh.outbox = list(_payload_messages(payloads))
         rest = mine[heads[p.index]:]
         if rest:
-            fresh.outbox.append(("tasks", rest))
+            fresh.outbox.append(Tasks(tuple(rest)))
         self.procs[p.index] = fresh
         if fresh.starting and fresh.conn.poll(0):  # a spare, warm already
             fresh.got_ready(fresh.conn.recv())
@@ -349,7 +263,7 @@ class FleetEngine:
     def reset(self, run_key: str) -> None:
         """Forget every device's state for ``run_key`` (a new experiment run)."""
         for p in self.procs:
-            self._send(p, ("reset", run_key))
+            self._send(p, Reset(run_key))
 
     def wait_ready(self) -> None:
         """Block until every respawned worker, and the spare, is warm (the pool is whole
@@ -375,7 +289,9 @@ class FleetEngine:
         return int(total)
 
     def close(self) -> None:
-        for p in self.procs + ([self.spare] if getattr(self, "spare", None) else []):
+        """Stop every worker (and the spare); remove the work folder if the engine made it."""
+        spare = getattr(self, "spare", None)  # None when __init__ failed before it was set
+        for p in self.procs + ([spare] if spare else []):
             p.close()
         self.procs, self.spare = [], None
         if getattr(self, "_own_dir", False):

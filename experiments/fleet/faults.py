@@ -18,6 +18,9 @@ Faults are drawn per train round and device from the seed alone (never from what
 before), so a rerun injects the same faults in the same places. An explicit entry wins
 over the rate; between explicit entries the first kind in :data:`KINDS` order wins.
 
+Every kind is one entry of :data:`FAULTS` (a :class:`DeviceFault` or a
+:class:`HostileUpdate`): a new fault kind is one function and one entry there.
+
 Device faults (the device gives no update; the status its record gets):
 
 - ``kill``: the device's process is SIGKILLed at its second training step: in ``worker``
@@ -38,11 +41,6 @@ array one element longer, flattened), ``dtype``, ``missing`` (the last key dropp
 from __future__ import annotations
 
 import math
-import os
-import signal
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,20 +48,24 @@ import numpy as np
 
 from device_runtime.errors import ConfigError
 
-DEVICE_FAULTS = ("kill", "cap", "hang", "raise")
-HOSTILE = ("nan", "inf", "scale", "shape", "dtype", "missing", "extra")
-KINDS = DEVICE_FAULTS + HOSTILE
-# what a device fault's record says (hostile kinds reply normally: "ok")
-EXPECTED_STATUS = {"kill": "killed", "cap": "cap-exceeded", "hang": "timeout", "raise": "raised"}
+from .fault_kinds import (
+    DEVICE_FAULTS,
+    EXPECTED_STATUS,
+    FAULTS,
+    HOSTILE,
+    KINDS,
+    DeviceFault,
+    InjectedFault,
+    corrupt,
+    striking,
+)
+from .protocol import Options
+
+__all__ = ["DEVICE_FAULTS", "DTYPES", "EXPECTED_STATUS", "FAULTS", "HOSTILE", "KEYS", "KINDS",
+           "DeviceFailure", "FaultPlan", "InjectedFault", "corrupt", "striking"]
+
 DTYPES = ("float64", "float16", "int64", "int32")
-STRIKE_STEP = 1  # kill/hang/raise strike before this training step (0-based): mid-training
-UNCAPPED_HEADROOM = 256 << 20  # the cap a "cap" fault gives a device that has none
-OVERSHOOT = 64 << 20  # how far past its cap a "cap" fault goes
 KEYS = ("rate", "kinds", "seed", "timeout", "min_replies", "scale", "dtype", "at")
-
-
-class InjectedFault(RuntimeError):
-    """What a device raises for a ``raise`` fault."""
 
 
 class DeviceFailure(Exception):
@@ -113,9 +115,9 @@ class FaultPlan:
                         out[d] = kind
         return out
 
-    def options(self) -> dict[str, Any]:
+    def options(self) -> Options:
         """What a worker needs to carry faults out."""
-        return {"timeout": self.timeout, "scale": self.scale, "dtype": self.dtype}
+        return Options(timeout=self.timeout, scale=self.scale, dtype=self.dtype)
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any] | None, seed: int = 0) -> FaultPlan:
@@ -160,10 +162,12 @@ class FaultPlan:
                 raise ConfigError(f"faults.at: unknown fault kind '{kind}' (known: "
                                   f"{', '.join(KINDS)})")
             plan.explicit[kind] = _where(spec, kind)
-        hangs = "hang" in plan.explicit or (plan.rate > 0 and "hang" in plan.kinds)
-        if hangs and plan.timeout is None:
-            raise ConfigError("faults.timeout must be set when hang faults are injected "
-                                  "(a hung device is only stopped by the timeout)")
+        for kind, fault in FAULTS.items():
+            injected = kind in plan.explicit or (plan.rate > 0 and kind in plan.kinds)
+            if injected and isinstance(fault, DeviceFault) and fault.needs_timeout \
+                    and plan.timeout is None:
+                raise ConfigError(f"faults.timeout must be set when {kind} faults are injected "
+                                  f"({fault.needs_timeout})")
         return plan
 
 
@@ -196,81 +200,3 @@ def _where(spec: Any, kind: str) -> tuple[frozenset[int] | None, frozenset[int] 
                               f"got {v!r}")
         out.append(None if v is None else frozenset(v))
     return out[0], out[1]
-
-
-# ---------------------------------------------------------------------------- in the device
-@contextmanager
-def striking(kind: str | None, settings: Any) -> Iterator[None]:
-    """Carry out device fault ``kind`` (if it is one) while the device trains in this block.
-
-    The fault strikes from inside the training loop (a ``device_runtime.hooks`` step
-    hook), so a kill or a hang happens mid-training; if training ends first, it strikes
-    right after.
-    """
-    if kind not in DEVICE_FAULTS:
-        yield
-        return
-    from device_runtime import rss
-    from device_runtime.hooks import before_each_step
-
-    if kind == "cap" and not settings.ram_cap:
-        settings.ram_cap = (rss.current_rss() + UNCAPPED_HEADROOM) >> 26 << 26
-    at = 0 if kind == "cap" else STRIKE_STEP
-    hog: list[np.ndarray] = []
-    calls = [0]
-
-    def strike() -> None:
-        calls[0] = -1 << 30  # once only
-        if kind == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        elif kind == "hang":
-            while True:
-                time.sleep(3600)
-        elif kind == "raise":
-            raise InjectedFault(f"injected fault: the device raised at training step {at}")
-        else:  # touched pages, so the RSS really grows past the cap
-            hog.append(np.ones(max(settings.ram_cap - rss.current_rss(), 0) + OVERSHOOT,
-                               np.uint8))
-
-    def before_step() -> None:
-        if calls[0] == at:
-            strike()
-        calls[0] += 1
-
-    try:
-        with before_each_step(before_step):
-            yield
-        if calls[0] >= 0 and kind != "cap":  # training ended before the strike
-            strike()
-    finally:
-        hog.clear()
-
-
-def corrupt(kind: str, out: dict[str, np.ndarray], received: dict[str, np.ndarray],
-            options: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The device's returned shared weights made hostile by ``kind`` (see the docstring)."""
-    if kind not in HOSTILE or not out:
-        return out
-    out = dict(out)
-    first, last = next(iter(out)), next(reversed(out))
-    if kind in ("nan", "inf"):
-        bad = np.nan if kind == "nan" else np.inf
-        for k, a in out.items():
-            a = out[k] = np.array(a, copy=True)
-            if a.size and a.dtype.kind == "f":
-                a.flat[0] = bad
-    elif kind == "scale":
-        f = float(options.get("scale", 100.0))
-        for k, a in out.items():
-            r = received.get(k, np.zeros_like(a))
-            out[k] = (r + f * (a - r)).astype(a.dtype)
-    elif kind == "shape":
-        a = out[first]
-        out[first] = np.append(a.reshape(-1), np.zeros(1, a.dtype))
-    elif kind == "dtype":
-        out[first] = out[first].astype(str(options.get("dtype", "float64")))
-    elif kind == "missing":
-        del out[last]
-    elif kind == "extra":
-        out["injected:extra"] = np.zeros(4, np.float32)
-    return out

@@ -20,17 +20,28 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.common.constant import ErrorCode, SType
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from device_runtime.device import REPLY_KEYS
 
-from .engine import FleetEngine, TaskResult
+from .engine import FleetEngine, Payloads
+from .protocol import Job, TaskResult
 
 
 def _content(r: TaskResult) -> RecordDict:
@@ -51,11 +62,18 @@ class FleetGrid(Grid):
                  on_record: Callable[[dict[str, Any]], None] | None = None,
                  on_progress: Callable[[str, int, int], None] | None = None,
                  keep_messages: bool = True,
-                 on_round: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_round: Callable[[dict[str, Any]], None] | None = None,
+                 on_round_end: Callable[[int, Context], None] | None = None,
+                 rounds: list[dict[str, Any]] | None = None) -> None:
         """``keep_messages=False``: do not keep every message in ``sent``/``received`` (long
         runs, whose memory must stay flat). ``on_round``: called with each train round's
-        entry of ``rounds`` once its replies are in."""
+        entry of ``rounds`` once its replies are in. ``on_round_end(server_round,
+        context)``: called by the server's round loop (server/rounds.py) once a round's
+        state is stored in ``context.state`` (a checkpoint can be taken there).
+        ``rounds``: the entries of the rounds run before (a resumed run); the grid appends
+        to this very list."""
         self.engine = engine
+        self.on_round_end = on_round_end
         self.keep_messages = keep_messages
         self.on_round = on_round
         self.run_key = run_key
@@ -65,7 +83,8 @@ class FleetGrid(Grid):
         self._run = Run.create_empty(run_id=abs(hash(run_key)) % (1 << 62))
         self._pending: dict[str, Message] = {}
         self._replies: dict[str, Message] = {}
-        self.rounds: list[dict[str, Any]] = []  # per train round: devices, simulated seconds
+        # per train round: devices, simulated seconds
+        self.rounds: list[dict[str, Any]] = [] if rounds is None else rounds
         self.sent: list[Message] = []  # every instruction message (tests inspect them)
         self.received: list[Message] = []  # every reply handed to the ServerApp
 
@@ -122,9 +141,10 @@ class FleetGrid(Grid):
         pending, self._pending = list(self._pending.values()), {}
         if self.keep_messages:
             self.sent += pending
-        payloads: dict[int, tuple[dict[str, np.ndarray], dict[str, Any]]] = {}
+        payloads: Payloads = {}
         pid_of: dict[int, int] = {}
-        tasks, by_device = [], {}
+        tasks: list[Job] = []
+        by_device: dict[tuple[str, int], Message] = {}
         kinds = {MessageType.TRAIN: "train", MessageType.EVALUATE: "evaluate"}
         rnd = 0
         records = []
@@ -139,27 +159,29 @@ class FleetGrid(Grid):
             key = id(m.content)
             if key not in pid_of:  # strategies send one RecordDict to many nodes: convert once
                 pid_of[key] = len(payloads)
-                cfg = dict(m.content["config"]) if "config" in m.content else {}
-                arrays = {k: a.numpy() for k, a in m.content["arrays"].items()} \
+                cfg: dict[str, Any] = dict(cast(ConfigRecord, m.content["config"])) \
+                    if "config" in m.content else {}
+                arrays = {k: a.numpy() for k, a in cast(ArrayRecord, m.content["arrays"]).items()} \
                     if "arrays" in m.content else {}
                 payloads[pid_of[key]] = (arrays, cfg)
                 rnd = int(cfg.get("server-round", rnd))
-            tasks.append((kind, device, pid_of[key]))
+            tasks.append(Job(kind, device, pid_of[key]))
             by_device[(kind, device)] = m
         online, dropped = self._online(rnd)
         faults = self.engine.faults.for_round(rnd, self.engine.num_devices) \
             if self.engine.faults.active else {}
         run_tasks = []
-        for kind, device, pid in tasks:
-            if kind == "train" and not online[device]:
-                records.append(self._record("train", rnd, device, "offline", {}))
-            elif kind == "train" and dropped[device]:
-                records.append(self._record("train", rnd, device, "dropped", {}))
+        for job in tasks:
+            if job.kind == "train" and not online[job.device]:
+                records.append(self._record("train", rnd, job.device, "offline", {}))
+            elif job.kind == "train" and dropped[job.device]:
+                records.append(self._record("train", rnd, job.device, "dropped", {}))
+            elif job.kind == "train":
+                run_tasks.append(Job(job.kind, job.device, job.payload, faults.get(job.device)))
             else:
-                run_tasks.append((kind, device, pid, faults.get(device) if kind == "train"
-                                  else None))
+                run_tasks.append(job)
         total, done = len(run_tasks), [0]
-        phase = "train" if any(t[0] == "train" for t in run_tasks) else "evaluate"
+        phase = "train" if any(t.kind == "train" for t in run_tasks) else "evaluate"
 
         sim = [0.0]
         ok_train: list[Message] = []  # instructions whose reply is an update
@@ -235,7 +257,7 @@ class FleetGrid(Grid):
                      rnd: int = -1) -> list[dict[str, Any]]:
         """Every device's personalized accuracy now (the experiment's final measurement)."""
         results = self.engine.run({0: (shared, dict(config))},
-                                  [("evaluate", d, 0) for d in range(self.engine.num_devices)],
+                                  [Job("evaluate", d, 0) for d in range(self.engine.num_devices)],
                                   self.run_key)
         recs = [self._record("final", rnd, r.device, "ok" if r.error is None else "error",
                              r.metrics, r.error) for r in sorted(results, key=lambda r: r.device)]

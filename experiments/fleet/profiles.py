@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from device_runtime.device import DeviceSettings
 from device_runtime.errors import ConfigError
 from device_runtime.units import parse_size
 
@@ -32,8 +33,19 @@ class DeviceProfile:
     fallbacks: str = ""  # ";"-separated: swap, batch:N, freeze:PATTERNS
     swap: str = "auto"
 
+    def device_settings(self) -> DeviceSettings:
+        """The device's own settings, as the device program takes them (what the fleet
+        engine sends with each task)."""
+        return DeviceSettings(ram_cap=int(self.ram_cap) if self.ram_cap else None,
+                              swap=self.swap,
+                              batch_size=int(self.batch_size) if self.batch_size else None,
+                              freeze=self.freeze,
+                              fallbacks=tuple(f.strip() for f in self.fallbacks.split(";")
+                                              if f.strip()))
+
     def settings(self) -> dict[str, Any]:
-        """The device's own settings in ``node_config`` form (see flower_client)."""
+        """The same settings in ``node_config`` form (a real device's SuperNode config, read
+        by ``device_runtime.device.parse_settings``)."""
         out: dict[str, Any] = {"swap": self.swap}
         if self.ram_cap:
             out["ram-cap"] = int(self.ram_cap)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
@@ -23,8 +24,9 @@ def write_store(fleet: Any, path: str) -> dict[str, Any]:
     index: dict[str, Any] = {"name": fleet.name, "input_shape": list(fleet.input_shape),
                              "num_classes": int(fleet.num_classes), "splits": {}, "devices": []}
     offsets = {s: 0 for s in SPLITS}
-    files = {s: open(os.path.join(path, f"{s}.bin"), "wb") for s in SPLITS}
-    try:
+    with ExitStack() as stack:
+        files = {s: stack.enter_context(open(os.path.join(path, f"{s}.bin"), "wb"))
+                 for s in SPLITS}
         for d in fleet.devices:
             entry: dict[str, Any] = {"id": d.device_id}
             for s in SPLITS:
@@ -34,9 +36,6 @@ def write_store(fleet: Any, path: str) -> dict[str, Any]:
                 entry[s] = [offsets[s], list(a.shape)]
                 offsets[s] += a.nbytes
             index["devices"].append(entry)
-    finally:
-        for f in files.values():
-            f.close()
     with open(os.path.join(path, "index.json"), "w") as f:
         json.dump(index, f)
     return index

@@ -2,21 +2,15 @@
 the device program for one device after another.
 
 Started as ``python -m experiments.fleet.worker FD`` with one end of a socket pair; it
-imports only device_runtime (never flwr), warms up the kernels, and answers tasks:
-
-- ``("setup", store_path, isolation, state_dir)``: where the fleet's data and the device
-  states are; ``worker`` runs each
-  device in this process after resetting the kernel's RSS high-water mark, ``fork`` runs
-  each device in a fresh child forked from this warm process and kills it if its RSS
-  goes over the device's cap (a watchdog on top of the runtime's own cap checks);
-- ``("payload", pid, shared, config)``: the shared weights and config of a message;
-- ``("options", {...})``: :meth:`FaultPlan.options` (per-task timeout, hostile settings);
-- ``("tasks", [(task_id, kind, device, pid, settings, run_key, fault), ...])``: run them;
-  one ``("result", task_id, shared_out | None, metrics, error | None, detail, status)`` per
-  task, the shared arrays already serialized as Flower stores them (see :func:`npy_bytes`);
-  ``status`` is None, or "raised", "killed", "timeout" for a task that gave no update;
-  ``fault`` is None or a kind of :mod:`experiments.fleet.faults` to inject on purpose;
-- ``("reset", run_key)`` (forget the run's device states), ``("stop",)``.
+imports only device_runtime (never flwr), warms up the kernels, sends
+:class:`~experiments.fleet.protocol.Ready` and answers the engine's messages (every one a
+dataclass of :mod:`experiments.fleet.protocol`): ``Setup`` says where the fleet's data and
+the device states are, and how devices run: ``worker`` runs each device in this process
+after resetting the kernel's RSS high-water mark, ``fork`` runs each device in a fresh
+child forked from this warm process and kills it if its RSS goes over the device's cap (a
+watchdog on top of the runtime's own cap checks). ``Tasks`` get one ``Result`` each, the
+shared arrays already serialized as Flower stores them (see :func:`npy_bytes`); a task's
+``fault`` is None or a kind of :mod:`experiments.fleet.faults` to inject on purpose.
 
 Device state (personal layers, Ditto's model, optimizer state) is kept in one file per
 run and device (the device's own storage, ``<state_dir>/<run_key>/``), read before the device
@@ -35,8 +29,26 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import replace
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from experiments.fleet.protocol import (
+    Drop,
+    NpyArrays,
+    Options,
+    Payload,
+    Ready,
+    Reset,
+    Result,
+    Setup,
+    Stop,
+    Task,
+    Tasks,
+)
+
+if TYPE_CHECKING:
+    from device_runtime.device import DeviceSettings
 
 KILL_POLL_SECONDS = 0.002
 ORPHAN_POLL_SECONDS = 0.5
@@ -55,9 +67,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-
-
-def npy_bytes(arrays: dict) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
+def npy_bytes(arrays: dict) -> NpyArrays:
     """Arrays as ``(dtype, shape, .npy bytes)``: what a Flower ``Array`` holds, made here in
     the worker (in parallel) rather than in the engine's single server process."""
     import io
@@ -73,7 +83,7 @@ def npy_bytes(arrays: dict) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
 
 
 def _run_one(kind: str, state: Any, shared: dict, config: dict, fault: str | None = None,
-             options: dict | None = None) -> tuple[Any, dict, Any]:
+             options: Options | None = None) -> tuple[Any, dict, Any]:
     from device_runtime.device import evaluate_device, run_device
 
     if kind != "train":
@@ -84,7 +94,7 @@ def _run_one(kind: str, state: Any, shared: dict, config: dict, fault: str | Non
 
     with striking(fault, state.settings):
         out, metrics, new_state = run_device(state, shared, config)
-    return corrupt(fault, out, shared, options or {}), metrics, new_state
+    return corrupt(fault, out, shared, options or Options()), metrics, new_state
 
 
 class Worker:
@@ -94,13 +104,14 @@ class Worker:
         self.isolation = "worker"
         self.payloads: dict[int, tuple[dict, dict]] = {}
         self.state_dir = ""
-        self.options: dict[str, Any] = {}  # FaultPlan.options()
+        self.options = Options()  # FaultPlan.options()
 
     def _state_path(self, run_key: str, device: int) -> str:
         return os.path.join(self.state_dir, run_key, f"{device}.pkl")
 
-    def state_for(self, run_key: str, device: int, settings: dict) -> Any:
-        from device_runtime.device import DeviceData, DeviceState, parse_settings
+    def state_for(self, run_key: str, device: int, settings: DeviceSettings) -> Any:
+        """Device ``device``'s state: its data from the store, its settings, its stored state."""
+        from device_runtime.device import DeviceData, DeviceState
 
         x, y, xt, yt = self.store.read(device)
         arrays, meta = {}, {}
@@ -108,8 +119,8 @@ class Worker:
         if os.path.exists(path):
             with open(path, "rb") as f:
                 arrays, meta = pickle.load(f)
-        return DeviceState(device, DeviceData(x, y, xt, yt), parse_settings(settings),
-                           arrays, meta)
+        # a copy: a device (or a "cap" fault) may change its settings while it runs
+        return DeviceState(device, DeviceData(x, y, xt, yt), replace(settings), arrays, meta)
 
     def save_state(self, run_key: str, device: int, state: Any) -> None:
         path = self._state_path(run_key, device)
@@ -120,11 +131,12 @@ class Worker:
             pickle.dump((state.arrays, state.meta), f, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(path + ".tmp", path)
 
-    def task(self, task: tuple) -> tuple:
-        task_id, kind, device, pid, settings, run_key, fault = task
-        shared, config = self.payloads[pid]
+    def task(self, task: Task) -> Result:
+        """Run one task; its Result (the device's reply, or why there is none)."""
+        kind, device, fault, task_id = task.kind, task.device, task.fault, task.task_id
+        shared, config = self.payloads[task.pid]
         try:
-            state = self.state_for(run_key, device, settings)
+            state = self.state_for(task.run_key, device, task.settings)
             if self.isolation == "fork":
                 out, metrics, new_state = self._forked(kind, state, shared, config, fault)
             else:
@@ -134,22 +146,21 @@ class Worker:
             from experiments.fleet.faults import DeviceFailure
 
             if isinstance(e, DeviceFailure):
-                return ("result", task_id, None, {}, e.reason, None, e.status)
-            return ("result", task_id, None, {}, f"{type(e).__name__}: {e}",
-                    traceback.format_exc(limit=4), "raised")
+                return Result(task_id, None, {}, e.reason, None, e.status)
+            return Result(task_id, None, {}, f"{type(e).__name__}: {e}",
+                          traceback.format_exc(limit=4), "raised")
         if kind == "evaluate" and metrics.get("cap-exceeded"):  # killed by the watchdog
             why = (f"MemoryCapExceeded: device {device} went over its RAM cap of "
                    f"{int(metrics['ram-cap']):,} bytes while evaluating")
-            return ("result", task_id, None, {}, why, None, None)
+            return Result(task_id, None, {}, why)
         if new_state is not None and kind == "train" and metrics.get("trained"):
-            self.save_state(run_key, device, new_state)
+            self.save_state(task.run_key, device, new_state)
         del state, new_state
         # give this device's garbage back to the OS: it must not count in the next one's RSS
         from device_runtime.rss import release_heap
 
         release_heap(collect=False)
-        return ("result", task_id, None if out is None else npy_bytes(out), metrics, None, None,
-                None)
+        return Result(task_id, None if out is None else npy_bytes(out), metrics)
 
     def _forked(self, kind: str, state: Any, shared: dict, config: dict,
                 fault: str | None = None) -> tuple[Any, dict, Any]:
@@ -193,7 +204,7 @@ class Worker:
             os._exit(code)
         os.close(w)
         cap = state.settings.ram_cap
-        timeout = self.options.get("timeout")
+        timeout = self.options.timeout
         proc = psutil.Process(pid)
         chunks: list[bytes] = []
         killed_rss = 0
@@ -245,6 +256,7 @@ class Worker:
         return msg[1], msg[2], state
 
     def serve(self) -> None:
+        """Answer the engine's messages until Stop (or the engine's end of the socket closes)."""
         from experiments.fleet.store import StoreReader
 
         while True:
@@ -252,25 +264,27 @@ class Worker:
                 msg = self.conn.recv()
             except EOFError:
                 return
-            op = msg[0]
-            if op == "setup":
-                self.store = StoreReader(msg[1])
-                self.isolation = msg[2]
-                self.state_dir = msg[3]
-                self.payloads.clear()
-            elif op == "options":
-                self.options = dict(msg[1])
-            elif op == "payload":
-                self.payloads[msg[1]] = (msg[2], msg[3])
-            elif op == "drop":
-                self.payloads.pop(msg[1], None)
-            elif op == "tasks":
-                for t in msg[1]:
-                    self.conn.send(self.task(t))
-            elif op == "reset":
-                shutil.rmtree(os.path.join(self.state_dir, msg[1]), ignore_errors=True)
-            elif op == "stop":
-                return
+            match msg:
+                case Setup():
+                    self.store = StoreReader(msg.store_path)
+                    self.isolation = msg.isolation
+                    self.state_dir = msg.state_dir
+                    self.payloads.clear()
+                case Options():
+                    self.options = msg
+                case Payload():
+                    self.payloads[msg.pid] = (msg.shared, msg.config)
+                case Drop():
+                    self.payloads.pop(msg.pid, None)
+                case Tasks():
+                    for t in msg.tasks:
+                        self.conn.send(self.task(t))
+                case Reset():
+                    shutil.rmtree(os.path.join(self.state_dir, msg.run_key), ignore_errors=True)
+                case Stop():
+                    return
+                case _:
+                    raise AssertionError(f"fleet worker: unknown message {msg!r}")
 
 
 def _exit_when_orphaned(parent: int) -> None:
@@ -308,7 +322,7 @@ def main(argv: list[str]) -> int:
             os.close(fd)
     conn = Connection(mine)
     threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
-    conn.send(("ready", os.getpid(), rss.current_rss(), time.perf_counter() - t0))
+    conn.send(Ready(os.getpid(), rss.current_rss(), time.perf_counter() - t0))
     Worker(conn).serve()
     if mine != fds[0]:
         os._exit(0)  # a forked worker: no interpreter teardown of the parent's state
