@@ -121,9 +121,12 @@ class WeightStore:
         self.load_state(load_npz(path), strict=strict, source=path)
 
 
-def atomic_write(path: str, write: Callable[[BinaryIO], object], suffix: str = ".tmp") -> None:
-    """Write a file through ``write(f)`` into a temporary file in the same folder, fsync,
-    then rename over ``path``: a crash leaves the old file or the new one, never half."""
+def atomic_write(path: str, write: Callable[[BinaryIO], object], suffix: str = ".tmp",
+                 fsync: bool = True) -> None:
+    """Write a file through ``write(f)`` into a private (0600) temporary file in the same
+    folder, fsync, then rename over ``path``: a crash leaves the old file or the new one,
+    never half. ``fsync=False`` for files that need to survive a kill only, not a power cut
+    (a fleet's per-round device states: an fsync each would cost milliseconds)."""
     folder = os.path.dirname(os.path.abspath(path)) or "."
     if not os.path.isdir(folder):
         raise DataError(f"cannot write {path}: folder {folder} does not exist")
@@ -132,7 +135,8 @@ def atomic_write(path: str, write: Callable[[BinaryIO], object], suffix: str = "
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -140,9 +144,9 @@ def atomic_write(path: str, write: Callable[[BinaryIO], object], suffix: str = "
         raise
 
 
-def save_npz_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
+def save_npz_atomic(path: str, arrays: dict[str, np.ndarray], fsync: bool = True) -> None:
     """Write ``arrays`` to ``path`` as ``.npz``, atomically (no pickles: loaders refuse them)."""
-    atomic_write(path, lambda f: np.savez(f, allow_pickle=False, **arrays), ".npz")
+    atomic_write(path, lambda f: np.savez(f, allow_pickle=False, **arrays), ".npz", fsync)
 
 
 # what zipfile, zlib and numpy raise on a truncated, corrupted or hostile archive

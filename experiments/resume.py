@@ -4,7 +4,7 @@ Everything a run needs to go on lives in ``<out>/checkpoint/`` (folders 0700, fi
 
     run-<pid>/                     this process's fleet engine folder (the engine's
                                    ``workdir``: its packed data, store/) and
-    run-<pid>/states/<algorithm>/<device>.pkl  device states as its workers keep them now
+    run-<pid>/states/<algorithm>/<device>.npz  device states as its workers keep them now
                                    (per process: a worker of a killed run that finishes
                                    its task after the kill writes elsewhere; the folders
                                    of killed runs are removed by the next start)
@@ -15,7 +15,7 @@ Everything a run needs to go on lives in ``<out>/checkpoint/`` (folders 0700, fi
         server-arrays.npz          global shared weights          } the ServerApp's
         server-state.json          round, random state, history   } context.state
         server-strategy.bin        the strategy's attributes      } (server/rounds.py)
-        states/<device>.pkl        every device's personal state (hard links)
+        states/<device>.npz        every device's personal state (hard links)
 
 A checkpoint is written into a temporary folder and renamed into place; only then is the
 one before renamed away and removed (by a background thread: freeing the inodes of

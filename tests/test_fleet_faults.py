@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import time
 
 import numpy as np
 import psutil
 import pytest
 
-from device_runtime.device import initial_weights
+from device_runtime.device import initial_weights, load_state
 from device_runtime.errors import ConfigError
 from experiments.data import make_fleet_data
 from experiments.fleet import DeviceProfile, FleetEngine, Job
@@ -60,11 +59,10 @@ def _run(eng: FleetEngine, key: str, fault: str | None = None) -> tuple[dict, di
 
 
 def _state(eng: FleetEngine, key: str, device: int) -> dict | None:
-    path = os.path.join(eng.workdir, "states", key, f"{device}.pkl")
+    path = os.path.join(eng.workdir, "states", key, f"{device}.npz")
     if not os.path.exists(path):
         return None
-    with open(path, "rb") as f:
-        return pickle.load(f)[0]
+    return load_state(path)[0]
 
 
 def _assert_others_unaffected(eng: FleetEngine, ref: dict, got: dict, ref_key: str,

@@ -53,11 +53,12 @@ def state_from_arrays(saved: Arrays) -> tuple[Arrays, dict[str, float]]:
     return {k: v for k, v in saved.items() if not k.startswith(META)}, meta
 
 
-def save_state(state: DeviceState, path: str) -> None:
-    """The persistent part of the state as one ``.npz``, atomically (no pickle)."""
+def save_state(state: DeviceState, path: str, fsync: bool = True) -> None:
+    """The persistent part of the state as one private (0600) ``.npz``, atomically (no
+    pickle); ``fsync=False`` where surviving a kill is enough (the fleet's workers)."""
     from ..weights import save_npz_atomic
 
-    save_npz_atomic(path, state_arrays(state))
+    save_npz_atomic(path, state_arrays(state), fsync)
 
 
 def load_state(path: str) -> tuple[Arrays, dict[str, float]]:

@@ -63,7 +63,7 @@ class FleetEngine:
         while the workers start (so making the data overlaps with their warm-up).
         ``faults``: a :class:`FaultPlan` or the ``[faults]`` table of the experiment config
         (drawn from ``seed`` unless it has its own). ``state_dir``: where the workers keep
-        device states, ``<state_dir>/<run_key>/<device>.pkl`` (default: in ``workdir``)."""
+        device states, ``<state_dir>/<run_key>/<device>.npz`` (default: in ``workdir``)."""
         self.state_dir = state_dir or ""
         if isolation not in ("worker", "fork"):
             raise ConfigError(f"isolation must be worker or fork, got {isolation!r}")

@@ -41,7 +41,7 @@ class Setup:
 
     store_path: str
     isolation: str  # "worker": in the worker process; "fork": in a child forked per device
-    state_dir: str  # device states: <state_dir>/<run_key>/<device>.pkl
+    state_dir: str  # device states: <state_dir>/<run_key>/<device>.npz
 
 
 @dataclass(frozen=True)

@@ -107,29 +107,27 @@ class Worker:
         self.options = Options()  # FaultPlan.options()
 
     def _state_path(self, run_key: str, device: int) -> str:
-        return os.path.join(self.state_dir, run_key, f"{device}.pkl")
+        return os.path.join(self.state_dir, run_key, f"{device}.npz")
 
     def state_for(self, run_key: str, device: int, settings: DeviceSettings) -> Any:
         """Device ``device``'s state: its data from the store, its settings, its stored state."""
-        from device_runtime.device import DeviceData, DeviceState
+        from device_runtime.device import DeviceData, DeviceState, load_state
 
         x, y, xt, yt = self.store.read(device)
         arrays, meta = {}, {}
         path = self._state_path(run_key, device)
         if os.path.exists(path):
-            with open(path, "rb") as f:
-                arrays, meta = pickle.load(f)
+            arrays, meta = load_state(path)
         # a copy: a device (or a "cap" fault) may change its settings while it runs
         return DeviceState(device, DeviceData(x, y, xt, yt), replace(settings), arrays, meta)
 
     def save_state(self, run_key: str, device: int, state: Any) -> None:
+        """The device runtime's own state file (private, atomic; no pickle)."""
+        from device_runtime.device import save_state
+
         path = self._state_path(run_key, device)
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        # private (0600), whatever the umask: a device's personal layers are its own
-        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump((state.arrays, state.meta), f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(path + ".tmp", path)
+        save_state(state, path, fsync=False)
 
     def task(self, task: Task) -> Result:
         """Run one task; its Result (the device's reply, or why there is none)."""
