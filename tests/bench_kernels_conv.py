@@ -107,7 +107,11 @@ def main() -> None:
 
     from device_runtime.kernels._jit import PARALLEL, USE_NUMBA
     from device_runtime.kernels.conv import (
-        bias_grad_nchw, chunk_to_nchw_bias, col2im, im2col, nchw_to_chunk,
+        bias_grad_nchw,
+        chunk_to_nchw_bias,
+        col2im,
+        im2col,
+        nchw_to_chunk,
     )
 
     x, wt, bias, dy = _data(nb)

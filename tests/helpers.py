@@ -31,7 +31,8 @@ class GradCapture(Optimizer):
         self.sizes = dict(params)
 
 
-def loss_and_grads(model: Model, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+def loss_and_grads(model: Model, x: np.ndarray, y: np.ndarray
+                   ) -> tuple[float, dict[str, np.ndarray]]:
     """One training-mode forward/backward on the whole of ``x`` (one batch)."""
     opt = model.optimizer
     assert isinstance(opt, GradCapture)

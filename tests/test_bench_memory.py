@@ -15,7 +15,8 @@ MIB = 1024 * 1024
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
 
-def test_memory_benchmark_runs_on_lenet5(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_memory_benchmark_runs_on_lenet5(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
     # Prepare
     out = tmp_path / "bench.json"
     frameworks = "nnfleet,torch" if HAVE_TORCH else "nnfleet"

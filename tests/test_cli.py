@@ -53,7 +53,8 @@ def test_train_json_and_save(tmp_path):
     y = rng.integers(0, 10, 64)
     np.savez(tmp_path / "d.npz", x=x, y=y)
     p = run("train", "mlp", "--data", str(tmp_path / "d.npz"), "--steps", "4", "--batch-size", "16",
-            "--optimizer", "adam", "--lr", "0.001", "--no-shuffle", "--save", str(tmp_path / "w.npz"),
+            "--optimizer", "adam", "--lr", "0.001", "--no-shuffle",
+            "--save", str(tmp_path / "w.npz"),
             "--json")
     assert p.returncode == 0, p.stderr
     d = last_json(p.stdout)
@@ -64,7 +65,8 @@ def test_train_json_and_save(tmp_path):
     w = np.load(tmp_path / "w.npz")
     assert w["fc1:weight"].shape == (784, 256)
     # --init with the saved weights and no shuffle: same first loss as a Python run from them
-    p2 = run("train", "mlp", "--data", str(tmp_path / "d.npz"), "--steps", "1", "--batch-size", "16",
+    p2 = run("train", "mlp", "--data", str(tmp_path / "d.npz"), "--steps", "1",
+             "--batch-size", "16",
              "--init", str(tmp_path / "w.npz"), "--no-shuffle", "--json")
     import device_runtime as dr
     m = dr.build("mlp")
@@ -108,7 +110,8 @@ Activation = softmax
 
 BAD_INI = {
     "malformed": ("[Model\nType = x\n", "not a valid INI"),
-    "unknown_layer": ("[in]\nType = input\nInput_Shape = 4\n[x]\nType = frobnicate\n", "frobnicate"),
+    "unknown_layer": ("[in]\nType = input\nInput_Shape = 4\n[x]\nType = frobnicate\n",
+                      "frobnicate"),
     "shape_mismatch": ("[in]\nType = input\nInput_Shape = 1:4:4\n[a]\nType = conv2d\nfilters = 2\n"
                        "kernel_size = 3\npadding = same\n[b]\nType = conv2d\nfilters = 3\n"
                        "kernel_size = 3\npadding = same\ninput_layers = in\n"
@@ -142,7 +145,8 @@ def test_bad_data_and_values(tmp_path):
     assert_one_line_error(run("train", "mlp", "--data", str(tmp_path / "badlab.npz"),
                               "--batch-size", "8"), "class ids")
     (tmp_path / "garbage.npz").write_bytes(b"not a zip")
-    assert_one_line_error(run("train", "mlp", "--data", str(tmp_path / "garbage.npz")), "garbage.npz")
+    assert_one_line_error(run("train", "mlp", "--data", str(tmp_path / "garbage.npz")),
+                          "garbage.npz")
     assert_one_line_error(run("train", "mlp", "--data", str(tmp_path / "missing.npz")), "not found")
     assert_one_line_error(run("train", "mlp", "--optimizer", "rmsprop"), "rmsprop")
     assert_one_line_error(run("train", "mlp", "--lr", "-1"), "--lr")
@@ -156,7 +160,8 @@ def test_bad_weights_file_loses_nothing(tmp_path):
     assert_one_line_error(run("train", "mlp", "--init", str(tmp_path / "w.npz")), "fc1:weight")
     # a failing run never leaves a half-written --save file
     out = tmp_path / "out.npz"
-    assert_one_line_error(run("train", "mlp", "--init", str(tmp_path / "w.npz"), "--save", str(out)),
+    assert_one_line_error(run("train", "mlp", "--init", str(tmp_path / "w.npz"),
+                              "--save", str(out)),
                           "fc1:weight")
     assert not out.exists()
 

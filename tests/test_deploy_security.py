@@ -33,7 +33,13 @@ pytest.importorskip("cryptography")
 psutil = pytest.importorskip("psutil")
 
 # test_flower's helpers, and its mark: skipped without flower-superlink
-from tests.test_flower import _app_config, _exe, _free_port, _wait_port, pytestmark  # noqa: F401
+from tests.test_flower import (  # noqa: E402, F401 (after the skips above)
+    _app_config,
+    _exe,
+    _free_port,
+    _wait_port,
+    pytestmark,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAG = "NNFLEET_DEPLOY_TEST"  # environment tag of every process this test starts

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from device_runtime import build
 from device_runtime import weights as weights_mod
-from experiments.cli import main
 from device_runtime.model import Model
+from experiments.cli import main
 from tests.fuzzing import (
     TALLY,
     fuzz_report,  # noqa: F401 (an autouse fixture)

@@ -18,8 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from device_runtime import weights as weights_mod
-from device_runtime.modelspec import load_model
 from device_runtime.errors import ConfigError
+from device_runtime.modelspec import load_model
 from experiments.config import DATA_KINDS, DEVICE, PARTITIONS, check_config, load_config
 from experiments.data.kinds import KIND_PARAMS, PARTITION_PARAMS
 from experiments.fleet.faults import FaultPlan

@@ -114,7 +114,8 @@ class Worker:
         from device_runtime.device import DeviceData, DeviceState, load_state
 
         x, y, xt, yt = self.store.read(device)
-        arrays, meta = {}, {}
+        arrays: dict[str, Any] = {}
+        meta: dict[str, float] = {}
         path = self._state_path(run_key, device)
         if os.path.exists(path):
             arrays, meta = load_state(path)
