@@ -3,7 +3,8 @@
 Each case is ``input -> fully_connected "pre" -> layer under test [-> ...]`` with an MSE
 loss (embedding: ids in, a fully connected head after). The layer's own weight gradients
 are compared directly; the derivative it passes upstream is compared through ``pre``'s
-weight gradient (``x^T @ dx``), so a wrong ``calc_derivative`` shows up too. The forward output is compared as well.
+weight gradient (``x^T @ dx``), so a wrong ``calc_derivative`` shows up too. The forward
+output is compared as well.
 
 Tolerances (float32 on both sides; worst cases measured over this file in brackets):
 outputs ``rtol=1e-5, atol=1e-6`` [2.7e-7 abs], loss ``rtol=1e-5`` [1e-7 rel], gradients
