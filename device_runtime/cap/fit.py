@@ -2,18 +2,25 @@
 
 The budget for the step pool is ``cap - baseline RSS - optimizer state - margin``, where
 the baseline is measured after imports, model build and kernel warm-up, and the margin
-covers what no plan describes (Python objects, BLAS buffers, allocator slack).
+covers what no plan describes (Python objects, BLAS buffers, allocator slack). The plan
+that fits is kept in the :class:`Decision`: the training executor runs exactly it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from .errors import MemoryCapExceeded
-from .stepplan import StepPlan
-from .swap import SwapSlot
-from . import switches
+from .. import rss, switches
+from ..errors import MemoryCapExceeded
+from ..graph import Graph
+from ..stepplan import StepPlan
+from ..swap import SwapSlot
+from .warmup import warm_up_model
+
+if TYPE_CHECKING:
+    from ..model import Model
 
 # What no plan describes once the model is warmed up (Python objects, allocator slack):
 # measured +0.0 to +0.7 MiB over the plan on every row of the memory benchmark.
@@ -22,7 +29,10 @@ MARGIN_BYTES = switches.integer("NNFLEET_CAP_MARGIN")
 
 @dataclass
 class Decision:
+    """What the cap fit chose: micro-batch, swapped blocks, and the plan itself."""
+
     batch: int  # micro-batch size (== batch size without accumulation)
+    step: StepPlan  # the chosen plan, laid out with ``slots`` swapped
     slots: list[SwapSlot] = field(default_factory=list)
     lookahead: int = 3  # swap prefetch distance that fits (less prefetch when tight)
     pool_bytes: int = 0
@@ -34,7 +44,7 @@ def _divisors_desc(n: int) -> list[int]:
     return [d for d in range(n, 0, -1) if n % d == 0]
 
 
-def fit_to_cap(make_graph: Callable[[int], Any], weights: Any, planner: str, batch: int,
+def fit_to_cap(make_graph: Callable[[int], Graph], planner: str, batch: int,
                cap: int, baseline: int, state_bytes: int, accum_bytes: int, swap: str,
                lookahead: int = 3, margin: int = MARGIN_BYTES) -> Decision:
     """Choose micro-batch and swap set so the planned step fits; raise if nothing does."""
@@ -56,7 +66,8 @@ def fit_to_cap(make_graph: Callable[[int], Any], weights: Any, planner: str, bat
             else:
                 choices = [[]]
             for slots in choices:
-                pool = ex.layout(slots)[0].pool_bytes
+                laid_out = ex.layout(slots)
+                pool = laid_out[0].pool_bytes
                 tried.append({"micro_batch": b, "lookahead": la, "swapped_blocks": len(slots),
                               "pool_bytes": pool, "budget_bytes": budget})
                 need = baseline + extra + margin + pool
@@ -65,8 +76,9 @@ def fit_to_cap(make_graph: Callable[[int], Any], weights: Any, planner: str, bat
                     continue
                 if slots and swap == "auto":
                     slots = _fewest_slots(ex, slots, budget)
-                    pool = ex.layout(slots)[0].pool_bytes
-                return Decision(b, slots, la, pool, extra, tried)
+                    laid_out = ex.layout(slots)
+                ex.use(slots, laid_out)
+                return Decision(b, ex, ex.slots, la, ex.plan.pool_bytes, extra, tried)
     raise MemoryCapExceeded(
         needed=best_need or 0, cap=cap,
         detail=f"no plan fits (baseline {baseline:,} bytes, tried batch {batch} down to 1, "
@@ -83,3 +95,29 @@ def _fewest_slots(ex: StepPlan, cands: list[SwapSlot], budget: int) -> list[Swap
         else:
             lo = mid + 1
     return cands[:lo]
+
+
+def fit_model(model: Model, cap: int, baseline_rss: int | None = None) -> tuple[int, Decision]:
+    """Warm ``model`` up, measure the baseline RSS (unless given) and fit its compiled
+    training step into ``cap``: ``(baseline, decision)``; raise if nothing fits."""
+    warm_up_model(model)  # JIT code is part of the baseline, and must be loaded before it
+    rss.release_heap()
+    baseline = baseline_rss if baseline_rss is not None else rss.current_rss()
+    # Planning itself leaves heap behind (about 1 MiB for resnet18, less once freed pages
+    # are given back): a first fit, thrown away, shows how much; the baseline counts it,
+    # and the fit whose plan is kept reuses that heap.
+    fit_step(model, cap, baseline)
+    rss.release_heap()
+    baseline = max(baseline, rss.current_rss())
+    return baseline, fit_step(model, cap, baseline)
+
+
+def fit_step(model: Model, cap: int, baseline: int) -> Decision:
+    """Fit ``model``'s training step at its compiled batch size, swap setting and
+    lookahead into ``cap`` bytes over ``baseline``."""
+    opt = model.optimizer
+    assert opt is not None, "compile() the model before fitting it to a cap"
+    trainable = sum(p.size for p in model.weights.params.values() if p.trainable)
+    return fit_to_cap(lambda b: model._graph(b, backward=True, with_loss=True), model.planner,
+                      model.batch_size, cap, baseline, opt.state_bytes, 4 * trainable,
+                      model.swap, model.lookahead)
