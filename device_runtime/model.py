@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 
 from . import report, switches, training
-from .cap import Decision, fit_model, fit_step, warm_up_model
+from .cap import Decision, fit_model, take_plan, warm_up_model
 from .errors import ConfigError, ModelError
 from .executor import Executor
 from .graph import Graph
-from .layers import create_layer, create_loss
+from .layers import create_layer, create_loss, resolve_loss
 from .layers.base import FinalizeContext
 from .layers.core import Input
-from .layers.loss import CrossEntropySoftmax
+from .layers.loss import CrossEntropySoftmax, apply_folded
 from .optimizers import Accumulator, Optimizer, create_optimizer
 from .planner import DEFAULT_STRATEGY
 from .stepplan import StepPlan
@@ -59,7 +59,9 @@ class Model:
                  name: str = "model") -> None:
         self.specs = list(layers)
         self.name = name
-        self.loss_name = self._resolve_loss(loss)
+        last = self.specs[-1]
+        self.loss_name = resolve_loss(loss, last.type, last.props.get("activation",
+                                                                      last.props.get("type")))
         self.seed = seed
         self.label_kind = "index" if self.loss_name == "cross_softmax" else "dense"
         # how training graphs are built (tests and benchmarks switch these)
@@ -86,7 +88,8 @@ class Model:
         self._tv: dict[str, np.ndarray] | None = None
         # RAM cap state (set by compile and fit); defaults so reports work before them
         self.ram_cap: int | None = None
-        self.swap, self.lookahead, self.swap_dir = "off", 3, None
+        self.swap, self.lookahead = "off", 3
+        self.swap_dir: str | None = None
         self.micro_batch = 0
         self.decision: Decision | None = None  # what the cap fit chose
         self.baseline_rss: int | None = None
@@ -95,14 +98,6 @@ class Model:
         self.guard_overhead = 0.0
 
     # ------------------------------------------------------------------ graphs
-    def _resolve_loss(self, loss: str) -> str:
-        name = str(loss).strip().lower()
-        if name == "cross":  # NNTrainer: cross-entropy after the last layer's activation
-            last = str(self.specs[-1].props.get("activation", self.specs[-1].props.get("type", "")))
-            name = "cross_sigmoid" if "sigmoid" in (last.lower(), self.specs[-1].type.lower()) \
-                else "cross_softmax"
-        return create_loss(name).type
-
     def _context(self, batch: int, backward: bool, with_loss: bool) -> FinalizeContext:
         return FinalizeContext(batch, backward, recompute=backward and self.recompute,
                                label_kind=self.label_kind if with_loss else None)
@@ -155,9 +150,7 @@ class Model:
         self._train = None
         self._infer = {}
         self.ram_cap, self.swap, self.lookahead, self.swap_dir = ram_cap, swap, lookahead, swap_dir
-        self.micro_batch = self.batch_size
-        self.cap_exceeded = False
-        self.peak_rss = 0
+        self.micro_batch, self.cap_exceeded, self.peak_rss = self.batch_size, False, 0
         self.decision = None
         if ram_cap is not None:
             self.baseline_rss, self.decision = fit_model(self, ram_cap, baseline_rss)
@@ -188,22 +181,11 @@ class Model:
         return self._train
 
     def _train_plan(self) -> StepPlan:
-        """The training step's plan: under a cap the one the cap fit chose (fitted again
-        when it was made for other labels or settings), else the compiled settings'."""
-        if self.ram_cap is None:
-            g = self._graph(self.micro_batch, backward=True, with_loss=True)
-            return StepPlan(g, self.planner, "on" if self.swap == "on" else "off",
-                            self.lookahead)
-        d = self.decision
-        g = d.step.graph if d is not None and d.step is not None else None
-        if d is None or g is None or g.context != self._context(self.micro_batch, True, True) \
-                or g.fuse_apply != bool(self.fuse_apply and not self.clip_grad_norm):
-            assert self.baseline_rss is not None
-            d = self.decision = fit_step(self, self.ram_cap, self.baseline_rss)
-            self.micro_batch = d.batch
-        step, d.step = d.step, None  # the executor owns it from now on
-        assert step is not None
-        return step
+        """Under a cap the plan the cap fit chose, else one for the compiled settings."""
+        if self.ram_cap is not None:
+            return take_plan(self)
+        g = self._graph(self.micro_batch, backward=True, with_loss=True)
+        return StepPlan(g, self.planner, "on" if self.swap == "on" else "off", self.lookahead)
 
     def warm_up(self) -> None:
         """Run one step at batch 1 that changes nothing, so every one-time cost of this
@@ -289,25 +271,23 @@ class Model:
             ex.set_source(xs, None)
             ex.run(np.arange(s, e, dtype=np.int64))
             out[s:e] = ex.output
-        if self.folded_activation == "softmax":
-            z = out - out.max(axis=-1, keepdims=True)
-            np.exp(z, out=z)
-            out = z / z.sum(axis=-1, keepdims=True)
-        elif self.folded_activation == "sigmoid":
-            out = 1.0 / (1.0 + np.exp(-out))
-        return out
+        return apply_folded(self.folded_activation, out)
 
     # ------------------------------------------------------------------ weights
     def save_weights(self, path: str) -> None:
+        """Write every parameter to an ``.npz`` (keys ``<layer>:<param>``)."""
         self.weights.save(path)
 
     def load_weights(self, path: str, strict: bool = True) -> None:
+        """Read parameters from an ``.npz``; ``strict`` wants every key, no other."""
         self.weights.load(path, strict=strict)
 
     def get_weights(self) -> dict[str, np.ndarray]:
+        """A copy of every parameter, by key."""
         return self.weights.state()
 
     def set_weights(self, arrays: dict[str, np.ndarray], strict: bool = True) -> None:
+        """Copy ``arrays`` into the parameters (``strict``: every key, no other)."""
         self.weights.load_state(arrays, strict=strict)
 
     # ------------------------------------------------------------------ reporting

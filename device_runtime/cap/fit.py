@@ -22,6 +22,8 @@ from .warmup import warm_up_model
 if TYPE_CHECKING:
     from ..model import Model
 
+__all__ = ["MARGIN_BYTES", "Decision", "fit_model", "fit_step", "fit_to_cap", "take_plan"]
+
 # What no plan describes once the model is warmed up (Python objects, allocator slack):
 # measured +0.0 to +0.7 MiB over the plan on every row of the memory benchmark.
 MARGIN_BYTES = switches.integer("NNFLEET_CAP_MARGIN")
@@ -32,7 +34,7 @@ class Decision:
     """What the cap fit chose: micro-batch, swapped blocks, and the plan itself."""
 
     batch: int  # micro-batch size (== batch size without accumulation)
-    step: StepPlan  # the chosen plan, laid out with ``slots`` swapped
+    step: StepPlan | None  # the chosen plan, laid out with ``slots`` (None once taken)
     slots: list[SwapSlot] = field(default_factory=list)
     lookahead: int = 3  # swap prefetch distance that fits (less prefetch when tight)
     pool_bytes: int = 0
@@ -121,3 +123,20 @@ def fit_step(model: Model, cap: int, baseline: int) -> Decision:
     return fit_to_cap(lambda b: model._graph(b, backward=True, with_loss=True), model.planner,
                       model.batch_size, cap, baseline, opt.state_bytes, 4 * trainable,
                       model.swap, model.lookahead)
+
+
+def take_plan(model: Model) -> StepPlan:
+    """The plan the cap fit chose, for ``model``'s training executor to run (it takes it
+    over: one plan, one executor). Fitted again, over the measured baseline, when it was
+    made for other settings (labels switched by the data, micro-batch or fusion set by
+    hand)."""
+    d, cap, base = model.decision, model.ram_cap, model.baseline_rss
+    assert cap is not None and base is not None, "compile() the model with a RAM cap first"
+    g = d.step.graph if d is not None and d.step is not None else None
+    if d is None or g is None or g.context != model._context(model.micro_batch, True, True) \
+            or g.fuse_apply != bool(model.fuse_apply and not model.clip_grad_norm):
+        d = model.decision = fit_step(model, cap, base)
+        model.micro_batch = d.batch
+    step, d.step = d.step, None
+    assert step is not None
+    return step

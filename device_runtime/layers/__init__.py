@@ -59,6 +59,16 @@ def create_loss(name: str) -> Loss:
     return LOSSES[n](f"loss/{n}")
 
 
+def resolve_loss(name: str, last_type: str, last_activation: Any) -> str:
+    """The loss's canonical name; NNTrainer's ``cross`` is cross-entropy after the last
+    layer's activation (sigmoid, else softmax)."""
+    n = str(name).strip().lower()
+    if n == "cross":
+        last = str(last_activation if last_activation is not None else "").lower()
+        n = "cross_sigmoid" if "sigmoid" in (last, last_type.lower()) else "cross_softmax"
+    return create_loss(n).type
+
+
 __all__ = [
     "AG",
     "CD",
@@ -85,4 +95,5 @@ __all__ = [
     "Reshape",
     "create_layer",
     "create_loss",
+    "resolve_loss",
 ]

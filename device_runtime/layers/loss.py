@@ -130,6 +130,17 @@ class CrossEntropySigmoid(Loss):
             K.sigmoid_xent_bwd(self.x1, self.l1, self.dx1)
 
 
+def apply_folded(act: str | None, out: np.ndarray) -> np.ndarray:
+    """Apply to model outputs the activation a loss folded in (``Loss.folds``)."""
+    if act == "softmax":
+        z = out - out.max(axis=-1, keepdims=True)
+        np.exp(z, out=z)
+        return z / z.sum(axis=-1, keepdims=True)
+    if act == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-out))
+    return out
+
+
 LOSSES = {"mse": MSE, "cross_softmax": CrossEntropySoftmax, "cross_sigmoid": CrossEntropySigmoid}
 LOSS_ALIASES = {"cross_entropy": "cross_softmax", "cross_entropy_softmax": "cross_softmax",
                 "cross_entropy_sigmoid": "cross_sigmoid", "bce": "cross_sigmoid",
