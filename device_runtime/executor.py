@@ -34,7 +34,9 @@ __all__ = ["Executor", "Record"]
 
 class Executor:
     """A planned, bound graph for one batch size and mode (training or inference): runs
-    exactly the :class:`StepPlan` it is given."""
+    exactly the :class:`StepPlan` it is given (the executor takes it over: its layers are
+    bound to this executor's pool). ``poison`` defaults to ``NNFLEET_POISON``; swap files
+    go to ``swap_dir`` (default: see :func:`swap.default_swap_dir`)."""
 
     def __init__(self, step: StepPlan, weights: WeightStore, optimizer: Any = None,
                  poison: bool | None = None, swap_dir: str | None = None) -> None:
