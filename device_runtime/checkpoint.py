@@ -36,11 +36,11 @@ _ALIGN = 64
 
 
 def _layer_state(model: Model) -> dict[str, dict[str, int]]:
-    ex = getattr(model, "_train", None)
+    ex = model._train  # no training executor yet: no layer has run
     if ex is None:
         return {}
-    return {n.name: {"calls": int(n.layer.calls)} for n in ex.graph.nodes
-            if hasattr(n.layer, "calls")}
+    states = {n.name: n.layer.run_state() for n in ex.graph.nodes}
+    return {name: st for name, st in states.items() if st}
 
 
 def save_checkpoint(path: str, model: Model, epoch: int, iteration: int) -> None:
@@ -207,6 +207,6 @@ def load_checkpoint(path: str, model: Model) -> tuple[int, int]:
     if header.get("layer_state") and opt is not None:
         layers = {n.name: n.layer for n in model.train_executor.graph.nodes}
         for name, st in header["layer_state"].items():
-            if name in layers and hasattr(layers[name], "calls"):
-                layers[name].calls = int(st["calls"])
+            if name in layers and layers[name].run_state():
+                layers[name].load_run_state(st)
     return int(header["epoch"]), int(header["iteration"])

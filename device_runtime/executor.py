@@ -1,11 +1,9 @@
-"""Turn a graph into tensors with intervals, plan them into one pool, and run steps.
+"""Run a planned step: one pool for every tensor, views bound to the layers, a program.
 
-Every tensor of a step (layer outputs, their derivatives, weight gradients, scratch and
-labels) is a view into one preallocated pool. A tensor's validity interval is the
-half-open range ``[first order it is used, last order + 1)``. In-place layers make their
-output a view of their input (and their input derivative a view of their output
-derivative): such tensors are grouped, and a group is planned as one block whose
-interval covers all of its members.
+The :class:`~device_runtime.stepplan.StepPlan` says where every tensor of a step lives
+(records, blocks, swapped and rebuilt blocks, offsets); the executor holds that plan,
+maps the pool, hands each layer its views, and turns the execution orders into a flat
+list of calls (with swap I/O and replays at their orders).
 """
 
 from __future__ import annotations
@@ -19,41 +17,43 @@ from typing import Any
 import numpy as np
 
 from . import planner as P
-from .graph import Graph
+from . import switches
+from .errors import MemoryCapExceeded
 from .kernels import optim as KO
-from .layers.base import AG, CD, CG, F
+from .layers.base import AG, CD, CG, Binding, F
 from .layers.core import Input
 from .layers.loss import Loss
 from .stepplan import Record, StepPlan
 from .swap import PAGE, SwapDevice
-from .errors import MemoryCapExceeded
 from .weights import WeightStore, memory_available
-from . import switches
 
 POISON = switches.flag("NNFLEET_POISON")
 
 __all__ = ["Executor", "Record"]
 
 
-class Executor(StepPlan):
-    """A planned, bound graph for one batch size and mode (training or inference)."""
+class Executor:
+    """A planned, bound graph for one batch size and mode (training or inference): runs
+    exactly the :class:`StepPlan` it is given (the executor takes it over: its layers are
+    bound to this executor's pool). ``poison`` defaults to ``NNFLEET_POISON``; swap files
+    go to ``swap_dir`` (default: see :func:`swap.default_swap_dir`)."""
 
-    def __init__(self, graph: Graph, weights: WeightStore, planner: str = P.DEFAULT_STRATEGY,
-                 optimizer: Any = None, poison: bool = POISON, swap: Any = "off",
-                 lookahead: int = 3, swap_dir: str | None = None,
-                 min_swap_bytes: int = 64 * 1024, allocate: bool = True) -> None:
-        super().__init__(graph, planner, swap, lookahead, min_swap_bytes)
+    def __init__(self, step: StepPlan, weights: WeightStore, optimizer: Any = None,
+                 poison: bool | None = None, swap_dir: str | None = None) -> None:
+        self.step = step
+        self.graph = step.graph
+        self.training = step.training
+        self.slots = step.slots
         self.weights = weights
         self.optimizer = optimizer
         self.swap_device: SwapDevice | None = None
         self.guard: Any = None
-        if not allocate:
-            return
-        self._allocate(poison)
+        self.last_grad_norm: float | None = None
+        self._allocate(POISON if poison is None else poison)
         if self.slots:
             off = 0
             for slot in self.slots:
-                slot.nbytes = P.align(self.sizes[slot.group], PAGE)
+                slot.nbytes = P.align(step.sizes[slot.group], PAGE)
                 slot.file_offset = off
                 off += slot.nbytes
             self.swap_device = SwapDevice(off, swap_dir)
@@ -64,7 +64,7 @@ class Executor(StepPlan):
         # An anonymous mapping of its own: page-aligned, untouched until used (so RSS
         # shows what a step really touches), and given back to the OS when freed, never
         # served from heap memory that malloc already holds.
-        n = self.plan.pool_bytes
+        n = self.step.plan.pool_bytes
         avail = memory_available()
         if n > avail:  # refuse before mapping: a touched pool beyond it ends in the OOM killer
             raise MemoryCapExceeded(n, avail, "the step's pool does not fit this machine "
@@ -75,33 +75,36 @@ class Executor(StepPlan):
             self.pool.fill(0xFF)
 
     def view(self, i: int) -> np.ndarray:
-        rec = self.records[i]
-        off = self.plan.offsets[self.group_of[self._find(i)]]
+        """Record ``i`` of the step plan as an array in the pool."""
+        rec = self.step.records[i]
+        off = self.step.plan.offsets[self.step.group(i)]
         return self.pool[off:off + rec.nbytes].view(rec.dtype).reshape(rec.shape)
+
+    def _maybe_view(self, i: int | None) -> np.ndarray | None:
+        return None if i is None else self.view(i)
 
     # ------------------------------------------------------------------ binding
     def _bind(self) -> None:
+        st = self.step
         for node in self.graph.nodes:
             lay = node.layer
-            io = lay.io
-            io.x = [self.view(self.out_rec[r]) for r in node.inputs]
-            io.dx = [None if self.dout_rec[r] is None or not lay.has_cd
-                     else self.view(self.dout_rec[r]) for r in node.inputs]
-            io.y = [self.view(self.out_rec[(node.name, k)]) for k in range(len(lay.out_shapes))]
-            io.dy = [None if self.dout_rec[(node.name, k)] is None
-                     else self.view(self.dout_rec[(node.name, k)])
-                     for k in range(len(lay.out_shapes))]
-            lay.w = {w.name: self.weights.get(f"{lay.name}:{w.name}") for w in lay.weights}
-            lay.g = {wn: self.view(i) for (nn, wn), i in self.grad_rec.items() if nn == node.name}
-            lay.t = {tn: self.view(i) for (nn, tn), i in self.own_rec.items() if nn == node.name}
-            if lay.fused:
-                lay.apply = self._applier(lay)  # type: ignore[method-assign]
-            lay.bind()
+            outs = [(node.name, k) for k in range(len(lay.out_shapes))]
+            lay.attach(Binding(
+                x=[self.view(st.out_rec[r]) for r in node.inputs],
+                dx=[self._maybe_view(st.dout_rec[r]) if node.has_cd else None
+                    for r in node.inputs],
+                y=[self.view(st.out_rec[ref]) for ref in outs],
+                dy=[self._maybe_view(st.dout_rec[ref]) for ref in outs],
+                w={w.name: self.weights.get(f"{lay.name}:{w.name}") for w in lay.weights},
+                g={wn: self.view(i) for (nn, wn), i in st.grad_rec.items() if nn == node.name},
+                t={tn: self.view(i) for (nn, tn), i in st.own_rec.items() if nn == node.name},
+                has_cg=node.has_cg, has_cd=node.has_cd, fused=node.fused,
+                apply=self._applier(lay.name) if node.fused else None))
         self.inputs = [n.layer for n in self.graph.nodes if isinstance(n.layer, Input)]
         losses = [n.layer for n in self.graph.nodes if isinstance(n.layer, Loss)]
         self.loss: Loss | None = losses[0] if losses else None
         ref = self.graph.nodes[-1].inputs[0] if self.loss is not None else self.graph.outputs()[0]
-        self.output = self.view(self.out_rec[ref])
+        self.output = self.view(st.out_rec[ref])
 
     def _build_program(self) -> None:
         prog: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
@@ -110,9 +113,10 @@ class Executor(StepPlan):
         pre: dict[int, list[tuple[int, Callable[..., None], tuple[Any, ...]]]] = {}
         post: dict[int, list[tuple[Callable[..., None], tuple[Any, ...]]]] = {}
         dev = self.swap_device
+        st = self.step
         for slot in self.slots:
             # the whole page-rounded slot moves, so O_DIRECT sees aligned lengths
-            off = self.plan.offsets[slot.group]
+            off = st.plan.offsets[slot.group]
             view = self.pool[off:off + slot.nbytes]
             wdone, rdone = threading.Event(), threading.Event()
             wdone.set()
@@ -124,7 +128,7 @@ class Executor(StepPlan):
             pre.setdefault(slot.write_done, []).append((0, dev.wait, (wdone,)))
             pre.setdefault(slot.read_at, []).append((1, dev.submit, ("r", view, slot.file_offset, rdone)))
             pre.setdefault(slot.need_at, []).append((2, dev.wait, (rdone,)))
-        for need, chain, _ in sorted(self.recomputed.values(), key=lambda r: r[2][0][0]):
+        for need, chain, _ in sorted(st.recomputed.values(), key=lambda r: r[2][0][0]):
             pre.setdefault(need, []).extend((3, lay.replay, ()) for lay in chain)
         pre_ops = {o: [(fn, args) for _, fn, args in sorted(ops, key=lambda op: op[0])]
                    for o, ops in pre.items()}
@@ -135,9 +139,9 @@ class Executor(StepPlan):
                 prog.extend(post.get(last, []))
                 prog.extend(pre_ops.get(order, []))
                 last = order
-            if phase in (CG, CD) and node.name in self.zero_douts and node.name not in zeroed:
+            if phase in (CG, CD) and node.name in st.zero_douts and node.name not in zeroed:
                 zeroed.add(node.name)
-                for d in self.zero_douts[node.name]:
+                for d in st.zero_douts[node.name]:
                     prog.append((self.view(d).fill, (0.0,)))
             if phase == F:
                 if isinstance(lay, Input):
@@ -160,10 +164,10 @@ class Executor(StepPlan):
                                      (key, lay.w[w.name].reshape(-1), lay.g[w.name].reshape(-1))))
         prog.extend(post.get(last, []))
         self.program = prog
-        self.all_grads = [self.view(i).reshape(-1) for i in self.grad_rec.values()]
+        self.all_grads = [self.view(i).reshape(-1) for i in st.grad_rec.values()]
 
-    def _applier(self, lay: Any) -> Callable[[str, int, np.ndarray, np.ndarray], None]:
-        opt, prefix = self.optimizer, lay.name + ":"
+    def _applier(self, layer_name: str) -> Callable[[str, int, np.ndarray, np.ndarray], None]:
+        opt, prefix = self.optimizer, layer_name + ":"
 
         def apply(wname: str, start: int, w: np.ndarray, g: np.ndarray) -> None:
             opt.apply(prefix + wname, w, g, start)
@@ -215,16 +219,18 @@ class Executor(StepPlan):
 
     # ------------------------------------------------------------------ reporting
     def table(self) -> list[dict[str, Any]]:
+        """One row per tensor of the step: kind, shape, bytes, interval, offset, block."""
+        st = self.step
         rows = []
         swapped = {s.group for s in self.slots}
-        rebuilt = set(self.recomputed)
-        for i, rec in enumerate(self.records):
-            g = self.group_of[self._find(i)]
-            iv = self.intervals[g]
+        rebuilt = set(st.recomputed)
+        for i, rec in enumerate(st.records):
+            g = st.group(i)
+            iv = st.intervals[g]
             rows.append({"name": rec.name, "kind": rec.kind, "shape": list(rec.shape),
                          "dtype": str(rec.dtype), "bytes": rec.nbytes,
                          "interval": [iv[0][0], iv[-1][1]], "stretches": [list(p) for p in iv],
-                         "offset": self.plan.offsets[g], "group": g, "swapped": g in swapped,
+                         "offset": st.plan.offsets[g], "group": g, "swapped": g in swapped,
                          "recomputed": g in rebuilt})
         return rows
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from .errors import ModelError
 from .layers import create_layer
-from .layers.base import AG, CD, CG, F, Layer, Shape
+from .layers.base import AG, CD, CG, F, FinalizeContext, Layer, Shape
 from .layers.loss import Loss
 
 # no tensor of a step may have more elements than this (2^40: 4 TiB of float32), so the
@@ -29,9 +29,14 @@ _REF = re.compile(r"^\s*([^()\s]+)\s*(?:\(\s*(\d+)\s*\))?\s*$")
 
 @dataclass
 class Node:
+    """One layer in the graph, with what the graph decided for it."""
+
     layer: Layer
     inputs: list[tuple[str, int]] = field(default_factory=list)  # (producer, output index)
     orders: dict[str, int] = field(default_factory=dict)  # phase -> execution order
+    has_cg: bool = False  # computes weight gradients
+    has_cd: bool = False  # computes input derivatives
+    fused: bool = False  # applies its gradients block by block in CG (no AG)
 
     @property
     def name(self) -> str:
@@ -41,19 +46,15 @@ class Node:
 class Graph:
     """A realized, finalized graph in topological order, with execution orders."""
 
-    def __init__(self, layers: list[Layer], loss: Loss | None, batch: int,
-                 backward: bool = True, clip_grad: float | None = None,
-                 fuse_apply: bool = True, recompute: bool = True) -> None:
+    def __init__(self, layers: list[Layer], loss: Loss | None, ctx: FinalizeContext,
+                 clip_grad: float | None = None, fuse_apply: bool = True) -> None:
         if not layers:
             raise ModelError("the model has no layers")
-        if batch < 1:
-            raise ModelError(f"batch size must be >= 1, got {batch}")
-        self.batch = batch
-        self.backward = backward
-        for lay in layers:
-            lay.batch = batch  # the input layers need it to shape their outputs
-            # batch-norm keeps its input and recomputes what it needs (training only)
-            lay.recompute = backward and recompute
+        if ctx.batch < 1:
+            raise ModelError(f"batch size must be >= 1, got {ctx.batch}")
+        self.context = ctx
+        self.batch = ctx.batch
+        self.backward = backward = ctx.training
         self.nodes = _realize(layers)
         self.folded_activation: str | None = None
         if loss is not None:
@@ -76,8 +77,9 @@ class Graph:
         last = next(n for n in self.nodes if n.name == prod)
         # A trailing softmax/sigmoid is folded into the matching cross-entropy (NNTrainer's
         # `loss = cross` does the same): the loss computes it stably from the logits.
-        act = getattr(last.layer, "act", None)
-        if loss.folds is not None and loss.folds == act and len(last.inputs) == 1 and not self._consumers(prod):
+        act = last.layer.activation_name()
+        if loss.folds is not None and loss.folds == act and len(last.inputs) == 1 \
+                and not self._consumers(prod):
             self.nodes.remove(last)
             self.folded_activation = act
             prod, idx = last.inputs[0]
@@ -106,11 +108,7 @@ class Graph:
             if not (lay.min_inputs <= len(in_shapes) <= lay.max_inputs):
                 raise lay.fail(f"takes {lay.min_inputs}..{lay.max_inputs} inputs, got "
                                f"{len(in_shapes)} ({[p for p, _ in node.inputs]})")
-            lay.in_shapes = in_shapes
-            outs = lay.finalize(in_shapes)
-            lay.out_shapes = [tuple(int(d) for d in s) for s in outs]
-            lay.num_outputs = len(outs)
-            for k, s in enumerate(lay.out_shapes):
+            for k, s in enumerate(lay.setup(in_shapes, self.context)):
                 if any(d <= 0 for d in s):
                     raise lay.fail(f"output shape {s} has a non-positive dimension "
                                    f"(input shapes {in_shapes})")
@@ -131,28 +129,28 @@ class Graph:
         k = len(self.nodes)
         for node in reversed(self.nodes):
             lay = node.layer
-            lay.has_cg = self.backward and lay.has_trainable_weights
-            lay.has_cd = self.backward and upstream_trainable[node.name]
-            lay.fused = bool(self.fuse_apply and lay.has_cg and lay.enable_fused_apply())
-            if lay.fused:  # CD reads the old weights, so it comes before the fused CG
-                if lay.has_cd:
+            node.has_cg = self.backward and lay.has_trainable_weights
+            node.has_cd = self.backward and upstream_trainable[node.name]
+            node.fused = bool(self.fuse_apply and node.has_cg and lay.enable_fused_apply())
+            if node.fused:  # CD reads the old weights, so it comes before the fused CG
+                if node.has_cd:
                     node.orders[CD] = k
                     k += 1
                 node.orders[CG] = k
                 k += 1
                 continue
-            if lay.has_cg:
+            if node.has_cg:
                 node.orders[CG] = k
                 k += 1
-            if lay.has_cd:
+            if node.has_cd:
                 node.orders[CD] = k
                 k += 1
-            if lay.has_cg and not self.clip_grad:
+            if node.has_cg and not self.clip_grad:
                 node.orders[AG] = k
                 k += 1
         if self.clip_grad:  # global-norm clipping needs every gradient before any update
             for node in reversed(self.nodes):
-                if node.layer.has_cg:
+                if node.has_cg:
                     node.orders[AG] = k
                     k += 1
         return k
@@ -251,7 +249,8 @@ def _insert_multiout(nodes: list[Node]) -> list[Node]:
     out: list[Node] = []
     for n in nodes:
         out.append(n)
-        for k in range(_num_outputs_hint(n.layer)):
+        # outputs are only known after finalize; a layer may announce its count earlier
+        for k in range(n.layer.declared_outputs):
             users = [(m, j) for m in nodes for j, r in enumerate(m.inputs) if r == (n.name, k)]
             if len(users) <= 1:
                 continue
@@ -261,8 +260,3 @@ def _insert_multiout(nodes: list[Node]) -> list[Node]:
             for idx, (m, j) in enumerate(users):
                 m.inputs[j] = (mo.name, idx)
     return out
-
-
-def _num_outputs_hint(layer: Layer) -> int:
-    """Outputs are only known after finalize; a layer may announce its count earlier."""
-    return int(getattr(layer, "declared_outputs", 1))

@@ -20,7 +20,6 @@ from .graph import Graph, Node
 from .layers.base import AG, CD, CG, F
 from .swap import PAGE, SwapSlot, find_slots, stretches
 
-
 # Layers that declare ``in_place_forward_only`` (conv, batch norm) write their output over
 # their input when they run no backward (frozen, inference). Off only to test that it
 # changes no number.
@@ -43,10 +42,15 @@ class Record:
 
 
 class StepPlan:
-    """Records, groups and the planned layout of one graph (no memory allocated)."""
+    """Records, groups and the planned layout of one graph (no memory allocated).
 
-    def __init__(self, graph: Graph, planner: str = P.DEFAULT_STRATEGY, swap: Any = "off",
+    ``swap`` is "off" (no block swapped) or "on" (every candidate); :meth:`use` lays the
+    step out with another set of swapped blocks (the cap fit tries several).
+    """
+
+    def __init__(self, graph: Graph, planner: str = P.DEFAULT_STRATEGY, swap: str = "off",
                  lookahead: int = 3, min_swap_bytes: int = 64 * 1024) -> None:
+        assert swap in ("off", "on"), f"swap must be off or on, got {swap!r}"
         self.graph = graph
         self.training = graph.backward
         self.strategy = planner
@@ -58,18 +62,23 @@ class StepPlan:
         self._groups()
         self._find_recompute()
         self.candidates = self.swap_candidates(min_swap_bytes) if self.training else []
-        if swap == "on":
-            chosen = self.candidates
-        elif swap in ("off", None, False):
-            chosen = []
-        else:
-            want = {tuple(w) for w in swap}  # (group, out_after) of each chosen gap
-            chosen = [c for c in self.candidates if (c.group, c.out_after) in want]
-        self.slots = chosen
-        self.plan, self.intervals = self.layout(chosen)
-        self.lower_bound = P.lower_bound(self.sizes, self.intervals, self.alignment)
         self.unswapped_lower_bound = P.lower_bound(self.sizes, self.hulls)
         self.naive_bytes = sum(P.align(s) for s in self.sizes)
+        self.use(self.candidates if swap == "on" else [])
+
+    def use(self, slots: list[SwapSlot],
+            laid_out: tuple[P.Plan, list[Any]] | None = None) -> StepPlan:
+        """Swap exactly ``slots`` (candidates of this plan) and lay the step out for them;
+        ``laid_out`` is what :meth:`layout` returned for them, when already computed."""
+        self.slots = list(slots)
+        self.plan, self.intervals = laid_out or self.layout(self.slots)
+        self.alignment = PAGE if self.slots else 64
+        self.lower_bound = P.lower_bound(self.sizes, self.intervals, self.alignment)
+        return self
+
+    def group(self, i: int) -> int:
+        """The block (alias group) record ``i`` lives in."""
+        return self.group_of[self._find(i)]
 
     def _new(self, name: str, shape: tuple[int, ...], dtype: Any, kind: str,
              uses: set[int]) -> int:
@@ -89,7 +98,7 @@ class StepPlan:
             for k, shape in enumerate(lay.out_shapes):
                 self.out_rec[(node.name, k)] = self._new(f"{node.name}:out{k}", shape, np.float32,
                                                          "output", {o[F]} | later)
-                needs_d = lay.has_cg or lay.has_cd
+                needs_d = node.has_cg or node.has_cd
                 self.dout_rec[(node.name, k)] = self._new(
                     f"{node.name}:dout{k}", shape, np.float32, "derivative",
                     {o[ph] for ph in (CG, CD) if ph in o}) if needs_d else None
@@ -100,7 +109,7 @@ class StepPlan:
                 if d is not None:
                     assert CD in o, f"{node.name} must write a derivative but has no CD order"
                     self.records[d].uses.add(o[CD])
-            if lay.has_cg and not lay.fused:  # fused layers hold only gradient blocks
+            if node.has_cg and not node.fused:  # fused layers hold only gradient blocks
                 for w in lay.weights:
                     if w.trainable:
                         self.grad_rec[(node.name, w.name)] = self._new(
@@ -142,15 +151,15 @@ class StepPlan:
     def _alias_in_place(self) -> None:
         for node in self.graph.nodes:
             lay = node.layer
-            if lay.in_place == "no" and getattr(lay, "grad_in_place", False) and node.inputs:
+            if lay.in_place == "no" and lay.grad_in_place and node.inputs:
                 # output kept apart, but the input derivative may overwrite the output's
                 dx, dy = self.dout_rec[node.inputs[0]], self.dout_rec[(node.name, 0)]
                 if dx is not None and dy is not None and \
                         self.records[dx].nbytes == self.records[dy].nbytes:
                     self._union(dx, dy)
             mode = lay.in_place
-            if mode == "no" and FORWARD_ONLY_IN_PLACE and not (lay.has_cg or lay.has_cd) and \
-                    getattr(lay, "in_place_forward_only", False):
+            if mode == "no" and FORWARD_ONLY_IN_PLACE and not (node.has_cg or node.has_cd) and \
+                    lay.in_place_forward_only:
                 mode = "modify"  # e.g. a frozen conv: it may write over its own input
             if mode == "no" or not node.inputs:
                 continue
@@ -201,10 +210,10 @@ class StepPlan:
         cands: dict[int, list[Any]] = {}
         for g, nodes in writers.items():
             first = nodes[0]
-            if not getattr(first.layer, "recompute", False) or not hasattr(first.layer, "replay"):
+            if not (first.layer.recompute and first.layer.replayable):
                 continue
             chain = [n for n in nodes if n.layer.in_place != "view"]
-            if not all(hasattr(n.layer, "replay") for n in chain):
+            if not all(n.layer.replayable for n in chain):
                 continue
             uses = self.group_uses[g]
             fwd = [u for u in uses if u < n_fwd]
@@ -256,5 +265,5 @@ class StepPlan:
             by_group.setdefault(slot.group, []).append(slot)
         intervals = [self.recomputed[g][2] if g in self.recomputed else
                      stretches(u, by_group.get(g, [])) for g, u in enumerate(self.group_uses)]
-        self.alignment = PAGE if slots else 64
-        return P.plan_layout(self.sizes, intervals, self.strategy, self.alignment), intervals
+        alignment = PAGE if slots else 64
+        return P.plan_layout(self.sizes, intervals, self.strategy, alignment), intervals

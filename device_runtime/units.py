@@ -41,8 +41,11 @@ def parse_size(text: str | float, what: str = "") -> int:
     if not m or unit not in _UNITS:
         shown = repr(s) if len(s) <= _MAX_CHARS else f"{s[:_MAX_CHARS]!r}... ({len(s)} chars)"
         raise ConfigError(f"{where}bad size {shown} ({_HINT})")
-    # the float screens out huge exponents cheaply; Decimal gives exact bytes
-    n = int(Decimal(m.group(1)) * _UNITS[unit]) if float(m.group(1)) <= 2.0**64 else MAX_SIZE + 1
+    num = m.group(1)
+    if num.isdigit() and unit in ("", "b"):  # plain bytes: no Decimal code to page in
+        n = int(num)
+    else:  # the float screens out huge exponents cheaply; Decimal gives exact bytes
+        n = int(Decimal(num) * _UNITS[unit]) if float(num) <= 2.0**64 else MAX_SIZE + 1
     if n > MAX_SIZE:
         raise ConfigError(f"{where}size {s.strip()!r} is too large (more than {MAX_SIZE} bytes)")
     return n

@@ -41,8 +41,9 @@ def loss_and_grads(model: Model, x: np.ndarray, y: np.ndarray
     model._use_labels(kind)
     ex = model.train_executor
     for node in ex.graph.nodes:  # same dropout mask on every evaluation
-        if hasattr(node.layer, "calls"):
-            node.layer.calls = 0
+        state = node.layer.run_state()
+        if state:
+            node.layer.load_run_state({k: 0 for k in state})
     ex.set_source(xs, ys)
     opt.grads = {}
     loss = ex.run(np.arange(xs.shape[0], dtype=np.int64))

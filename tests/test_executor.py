@@ -31,7 +31,7 @@ def test_fused_layers_order_derivative_before_gradient():
     assert o["fc3"][CD] < o["fc3"][CG]  # CD reads the weights before CG updates them
     assert set(o["fc2"]) == {F, CG}
     assert set(o["frozen1"]) == {F}
-    assert not any(r.kind == "gradient" for r in m.train_executor.records)
+    assert not any(r.kind == "gradient" for r in m.train_executor.step.records)
 
 
 def test_execution_orders_frozen_layers():
@@ -51,7 +51,7 @@ def test_execution_orders_frozen_layers():
     # Backward runs in reverse, CG before CD before AG for each node.
     assert o["fc3"][CG] < o["fc3"][CD] < o["fc3"][AG] < o["fc2"][CG]
     # The frozen layer keeps no gradient and no derivative tensors.
-    kinds = {r.name: r.kind for r in m.train_executor.records}
+    kinds = {r.name: r.kind for r in m.train_executor.step.records}
     assert not any(k.startswith("frozen1:") and v in ("gradient", "derivative") for k, v in kinds.items())
 
 
@@ -67,7 +67,7 @@ def test_frozen_layer_between_trainable_layers_gets_cd_only():
 def test_in_place_activation_and_batchnorm_share_memory():
     m = dr.build("resnet18")
     m.compile(batch_size=2)
-    ex = m.train_executor
+    ex = m.train_executor.step
     group = {r.name: ex._find(i) for i, r in enumerate(ex.records)}
     # bn -> relu in one block (batch-norm keeps its input and recomputes its output
     # before backward); the derivative chain is in place all the way to the conv.
@@ -79,7 +79,7 @@ def test_in_place_activation_and_batchnorm_share_memory():
     m2 = dr.build("resnet18")
     m2.recompute = False
     m2.compile(batch_size=2)
-    ex2 = m2.train_executor
+    ex2 = m2.train_executor.step
     g2 = {r.name: ex2._find(i) for i, r in enumerate(ex2.records)}
     assert g2["conv0:out0"] == g2["bn0:out0"] == g2["bn0/activation_realized:out0"]
     # flatten is a view of its input
@@ -93,7 +93,7 @@ def test_no_in_place_when_input_is_read_later():
                layer("batch_normalization", "bn"),
                layer("fully_connected", "fc2", unit=3)])
     m.compile(batch_size=4)
-    ex = m.train_executor
+    ex = m.train_executor.step
     group = {r.name: ex._find(i) for i, r in enumerate(ex.records)}
     assert group["fc1:out0"] == group["fc1/activation_realized:out0"]
     assert group["bn:out0"] != group["fc1/activation_realized:out0"]
@@ -103,7 +103,7 @@ def test_no_in_place_when_input_is_read_later():
 def test_plan_invariants_on_builtin_models(name):
     m = dr.build(name)
     m.compile(batch_size=8)
-    ex = m.train_executor
+    ex = m.train_executor.step
     check_plan(ex.sizes, ex.intervals, ex.plan, ex.alignment)
     assert ex.plan.pool_bytes >= ex.lower_bound
     assert ex.plan.pool_bytes <= 1.05 * ex.lower_bound
@@ -121,7 +121,7 @@ def test_gradient_clipping_extends_gradient_lifespans():
     m2 = Model(specs)
     m2.compile(batch_size=4, clip_grad_norm=1.0)
     def grad_intervals(m):
-        ex = m.train_executor
+        ex = m.train_executor.step
         return [ex.hulls[ex.group_of[ex._find(i)]] for i, r in enumerate(ex.records)
                 if r.kind == "gradient"]
     g1, g2 = grad_intervals(m1), grad_intervals(m2)
@@ -190,7 +190,7 @@ def test_recomputed_batchnorm_outputs_are_bit_identical(monkeypatch):
         m = dr.build("resnet18", seed=7)
         m.recompute = recompute
         m.compile(batch_size=4, optimizer="sgd", lr=0.05, momentum=0.9)
-        assert bool(m.train_executor.recomputed) == recompute
+        assert bool(m.train_executor.step.recomputed) == recompute
         x, y = synthetic_classification(m.input_shape, 10, 8, seed=8)
         m.fit(x, y, steps=4, seed=9)
         out[recompute] = (m.get_weights(), m.plan()["pool_bytes"])

@@ -137,7 +137,7 @@ def test_frozen_backbone_keeps_no_activations():
     assert frozen and all(set(n.orders) == {F} for n in frozen)
     fc = next(n for n in nodes if n.name == "fc")
     assert CG in fc.orders and CD not in fc.orders  # nothing upstream is trainable
-    kinds = {r.kind for r in m.train_executor.records if not r.name.startswith(("fc", "loss"))}
+    kinds = {r.kind for r in m.train_executor.step.records if not r.name.startswith(("fc", "loss"))}
     assert "derivative" not in kinds and "gradient" not in kinds
     assert m.optimizer.state_bytes == 0  # plain SGD; only fc is trainable anyway
     full = dr.build("resnet18")

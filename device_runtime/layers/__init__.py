@@ -13,7 +13,7 @@ from .conv1d import Conv1D
 from .core import Dropout, Flatten, FullyConnected, Identity, Input, Reshape
 from .embedding import Embedding
 from .layer_norm import LayerNormalization
-from .loss import LOSS_ALIASES, LOSSES, CrossEntropySigmoid, CrossEntropySoftmax, Loss, MSE
+from .loss import LOSS_ALIASES, LOSSES, MSE, CrossEntropySigmoid, CrossEntropySoftmax, Loss
 from .merge import Addition, Concat, MultiOut
 from .norm import BatchNormalization
 from .pooling import Pooling2D
@@ -59,7 +59,41 @@ def create_loss(name: str) -> Loss:
     return LOSSES[n](f"loss/{n}")
 
 
-__all__ = ["AG", "CD", "CG", "F", "Layer", "Loss", "LAYER_TYPES", "create_layer", "create_loss",
-           "Activation", "Addition", "BatchNormalization", "Concat", "Conv2D", "CrossEntropySigmoid",
-           "CrossEntropySoftmax", "Dropout", "Flatten", "FullyConnected", "Identity", "Input",
-           "MSE", "MultiOut", "Pooling2D", "Reshape"]
+def resolve_loss(name: str, last_type: str, last_activation: Any) -> str:
+    """The loss's canonical name; NNTrainer's ``cross`` is cross-entropy after the last
+    layer's activation (sigmoid, else softmax)."""
+    n = str(name).strip().lower()
+    if n == "cross":
+        last = str(last_activation if last_activation is not None else "").lower()
+        n = "cross_sigmoid" if "sigmoid" in (last, last_type.lower()) else "cross_softmax"
+    return create_loss(n).type
+
+
+__all__ = [
+    "AG",
+    "CD",
+    "CG",
+    "LAYER_TYPES",
+    "MSE",
+    "Activation",
+    "Addition",
+    "BatchNormalization",
+    "Concat",
+    "Conv2D",
+    "CrossEntropySigmoid",
+    "CrossEntropySoftmax",
+    "Dropout",
+    "F",
+    "Flatten",
+    "FullyConnected",
+    "Identity",
+    "Input",
+    "Layer",
+    "Loss",
+    "MultiOut",
+    "Pooling2D",
+    "Reshape",
+    "create_layer",
+    "create_loss",
+    "resolve_loss",
+]

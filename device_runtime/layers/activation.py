@@ -6,10 +6,10 @@ import math
 
 import numpy as np
 
+from .. import switches
 from ..kernels import activation as K
 from ..kernels import bitmask as KB
-from .base import CD, F, Layer, Shape, parse_float
-from .. import switches
+from .base import CD, F, FinalizeContext, Layer, Shape, parse_float
 
 # name -> (forward, backward, backward reads "out" or "in")
 _ACTS = {
@@ -31,6 +31,7 @@ MASK_BITS = switches.text("NNFLEET_RELU_MASK") != "0"
 class Activation(Layer):
     type = "activation"
     keys = frozenset({"negative_slope"})
+    replayable = True
 
     def __init__(self, name: str, props: dict | None = None) -> None:
         super().__init__(name, props)
@@ -41,9 +42,12 @@ class Activation(Layer):
         self.act = act
         self.reads = _ACTS[act][1]
         # In place only where backward needs the output, not the input.
-        self.in_place = "modify" if self.reads == "out" else "no"  # type: ignore[misc]
+        self.in_place = "modify" if self.reads == "out" else "no"
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+    def activation_name(self) -> str | None:
+        return self.act
+
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
         (shape,) = in_shapes
         self.slope = parse_float(self.name, "negative_slope", self.prop("negative_slope", 0.01))
         self.bits = self.act in ("relu", "leaky_relu") and MASK_BITS

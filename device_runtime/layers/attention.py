@@ -19,7 +19,7 @@ import numpy as np
 
 from ..kernels import attention as K
 from ..kernels.bias import add_row_bias
-from .base import CD, CG, F, Layer, Shape, parse_bool, parse_float, parse_ints
+from .base import CD, CG, F, FinalizeContext, Layer, Shape, parse_bool, parse_float, parse_ints
 from .sequence import sequence_dims
 
 
@@ -28,7 +28,7 @@ class Attention(Layer):
     keys = frozenset({"scaled_dot_product", "causal_mask"})
     min_inputs, max_inputs = 2, 3
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
         q, v = in_shapes[0], in_shapes[1]
         k = in_shapes[2] if len(in_shapes) == 3 else v
         (tq, dq), (tk, dk), (tv, dv) = (sequence_dims(self, s) for s in (q, k, v))
@@ -84,7 +84,7 @@ class MultiHeadAttention(Layer):
                       "max_timestep"})
     min_inputs, max_inputs = 1, 3
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
         q = in_shapes[0]
         v = in_shapes[-1]
         k = in_shapes[1] if len(in_shapes) == 3 else v

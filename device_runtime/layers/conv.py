@@ -12,11 +12,11 @@ import math
 
 import numpy as np
 
+from .. import switches
 from ..kernels import conv as K
 from ..kernels.bias import add_col_bias
-from .base import CD, CG, F, Layer, Shape, parse_ints
+from .base import CD, CG, F, FinalizeContext, Layer, Shape, parse_ints
 from .core import GRAD_BLOCK_BYTES
-from .. import switches
 
 CONV_COLUMNS = switches.integer("NNFLEET_CONV_COLUMNS")
 
@@ -60,7 +60,7 @@ class Conv2D(Layer):
     type = "conv2d"
     keys = frozenset({"filters", "kernel_size", "stride", "padding", "dilation"})
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
         (shape,) = in_shapes
         if len(shape) != 4:
             raise self.fail(f"needs a (batch, channels, height, width) input, got {shape}")

@@ -13,14 +13,14 @@ import numpy as np
 
 from ..kernels import conv1d as K
 from ..kernels.bias import add_col_bias
-from .base import CD, CG, F, Layer, Shape, parse_bool, parse_ints
+from .base import CD, CG, F, FinalizeContext, Layer, Shape, parse_bool, parse_ints
 
 
 class Conv1D(Layer):
     type = "conv1d"
     keys = frozenset({"filters", "kernel_size", "stride", "padding", "dilation"})
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
         (shape,) = in_shapes
         if len(shape) == 4 and shape[2] == 1:
             n, c, _, w = shape

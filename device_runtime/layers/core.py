@@ -6,11 +6,10 @@ import math
 
 import numpy as np
 
+from .. import switches
 from ..kernels import dropout as kdrop
 from ..kernels.bias import add_row_bias
-from .base import CD, CG, F, Layer, Shape, parse_float, parse_ints
-from .. import switches
-
+from .base import CD, CG, F, FinalizeContext, Layer, Shape, parse_float, parse_ints
 
 # Bytes of gradient a fused layer computes before handing it to the optimizer.
 GRAD_BLOCK_BYTES = switches.integer("NNFLEET_GRAD_BLOCK")
@@ -27,14 +26,14 @@ class Input(Layer):
     keys = frozenset({"normalization", "standardization"})
     min_inputs = max_inputs = 0
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
         raw = self.prop("input_shape")
         if raw is None:
             raise self.fail("needs input_shape (for example 1:28:28 or 784)")
         shape = parse_ints(self.name, "input_shape", raw)
         if any(d <= 0 for d in shape):
             raise self.fail(f"input_shape {raw!r} has a non-positive dimension")
-        return [(self.batch, *shape)]
+        return [(ctx.batch, *shape)]
 
     def bind(self) -> None:
         # NNTrainer: normalization scales each sample to [0, 1], standardization to zero
@@ -75,7 +74,7 @@ class FullyConnected(Layer):
     type = "fully_connected"
     keys = frozenset({"unit"})
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
         (shape,) = in_shapes
         units = parse_ints(self.name, "unit", self.prop("unit", 0))[0]
         if units <= 0:
@@ -156,7 +155,7 @@ class _View(Layer):
 class Flatten(_View):
     type = "flatten"
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
         (shape,) = in_shapes
         # NNTrainer flattens to (b, 1, 1, c*h*w); we keep (b, c*h*w), the same memory.
         return [(shape[0], feature_count(shape))]
@@ -166,7 +165,7 @@ class Reshape(_View):
     type = "reshape"
     keys = frozenset({"target_shape"})
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
         (shape,) = in_shapes
         target = parse_ints(self.name, "target_shape", self.prop("target_shape", ""))
         if math.prod(target) != feature_count(shape):
@@ -178,7 +177,7 @@ class Reshape(_View):
 class Identity(_View):
     type = "identity"
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
         return [in_shapes[0]]
 
 
@@ -189,7 +188,7 @@ class Dropout(Layer):
     keys = frozenset({"dropout_rate", "seed"})
     in_place = "modify"
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
         (shape,) = in_shapes
         self.rate = parse_float(self.name, "dropout_rate", self.prop("dropout_rate", 0.5))
         if not 0.0 <= self.rate < 1.0:
@@ -216,6 +215,13 @@ class Dropout(Layer):
         # Counter-based random numbers: the same mask whatever the memory layout.
         kdrop.dropout_fwd(self.x1, self.y1, self.m1, self.rate, self.seed, self.calls)
         self.calls += 1
+
+    def run_state(self) -> dict[str, int]:
+        # the mask of a call depends on the call count: a resumed run must continue it
+        return {"calls": int(self.calls)}
+
+    def load_run_state(self, state: dict[str, int]) -> None:
+        self.calls = int(state["calls"])
 
     def calc_derivative(self) -> None:
         if self.dx1 is None:

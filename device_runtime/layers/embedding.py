@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from ..errors import DataError
 from ..kernels import embedding as K
-from .base import CG, Layer, Shape, parse_ints
+from .base import CG, FinalizeContext, Layer, Shape, parse_ints
 
 
 class Embedding(Layer):
     type = "embedding"
     keys = frozenset({"in_dim", "out_dim", "zero_idx_mask"})
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
         (shape,) = in_shapes
         if any(d != 1 for d in shape[1:-1]):
             raise self.fail(f"needs a (batch, 1, 1, ids) input, got {shape}")

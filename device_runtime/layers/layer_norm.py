@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from ..kernels import layer_norm as K
-from .base import CD, CG, F, Layer, Shape, parse_float
+from .base import CD, CG, F, FinalizeContext, Layer, Shape, parse_float
 from .shape_ops import resolve_axes
 
 
@@ -21,7 +21,7 @@ class LayerNormalization(Layer):
     keys = frozenset({"axis", "epsilon", "gamma_initializer", "beta_initializer"})
     in_place = "modify"
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
         (shape,) = in_shapes
         rank = len(shape)
         raw = self.prop("axis")

@@ -12,7 +12,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..kernels import loss as K
-from .base import CD, F, Layer, Shape
+from .base import CD, F, FinalizeContext, Layer, Shape
 
 
 class Loss(Layer):
@@ -29,8 +29,10 @@ class Loss(Layer):
     def label_shape(self, pred: Shape) -> tuple[Shape, type]:
         return pred, np.float32
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
         (shape,) = in_shapes
+        if ctx.label_kind is not None:
+            self.label_kind = ctx.label_kind
         self.rows = int(math.prod(shape[:-1]))
         self.k = shape[-1]
         lshape, ldtype = self.label_shape(shape)
@@ -45,8 +47,8 @@ class Loss(Layer):
 class MSE(Loss):
     type = "mse"
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
-        out = super().finalize(in_shapes)
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
+        out = super().finalize(in_shapes, ctx)
         self.input_needed = frozenset({CD})
         return out
 
@@ -76,8 +78,8 @@ class CrossEntropySoftmax(Loss):
             return (self.rows,), np.int64
         return (self.rows, self.k), np.float32
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
-        out = super().finalize(in_shapes)
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
+        out = super().finalize(in_shapes, ctx)
         self.request_tensor("probs", (self.rows, self.k), {F, CD})
         return out
 
@@ -109,8 +111,8 @@ class CrossEntropySigmoid(Loss):
     type = "cross_sigmoid"
     folds = "sigmoid"
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
-        out = super().finalize(in_shapes)
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
+        out = super().finalize(in_shapes, ctx)
         self.input_needed = frozenset({CD})
         return out
 
@@ -126,6 +128,17 @@ class CrossEntropySigmoid(Loss):
     def calc_derivative(self) -> None:
         if self.dx1 is not None:
             K.sigmoid_xent_bwd(self.x1, self.l1, self.dx1)
+
+
+def apply_folded(act: str | None, out: np.ndarray) -> np.ndarray:
+    """Apply to model outputs the activation a loss folded in (``Loss.folds``)."""
+    if act == "softmax":
+        z = out - out.max(axis=-1, keepdims=True)
+        np.exp(z, out=z)
+        return z / z.sum(axis=-1, keepdims=True)
+    if act == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-out))
+    return out
 
 
 LOSSES = {"mse": MSE, "cross_softmax": CrossEntropySoftmax, "cross_sigmoid": CrossEntropySigmoid}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Layer, Shape
+from .base import FinalizeContext, Layer, Shape
 from .shape_ops import resolve_axis
 
 
@@ -13,9 +13,10 @@ class Addition(Layer):
 
     type = "addition"
     in_place = "modify"
+    replayable = True
     min_inputs, max_inputs = 2, 64
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
         first = in_shapes[0]
         for s in in_shapes[1:]:
             if s != first:
@@ -49,7 +50,7 @@ class Concat(Layer):
     keys = frozenset({"axis"})
     min_inputs, max_inputs = 1, 64
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
         rank = len(in_shapes[0])
         if rank < 2:
             raise self.fail(f"inputs {in_shapes} have no axis besides the batch")
@@ -92,7 +93,7 @@ class MultiOut(Layer):
     keys = frozenset({"outputs"})
     in_place = "view"
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
         n = int(self.prop("outputs", 2))
         return [in_shapes[0]] * n
 

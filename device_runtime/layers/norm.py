@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from ..kernels import norm as K
-from .base import CD, CG, F, Layer, Shape, parse_float
+from .base import CD, CG, F, FinalizeContext, Layer, Shape, parse_float
 
 
 class BatchNormalization(Layer):
@@ -22,8 +22,9 @@ class BatchNormalization(Layer):
                       "moving_variance_initializer", "gamma_initializer", "beta_initializer",
                       "beta_regularizer", "gamma_regularizer"})
     in_place = "modify"
+    replayable = True
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
         (shape,) = in_shapes
         feat = shape[1:]
         if len(feat) >= 3 and feat[0] == 1 and feat[1] == 1:
@@ -44,11 +45,11 @@ class BatchNormalization(Layer):
         # Two ways to have xhat in backward, bit-identical (kernels/norm.py): keep the input
         # and recompute xhat (and, when the executor chooses, recompute the output before
         # backward instead of keeping it); or write the output over the input and keep xhat.
-        self.recompute = bool(getattr(self, "recompute", False))
+        self.recompute = ctx.recompute
         # with no backward at all (frozen, inference) the output overwrites the input
         self.in_place_forward_only = True
         if self.recompute:
-            self.in_place = "no"  # type: ignore[misc]
+            self.in_place = "no"
             self.grad_in_place = True  # dx still overwrites dy (the kernel allows it)
             self.input_needed = frozenset({CD})
             self.request_tensor("mean", (c,), {F, CG, CD})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..kernels import pool as K
-from .base import CD, Layer, Shape, parse_ints
+from .base import CD, FinalizeContext, Layer, Shape, parse_ints
 from .conv import out_size, resolve_padding
 
 POOLINGS = ("max", "average", "global_max", "global_average")
@@ -13,7 +13,7 @@ class Pooling2D(Layer):
     type = "pooling2d"
     keys = frozenset({"pooling", "pool_size", "stride", "padding"})
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
         (shape,) = in_shapes
         if len(shape) != 4:
             raise self.fail(f"needs a (batch, channels, height, width) input, got {shape}")

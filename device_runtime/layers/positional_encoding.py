@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import positional as K
-from .base import Layer, Shape, parse_ints
+from .base import FinalizeContext, Layer, Shape, parse_ints
 from .sequence import sequence_dims
 
 
@@ -19,7 +19,7 @@ class PositionalEncoding(Layer):
     keys = frozenset({"max_timestep"})
     in_place = "modify"
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
         (shape,) = in_shapes
         self.T, self.D = sequence_dims(self, shape)
         limit = self.prop("max_timestep")

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..kernels import sequence as K
 from ..kernels.bias import add_row_bias
-from .base import CD, CG, F, Layer, Shape, parse_bool, parse_float, parse_ints
+from .base import CD, CG, F, FinalizeContext, Layer, Shape, parse_bool, parse_float, parse_ints
 
 
 def sequence_dims(layer: Layer, shape: Shape) -> tuple[int, int]:
@@ -42,7 +42,7 @@ class Recurrent(Layer):
     saved: ClassVar[int] = 0  # saved gate values per unit and step
     cell: ClassVar[bool] = False  # LSTM keeps a cell state
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
         (shape,) = in_shapes
         b = shape[0]
         t, f = sequence_dims(self, shape)

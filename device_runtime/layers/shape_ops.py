@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..kernels import upsample as K
-from .base import Layer, Shape, parse_ints
+from .base import FinalizeContext, Layer, Shape, parse_ints
 
 # Without split_number the output count is the input's size along the axis, known only
 # at finalize; the graph looks for readers of this many outputs before that.
@@ -64,7 +64,7 @@ class Split(Layer):
         n = self.prop("split_number")
         self.declared_outputs = parse_ints(name, "split_number", n)[0] if n else MAX_SPLIT_OUTPUTS
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
         (shape,) = in_shapes
         rank = len(shape)
         self.axis = resolve_axis(self, "axis", self.prop("axis", rank - 1), rank)
@@ -102,7 +102,7 @@ class Permute(Layer):
     type = "permute"
     keys = frozenset({"direction"})
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
         (shape,) = in_shapes
         d = list(parse_ints(self.name, "direction", self.prop("direction", "")))
         src = shape
@@ -136,7 +136,7 @@ class Upsample2D(Layer):
     type = "upsample2d"
     keys = frozenset({"upsample", "kernel_size"})
 
-    def finalize(self, in_shapes: list[Shape]) -> list[Shape]:
+    def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
         (shape,) = in_shapes
         if len(shape) != 4:
             raise self.fail(f"needs a (batch, channels, height, width) input, got {shape}")

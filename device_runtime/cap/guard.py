@@ -3,7 +3,7 @@
 The sampler reads this process's RSS every ``interval`` seconds; the training loop
 checks the flag between operations and stops with :class:`MemoryCapExceeded`. The
 high-water mark (``VmHWM``) is read at the end, so even a spike shorter than the
-sampling interval is reported.
+sampling interval is reported. :func:`guard_training` wraps a model's training run.
 """
 
 from __future__ import annotations
@@ -11,9 +11,19 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Self
 
-from . import rss
-from .errors import MemoryCapExceeded
+import numpy as np
+
+from .. import hooks, rss, switches
+from ..errors import MemoryCapExceeded
+from ..units import parse_size
+
+if TYPE_CHECKING:
+    from ..executor import Executor
+    from ..model import Model
 
 DEFAULT_INTERVAL = 0.005  # seconds between samples
 
@@ -23,13 +33,13 @@ class _Sampler:
     (starting a thread per run cost 0.4-1 ms, more than training a tiny model)."""
 
     def __init__(self) -> None:
-        self.guard: "RamGuard | None" = None
+        self.guard: RamGuard | None = None
         self.wake = threading.Event()
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
         self.pid = -1
 
-    def arm(self, guard: "RamGuard") -> None:
+    def arm(self, guard: RamGuard) -> None:
         with self.lock:
             if self.thread is None or self.pid != os.getpid() or not self.thread.is_alive():
                 self.pid = os.getpid()  # after a fork the parent's thread does not exist
@@ -39,7 +49,7 @@ class _Sampler:
             self.guard = guard
             self.wake.set()
 
-    def disarm(self, guard: "RamGuard") -> None:
+    def disarm(self, guard: RamGuard) -> None:
         with self.lock:
             if self.guard is guard:
                 self.guard = None
@@ -78,12 +88,11 @@ class RamGuard:
         r = rss.current_rss()
         self.sample_seconds += time.perf_counter() - t0
         self.samples += 1
-        if r > self.max_sampled:
-            self.max_sampled = r
+        self.max_sampled = max(self.max_sampled, r)
         if r > self.cap:
             self.exceeded = True
 
-    def __enter__(self) -> "RamGuard":
+    def __enter__(self) -> Self:
         rss.reset_peak()
         _SAMPLER.arm(self)
         return self
@@ -103,3 +112,54 @@ class RamGuard:
         if self.exceeded:
             raise MemoryCapExceeded(needed=self.peak_rss, cap=self.cap,
                                     detail="the process went over its RAM cap during training")
+
+
+@contextmanager
+def guard_training(model: Model, ex: Executor) -> Iterator[None]:
+    """Run a block of training steps of ``model`` on ``ex`` under ``model.ram_cap`` (no
+    guard without a cap). Records ``peak_rss``, ``guard_overhead`` and ``cap_exceeded``
+    on the model; a crossing the sampler saw only at the end still raises."""
+    guard = RamGuard(model.ram_cap) if model.ram_cap is not None else None
+    if guard is not None:
+        guard.__enter__()
+        ex.guard = guard
+    try:
+        with _test_leak():
+            yield
+    except MemoryCapExceeded:
+        model.cap_exceeded = True
+        raise
+    finally:
+        if guard is not None:
+            guard.__exit__(None, None, None)
+            ex.guard = None
+            model.peak_rss = guard.peak_rss
+            model.guard_overhead = guard.sample_seconds
+            if guard.exceeded and not model.cap_exceeded:
+                model.cap_exceeded = True
+                raise MemoryCapExceeded(needed=guard.peak_rss, cap=guard.cap,
+                                        detail="the process went over its RAM cap")
+
+
+_LEAKED: list[Any] = []  # what NNFLEET_TEST_ALLOC allocated: kept, as a real leak would be
+
+
+@contextmanager
+def _test_leak() -> Iterator[None]:
+    """``NNFLEET_TEST_ALLOC=BYTES@STEP``: allocate memory the plan does not know about at
+    that step of the run (a debug switch that lets tests show the RAM guard stopping a
+    run)."""
+    raw = switches.text("NNFLEET_TEST_ALLOC")
+    if not raw:
+        yield
+        return
+    size, _, at = raw.partition("@")
+    nbytes, when, step = parse_size(size), int(at or 0), [0]
+
+    def leak() -> None:
+        if step[0] == when:
+            _LEAKED[:] = [np.ones(nbytes, np.uint8)]
+        step[0] += 1
+
+    with hooks.before_each_step(leak):
+        yield

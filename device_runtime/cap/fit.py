@@ -1,0 +1,142 @@
+"""Fit a training step into a RAM cap: planner alone, then swap, then micro-batches.
+
+The budget for the step pool is ``cap - baseline RSS - optimizer state - margin``, where
+the baseline is measured after imports, model build and kernel warm-up, and the margin
+covers what no plan describes (Python objects, BLAS buffers, allocator slack). The plan
+that fits is kept in the :class:`Decision`: the training executor runs exactly it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .. import rss, switches
+from ..errors import MemoryCapExceeded
+from ..graph import Graph
+from ..stepplan import StepPlan
+from ..swap import SwapSlot
+from .warmup import warm_up_model
+
+if TYPE_CHECKING:
+    from ..model import Model
+
+__all__ = ["MARGIN_BYTES", "Decision", "fit_model", "fit_step", "fit_to_cap", "take_plan"]
+
+# What no plan describes once the model is warmed up (Python objects, allocator slack):
+# measured +0.0 to +0.7 MiB over the plan on every row of the memory benchmark.
+MARGIN_BYTES = switches.integer("NNFLEET_CAP_MARGIN")
+
+
+@dataclass
+class Decision:
+    """What the cap fit chose: micro-batch, swapped blocks, and the plan itself."""
+
+    batch: int  # micro-batch size (== batch size without accumulation)
+    step: StepPlan | None  # the chosen plan, laid out with ``slots`` (None once taken)
+    slots: list[SwapSlot] = field(default_factory=list)
+    lookahead: int = 3  # swap prefetch distance that fits (less prefetch when tight)
+    pool_bytes: int = 0
+    extra_bytes: int = 0  # optimizer state + accumulation buffer
+    tried: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _divisors_desc(n: int) -> list[int]:
+    return [d for d in range(n, 0, -1) if n % d == 0]
+
+
+def fit_to_cap(make_graph: Callable[[int], Graph], planner: str, batch: int,
+               cap: int, baseline: int, state_bytes: int, accum_bytes: int, swap: str,
+               lookahead: int = 3, margin: int = MARGIN_BYTES) -> Decision:
+    """Choose micro-batch and swap set so the planned step fits; raise if nothing does."""
+    tried: list[dict[str, Any]] = []
+    best_need = None
+    for b in _divisors_desc(batch):
+        extra = state_bytes + (accum_bytes if b < batch else 0)
+        budget = cap - baseline - extra - margin
+        # with swap, a shorter prefetch (fewer blocks read back early) is tried before
+        # smaller micro-batches: it costs some stall time, not different numbers
+        ahead = [lookahead] if swap == "off" else sorted({lookahead, min(lookahead, 1), 0},
+                                                          reverse=True)
+        for la in ahead:
+            ex = StepPlan(make_graph(b), planner, lookahead=la)
+            if swap == "on":
+                choices = [ex.candidates]
+            elif swap == "auto":
+                choices = [[], ex.candidates] if la == lookahead else [ex.candidates]
+            else:
+                choices = [[]]
+            for slots in choices:
+                laid_out = ex.layout(slots)
+                pool = laid_out[0].pool_bytes
+                tried.append({"micro_batch": b, "lookahead": la, "swapped_blocks": len(slots),
+                              "pool_bytes": pool, "budget_bytes": budget})
+                need = baseline + extra + margin + pool
+                best_need = need if best_need is None else min(best_need, need)
+                if pool > budget:
+                    continue
+                if slots and swap == "auto":
+                    slots = _fewest_slots(ex, slots, budget)
+                    laid_out = ex.layout(slots)
+                ex.use(slots, laid_out)
+                return Decision(b, ex, ex.slots, la, ex.plan.pool_bytes, extra, tried)
+    raise MemoryCapExceeded(
+        needed=best_need or 0, cap=cap,
+        detail=f"no plan fits (baseline {baseline:,} bytes, tried batch {batch} down to 1, "
+               f"swap={swap}); raise the cap or use a smaller model or a frozen backbone")
+
+
+def _fewest_slots(ex: StepPlan, cands: list[SwapSlot], budget: int) -> list[SwapSlot]:
+    """Smallest prefix of the candidates (most bytes x idle orders first) that fits."""
+    lo, hi = 1, len(cands)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ex.layout(cands[:mid])[0].pool_bytes <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    return cands[:lo]
+
+
+def fit_model(model: Model, cap: int, baseline_rss: int | None = None) -> tuple[int, Decision]:
+    """Warm ``model`` up, measure the baseline RSS (unless given) and fit its compiled
+    training step into ``cap``: ``(baseline, decision)``; raise if nothing fits."""
+    warm_up_model(model)  # JIT code is part of the baseline, and must be loaded before it
+    rss.release_heap()
+    baseline = baseline_rss if baseline_rss is not None else rss.current_rss()
+    # Planning itself leaves heap behind (about 1 MiB for resnet18, less once freed pages
+    # are given back): a first fit, thrown away, shows how much; the baseline counts it,
+    # and the fit whose plan is kept reuses that heap.
+    fit_step(model, cap, baseline)
+    rss.release_heap()
+    baseline = max(baseline, rss.current_rss())
+    return baseline, fit_step(model, cap, baseline)
+
+
+def fit_step(model: Model, cap: int, baseline: int) -> Decision:
+    """Fit ``model``'s training step at its compiled batch size, swap setting and
+    lookahead into ``cap`` bytes over ``baseline``."""
+    opt = model.optimizer
+    assert opt is not None, "compile() the model before fitting it to a cap"
+    trainable = sum(p.size for p in model.weights.params.values() if p.trainable)
+    return fit_to_cap(lambda b: model._graph(b, backward=True, with_loss=True), model.planner,
+                      model.batch_size, cap, baseline, opt.state_bytes, 4 * trainable,
+                      model.swap, model.lookahead)
+
+
+def take_plan(model: Model) -> StepPlan:
+    """The plan the cap fit chose, for ``model``'s training executor to run (it takes it
+    over: one plan, one executor). Fitted again, over the measured baseline, when it was
+    made for other settings (labels switched by the data, micro-batch or fusion set by
+    hand)."""
+    d, cap, base = model.decision, model.ram_cap, model.baseline_rss
+    assert cap is not None and base is not None, "compile() the model with a RAM cap first"
+    g = d.step.graph if d is not None and d.step is not None else None
+    if d is None or g is None or g.context != model._context(model.micro_batch, True, True) \
+            or g.fuse_apply != bool(model.fuse_apply and not model.clip_grad_norm):
+        d = model.decision = fit_step(model, cap, base)
+        model.micro_batch = d.batch
+    step, d.step = d.step, None
+    assert step is not None
+    return step

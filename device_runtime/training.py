@@ -1,0 +1,88 @@
+"""The training loop: batches from a (reshuffled) order of the samples, one step each,
+micro-batches with gradient accumulation when the cap fit chose them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import hooks
+from .cap import guard_training
+from .errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from .model import Model
+
+
+@dataclass
+class History:
+    """What a ``fit`` saw, step by step."""
+
+    losses: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    correct: list[int] = field(default_factory=list)  # per step, with class-id labels
+    examples: int = 0
+
+
+def fit(model: Model, xs: np.ndarray, ys: np.ndarray, epochs: int, steps: int | None,
+        shuffle: bool, seed: int, callback: Callable[[int, float], None] | None,
+        start_epoch: int) -> History:
+    """Train ``model`` on prepared ``xs``/``ys`` (see :meth:`Model.fit`)."""
+    b = model.batch_size or 0
+    if b == 0:
+        raise ConfigError("compile() the model before training")
+    n = xs.shape[0]
+    if n < b:
+        raise DataError(f"data has {n} samples, fewer than one batch of {b}")
+    per_epoch = n // b
+    total = steps if steps is not None else epochs * per_epoch
+    if total < 0:
+        raise ConfigError(f"steps/epochs must be >= 0, got {total}")
+    ex = model.train_executor
+    ex.set_source(xs, ys)
+    rng = np.random.default_rng(seed)
+    perm = np.arange(n, dtype=np.int64)
+    if shuffle:
+        for _ in range(start_epoch):
+            rng.shuffle(perm)
+    hist = History()
+    with guard_training(model, ex):  # under a cap: stopped when it is crossed
+        for step in range(total):
+            j = step % per_epoch
+            if j == 0 and shuffle:
+                rng.shuffle(perm)
+            idx = perm[j * b:(j + 1) * b]
+            t0 = time.perf_counter()
+            loss = model.train_step(idx)
+            hist.step_seconds.append(time.perf_counter() - t0)
+            hist.losses.append(loss)
+            if ex.loss is not None and ex.loss.correct >= 0:
+                hist.correct.append(ex.loss.correct)
+            hist.examples += b
+            if callback is not None:
+                callback(step, loss)
+    return hist
+
+
+def train_step(model: Model, idx: np.ndarray) -> float:
+    """One optimizer step of ``model`` on rows ``idx`` of its executor's source."""
+    hooks.run_before_step()
+    opt = model.optimizer
+    assert opt is not None
+    ex = model.train_executor
+    opt.begin_step()
+    mb = model.micro_batch
+    if mb == model.batch_size:
+        loss = ex.run(idx)
+    else:  # gradient accumulation over micro-batches, then one update
+        k = model.batch_size // mb
+        loss = 0.0
+        for i in range(k):
+            loss += ex.run(idx[i * mb:(i + 1) * mb]) / k
+        ex.optimizer.flush(model.trainable_views())
+    opt.end_step()
+    return loss
