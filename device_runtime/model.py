@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,6 +24,7 @@ from .layers.core import Input
 from .layers.loss import CrossEntropySoftmax, apply_folded
 from .optimizers import Accumulator, Optimizer, create_optimizer
 from .planner import DEFAULT_STRATEGY
+from .spec import LayerSpec, layer
 from .stepplan import StepPlan
 from .training import History
 from .validate import check_compile, prepare_x, prepare_y
@@ -33,20 +33,6 @@ from .weights import WeightStore
 # Recompute cheap outputs (batch-norm + activation) before backward instead of keeping
 # them; NNFLEET_NO_RECOMPUTE=1 turns it off (results are bit-identical either way).
 RECOMPUTE = not switches.flag("NNFLEET_NO_RECOMPUTE")
-
-
-@dataclass
-class LayerSpec:
-    """A layer description: NNTrainer type name, unique name, properties."""
-
-    type: str
-    name: str
-    props: dict[str, Any] = field(default_factory=dict)
-
-
-def layer(type: str, name: str, **props: Any) -> LayerSpec:
-    """Shorthand: ``layer("conv2d", "conv1", filters=6, kernel_size=5, activation="relu")``."""
-    return LayerSpec(type, name, props)
 
 
 __all__ = ["History", "LayerSpec", "Model", "layer"]

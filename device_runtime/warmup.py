@@ -1,6 +1,12 @@
-"""Kept for importers of ``device_runtime.warmup``: the warm-up lives in
-:mod:`device_runtime.cap` with the rest of the RAM cap's work."""
+"""Pay every kernel's JIT cost once per process, before anything is measured (the fleet's
+workers and the Flower ClientApp call :func:`warmup` when they start)."""
 
-from .cap.warmup import warmup
+from __future__ import annotations
 
-__all__ = ["warmup"]
+from .cap.warmup import warm_kernels
+from .model import Model
+
+
+def warmup(force: bool = False) -> None:
+    """Run every kernel once (no-op after the first call, or without numba)."""
+    warm_kernels(Model, force)

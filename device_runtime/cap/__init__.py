@@ -8,7 +8,7 @@ and the guard that stops a run that crosses its cap.
 
 from .fit import MARGIN_BYTES, Decision, fit_model, fit_step, fit_to_cap, take_plan
 from .guard import RamGuard, guard_training
-from .warmup import warm_up_model, warmup
+from .warmup import warm_kernels, warm_up_model
 
 __all__ = ["MARGIN_BYTES", "Decision", "RamGuard", "fit_model", "fit_step", "fit_to_cap",
-           "guard_training", "take_plan", "warm_up_model", "warmup"]
+           "guard_training", "take_plan", "warm_kernels", "warm_up_model"]

@@ -6,6 +6,9 @@ a training step's working set. A tiny model that uses every layer kind is traine
 step with each optimizer and loss, and run in inference, on the same array layouts the
 real executors use. :func:`warm_up_model` then pays what is left for one model (its
 own shapes) with a step that changes nothing.
+
+The tiny model is built with the class of the model being warmed up (or the one
+``device_runtime.warmup`` passes), so this lower module never imports ``Model``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..kernels import USE_NUMBA
+from ..spec import layer
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -23,9 +27,7 @@ if TYPE_CHECKING:
 _DONE = False
 
 
-def _tiny(loss: str, act: str, out: int) -> Model:
-    from ..model import Model, layer  # the model module uses this one: import when run
-
+def _tiny(model_cls: type[Model], loss: str, act: str, out: int) -> Model:
     specs = [
         layer("input", "in", input_shape="2:6:6"),
         layer("conv2d", "c1", filters=4, kernel_size=3, padding=1),       # chunked im2col path
@@ -43,11 +45,12 @@ def _tiny(loss: str, act: str, out: int) -> Model:
         layer("activation", "w1", activation="swish"),
         layer("fully_connected", "fc2", unit=out, activation=act),
     ]
-    return Model(specs, loss=loss, seed=0, name="warmup")
+    return model_cls(specs, loss=loss, seed=0, name="warmup")
 
 
-def warmup(force: bool = False) -> None:
-    """Run every kernel once (no-op after the first call, or without numba)."""
+def warm_kernels(model_cls: type[Model], force: bool = False) -> None:
+    """Run every kernel once, through tiny ``model_cls`` models (no-op after the first
+    call, or without numba)."""
     global _DONE
     if (_DONE or not USE_NUMBA) and not force:
         return
@@ -66,7 +69,7 @@ def warmup(force: bool = False) -> None:
         ("mse", "softmax", rng.random((4, 3)).astype(np.float32)),
     ):
         for opt, kw in (("sgd", {"momentum": 0.9}), ("adam", {}), ("sgd", {})):
-            m = _tiny(loss, act, 3)
+            m = _tiny(model_cls, loss, act, 3)
             m.compile(batch_size=2, optimizer=opt, lr=0.01, **kw)
             m.fit(x, y, steps=1, shuffle=False)
         m.compile(batch_size=2, optimizer="sgd", lr=0.01, clip_grad_norm=1.0)
@@ -84,7 +87,7 @@ def warm_up_model(model: Model) -> None:
     from ..optimizers import NullOptimizer
     from ..stepplan import StepPlan
 
-    warmup()
+    warm_kernels(type(model))
     w = model.weights
     saved = {k: w.get(k).copy() for k, p in w.params.items()
              if not p.trainable}  # running statistics move in a training forward
