@@ -26,32 +26,26 @@ from tests.kernel_cases import CONV_CASES, F32, col_shapes, geom, out_size, rand
 # ---------------------------------------------------------------------- numba == numpy
 
 
+# numba kernel, numpy reference, allocation-free numpy kernel (kernels/lean.py), data seed
+LAYOUT_KERNELS = {"im2col": (conv.im2col_numba, conv.im2col_numpy, lean.im2col, 1),
+                  "col2im": (conv.col2im_numba, conv.col2im_numpy, lean.col2im, 2)}
+
+
 @pytest.mark.parametrize("case", CONV_CASES)
 @pytest.mark.parametrize("other", ["numpy", "lean"])
-def test_im2col_numba_matches_numpy(case: tuple[int, ...], other: str) -> None:
-    # Prepare: the numpy reference, and the allocation-free one the runtime uses
-    # without numba (kernels/lean.py)
-    rng = np.random.default_rng(1)
+@pytest.mark.parametrize("kernel", sorted(LAYOUT_KERNELS))
+def test_layout_kernels_numba_match_numpy(case: tuple[int, ...], other: str, kernel: str) -> None:
+    # Prepare: im2col reads an image and writes columns, col2im the other way round
+    numba_fn, numpy_fn, lean_fn, seed = LAYOUT_KERNELS[kernel]
+    rng = np.random.default_rng(seed)
     xs, cs, oh, ow = col_shapes(case)
-    x = rand(rng, *xs)
-    got, want = np.full(cs, np.nan, F32), np.full(cs, np.nan, F32)  # NaN: catch unwritten
+    src, dst = (xs, cs) if kernel == "im2col" else (cs, xs)
+    x = rand(rng, *src)
+    got, want = np.full(dst, np.nan, F32), np.full(dst, np.nan, F32)  # NaN: catch unwritten
     # Execute
-    conv.im2col_numba(x, got, *geom(case), oh, ow)
-    (conv.im2col_numpy if other == "numpy" else lean.im2col)(x, want, *geom(case), oh, ow)
-    # Assert
-    np.testing.assert_array_equal(got, want)
-
-
-@pytest.mark.parametrize("case", CONV_CASES)
-@pytest.mark.parametrize("other", ["numpy", "lean"])
-def test_col2im_numba_matches_numpy(case: tuple[int, ...], other: str) -> None:
-    rng = np.random.default_rng(2)
-    xs, cs, oh, ow = col_shapes(case)
-    col = rand(rng, *cs)
-    got, want = np.full(xs, np.nan, F32), np.full(xs, np.nan, F32)
-    conv.col2im_numba(col, got, *geom(case), oh, ow)
-    (conv.col2im_numpy if other == "numpy" else lean.col2im)(col, want, *geom(case), oh, ow)
-    # both sum each element's terms in (i, j) order: identical rounding
+    numba_fn(x, got, *geom(case), oh, ow)
+    (numpy_fn if other == "numpy" else lean_fn)(x, want, *geom(case), oh, ow)
+    # Assert: bit for bit (col2im: both sum each element's terms in (i, j) order)
     np.testing.assert_array_equal(got, want)
 
 
