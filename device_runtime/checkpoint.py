@@ -52,7 +52,8 @@ def save_checkpoint(path: str, model: Model, epoch: int, iteration: int) -> None
         state = opt.state_dict()
         opt_meta = {"name": opt.name, "iteration": int(state.pop("iteration", 0))}
         arrays.update({f"o/{k}": np.asarray(v) for k, v in state.items()})
-    table, off = [], 0
+    table: list[dict[str, Any]] = []
+    off = 0
     for name, a in arrays.items():
         a = np.ascontiguousarray(a)
         arrays[name] = a
@@ -75,7 +76,7 @@ def save_checkpoint(path: str, model: Model, epoch: int, iteration: int) -> None
         put(header)
         for entry in table:
             a = arrays[entry["name"]]
-            put(memoryview(a.reshape(-1).view(np.uint8)))
+            put(a.reshape(-1).view(np.uint8).data)
             put(bytes(-a.nbytes % _ALIGN))
         f.write(h.digest())
 
@@ -108,12 +109,13 @@ def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     except (ValueError, RecursionError) as e:
         raise _malformed(path, f"not JSON ({str(e).splitlines()[0]})") from None
     _check_header(path, header, len(blob) - 32 - start)
-    arrays = {}
-    for e in header["arrays"]:
-        dtype = np.dtype(e["dtype"])
-        a = np.frombuffer(blob, dtype=dtype, offset=start + e["offset"],
-                          count=e["nbytes"] // dtype.itemsize)
-        arrays[e["name"]] = a.reshape(e["shape"])
+    assert isinstance(header, dict)  # _check_header raises otherwise
+    arrays: dict[str, np.ndarray] = {}
+    for ent in header["arrays"]:
+        dtype = np.dtype(ent["dtype"])
+        a = np.frombuffer(blob, dtype=dtype, offset=start + ent["offset"],
+                          count=ent["nbytes"] // dtype.itemsize)
+        arrays[ent["name"]] = a.reshape(ent["shape"])
     return header, arrays
 
 

@@ -190,6 +190,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         rss.release_heap()  # as a capped compile does before it measures
         baseline = rss.current_rss()
     else:
+        assert model.baseline_rss is not None  # a capped compile measures it
         baseline = model.baseline_rss
     plan = model.plan()
     steps = args.steps

@@ -115,18 +115,21 @@ class Executor:
         dev = self.swap_device
         st = self.step
         for slot in self.slots:
+            assert dev is not None  # slots exist only with a swap device
             # the whole page-rounded slot moves, so O_DIRECT sees aligned lengths
             off = st.plan.offsets[slot.group]
             view = self.pool[off:off + slot.nbytes]
             wdone, rdone = threading.Event(), threading.Event()
             wdone.set()
             rdone.set()
-            post.setdefault(slot.out_after, []).append((dev.submit, ("w", view, slot.file_offset, wdone)))
+            post.setdefault(slot.out_after, []).append(
+                (dev.submit, ("w", view, slot.file_offset, wdone)))
             # before an order's op: finish writes whose bytes are reused now (0), start the
             # reads due now (1), then wait for the reads it needs (2); with lookahead 0 the
             # same read is started and awaited at one order, so this order matters
             pre.setdefault(slot.write_done, []).append((0, dev.wait, (wdone,)))
-            pre.setdefault(slot.read_at, []).append((1, dev.submit, ("r", view, slot.file_offset, rdone)))
+            pre.setdefault(slot.read_at, []).append(
+                (1, dev.submit, ("r", view, slot.file_offset, rdone)))
             pre.setdefault(slot.need_at, []).append((2, dev.wait, (rdone,)))
         for need, chain, _ in sorted(st.recomputed.values(), key=lambda r: r[2][0][0]):
             pre.setdefault(need, []).extend((3, lay.replay, ()) for lay in chain)
@@ -180,7 +183,7 @@ class Executor:
         np.take(self._x, self._idx, axis=0, out=self._x_dst[lay.name], mode="clip")
 
     def _feed_label(self) -> None:
-        assert self.loss is not None
+        assert self.loss is not None and self._y is not None
         np.take(self._y, self._idx, axis=0, out=self._y_dst, mode="clip")
 
     def _clip(self) -> None:
@@ -190,6 +193,7 @@ class Executor:
             total += KO.global_sq_norm(g)
         norm = math.sqrt(total)
         self.last_grad_norm = norm
+        assert self.graph.clip_grad is not None  # only scheduled when set
         coef = min(self.graph.clip_grad / (norm + 1e-6), 1.0)
         for g in self.all_grads:
             KO.scale_inplace(g, coef)

@@ -187,7 +187,8 @@ def _realize(layers: list[Layer]) -> list[Node]:
         if lay.input_layers is None:
             refs = [] if lay.type == "input" else ([(prev, 0)] if prev else [])
             if lay.type != "input" and prev is None:
-                raise lay.fail("is the first layer but is not an input layer and has no input_layers")
+                raise lay.fail("is the first layer but is not an input layer and has no "
+                               "input_layers")
         else:
             refs = [parse_ref(s) for s in lay.input_layers]
         if lay.type == "input" and refs:

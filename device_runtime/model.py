@@ -230,7 +230,8 @@ class Model:
         b = batch_size or self.batch_size or 32
         return [(s, min(s + b, n)) for s in range(0, n, b)]
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int | None = None) -> dict[str, float]:
+    def evaluate(self, x: np.ndarray, y: np.ndarray,
+                 batch_size: int | None = None) -> dict[str, float]:
         """Mean loss and (with class ids) accuracy, with inference-mode layers."""
         xs = self.prepare_x(x)
         ys, kind = self.prepare_y(y, xs.shape[0])

@@ -202,7 +202,10 @@ class StepPlan:
         if not self.training:
             return
         n_fwd = len(self.graph.nodes)
-        gof = lambda ref: self.group_of[self._find(self.out_rec[ref])]
+
+        def gof(ref: tuple[str, int]) -> int:
+            return self.group_of[self._find(self.out_rec[ref])]
+
         writers: dict[int, list[Node]] = {}
         for node in self.graph.nodes:  # topological order: a block's writers in run order
             for k in range(len(node.layer.out_shapes)):

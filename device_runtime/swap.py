@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+
 from . import switches
 
 PAGE = 4096
@@ -134,7 +135,7 @@ class SwapDevice:
             event.set()
 
     def _write(self, view: np.ndarray, off: int) -> None:
-        mv = memoryview(view)
+        mv = view.data  # the array's buffer as a memoryview
         done = 0
         while done < len(mv):
             done += os.pwrite(self.fd, mv[done:], off + done)
@@ -144,7 +145,7 @@ class SwapDevice:
             os.posix_fadvise(self.fd, off, len(mv), os.POSIX_FADV_DONTNEED)
 
     def _read(self, view: np.ndarray, off: int) -> None:
-        mv = memoryview(view)
+        mv = view.data  # the array's buffer as a memoryview
         done = 0
         while done < len(mv):
             n = os.preadv(self.fd, [mv[done:]], off + done)

@@ -14,7 +14,7 @@ The tiny model is built with the class of the model being warmed up (or the one
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -68,7 +68,9 @@ def warm_kernels(model_cls: type[Model], force: bool = False) -> None:
         ("cross_sigmoid", "sigmoid", rng.random((4, 3)).astype(np.float32)),
         ("mse", "softmax", rng.random((4, 3)).astype(np.float32)),
     ):
-        for opt, kw in (("sgd", {"momentum": 0.9}), ("adam", {}), ("sgd", {})):
+        opts: tuple[tuple[str, dict[str, Any]], ...] = (
+            ("sgd", {"momentum": 0.9}), ("adam", {}), ("sgd", {}))
+        for opt, kw in opts:
             m = _tiny(model_cls, loss, act, 3)
             m.compile(batch_size=2, optimizer=opt, lr=0.01, **kw)
             m.fit(x, y, steps=1, shuffle=False)
