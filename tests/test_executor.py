@@ -52,7 +52,8 @@ def test_execution_orders_frozen_layers():
     assert o["fc3"][CG] < o["fc3"][CD] < o["fc3"][AG] < o["fc2"][CG]
     # The frozen layer keeps no gradient and no derivative tensors.
     kinds = {r.name: r.kind for r in m.train_executor.step.records}
-    assert not any(k.startswith("frozen1:") and v in ("gradient", "derivative") for k, v in kinds.items())
+    assert not any(k.startswith("frozen1:") and v in ("gradient", "derivative")
+                   for k, v in kinds.items())
 
 
 def test_frozen_layer_between_trainable_layers_gets_cd_only():

@@ -86,7 +86,8 @@ def test_batch_normalization_conv_and_dense():
             layer("fully_connected", "fc2", unit=3)], in_shape=(8,), batch=6)
 
 
-@pytest.mark.parametrize("act", ["relu", "leaky_relu", "sigmoid", "tanh", "softmax", "gelu", "swish"])
+@pytest.mark.parametrize("act", ["relu", "leaky_relu", "sigmoid", "tanh", "softmax", "gelu",
+                                 "swish"])
 def test_activations(act):
     _check(_conv_head(layer("activation", "a", activation=act)))
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import device_runtime as dr
-from device_runtime import MemoryCapExceeded, Model, layer
+from device_runtime import MemoryCapExceeded
 from device_runtime.data import synthetic_classification
-from device_runtime.layers.base import AG, CD, CG, F
+from device_runtime.layers.base import CD, CG, F
 from device_runtime.swap import SwapDevice
 from tests.test_cli import assert_one_line_error, last_json, run
 

@@ -205,7 +205,8 @@ class Layer:
     def request_tensor(self, name: str, shape: Shape, phases: set[str] | frozenset[str],
                        dtype: Any = np.float32) -> None:
         """Declare a step tensor of this layer, used in ``phases``."""
-        self.tensors.append(TensorSpec(name, tuple(int(s) for s in shape), frozenset(phases), dtype))
+        dims = tuple(int(s) for s in shape)
+        self.tensors.append(TensorSpec(name, dims, frozenset(phases), dtype))
 
     @property
     def has_trainable_weights(self) -> bool:

@@ -74,7 +74,8 @@ class Conv2D(Layer):
             raise self.fail(f"dilation {self.prop('dilation')!r} is not supported (only 1)")
         if min(kh, kw, sh, sw) <= 0:
             raise self.fail("kernel_size and stride must be positive")
-        pt, pb, pl, pr = resolve_padding(self, self.prop("padding", "valid"), (h, w), (kh, kw), (sh, sw))
+        pt, pb, pl, pr = resolve_padding(self, self.prop("padding", "valid"), (h, w), (kh, kw),
+                                         (sh, sw))
         oh, ow = out_size(h, kh, sh, pt, pb), out_size(w, kw, sw, pl, pr)
         if oh <= 0 or ow <= 0:
             raise self.fail(f"kernel {kh}x{kw} does not fit the {h}x{w} input with padding "
@@ -84,7 +85,8 @@ class Conv2D(Layer):
         self.ckk = c * kh * kw
         self.use_bias = str(self.prop("disable_bias", "false")).lower() != "true"
         fan_in, fan_out = self.ckk, filters * kh * kw
-        self.request_weight("weight", (filters, c, kh, kw), self.prop("weight_initializer", "torch"),
+        self.request_weight("weight", (filters, c, kh, kw),
+                            self.prop("weight_initializer", "torch"),
                             fan_in, fan_out)
         if self.use_bias:
             self.request_weight("bias", (filters,), self.prop("bias_initializer", "torch"),

@@ -83,9 +83,11 @@ class FullyConnected(Layer):
         self.units, self.fin = units, fin
         self.rows = int(math.prod(shape[:-1]))
         self.use_bias = str(self.prop("disable_bias", "false")).lower() != "true"
-        self.request_weight("weight", (fin, units), self.prop("weight_initializer", "torch"), fin, units)
+        self.request_weight("weight", (fin, units), self.prop("weight_initializer", "torch"),
+                            fin, units)
         if self.use_bias:
-            self.request_weight("bias", (units,), self.prop("bias_initializer", "torch"), fin, units)
+            self.request_weight("bias", (units,), self.prop("bias_initializer", "torch"),
+                                fin, units)
         self.input_needed = frozenset({CG})
         # dW rows r0:r1 = x[:, r0:r1]^T @ dy, in blocks of input rows, fused or not (so
         # that applying blocks one by one never changes the numbers).

@@ -35,7 +35,8 @@ class BatchNormalization(Layer):
         self.eps = parse_float(self.name, "epsilon", self.prop("epsilon", 1e-5))
         self.momentum = parse_float(self.name, "momentum", self.prop("momentum", 0.9))
         if not (self.eps > 0 and 0.0 <= self.momentum <= 1.0):
-            raise self.fail(f"needs epsilon > 0 and momentum in [0, 1], got {self.eps}, {self.momentum}")
+            raise self.fail(f"needs epsilon > 0 and momentum in [0, 1], got {self.eps}, "
+                            f"{self.momentum}")
         self.request_weight("gamma", (c,), self.prop("gamma_initializer", "ones"))
         self.request_weight("beta", (c,), self.prop("beta_initializer", "zeros"))
         self.request_weight("moving_mean", (c,), self.prop("moving_mean_initializer", "zeros"),
