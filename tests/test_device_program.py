@@ -124,6 +124,19 @@ def test_ditto_keeps_a_personal_model_pulled_to_the_global_one():
     assert dist(near) < dist(far)
 
 
+def test_fedrep_and_ditto_keys_together_are_refused_unless_local_update_names_one():
+    both = {"head-epochs": 1, "ditto-lambda": 0.1}
+    with pytest.raises(ConfigError, match="local-update to fedrep or ditto"):
+        run_device(_state(), _shared(_cfg(personal="fc2")), _cfg(personal="fc2", **both))
+    # named explicitly, the rule runs: Ditto keeps a personal model v, FedRep does not
+    cfg = _cfg(**both, **{"local-update": "ditto"})
+    _, _, new = run_device(_state(), _shared(cfg), cfg)
+    assert new.arrays and all(k.startswith("v/") for k in new.arrays)
+    cfg = _cfg(personal="fc2", **both, **{"local-update": "fedrep"})
+    _, _, new = run_device(_state(), _shared(cfg), cfg)
+    assert not any(k.startswith("v/") for k in new.arrays)
+
+
 def test_fedprox_mu_shrinks_the_update():
     shared = _shared(_cfg())
     free, _, _ = run_device(_state(), shared, _cfg())

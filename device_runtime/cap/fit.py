@@ -106,12 +106,17 @@ def fit_model(model: Model, cap: int, baseline_rss: int | None = None) -> tuple[
     rss.release_heap()
     baseline = baseline_rss if baseline_rss is not None else rss.current_rss()
     # Planning itself leaves heap behind (about 1 MiB for resnet18, less once freed pages
-    # are given back): a first fit, thrown away, shows how much; the baseline counts it,
-    # and the fit whose plan is kept reuses that heap.
-    fit_step(model, cap, baseline)
+    # are given back), and the kept plan is part of the process from now on: the baseline
+    # is measured again with the plan made, and the step fitted again only when the plan
+    # no longer fits over it (one planning pass in the common case).
+    decision = fit_step(model, cap, baseline)
     rss.release_heap()
-    baseline = max(baseline, rss.current_rss())
-    return baseline, fit_step(model, cap, baseline)
+    after = rss.current_rss()
+    if after > baseline:
+        baseline = after
+        if baseline + decision.extra_bytes + MARGIN_BYTES + decision.pool_bytes > cap:
+            decision = fit_step(model, cap, baseline)
+    return baseline, decision
 
 
 def fit_step(model: Model, cap: int, baseline: int) -> Decision:

@@ -106,9 +106,13 @@ def ditto(run: LocalRun) -> None:
 
 def rule_of(cfg: DeviceConfig) -> Callable[[LocalRun], None]:
     """The rule ``local-update`` names; ``auto`` picks it from the keys that are set
-    (``head-epochs`` -> fedrep, ``ditto-lambda`` -> ditto, else plain)."""
+    (``head-epochs`` -> fedrep, ``ditto-lambda`` -> ditto, else plain; both set is
+    ambiguous and refused)."""
     name = cfg.local_update
     if name == "auto":
+        if cfg.head_epochs and cfg.ditto_lambda:
+            raise ConfigError("device config sets both head-epochs (FedRep) and ditto-lambda "
+                              "(Ditto): set local-update to fedrep or ditto")
         name = "fedrep" if cfg.head_epochs else "ditto" if cfg.ditto_lambda else "plain"
     if name not in LOCAL_UPDATES:
         raise ConfigError(f"device config local-update = {name!r} is not a rule (known: auto, "
