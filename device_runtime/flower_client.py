@@ -74,7 +74,13 @@ def device_data(context: Any) -> DeviceData:
                 raise ConfigError("the device has no data: set node_config data-path=FILE.npz or "
                                   "run_config data-factory='module:function'")
             mod, fn = spec.split(":", 1)
-            d = getattr(importlib.import_module(mod), fn)(int(pid), dict(context.run_config))
+            try:
+                factory = getattr(importlib.import_module(mod), fn)
+            except (ImportError, AttributeError) as e:
+                raise ConfigError(f"the device has no data: set node_config data-path=FILE.npz "
+                                  f"(run_config data-factory {spec!r} cannot be loaded here: "
+                                  f"{e})") from e
+            d = factory(int(pid), dict(context.run_config))
             _DATA[key] = DeviceData(d.x_train, d.y_train, d.x_test, d.y_test)
     return _DATA[key]
 

@@ -27,9 +27,15 @@ def bench(argv: list[str]) -> int:
 
 def simulate(argv: list[str]) -> int:
     """``nnfleet simulate ...`` (experiments.simulate)."""
-    from experiments.simulate import main as run
+    try:
+        from experiments.simulate import main as run
 
-    return int(run(argv) or 0)
+        return int(run(argv) or 0)
+    except ModuleNotFoundError as e:  # the lab's server side is Flower's ServerApp
+        if (e.name or "").split(".")[0] != "flwr":
+            raise
+        raise ConfigError("nnfleet simulate needs Flower, which this install does not have: "
+                          "pip install 'nnfleet[fast,flower,plot]'") from e
 
 
 COMMANDS: dict[str, Command] = {

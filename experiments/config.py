@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Any
-
 import tomllib
+from typing import Any
 
 from device_runtime.device import key_specs
 from device_runtime.errors import ConfigError

@@ -8,7 +8,9 @@ the SuperLink's own ServerApp process connects to its Runtime API there, over TL
 
 ``python -m server.keys node PATH`` makes one SuperNode's key pair: ``PATH`` (the
 private key, OpenSSH format, NIST P-384, for ``flower-supernode
---auth-supernode-private-key``) and ``PATH.pub`` (for ``flwr supernode register``).
+--auth-supernode-private-key``) and ``PATH.pub`` (for ``flwr supernode register``). On a
+device, where ``server/`` is not installed, ``python -m device_runtime.keys node PATH``
+does the same (this module uses it).
 
 Private keys are written 0600 and nothing is overwritten: a replaced CA or node key
 would lock out every node that trusts the old one. Needs ``cryptography``, which Flower
@@ -28,21 +30,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from device_runtime.keys import make_node_key, refuse_existing
+from device_runtime.keys import write_key_file as _write
+
 ALWAYS = ("localhost", "127.0.0.1")  # the SuperLink's ServerApp dials its Runtime API here
 _PEM = serialization.Encoding.PEM
-
-
-def _write(path: str, data: bytes, private: bool) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
-def _refuse_existing(paths: list[str]) -> None:
-    for p in paths:
-        if os.path.lexists(p):
-            raise FileExistsError(f"{p} exists: keys are never overwritten (move it away "
-                                  "first; a new CA or node key locks out whoever trusts the old)")
 
 
 def _san(host: str) -> x509.GeneralName:
@@ -63,7 +55,7 @@ def make_tls(directory: str, hosts: list[str], days: int = 365) -> dict[str, str
     ``directory``; returns the four paths by name."""
     paths = {n: os.path.join(directory, n) for n in ("ca.crt", "ca.key", "server.pem",
                                                       "server.key")}
-    _refuse_existing(list(paths.values()))
+    refuse_existing(list(paths.values()))
     os.makedirs(directory, mode=0o700, exist_ok=True)
     names = list(dict.fromkeys([*hosts, *ALWAYS]))
     now = dt.datetime.now(dt.timezone.utc)
@@ -101,21 +93,6 @@ def make_tls(directory: str, hosts: list[str], days: int = 365) -> dict[str, str
     _write(paths["ca.crt"], ca.public_bytes(_PEM), private=False)
     _write(paths["server.pem"], cert.public_bytes(_PEM), private=False)
     return paths
-
-
-def make_node_key(path: str) -> tuple[str, str]:
-    """A SuperNode key pair: ``path`` (private, OpenSSH) and ``path.pub``."""
-    _refuse_existing([path, path + ".pub"])
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP384R1())
-    private = key.private_bytes(_PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                           serialization.PublicFormat.OpenSSH)
-    _write(path, private, private=True)
-    _write(path + ".pub", public + b"\n", private=False)
-    return path, path + ".pub"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,10 +107,14 @@ def test_tls_and_supernode_auth_admit_only_the_registered_node(tmp_path):
     home = tmp_path / "flwr-home"
     home.mkdir()
     certs, evil = tmp_path / "certs", tmp_path / "other-ca"
-    keys = [["tls", str(certs), "--host", "127.0.0.1"], ["tls", str(evil), "--host", "127.0.0.1"],
-            ["node", str(tmp_path / "device")], ["node", str(tmp_path / "rogue")]]
+    # the aggregation host's certificates by server.keys; node keys on the device, by the
+    # device runtime (no server/ there)
+    keys = [["server.keys", "tls", str(certs), "--host", "127.0.0.1"],
+            ["server.keys", "tls", str(evil), "--host", "127.0.0.1"],
+            ["device_runtime.keys", "node", str(tmp_path / "device")],
+            ["device_runtime.keys", "node", str(tmp_path / "rogue")]]
     for args in keys:
-        r = subprocess.run([sys.executable, "-m", "server.keys", *args], check=False,
+        r = subprocess.run([sys.executable, "-m", *args], check=False,
                            cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
     for private in (certs / "ca.key", certs / "server.key", tmp_path / "device"):

@@ -272,3 +272,16 @@ def test_a_round_trip_keeps_the_state_and_the_training(tmp_path, medium):
         np.testing.assert_array_equal(a[k], b[k])
     np.testing.assert_array_equal(sa.arrays["p/fc2:weight"], sb.arrays["p/fc2:weight"])
     assert sb.meta == {"rounds": 2.0}
+
+
+def test_a_device_without_data_or_its_factory_says_so():
+    from types import SimpleNamespace
+
+    from device_runtime.flower_client import device_data
+    ctx = SimpleNamespace(node_config={"partition-id": 0}, node_id=1, run_id=1,
+                          run_config={"data-factory": "not_installed_here.data:partition"})
+    with pytest.raises(ConfigError, match="the device has no data: set node_config data-path"):
+        device_data(ctx)
+    ctx.run_config = {}
+    with pytest.raises(ConfigError, match="the device has no data"):
+        device_data(ctx)

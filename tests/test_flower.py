@@ -16,12 +16,12 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from contextlib import contextmanager
 from typing import Iterator
 
 import numpy as np
 import pytest
-import tomllib
 
 pytest.importorskip("flwr")
 psutil = pytest.importorskip("psutil")

@@ -10,10 +10,10 @@ import glob
 import json
 import math
 import os
+import tomllib
 from unittest import mock
 
 import pytest
-import tomllib
 from hypothesis import given
 from hypothesis import strategies as st
 
