@@ -63,15 +63,10 @@ class Activation(Layer):
     def bind(self) -> None:
         x, y = self.io.x[0], self.io.y[0]
         dx, dy = self.io.dx[0], self.io.dy[0]
-        if self.act == "softmax":  # over the last axis
-            k = x.shape[-1]
-            self.xv, self.yv = x.reshape(-1, k), y.reshape(-1, k)
-            self.dxv = None if dx is None else dx.reshape(-1, k)
-            self.dyv = None if dy is None else dy.reshape(-1, k)
-        else:
-            self.xv, self.yv = x.reshape(-1), y.reshape(-1)
-            self.dxv = None if dx is None else dx.reshape(-1)
-            self.dyv = None if dy is None else dy.reshape(-1)
+        rows: Shape = (-1, x.shape[-1]) if self.act == "softmax" else (-1,)  # softmax: last axis
+        self.xv, self.yv = x.reshape(rows), y.reshape(rows)
+        self.dxv = None if dx is None else dx.reshape(rows)
+        self.dyv = None if dy is None else dy.reshape(rows)
         self._slope = self.slope if self.act == "leaky_relu" else 0.0
         self._fwd = getattr(K, f"{self.act}_fwd")
         self._bwd = getattr(K, f"{self.act}_bwd")
@@ -93,11 +88,12 @@ class Activation(Layer):
     def calc_derivative(self) -> None:
         if self.dxv is None:
             return
+        dyv = self.bound(self.dyv, "dy")
         if self.bits:
-            KB.relu_mask_bwd(self.t["mask"], self.dyv, self.dxv, self._slope)
+            KB.relu_mask_bwd(self.t["mask"], dyv, self.dxv, self._slope)
             return
         src = self.yv if self.reads == "out" else self.xv
         if self.act == "leaky_relu":
-            self._bwd(src, self.dyv, self.dxv, self.slope)
+            self._bwd(src, dyv, self.dxv, self.slope)
         else:
-            self._bwd(src, self.dyv, self.dxv)
+            self._bwd(src, dyv, self.dxv)

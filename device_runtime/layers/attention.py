@@ -54,12 +54,13 @@ class Attention(Layer):
         self.v = x[1].reshape(b, tk, dv)
         self.k = x[2].reshape(b, tk, dq) if len(x) == 3 else self.v.reshape(b, tk, dq)
         self.y = self.io.y[0].reshape(b, tq, dv)
-        self.dy = None if self.io.dy[0] is None else self.io.dy[0].reshape(b, tq, dv)
+        dy = self.io.dy[0]
+        self.dy = None if dy is None else dy.reshape(b, tq, dv)
         t = self.t
         self.dq = dx[0].reshape(b, tq, dq) if dx[0] is not None else t.get("sq")
         self.dv = dx[1].reshape(b, tk, dv) if dx[1] is not None else t.get("sv")
-        own_key = len(dx) == 3 and dx[2] is not None
-        self.dk = dx[2].reshape(b, tk, dq) if own_key else t.get("sk")
+        dk = dx[2] if len(dx) == 3 else None  # two inputs: the key is the value
+        self.dk = dk.reshape(b, tk, dq) if dk is not None else t.get("sk")
         self.key_is_value = len(x) == 2
 
     def forward(self, training: bool) -> None:
@@ -68,13 +69,16 @@ class Attention(Layer):
     def calc_derivative(self) -> None:
         if all(d is None for d in self.io.dx):
             return
-        K.attention_bwd(self.dy, self.t["attn"], self.q, self.k, self.v, self.dq, self.dk,
-                        self.dv, self.scale, self.t["ds"])
+        # an input that takes no derivative has a scratch in its place: all three exist
+        dq, dk, dv = self.bound(self.dq, "dq"), self.bound(self.dk, "dk"), self.bound(self.dv, "dv")
+        K.attention_bwd(self.bound(self.dy, "dy"), self.t["attn"], self.q, self.k, self.v, dq, dk,
+                        dv, self.scale, self.t["ds"])
         if self.key_is_value:
-            np.add(self.dv, self.dk, out=self.dv)
+            np.add(dv, dk, out=dv)
 
 
 _PARAMS = ("query", "key", "value")
+_DPROJ = ("dpq", "dpk", "dpv")  # the derivatives of their projections
 
 
 class MultiHeadAttention(Layer):
@@ -163,20 +167,22 @@ class MultiHeadAttention(Layer):
 
     def _backward_core(self) -> None:
         t = self.t
-        np.matmul(self.dy2, self.w["fc_weight"].T, out=t["dao"].reshape(self.y2.shape[0], -1))
+        np.matmul(self.bound(self.dy2, "dy"), self.w["fc_weight"].T,
+                  out=t["dao"].reshape(self.y2.shape[0], -1))
         K.attention_bwd(t["dao"], t["attn"], t["pq"], t["pk"], t["pv"], t["dpq"], t["dpk"],
                         t["dpv"], self.scale, t["ds"])
 
     def calc_gradient(self) -> None:
         self._backward_core()
-        g = self.g
-        np.matmul(self.ao2.T, self.dy2, out=g["fc_weight"])
+        g, dy2 = self.g, self.bound(self.dy2, "dy")
+        np.matmul(self.ao2.T, dy2, out=g["fc_weight"])
         if self.use_bias:
-            np.sum(self.dy2, axis=0, out=g["fc_bias"])
+            np.sum(dy2, axis=0, out=g["fc_bias"])
         for i, name in enumerate(_PARAMS):
-            np.matmul(self.x2[i].T, self.dp2[i], out=g[f"{name}_fc_weight"])
+            dp2 = self.bound(self.dp2[i], _DPROJ[i])
+            np.matmul(self.x2[i].T, dp2, out=g[f"{name}_fc_weight"])
             if self.use_bias:
-                np.sum(self.dp2[i], axis=0, out=g[f"{name}_fc_bias"])
+                np.sum(dp2, axis=0, out=g[f"{name}_fc_bias"])
 
     def calc_derivative(self) -> None:
         if all(d is None for d in self.io.dx):
@@ -188,11 +194,11 @@ class MultiHeadAttention(Layer):
             dst = self.dx2[self.src[i]]
             if dst is None:
                 continue
-            wt = self.w[f"{name}_fc_weight"].T
+            wt, dp2 = self.w[f"{name}_fc_weight"].T, self.bound(self.dp2[i], _DPROJ[i])
             if self.src[i] in written:  # a shared input: add this projection's share
                 tmp = self.t["dtmp"][:, :dst.shape[1]]
-                np.matmul(self.dp2[i], wt, out=tmp)
+                np.matmul(dp2, wt, out=tmp)
                 np.add(dst, tmp, out=dst)
             else:
-                np.matmul(self.dp2[i], wt, out=dst)
+                np.matmul(dp2, wt, out=dst)
                 written.add(self.src[i])

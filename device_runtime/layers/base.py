@@ -265,6 +265,15 @@ class Layer:
     def bind(self) -> None:
         """Views are assigned: prepare reshaped views so the hot path allocates nothing."""
 
+    def bound(self, a: np.ndarray | None, what: str) -> np.ndarray:
+        """``a`` narrowed to an array. A derivative or optional tensor is ``None`` where
+        the plan gives this node none; a layer calls this where the tensor must exist
+        (once per tensor and step, never per element), so a missing one fails clearly."""
+        if a is None:
+            raise AssertionError(f"layer '{self.name}' ({self.type}): {what} used before it is "
+                                 "bound (the plan gave this node none)")
+        return a
+
     def forward(self, training: bool) -> None:
         raise NotImplementedError
 

@@ -153,7 +153,7 @@ class Conv2D(Layer):
 
     def _col(self, name: str, xs: np.ndarray, xd: np.ndarray | None) -> np.ndarray:
         if self.direct and self.b == 1:
-            return xd
+            return self.bound(xd, "x (direct view)")
         col = self.t[name]
         if self.direct:
             K.nchw_to_chunk(xs.reshape(self.b, self.c, self.hw), col)
@@ -185,7 +185,7 @@ class Conv2D(Layer):
         """dW (Cout, CKK) accumulated over the sample chunks into ``out``."""
         for i, (xs, _, _, dys, xd) in enumerate(self.chunks):
             col = self._col("col_g", xs, xd)
-            dych = self._dych("dych_g", dys)
+            dych = self._dych("dych_g", self.bound(dys, "dy"))
             if i == 0:
                 np.matmul(dych, col.T, out=out)
             else:
@@ -195,23 +195,26 @@ class Conv2D(Layer):
     def calc_gradient(self) -> None:
         fused = self.fused
         if self.grows == self.filters:
-            g = self.t["gblock"] if fused else self.g2
+            g = self.t["gblock"] if fused else self.bound(self.g2, "weight gradient")
             self._weight_grad(g)
             if fused:
                 self.apply("weight", 0, self.w2.reshape(-1), g.reshape(-1))
         else:
             xs, _, _, dys, xd = self.chunks[0]
             col = self._col("col_g", xs, xd)
-            dych = self._dych("dych_g", dys)
+            dych = self._dych("dych_g", self.bound(dys, "dy"))
             for o0 in range(0, self.filters, self.grows):
                 o1 = min(self.filters, o0 + self.grows)
-                g = self.t["gblock"][:o1 - o0] if fused else self.g2[o0:o1]
+                if fused:
+                    g = self.t["gblock"][:o1 - o0]
+                else:
+                    g = self.bound(self.g2, "weight gradient")[o0:o1]
                 np.matmul(dych[o0:o1], col.T, out=g)
                 if fused:
                     self.apply("weight", o0 * self.ckk, self.w2[o0:o1].reshape(-1), g.reshape(-1))
         if self.bias is not None:
             gbias = self.t["gbias"] if fused else self.g["bias"]
-            K.bias_grad_nchw(self.dy3, gbias, False)
+            K.bias_grad_nchw(self.bound(self.dy3, "dy"), gbias, False)
             if fused:
                 self.apply("bias", 0, self.bias, gbias)
 
@@ -220,7 +223,8 @@ class Conv2D(Layer):
             return
         dcol = self.t["dcol"]
         for _, _, dxs, dys, _ in self.chunks:
-            dych = self._dych("dych_d", dys)
+            dxs = self.bound(dxs, "dx")
+            dych = self._dych("dych_d", self.bound(dys, "dy"))
             np.matmul(self.w2t, dych, out=dcol)
             if self.direct:
                 if self.b == 1:

@@ -90,18 +90,19 @@ class Conv1D(Layer):
     def calc_gradient(self) -> None:
         col, tmp = self.t["col_g"], self.t["gtmp"]
         g2 = self.g["weight"].reshape(self.filters, -1)
-        for i, (xs, dys) in enumerate(zip(self.x3, self.dy3)):
+        dy3 = self.bound(self.dy3, "dy")
+        for i, (xs, dys) in enumerate(zip(self.x3, dy3)):
             K.im2col1d(xs, col, *self.geom)
             np.matmul(dys, col.T, out=g2 if i == 0 else tmp)
             if i:
                 np.add(g2, tmp, out=g2)
         if self.use_bias:
-            np.sum(self.dy3, axis=(0, 2), out=self.g["bias"])
+            np.sum(dy3, axis=(0, 2), out=self.g["bias"])
 
     def calc_derivative(self) -> None:
         if self.dx3 is None:
             return
         dcol = self.t["dcol"]
-        for dxs, dys in zip(self.dx3, self.dy3):
+        for dxs, dys in zip(self.dx3, self.bound(self.dy3, "dy")):
             np.matmul(self.w2.T, dys, out=dcol)
             K.col2im1d(dcol, dxs, *self.geom)

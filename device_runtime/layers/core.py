@@ -126,20 +126,20 @@ class FullyConnected(Layer):
             add_row_bias(self.y2, self.w["bias"])
 
     def calc_gradient(self) -> None:
-        fused = self.fused
+        fused, dy2 = self.fused, self.bound(self.dy2, "dy")
         for xt, g, wv, start, gflat in self.blocks:
-            np.matmul(xt, self.dy2, out=g)
+            np.matmul(xt, dy2, out=g)
             if fused:
                 self.apply("weight", start, wv, gflat)
         if self.use_bias:
             gb = self.t["gbias"] if fused else self.g["bias"]
-            np.sum(self.dy2, axis=0, out=gb)
+            np.sum(dy2, axis=0, out=gb)
             if fused:
                 self.apply("bias", 0, self.w["bias"], gb)
 
     def calc_derivative(self) -> None:
         if self.dx2 is not None:
-            np.matmul(self.dy2, self.w["weight"].T, out=self.dx2)
+            np.matmul(self.bound(self.dy2, "dy"), self.w["weight"].T, out=self.dx2)
 
 
 class _View(Layer):
@@ -215,7 +215,8 @@ class Dropout(Layer):
                 np.copyto(self.y1, self.x1)
             return
         # Counter-based random numbers: the same mask whatever the memory layout.
-        kdrop.dropout_fwd(self.x1, self.y1, self.m1, self.rate, self.seed, self.calls)
+        m1 = self.bound(self.m1, "mask")
+        kdrop.dropout_fwd(self.x1, self.y1, m1, self.rate, self.seed, self.calls)
         self.calls += 1
 
     def run_state(self) -> dict[str, int]:
@@ -228,8 +229,9 @@ class Dropout(Layer):
     def calc_derivative(self) -> None:
         if self.dx1 is None:
             return
+        dy1 = self.bound(self.dy1, "dy")
         if self.rate == 0.0:
-            if not np.shares_memory(self.dx1, self.dy1):
-                np.copyto(self.dx1, self.dy1)
+            if not np.shares_memory(self.dx1, dy1):
+                np.copyto(self.dx1, dy1)
             return
-        kdrop.dropout_bwd(self.dy1, self.m1, self.dx1, self.rate)
+        kdrop.dropout_bwd(dy1, self.bound(self.m1, "mask"), self.dx1, self.rate)

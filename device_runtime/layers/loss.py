@@ -14,6 +14,9 @@ import numpy as np
 from ..kernels import loss as K
 from .base import CD, F, FinalizeContext, Layer, Shape
 
+# A label's scalar type; an alias because a layer's ``type`` (its name) hides the builtin.
+DType = type[np.generic]
+
 
 class Loss(Layer):
     """Base class; ``label_kind`` is "index" (int64 class ids) or "dense" (float32)."""
@@ -26,7 +29,7 @@ class Loss(Layer):
         self.value = 0.0
         self.correct = -1  # number of correct argmax predictions, when labels are ids
 
-    def label_shape(self, pred: Shape) -> tuple[Shape, type]:
+    def label_shape(self, pred: Shape) -> tuple[Shape, DType]:
         return pred, np.float32
 
     def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
@@ -73,7 +76,7 @@ class CrossEntropySoftmax(Loss):
     folds = "softmax"
     label_kind = "index"
 
-    def label_shape(self, pred: Shape) -> tuple[Shape, type]:
+    def label_shape(self, pred: Shape) -> tuple[Shape, DType]:
         if self.label_kind == "index":
             return (self.rows,), np.int64
         return (self.rows, self.k), np.float32

@@ -34,7 +34,7 @@ class Addition(Layer):
         self.forward(True)
 
     def calc_derivative(self) -> None:
-        dy = self.io.dy[0]
+        dy = self.bound(self.io.dy[0], "dy")
         for dx in self.io.dx:
             if dx is not None and not np.shares_memory(dx, dy):
                 np.copyto(dx, dy)
@@ -83,7 +83,7 @@ class Concat(Layer):
     def calc_derivative(self) -> None:
         for dx, part in zip(self.io.dx, self.dparts):
             if dx is not None:
-                np.copyto(dx, part)
+                np.copyto(dx, self.bound(part, "dy"))
 
 
 class MultiOut(Layer):
@@ -105,7 +105,8 @@ class MultiOut(Layer):
         if dx is None:
             return
         dys = self.io.dy
-        if not np.shares_memory(dx, dys[0]):
-            np.copyto(dx, dys[0])
+        dy0 = self.bound(dys[0], "dy")
+        if not np.shares_memory(dx, dy0):
+            np.copyto(dx, dy0)
         for d in dys[1:]:
-            np.add(dx, d, out=dx)
+            np.add(dx, self.bound(d, "dy"), out=dx)

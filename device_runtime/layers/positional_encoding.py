@@ -36,6 +36,6 @@ class PositionalEncoding(Layer):
         K.pe_add(self.x3, self.y3)
 
     def calc_derivative(self) -> None:
-        dx, dy = self.io.dx[0], self.io.dy[0]
+        dx, dy = self.io.dx[0], self.bound(self.io.dy[0], "dy")
         if dx is not None and not np.shares_memory(dx, dy):
             np.copyto(dx, dy)

@@ -150,7 +150,8 @@ class Recurrent(Layer):
     # ------------------------------------------------------------------ backward
     def _bptt(self) -> None:
         """Fill ``dgx`` (and ``dgh``) for every step, last to first."""
-        dh, dy = self.t["dh"], self.dyv
+        dh, dy = self.t["dh"], self.bound(self.dyv, "dy")
+        dgx = self.bound(self.dgx, "dgx")
         dh.fill(0.0)
         self._reset_backward()
         for t in range(self.T - 1, -1, -1):
@@ -158,36 +159,38 @@ class Recurrent(Layer):
                 np.add(dh, dy[:, t], out=dh)
             elif t == self.T - 1:
                 np.add(dh, dy, out=dh)
-            self._step_back(t, dh)
+            self._step_back(t, dh, dgx[t])
 
     def _reset_backward(self) -> None:
         pass
 
-    def _step_back(self, t: int, dh: np.ndarray) -> None:
+    def _step_back(self, t: int, dh: np.ndarray, dgx: np.ndarray) -> None:
+        """Step ``t`` of backpropagation through time; ``dgx`` is ``dgx[t]``."""
         raise NotImplementedError
 
     def _dgh2(self) -> np.ndarray:
-        return self.dgx2
+        return self.bound(self.dgx2, "dgx")
 
     def calc_gradient(self) -> None:
         self._bptt()
-        g = self.g
-        np.matmul(self.xt2.T, self.dgx2, out=g["weight_ih"])
-        np.matmul(self.hprev2.T, self._dgh2(), out=g["weight_hh"])
+        g, dgx2, dgh2 = self.g, self.bound(self.dgx2, "dgx"), self._dgh2()
+        np.matmul(self.xt2.T, dgx2, out=g["weight_ih"])
+        np.matmul(self.hprev2.T, dgh2, out=g["weight_hh"])
         if self.use_bias:
             if self.integrate:
-                np.sum(self.dgx2, axis=0, out=g["bias_h"])
+                np.sum(dgx2, axis=0, out=g["bias_h"])
             else:
-                np.sum(self.dgx2, axis=0, out=g["bias_ih"])
-                np.sum(self._dgh2(), axis=0, out=g["bias_hh"])
+                np.sum(dgx2, axis=0, out=g["bias_ih"])
+                np.sum(dgh2, axis=0, out=g["bias_hh"])
 
     def calc_derivative(self) -> None:
         if self.dx3 is None:
             return
         if not self.has_cg:
             self._bptt()
+        dgx = self.bound(self.dgx, "dgx")
         for t in range(self.T):
-            np.matmul(self.dgx[t], self.wih_t, out=self.dx3[:, t, :])
+            np.matmul(dgx[t], self.wih_t, out=self.dx3[:, t, :])
 
 
 class LSTM(Recurrent):
@@ -207,12 +210,12 @@ class LSTM(Recurrent):
     def _reset_backward(self) -> None:
         self.t["dc"].fill(0.0)
 
-    def _step_back(self, t: int, dh: np.ndarray) -> None:
+    def _step_back(self, t: int, dh: np.ndarray, dgx: np.ndarray) -> None:
         c = self.t["cbuf"]
-        K.lstm_bwd_step(self.t["gates"][t], c[t + 1], c[t], dh, self.t["dc"], self.dgx[t],
+        K.lstm_bwd_step(self.t["gates"][t], c[t + 1], c[t], dh, self.t["dc"], dgx,
                         self.act, self.ract)
         if t > 0:
-            np.matmul(self.dgx[t], self.whh_t, out=dh)
+            np.matmul(dgx, self.whh_t, out=dh)
 
 
 class GRU(Recurrent):
@@ -232,9 +235,9 @@ class GRU(Recurrent):
     def _step(self, t: int, gh: np.ndarray) -> None:
         K.gru_fwd_step(self.t["gates"][t], gh, self.hbuf[t], self.hbuf[t + 1], self.act, self.ract)
 
-    def _step_back(self, t: int, dh: np.ndarray) -> None:
+    def _step_back(self, t: int, dh: np.ndarray, dgx: np.ndarray) -> None:
         dgh = self.t["dgh"][t]
-        K.gru_bwd_step(self.t["gates"][t], self.hbuf[t], dh, self.dgx[t], dgh, self.act, self.ract)
+        K.gru_bwd_step(self.t["gates"][t], self.hbuf[t], dh, dgx, dgh, self.act, self.ract)
         if t > 0:  # dh already holds its direct part dh * z
             tmp = self.t["dhtmp"]
             np.matmul(dgh, self.whh_t, out=tmp)
@@ -251,7 +254,7 @@ class RNN(Recurrent):
     def _step(self, t: int, gh: np.ndarray) -> None:
         K.rnn_fwd_step(self.hbuf[t + 1], gh, self.act)
 
-    def _step_back(self, t: int, dh: np.ndarray) -> None:
-        K.rnn_bwd_step(self.hbuf[t + 1], dh, self.dgx[t], self.act)
+    def _step_back(self, t: int, dh: np.ndarray, dgx: np.ndarray) -> None:
+        K.rnn_bwd_step(self.hbuf[t + 1], dh, dgx, self.act)
         if t > 0:
-            np.matmul(self.dgx[t], self.whh_t, out=dh)
+            np.matmul(dgx, self.whh_t, out=dh)

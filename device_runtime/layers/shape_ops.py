@@ -127,7 +127,7 @@ class Permute(Layer):
 
     def calc_derivative(self) -> None:
         if self.dx is not None:
-            np.copyto(self.dx, self.dyp)
+            np.copyto(self.dx, self.bound(self.dyp, "dy"))
 
 
 class Upsample2D(Layer):
