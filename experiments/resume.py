@@ -13,9 +13,16 @@ Everything a run needs to go on lives in ``<out>/checkpoint/`` (folders 0700, fi
                                    and round it stands at, bytes of metrics.jsonl so far,
                                    per-round grid figures, timings
         server-arrays.npz          global shared weights          } the ServerApp's
-        server-state.json          round, random state, history   } context.state
-        server-strategy.bin        the strategy's attributes      } (server/rounds.py)
+        server-state.json          round, random state, history,  } context.state
+                                   the strategy's state (JSON)    } (server/rounds.py)
+        server-strategy.npz        the strategy's arrays          }
         states/<device>.npz        every device's personal state (hard links)
+        manifest.json              the SHA-256 of every file above
+
+Arrays and JSON only: nothing in a checkpoint is unpickled, so a crafted one cannot run
+code. ``--resume`` checks every file against the manifest (and that there is no other) and
+refuses, in one line, a checkpoint in which anything differs: a truncated state, a flipped
+float, an edited round.
 
 A checkpoint is written into a temporary folder and renamed into place; only then is the
 one before renamed away and removed (by a background thread: freeing the inodes of
@@ -48,8 +55,9 @@ import numpy as np
 
 from device_runtime.errors import ConfigError
 
-VERSION = 1
+VERSION = 2  # 2: no pickle, a manifest of checksums
 PREFIX = "ckpt-"
+MANIFEST = "manifest.json"
 
 
 def fingerprint(what: Any) -> str:
@@ -67,21 +75,67 @@ class Snapshot:
     def server_state(self) -> Any:
         """The ServerApp's ``context.state`` (a Flower RecordDict) stored in it, or an empty
         one when it was taken between algorithms."""
-        from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+        from flwr.app import ConfigRecord, RecordDict
 
         state = RecordDict()
         if not os.path.exists(os.path.join(self.path, "server-state.json")):
             return state
-        with np.load(os.path.join(self.path, "server-arrays.npz"), allow_pickle=False) as z:
-            state["server-arrays"] = ArrayRecord({k: Array(z[k]) for k in z.files})
-        with open(os.path.join(self.path, "server-state.json")) as f:
-            values: dict[str, Any] = json.load(f)
-        for name in os.listdir(self.path):
-            if name.startswith("server-") and name.endswith(".bin"):
-                with open(os.path.join(self.path, name), "rb") as f:
-                    values[name[len("server-"):-len(".bin")]] = f.read()
-        state["server-state"] = ConfigRecord(values)
+        try:
+            state["server-arrays"] = _arrays(os.path.join(self.path, "server-arrays.npz"))
+            strategy = os.path.join(self.path, "server-strategy.npz")
+            if os.path.exists(strategy):
+                state["server-strategy-arrays"] = _arrays(strategy)
+            with open(os.path.join(self.path, "server-state.json")) as f:
+                values: dict[str, Any] = json.load(f)
+            state["server-state"] = ConfigRecord(values)
+        except (OSError, ValueError, TypeError) as e:
+            raise ConfigError(f"--resume: checkpoint {self.path} has an unreadable server "
+                              f"state: {e}") from None
         return state
+
+
+def _arrays(path: str) -> Any:
+    from flwr.app import Array, ArrayRecord
+
+    with np.load(path, allow_pickle=False) as z:
+        return ArrayRecord({k: Array(z[k]) for k in z.files})
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(folder: str) -> list[str]:
+    """Every file under ``folder``, as paths relative to it."""
+    out = []
+    for d, _, names in os.walk(folder):
+        out += [os.path.relpath(os.path.join(d, n), folder) for n in names]
+    return sorted(out)
+
+
+def check_manifest(path: str) -> None:
+    """Refuse (ConfigError) a checkpoint whose files differ from its manifest."""
+    try:
+        with open(os.path.join(path, MANIFEST)) as f:
+            want = json.load(f)["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"--resume: checkpoint {path} has no readable {MANIFEST}: {e}") \
+            from None
+    have = [n for n in _files(path) if n != MANIFEST]
+    extra = sorted(set(have) - set(want))
+    missing = sorted(set(want) - set(have))
+    if extra or missing:
+        what = f"{extra[0]} is not in its manifest" if extra else f"{missing[0]} is missing"
+        raise ConfigError(f"--resume: checkpoint {path} is damaged: {what} (run without "
+                          f"--resume to start over)")
+    for name in have:
+        if _sha256(os.path.join(path, name)) != want[name]:
+            raise ConfigError(f"--resume: checkpoint {path} is damaged: {name} differs from "
+                              f"its checksum (run without --resume to start over)")
 
 
 class Checkpointer:
@@ -116,6 +170,7 @@ class Checkpointer:
             raise ConfigError(f"--resume: no checkpoint in {self.root} (run without --resume "
                               f"to start)")
         path = os.path.join(self.root, done[-1])
+        check_manifest(path)
         try:
             with open(os.path.join(path, "meta.json")) as f:
                 meta = json.load(f)
@@ -145,15 +200,22 @@ class Checkpointer:
         if server_state is not None and "server-state" in server_state:
             with _private(os.path.join(tmp, "server-arrays.npz")) as f:
                 np.savez(f, **{k: a.numpy() for k, a in server_state["server-arrays"].items()})
+            if "server-strategy-arrays" in server_state:
+                with _private(os.path.join(tmp, "server-strategy.npz")) as f:
+                    np.savez(f, allow_pickle=False,
+                             **{k: a.numpy()
+                                for k, a in server_state["server-strategy-arrays"].items()})
             values = dict(server_state["server-state"])
-            for k, v in list(values.items()):
-                if isinstance(v, bytes):
-                    _write(os.path.join(tmp, f"server-{k}.bin"), values.pop(k))
+            bad = [k for k, v in values.items() if not isinstance(v, (str, int, float, bool))]
+            if bad:
+                raise TypeError(f"server state {bad[0]!r} is not JSON: not checkpointed")
             _write(os.path.join(tmp, "server-state.json"), json.dumps(values).encode())
         if run_key is not None:
             _link_all(os.path.join(self.live, run_key), os.path.join(tmp, "states"))
         meta = {**meta, "version": VERSION, "fingerprint": self.fingerprint, "seq": self.seq}
         _write(os.path.join(tmp, "meta.json"), json.dumps(meta, indent=1).encode())
+        sums = {n: _sha256(os.path.join(tmp, n)) for n in _files(tmp)}
+        _write(os.path.join(tmp, MANIFEST), json.dumps({"sha256": sums}, indent=0).encode())
         path = os.path.join(self.root, f"{PREFIX}{self.seq:06d}")
         os.rename(tmp, path)
         for d in os.listdir(self.root):  # the new one is in place: the older ones can go

@@ -9,8 +9,9 @@ strategy's. Between the two steps the rejected replies are taken out and reporte
 
 ``context.state`` after round ``r`` holds ``"server-arrays"`` (the global shared weights)
 and ``"server-state"``: a ConfigRecord with ``round``, ``random-state`` (Python's
-``random``, with which Flower samples nodes), ``strategy`` (its attributes, pickled:
-FedAdam's moments, FedAvgM's momentum...), ``history`` (aggregated metrics per round) and
+``random``, with which Flower samples nodes), ``strategy`` (its state attributes as JSON,
+:mod:`server.strategy_state`; their arrays, FedAdam's moments, FedAvgM's momentum..., in
+the ArrayRecord ``"server-strategy-arrays"``), ``history`` (aggregated metrics per round) and
 ``rejected`` (every rejected reply: round, node, kind, reason), the last three as JSON.
 A run started with that state in its context continues at round ``r + 1`` and computes
 what an uninterrupted run would have. A grid that has a round-end hook (a
@@ -21,18 +22,19 @@ gets it called right after the state is stored; Flower's own grids have none.
 from __future__ import annotations
 
 import json
-import pickle
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import INFO
 from typing import Any, Protocol, cast, runtime_checkable
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from .screen import ScreenRules, screen_replies
+from .strategy_state import decode_into, encode
 
 
 @runtime_checkable
@@ -55,10 +57,13 @@ class RoundState:
 
     def store(self, context: Context, strategy: Any) -> None:
         """Put this state, Python's ``random`` and the strategy's into ``context.state``."""
+        tree, arrays = encode(strategy)
         context.state["server-arrays"] = self.arrays
+        context.state["server-strategy-arrays"] = ArrayRecord(
+            {k: Array(np.ascontiguousarray(a)) for k, a in arrays.items()})
         context.state["server-state"] = ConfigRecord({
             "round": self.round, "random-state": json.dumps(random.getstate()),
-            "strategy": pickle.dumps(vars(strategy), protocol=pickle.HIGHEST_PROTOCOL),
+            "strategy": json.dumps(tree),
             "history": json.dumps(self.history), "rejected": json.dumps(self.rejected)})
 
     @classmethod
@@ -70,11 +75,13 @@ class RoundState:
         s = cast(ConfigRecord, context.state["server-state"])
         version, internal, gauss = json.loads(str(s["random-state"]))
         random.setstate((version, tuple(internal), gauss))
-        vars(strategy).update(pickle.loads(cast(bytes, s["strategy"])))  # our own checkpoint
+        saved = context.state.get("server-strategy-arrays")
+        arrays = {k: a.numpy() for k, a in cast(ArrayRecord, saved).items()} if saved else {}
+        decode_into(strategy, json.loads(str(s["strategy"])), arrays)
         history = {phase: {int(r): m for r, m in per.items()}
                    for phase, per in json.loads(str(s["history"])).items()}
-        arrays = cast(ArrayRecord, context.state["server-arrays"])
-        return cls(int(cast(int, s["round"])), arrays, history, json.loads(str(s["rejected"])))
+        shared = cast(ArrayRecord, context.state["server-arrays"])
+        return cls(int(cast(int, s["round"])), shared, history, json.loads(str(s["rejected"])))
 
 
 def run_rounds(strategy: Any, grid: Grid, context: Context, initial: ArrayRecord,

@@ -230,7 +230,7 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path, capsys):
     (out / "checkpoint" / "ckpt-000007" / "meta.json").write_text("{not json")
     assert main([str(cfg), "--out", str(out), "--resume", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "ckpt-000007 is unreadable" in err and err.count("\n") == 1
+    assert "ckpt-000007 has no readable manifest.json" in err and err.count("\n") == 1
 
 
 def _refused(cfg: str, out: str, capsys, *extra: str) -> None:

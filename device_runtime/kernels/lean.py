@@ -338,14 +338,16 @@ def avgpool2d_bwd(dy: Arr, dx: Arr, kh: int, kw: int, sh: int, sw: int, pt: int,
 def sgd_step(w: Arr, g: Arr, buf: Arr, lr: float, momentum: float, weight_decay: float,
              nesterov: bool, first_step: bool) -> None:
     """As ``optim.sgd_step_numba``, block by block: the same float32 operations, and the
-    same fused multiply-adds (float64 product and sum, one rounding)."""
+    same fused multiply-adds (float64 product and sum, one rounding). The products name
+    their loop type (``dtype=np.float64``): numpy 1.x's value-based casting would otherwise
+    multiply a float32 array by a float64 scalar in float32 (1 ulp off numba's)."""
     f32 = np.float32
     for a, b in _rows(w.shape[0], 1):
         d = scratch(b - a, np.float32)
         t = scratch(b - a, np.float64)
         np.copyto(d, g[a:b])
         if weight_decay != 0.0:  # d = fma(w, wd, d)
-            np.multiply(w[a:b], np.float64(f32(weight_decay)), out=t)
+            np.multiply(w[a:b], np.float64(f32(weight_decay)), out=t, dtype=np.float64)
             np.add(t, d, out=t)
             np.copyto(d, t, casting="same_kind")
         if momentum != 0.0:
@@ -356,11 +358,11 @@ def sgd_step(w: Arr, g: Arr, buf: Arr, lr: float, momentum: float, weight_decay:
                 np.multiply(mb, f32(momentum), out=mb)
                 np.add(mb, d, out=mb)
             if nesterov:  # d = fma(buf, momentum, d)
-                np.multiply(mb, np.float64(f32(momentum)), out=t)
+                np.multiply(mb, np.float64(f32(momentum)), out=t, dtype=np.float64)
                 np.add(t, d, out=t)
                 np.copyto(d, t, casting="same_kind")
             else:
                 np.copyto(d, mb)
-        np.multiply(d, np.float64(f32(-lr)), out=t)  # w = fma(d, -lr, w)
+        np.multiply(d, np.float64(f32(-lr)), out=t, dtype=np.float64)  # w = fma(d, -lr, w)
         np.add(t, w[a:b], out=t)
         np.copyto(w[a:b], t, casting="same_kind")
