@@ -145,8 +145,13 @@ def atomic_write(path: str, write: Callable[[BinaryIO], object], suffix: str = "
 
 
 def save_npz_atomic(path: str, arrays: dict[str, np.ndarray], fsync: bool = True) -> None:
-    """Write ``arrays`` to ``path`` as ``.npz``, atomically (no pickles: loaders refuse them)."""
-    atomic_write(path, lambda f: np.savez(f, allow_pickle=False, **arrays), ".npz", fsync)
+    """Write ``arrays`` to ``path`` as ``.npz``, atomically (no pickles: loaders refuse them,
+    and object arrays, which only a pickle could hold, are refused here)."""
+    for k, a in arrays.items():
+        if np.asarray(a).dtype.hasobject:
+            raise TypeError(f"array {k!r} holds Python objects: not saved (no pickles)")
+    # no allow_pickle= argument: numpy 1.x's savez has none and would store it as an array
+    atomic_write(path, lambda f: np.savez(f, **arrays), ".npz", fsync)
 
 
 # what zipfile, zlib and numpy raise on a truncated, corrupted or hostile archive

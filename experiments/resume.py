@@ -202,8 +202,7 @@ class Checkpointer:
                 np.savez(f, **{k: a.numpy() for k, a in server_state["server-arrays"].items()})
             if "server-strategy-arrays" in server_state:
                 with _private(os.path.join(tmp, "server-strategy.npz")) as f:
-                    np.savez(f, allow_pickle=False,
-                             **{k: a.numpy()
+                    np.savez(f, **{k: a.numpy()
                                 for k, a in server_state["server-strategy-arrays"].items()})
             values = dict(server_state["server-state"])
             bad = [k for k, v in values.items() if not isinstance(v, (str, int, float, bool))]

@@ -133,3 +133,17 @@ def test_write_is_atomic(tmp_path, monkeypatch):
         save_checkpoint(path, m, 2, 12)
     assert open(path, "rb").read() == before
     assert os.listdir(tmp_path) == ["c"]
+
+
+def test_npz_files_hold_exactly_the_arrays_given_and_never_objects(tmp_path):
+    # numpy 1.x's savez has no allow_pickle argument: passing one stored it as an array
+    from device_runtime.weights import save_npz_atomic
+    arrays = {"fc:weight": np.arange(6, dtype=np.float32).reshape(2, 3),
+              "fc:bias": np.zeros(3, np.float32)}
+    save_npz_atomic(str(tmp_path / "w.npz"), arrays)
+    with np.load(tmp_path / "w.npz", allow_pickle=False) as z:
+        assert sorted(z.files) == sorted(arrays)
+        assert np.array_equal(z["fc:weight"], arrays["fc:weight"])
+    with pytest.raises(TypeError, match="Python objects"):
+        save_npz_atomic(str(tmp_path / "o.npz"), {"o": np.array([object()], dtype=object)})
+    assert not (tmp_path / "o.npz").exists()
