@@ -16,7 +16,7 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import psutil
@@ -151,7 +151,9 @@ def save_npz_atomic(path: str, arrays: dict[str, np.ndarray], fsync: bool = True
         if np.asarray(a).dtype.hasobject:
             raise TypeError(f"array {k!r} holds Python objects: not saved (no pickles)")
     # no allow_pickle= argument: numpy 1.x's savez has none and would store it as an array
-    atomic_write(path, lambda f: np.savez(f, **arrays), ".npz", fsync)
+    # (typed as Any: numpy 2's stubs read **arrays as possibly holding allow_pickle)
+    savez: Any = np.savez
+    atomic_write(path, lambda f: savez(f, **arrays), ".npz", fsync)
 
 
 # what zipfile, zlib and numpy raise on a truncated, corrupted or hostile archive

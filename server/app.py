@@ -10,7 +10,8 @@ Run config (``[tool.flwr.app.config]`` in pyproject.toml, or ``flwr run -c``): `
 ``fraction-train``, ``fraction-evaluate``, ``min-nodes``, ``seed``, ``timeout``,
 ``result-path`` (the final shared weights as ``.npz``, and beside it as ``.json`` Flower's
 aggregated metrics per round and the rejected replies), the screening of replies
-(``screen-updates``, ``max-update-norm``, ``max-norm-over-median``: see server/screen.py)
+(``screen-updates``, ``max-update-norm``, ``max-norm-over-median``, ``max-num-examples``:
+see server/screen.py)
 and the device keys of :data:`DEVICE_KEYS`, which are forwarded to every device in the
 message's ConfigRecord.
 """

@@ -12,7 +12,8 @@ and ``"server-state"``: a ConfigRecord with ``round``, ``random-state`` (Python'
 ``random``, with which Flower samples nodes), ``strategy`` (its state attributes as JSON,
 :mod:`server.strategy_state`; their arrays, FedAdam's moments, FedAvgM's momentum..., in
 the ArrayRecord ``"server-strategy-arrays"``), ``history`` (aggregated metrics per round) and
-``rejected`` (every rejected reply: round, node, kind, reason), the last three as JSON.
+``rejected`` (every rejected reply: round, node, kind, reason) and ``claims`` (each node's
+first accepted ``num-examples``, server/screen.py rule 4), the last four as JSON.
 A run started with that state in its context continues at round ``r + 1`` and computes
 what an uninterrupted run would have. A grid that has a round-end hook (a
 :class:`RoundEndGrid`, such as the fleet engine's ``FleetGrid``, which checkpoints there)
@@ -54,6 +55,7 @@ class RoundState:
     history: dict[str, dict[int, dict[str, Any]]] = field(
         default_factory=lambda: {"train": {}, "evaluate": {}})
     rejected: list[dict[str, Any]] = field(default_factory=list)
+    claims: dict[str, float] = field(default_factory=dict)  # node -> first num-examples
 
     def store(self, context: Context, strategy: Any) -> None:
         """Put this state, Python's ``random`` and the strategy's into ``context.state``."""
@@ -64,7 +66,8 @@ class RoundState:
         context.state["server-state"] = ConfigRecord({
             "round": self.round, "random-state": json.dumps(random.getstate()),
             "strategy": json.dumps(tree),
-            "history": json.dumps(self.history), "rejected": json.dumps(self.rejected)})
+            "history": json.dumps(self.history), "rejected": json.dumps(self.rejected),
+            "claims": json.dumps(self.claims)})
 
     @classmethod
     def resume(cls, context: Context, strategy: Any) -> RoundState | None:
@@ -81,7 +84,8 @@ class RoundState:
         history = {phase: {int(r): m for r, m in per.items()}
                    for phase, per in json.loads(str(s["history"])).items()}
         shared = cast(ArrayRecord, context.state["server-arrays"])
-        return cls(int(cast(int, s["round"])), shared, history, json.loads(str(s["rejected"])))
+        return cls(int(cast(int, s["round"])), shared, history, json.loads(str(s["rejected"])),
+                   json.loads(str(s.get("claims", "{}"))))
 
 
 def run_rounds(strategy: Any, grid: Grid, context: Context, initial: ArrayRecord,
@@ -99,7 +103,8 @@ def run_rounds(strategy: Any, grid: Grid, context: Context, initial: ArrayRecord
         replies = grid.send_and_receive(
             messages=strategy.configure_train(rnd, state.arrays, train_config, grid),
             timeout=timeout)
-        accepted, rejected = screen_replies(replies, state.arrays, rules, layout=initial)
+        accepted, rejected = screen_replies(replies, state.arrays, rules, layout=initial,
+                                            claims=state.claims)
         for r in rejected:
             log(INFO, "\t> Rejected the reply of node %d: %s", r.node, r.reason)
         state.rejected += [r.as_dict(rnd) for r in rejected]

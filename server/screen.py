@@ -20,7 +20,20 @@ weights ``w`` the round started from (all arrays flattened into one float64 vect
    with more data take more steps) stays far below the bound. Skipped when the median
    is 0 (most devices did not change the weights: nothing to compare with).
 
-Either rule is off when its factor is 0. Defaults: rule 1 at 10, rule 2 off. Measured on
+The claimed ``num-examples`` weighs a reply in FedAvg, so a device that lies about it steers
+the aggregate (one of ten claiming 1e9 examples would own it). Two rules hold it:
+
+3. A claim above ``max-num-examples`` (the most training examples a device can have; 0 =
+   no bound) is rejected (``num-examples``). ``nnfleet simulate`` knows every device's data
+   and can set it to the largest training split; a deployment sets it in its run config.
+4. A node's data does not grow between rounds: a claim above what the same node claimed in
+   the first round it was accepted is rejected (``num-examples-grew``). The server keeps
+   these first claims with its state (``claims``), so they survive a resume.
+
+So a lying device weighs at most what the largest honest device (rule 3) or its own first
+claim (rule 4) does.
+
+Rules 1 and 2 are off when their factor is 0. Defaults: rule 1 at 10, rule 2 off. Measured on
 the shipped configs (experiments/configs), the largest honest ``||d_i|| / ||w||`` was 0.69
 for the MLPs and 3.0 for the CNN with batch-norm (its moving statistics are shared and
 move a lot); the largest honest ratio to the round's median was 2.5 for FedAvg but 16 for
@@ -34,7 +47,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import ArrayRecord, Message
@@ -49,6 +62,7 @@ class ScreenRules:
     max_update_norm: float = 10.0  # [max-update-norm] ||d_i|| / ||w|| above this: rejected
     max_norm_over_median: float = 0.0  # [max-norm-over-median] ||d_i|| / median above this
     enabled: bool = True  # [screen-updates] false: every reply goes to the strategy as is
+    max_num_examples: float = 0.0  # [max-num-examples] claims above it rejected; 0 = none
 
     @classmethod
     def from_run_config(cls, cfg: dict[str, Any]) -> ScreenRules:
@@ -57,8 +71,9 @@ class ScreenRules:
         d = cls()
         rules = cls(float(cfg.get("max-update-norm", d.max_update_norm)),
                     float(cfg.get("max-norm-over-median", d.max_norm_over_median)),
-                    _flag(cfg.get("screen-updates", d.enabled)))
-        for name in ("max_update_norm", "max_norm_over_median"):
+                    _flag(cfg.get("screen-updates", d.enabled)),
+                    float(cfg.get("max-num-examples", d.max_num_examples)))
+        for name in ("max_update_norm", "max_norm_over_median", "max_num_examples"):
             v = getattr(rules, name)
             if not (np.isfinite(v) and v >= 0):
                 raise ConfigError(f"{name.replace('_', '-')} must be a finite number >= 0 "
@@ -75,7 +90,8 @@ class Rejection:
     """One rejected reply: the node it came from, a kind, and a one-line reason."""
 
     node: int
-    # malformed | metrics | num-examples | keys | shape | dtype | non-finite | norm | norm-median
+    # malformed | metrics | num-examples | num-examples-grew | keys | shape | dtype |
+    # non-finite | norm | norm-median
     kind: str
     reason: str
 
@@ -85,7 +101,8 @@ class Rejection:
 
 
 def screen_replies(replies: Iterable[Message], global_arrays: ArrayRecord,
-                   rules: ScreenRules = ScreenRules(), layout: ArrayRecord | None = None
+                   rules: ScreenRules = ScreenRules(), layout: ArrayRecord | None = None,
+                   claims: dict[str, float] | None = None
                    ) -> tuple[list[Message], list[Rejection]]:
     """Split training replies into those the strategy may aggregate and the rejected ones.
 
@@ -94,7 +111,9 @@ def screen_replies(replies: Iterable[Message], global_arrays: ArrayRecord,
     ``global_arrays``; the model's own, since a strategy may change the dtype: FedAdam's
     aggregate is float64 while devices train and reply in float32). Error replies are kept
     (the strategy logs and skips them); the order of the kept replies is the order they
-    came in, so aggregation is the same as without screening.
+    came in, so aggregation is the same as without screening. ``claims``: each node's
+    first accepted ``num-examples`` (by node id, as text), checked by rule 4 and updated
+    with the nodes accepted now for the first time.
     """
     replies = list(replies)
     if not rules.enabled:
@@ -108,7 +127,7 @@ def screen_replies(replies: Iterable[Message], global_arrays: ArrayRecord,
         if m.has_error():
             continue
         node = m.metadata.src_node_id
-        why = _check_one(m, glob, spec)
+        why = _check_one(m, glob, spec, rules.max_num_examples, (claims or {}).get(str(node)))
         if isinstance(why, tuple):
             rejected.append(Rejection(node, *why))
         else:
@@ -126,6 +145,11 @@ def screen_replies(replies: Iterable[Message], global_arrays: ArrayRecord,
     _norm_rules(replies, norms, _norm(glob), rules, rejected)
     gone = {id(replies[i]) for i in range(len(replies))
             if not replies[i].has_error() and i not in norms}
+    if claims is not None:
+        for i in norms:
+            m = replies[i]
+            n = next(iter(m.content.metric_records.values()))[WEIGHT_KEY]
+            claims.setdefault(str(m.metadata.src_node_id), float(cast(float, n)))
     return [m for m in replies if id(m) not in gone], rejected
 
 
@@ -134,7 +158,8 @@ def _norm(arrays: dict[str, np.ndarray]) -> float:
 
 
 def _check_one(m: Message, glob: dict[str, np.ndarray],
-               spec: dict[str, tuple[np.dtype, tuple[int, ...]]]) -> tuple[str, str] | float:
+               spec: dict[str, tuple[np.dtype, tuple[int, ...]]], most: float = 0.0,
+               first: float | None = None) -> tuple[str, str] | float:
     """``(kind, reason)`` when reply ``m`` is unusable, else the norm of its update."""
     c = m.content
     if len(c.array_records) != 1 or len(c.metric_records) != 1:
@@ -143,6 +168,12 @@ def _check_one(m: Message, glob: dict[str, np.ndarray],
     n = next(iter(c.metric_records.values())).get(WEIGHT_KEY)
     if isinstance(n, list) or n is None or not np.isfinite(n) or n <= 0:
         return ("num-examples", f"'{WEIGHT_KEY}' must be a positive finite number, got {n!r}")
+    if most and n > most:
+        return ("num-examples", f"claims {n:g} examples, more than any device has "
+                                f"(max-num-examples = {most:g})")
+    if first is not None and n > first:
+        return ("num-examples-grew", f"claims {n:g} examples, {first:g} in its first "
+                                     f"accepted round (a device's data does not grow)")
     record = next(iter(c.array_records.values()))
     missing, unknown = sorted(set(spec) - set(record)), sorted(set(record) - set(spec))
     if missing or unknown:

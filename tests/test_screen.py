@@ -173,3 +173,57 @@ def test_bad_rule_values_are_config_errors():
         ScreenRules.from_run_config({"max-norm-over-median": float("nan")})
     r = ScreenRules.from_run_config({"screen-updates": "false", "max-update-norm": 3})
     assert r == ScreenRules(3.0, 0.0, False)
+
+
+def _fedavg(replies: list) -> dict[str, np.ndarray]:
+    arrays, _ = S.FedAvg().aggregate_train(1, replies)
+    assert arrays is not None
+    return {k: a.numpy() for k, a in arrays.items()}
+
+
+def _gap(a: dict, b: dict) -> float:
+    return float(np.sqrt(sum(np.sum((a[k] - b[k]) ** 2) for k in a)))
+
+
+def test_an_inflated_num_examples_claim_cannot_steer_fedavg():
+    # Prepare: ten honest devices with 20..110 examples, each moving the weights a little;
+    # one attacker sends -w and claims 1e9 examples (it took FedAvg from 69.8% to 6.7%)
+    rng = np.random.default_rng(0)
+    honest = [_reply(n, {k: (v + rng.normal(0, 0.01, v.shape)).astype(np.float32)
+                         for k, v in GLOBAL.items()},
+                     {"num-examples": 20.0 + 10 * n, "train-loss": 0.5}) for n in range(10)]
+    flipped = {k: -v for k, v in GLOBAL.items()}
+    liar = _reply(99, flipped, {"num-examples": 1e9, "train-loss": 0.5})
+    most = max(20.0 + 10 * n for n in range(10))
+    # Execute
+    unscreened = _fedavg(honest + [liar])
+    kept, rejected = screen_replies(honest + [liar], _record(GLOBAL),
+                                    ScreenRules(max_num_examples=most))
+    # Assert: the claim is refused with its reason, and what is aggregated is the honest
+    # replies alone; without the bound the liar owns the aggregate
+    assert [(r.node, r.kind) for r in rejected] == [(99, "num-examples")]
+    assert "1e+09" in rejected[0].reason and "max-num-examples" in rejected[0].reason
+    clean = _fedavg(honest)
+    assert _gap(_fedavg(kept), clean) == 0.0
+    assert _gap(unscreened, flipped) < 1e-3  # the liar's weights, nearly exactly
+    # the most a device can move it is what the largest honest device sending -w does
+    at_bound = _fedavg(honest + [_reply(98, flipped, {"num-examples": most,
+                                                      "train-loss": 0.5})])
+    assert _gap(at_bound, clean) < 0.2 * _gap(unscreened, clean)
+
+
+def test_a_nodes_claim_may_not_grow_after_its_first_accepted_round():
+    claims: dict[str, float] = {}
+    first = [_reply(n, _moved(0.01), {"num-examples": 40.0, "train-loss": 0.5})
+             for n in (1, 2, 3)]
+    kept, rejected = screen_replies(first, _record(GLOBAL), ScreenRules(), claims=claims)
+    assert len(kept) == 3 and not rejected and claims == {"1": 40.0, "2": 40.0, "3": 40.0}
+    later = [_reply(1, _moved(0.01), {"num-examples": 40.0, "train-loss": 0.5}),
+             _reply(2, _moved(0.01), {"num-examples": 1e9, "train-loss": 0.5}),
+             _reply(3, _moved(0.01), {"num-examples": 35.0, "train-loss": 0.5})]
+    kept, rejected = screen_replies(later, _record(GLOBAL), ScreenRules(), claims=claims)
+    assert [(r.node, r.kind) for r in rejected] == [(2, "num-examples-grew")]
+    assert "40 in its first accepted round" in rejected[0].reason
+    assert claims["3"] == 40.0  # the first accepted claim stays the bound
+    with pytest.raises(ConfigError, match="max-num-examples"):
+        ScreenRules.from_run_config({"max-num-examples": -1})
