@@ -125,3 +125,43 @@ def test_strategy_state_round_trips_arrays_lists_and_records():
     for a, b in zip(s.momentum_vector, fresh.momentum_vector):
         assert a.dtype == b.dtype and np.array_equal(a, b)
     assert np.array_equal(fresh.current_arrays["a"].numpy(), s.current_arrays["a"].numpy())
+
+
+class _PowerCut(Exception):
+    pass
+
+
+def test_checkpoint_bytes_reach_the_disk_before_its_name_and_a_cut_keeps_the_last(
+        tmp_path, monkeypatch):
+    import experiments.resume as R
+
+    ck, first = _checkpoint(tmp_path)
+    events: list[tuple[str, str]] = []
+    real_rename = os.rename
+
+    def rename(a, b):
+        events.append(("rename", os.path.basename(str(b))))
+        real_rename(a, b)
+
+    monkeypatch.setattr(R, "sync_filesystem", lambda p: events.append(("syncfs", p)))
+    monkeypatch.setattr(R, "fsync_dir", lambda p: events.append(("fsync-dir", p)))
+    monkeypatch.setattr(R.os, "rename", rename)
+    second = ck.save({"algorithm": "fedadam", "round": 3})
+    kinds = [e[0] for e in events]
+    # the new folder's bytes are flushed, then it is renamed into place, then its folder
+    # entry is made durable, and only then is the old checkpoint renamed away
+    assert kinds[:3] == ["syncfs", "rename", "fsync-dir"], events
+    assert events[0][1].startswith(os.path.join(ck.root, ".tmp-"))
+    assert events[1][1] == os.path.basename(second) and events[2][1] == ck.root
+    assert events[3] == ("rename", ".old-" + os.path.basename(first))
+
+    # a power cut before the rename: the disk holds the last complete checkpoint and debris
+    def cut(p):
+        raise _PowerCut
+
+    monkeypatch.setattr(R, "sync_filesystem", cut)
+    with pytest.raises(_PowerCut):
+        ck.save({"algorithm": "fedadam", "round": 4})
+    snap = Checkpointer(str(tmp_path / "out"), "fp").load()
+    assert snap.path == second and snap.meta["round"] == 3
+    assert not [d for d in os.listdir(ck.root) if d.startswith(".tmp-")]  # debris removed
