@@ -12,6 +12,7 @@ upstream is trainable.
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 from dataclasses import dataclass, field
@@ -230,29 +231,43 @@ def _toposort(nodes: list[Node]) -> list[Node]:
         for p, _ in n.inputs:
             if p == n.name:
                 raise n.layer.fail("takes its own output as input (a cycle)")
-    done: set[str] = set()
+    # Kahn's algorithm, always taking the ready node that comes first in the file (a heap
+    # of file positions): the order the file gives where it is valid, in O(n log n)
+    waiting = [len(n.inputs) for n in nodes]  # inputs not placed yet, per node
+    users: dict[str, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for p, _ in n.inputs:
+            users.setdefault(p, []).append(i)
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
     order: list[Node] = []
-    remaining = list(nodes)
-    while remaining:
-        for n in remaining:
-            if all(p in done for p, _ in n.inputs):
-                order.append(n)
-                done.add(n.name)
-                remaining.remove(n)
-                break
-        else:
-            names = ", ".join(n.name for n in remaining[:5])
-            raise ModelError(f"the layer graph has a cycle through: {names}")
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(nodes[i])
+        for u in users.get(nodes[i].name, ()):
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) < len(nodes):
+        placed = {n.name for n in order}
+        stuck = [n for n in nodes if n.name not in placed]
+        names = ", ".join(n.name for n in stuck[:5])
+        raise ModelError(f"the layer graph has a cycle through: {names}")
     return order
 
 
 def _insert_multiout(nodes: list[Node]) -> list[Node]:
     out: list[Node] = []
+    # who reads each output, in node and input order (one pass: linear in the graph)
+    readers: dict[tuple[str, int], list[tuple[Node, int]]] = {}
+    for m in nodes:
+        for j, r in enumerate(m.inputs):
+            readers.setdefault(r, []).append((m, j))
     for n in nodes:
         out.append(n)
         # outputs are only known after finalize; a layer may announce its count earlier
         for k in range(n.layer.declared_outputs):
-            users = [(m, j) for m in nodes for j, r in enumerate(m.inputs) if r == (n.name, k)]
+            users = readers.get((n.name, k), [])
             if len(users) <= 1:
                 continue
             mo = create_layer("multiout", f"{n.name}/multiout" + (f"({k})" if k else ""),
