@@ -32,3 +32,10 @@ class MemoryCapExceeded(NNFleetError):
         self.cap = int(cap)
         msg = f"needs {self.needed:,} bytes but {limit} is {self.cap:,} bytes"
         super().__init__(f"{msg}: {detail}" if detail else msg)
+
+
+class TrainingDiverged(NNFleetError):
+    """The loss or a weight became NaN or infinite: training stops, and nothing is saved
+    (the command line exits with code 4)."""
+
+    exit_code = 4

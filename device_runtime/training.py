@@ -3,6 +3,7 @@ micro-batches with gradient accumulation when the cap fit chose them."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ import numpy as np
 
 from . import hooks
 from .cap import guard_training
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, TrainingDiverged
 
 if TYPE_CHECKING:
     from .model import Model
@@ -60,12 +61,30 @@ def fit(model: Model, xs: np.ndarray, ys: np.ndarray, epochs: int, steps: int | 
             loss = model.train_step(idx)
             hist.step_seconds.append(time.perf_counter() - t0)
             hist.losses.append(loss)
+            if not math.isfinite(loss):
+                raise TrainingDiverged(f"the loss is {loss} at step {step + 1}: training "
+                                       f"diverged (lower the learning rate); nothing saved")
             if ex.loss is not None and ex.loss.correct >= 0:
                 hist.correct.append(ex.loss.correct)
             hist.examples += b
             if callback is not None:
                 callback(step, loss)
+    if total:
+        check_finite_weights(model)
     return hist
+
+
+def check_finite_weights(model: Model, block: int = 1 << 16) -> None:
+    """Raise :class:`TrainingDiverged` when a weight is NaN or infinite (checked block by
+    block: no temporary the size of the model)."""
+    buf = model.weights.buffer
+    for a in range(0, buf.size, block):
+        if not np.isfinite(buf[a:a + block]).all():
+            bad = next(p.key for p in model.weights.params.values()
+                       if p.offset + p.size > a and not np.isfinite(
+                           buf[p.offset:p.offset + p.size]).all())
+            raise TrainingDiverged(f"weight {bad} has NaN or infinite values: training "
+                                   f"diverged (lower the learning rate); nothing saved")
 
 
 def train_step(model: Model, idx: np.ndarray) -> float:
