@@ -12,7 +12,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from device_runtime.kernels import lean, lean_optim, lean_pool, lean_seq, optim, pool, sequence
+from device_runtime.kernels import (
+    attention,
+    embedding,
+    layer_norm,
+    lean,
+    lean_misc,
+    lean_optim,
+    lean_pool,
+    lean_seq,
+    optim,
+    pool,
+    sequence,
+)
 from tests.kernel_cases import F32, POOL_CASES, out_size, rand
 
 ACTS = [(0, 1), (1, 1), (2, 0), (0, 2)]  # (act, recurrent act): tanh, sigmoid, relu
@@ -146,3 +158,74 @@ def test_rnn_lean_matches_numba(B, U, act, scratch_size) -> None:
     got = _run3(_seq_fns("rnn_bwd_step"), lambda: [h, dh, np.full((B, U), 7, F32), act])
     _eq(got[0], got[1])  # no transcendental: bit for bit
     _close(got[0], got[2], rtol=1e-7)
+
+
+# ------------------------------------------------------------------------- attention
+@pytest.mark.parametrize("B,H,Tq,Tk,P,Pv", [(1, 1, 1, 1, 1, 1), (2, 3, 5, 7, 4, 2),
+                                            (3, 2, 9, 4, 3, 5), (2, 4, 16, 16, 8, 8)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_lean_matches_numba(B, H, Tq, Tk, P, Pv, causal, scratch_size) -> None:
+    rng = np.random.default_rng(B * Tq * Tk + P)
+    q, k, v = rand(rng, B, Tq, H * P), rand(rng, B, Tk, H * P), rand(rng, B, Tk, H * Pv)
+    scale = 1.0 / np.sqrt(P)
+    fns = (lean_misc.attention_fwd, attention.attention_fwd_numba, attention.attention_fwd_numpy)
+    got = _run3(fns, lambda: [q, k, v, np.full((B, H, Tq, Tk), 7, F32),
+                              np.full((B, Tq, H * Pv), 7, F32), scale, causal])
+    # dot products and softmax sums in another order: float32 rounding
+    _close(got[0], got[1], rtol=1e-5, atol=1e-6)
+    _close(got[0], got[2], rtol=1e-5, atol=1e-6)
+    a, do = got[1][3], rand(rng, B, Tq, H * Pv)
+    fns = (lean_misc.attention_bwd, attention.attention_bwd_numba, attention.attention_bwd_numpy)
+    got = _run3(fns, lambda: [do, a, q, k, v, np.full_like(q, 7), np.full_like(k, 7),
+                              np.full_like(v, 7), scale, np.full((Tq, Tk), 7.0)])
+    for g in got[1:]:
+        for x, y in zip(got[0][5:8], g[5:8]):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------- embedding
+@pytest.mark.parametrize("R,V,D", [(1, 1, 1), (7, 5, 3), (300, 50, 40), (64, 1000, 130)])
+@pytest.mark.parametrize("mask_id", [-1, 0, 2])
+def test_embedding_lean_equals_numba(R, V, D, mask_id, scratch_size) -> None:
+    rng = np.random.default_rng(R + V + D)
+    ids = rng.integers(0, V, R).astype(F32)
+    if R > 4:  # out of range, NaN, and fractional / negative-but-in-range ids
+        ids[:5] = [V, -1.0, np.nan, -0.5, V - 0.5]
+    w = rand(rng, V, D)
+    fns = (lean_misc.embedding_fwd, embedding.embedding_fwd_numba, embedding.embedding_fwd_numpy)
+    outs = []
+    for fn in fns:
+        y = np.full((R, D), 7, F32)
+        outs.append((fn(ids, w, y, mask_id), y))
+    assert outs[0][0] == outs[1][0] == outs[2][0] == (3 if R > 4 else 0)
+    for _, y in outs[1:]:
+        np.testing.assert_array_equal(outs[0][1], y)
+    dy = rand(rng, R, D)
+    got = _run3((lean_misc.embedding_bwd, embedding.embedding_bwd_numba),
+                lambda: [ids, dy, np.full((V, D), 7, F32), mask_id])
+    _eq(got[0], got[1])  # float32 adds in row order, bit for bit
+    ref = [ids, dy, np.full((V, D), 7, F32), mask_id]
+    embedding.embedding_bwd_numpy(*ref)  # float64 sums: float32 rounding
+    _close(got[0], ref, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------ layer norm
+@pytest.mark.parametrize("R,N", [(1, 1), (3, 7), (64, 96), (5, 3000)])
+def test_layer_norm_lean_matches_numba(R, N, scratch_size) -> None:
+    rng = np.random.default_rng(R * N)
+    x = (rand(rng, R, N) * 3 + 20).astype(F32)  # far from 0: a one-pass variance would show
+    gamma, beta = rand(rng, N), rand(rng, N)
+    names = ("ln_fwd", "ln_bwd", "ln_param_grad")
+    fwd, bwd, pg = ((getattr(lean_misc, n), getattr(layer_norm, n + "_numba"),
+                     getattr(layer_norm, n + "_numpy")) for n in names)
+    got = _run3(fwd, lambda: [x, np.full_like(x, 7), np.full_like(x, 7), np.full(R, 7, F32),
+                              gamma, beta, 1e-5])
+    tol = dict(rtol=2e-6, atol=2e-6)  # row sums in another order: float32 rounding
+    _close(got[0], got[1], **tol)
+    _close(got[0], got[2], **tol)
+    xhat, inv, dy = got[1][2], got[1][3], rand(rng, R, N)
+    for fns, make in ((bwd, lambda: [dy, xhat, inv, gamma, np.full_like(x, 7)]),
+                      (pg, lambda: [dy, xhat, np.full(N, 7, F32), np.full(N, 7, F32)])):
+        got = _run3(fns, make)
+        _close(got[0], got[1], **tol)
+        _close(got[0], got[2], **tol)
