@@ -7,16 +7,18 @@ process), measures the peak bytes allocated over three training steps, and its l
 are compared with this process's numba run. Peak allocation per case, measured (3 steps,
 numpy 2.4): with the numpy references -> with the lean kernels, in bytes:
 
-    mlp + adam        5 620 979 -> 34 612    mlp + adamw       5 620 979 -> 34 612
-    lenet5 (maxpool)  3 235 027 -> 70 674    lstm                494 328 -> 68 074
-    gru                 427 928 -> 98 644    rnn (256 units)     263 264 -> 67 764
-    attention         1 641 152 -> 67 780    layer norm        1 382 976 -> 68 778
-    embedding           505 232 -> 67 834    sequence stack    1 383 288 -> 99 040
-    mlp with tanh, sigmoid, swish, leaky relu, dropout, L2:   2 409 083 -> 68 298
+    mlp + adam        5 620 979 -> 34 553    mlp + adamw       5 620 979 -> 34 553
+    lenet5 (maxpool)  3 235 084 -> 70 674    lstm                494 328 -> 34 788
+    gru                 427 928 -> 98 467    rnn (256 units)     263 264 -> 34 826
+    attention         1 641 152 -> 34 732    layer norm        1 382 976 -> 68 778
+    embedding           505 232 ->  6 641    sequence stack    1 383 288 -> 98 863
+    conv1d + clipping   164 640 -> 27 311
+    mlp with tanh, sigmoid, swish, leaky relu, dropout, L2:   2 409 083 -> 34 607
 
-What remains is numpy's own fixed iteration buffer (64 KiB: a mixed-dtype ufunc in the
-SGD step, a broadcast operand in layer norm or max pooling) and a few views and
-Python scalars: nothing that grows with the model or the batch.
+What remains is numpy's own fixed iteration buffer (up to 64 KiB per operand, for a
+broadcast or strided operand: layer norm's row statistics, max pooling's windows, the
+BLAS products of the recurrent layers) and a few views and Python scalars: nothing
+that grows with the model or the batch.
 """
 
 from __future__ import annotations
@@ -79,13 +81,19 @@ CASES = {
         layer("lstm", "lstm", unit=64, return_sequences=True),
         layer("gru", "gru", unit=64),
         layer("fully_connected", "out", unit=10)], "adam", True),
+    "conv1d_clipped": (lambda: [
+        layer("input", "in", input_shape="4:1:256"),
+        layer("conv1d", "c1", filters=16, kernel_size=5, padding=2, activation="relu"),
+        layer("conv1d", "c2", filters=16, kernel_size=3, stride=2, dilation=2, padding=2),
+        layer("flatten", "flat"), layer("fully_connected", "out", unit=10)], "sgd", False),
 }
+CLIP = {"conv1d_clipped": 1.0}  # the gradient norm kernel too
 
 
 def make(name):
     build, opt, ids = CASES[name]
-    m = Model(build(), loss="cross_softmax", seed=0).compile(batch_size=32, optimizer=opt,
-                                                             lr=0.01)
+    m = Model(build(), loss="cross_softmax", seed=0).compile(
+        batch_size=32, optimizer=opt, lr=0.01, clip_grad_norm=CLIP.get(name))
     rng = np.random.default_rng(0)
     shape = (96,) + tuple(m.input_shape)
     x = (rng.integers(0, V, shape) if ids else rng.normal(size=shape)).astype(np.float32)
@@ -102,7 +110,7 @@ print(json.dumps({"losses": losses, "alloc": alloc, "numba": "numba" in sys.modu
 """
 
 NAMES = ["mlp_adam", "mlp_adamw", "lenet5", "lstm", "gru", "rnn", "attention", "layer_norm",
-         "embedding", "mlp_activations_dropout_l2", "sequence_stack"]
+         "embedding", "mlp_activations_dropout_l2", "sequence_stack", "conv1d_clipped"]
 
 
 @pytest.mark.parametrize("name", NAMES)

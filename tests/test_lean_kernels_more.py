@@ -14,6 +14,7 @@ import pytest
 
 from device_runtime.kernels import (
     attention,
+    conv1d,
     embedding,
     layer_norm,
     lean,
@@ -229,3 +230,30 @@ def test_layer_norm_lean_matches_numba(R, N, scratch_size) -> None:
         got = _run3(fns, make)
         _close(got[0], got[1], **tol)
         _close(got[0], got[2], **tol)
+
+
+# ---------------------------------------------------------------------------- conv1d
+@pytest.mark.parametrize("C,W,k,stride,pad,dil", [(1, 1, 1, 1, 0, 1), (3, 9, 3, 1, 1, 1),
+                                                  (2, 17, 5, 2, 3, 2), (4, 8, 3, 3, 4, 1),
+                                                  (2, 30, 4, 1, 0, 3)])
+def test_conv1d_lean_equals_numba(C, W, k, stride, pad, dil, scratch_size) -> None:
+    ow = (W + 2 * pad - dil * (k - 1) - 1) // stride + 1
+    rng = np.random.default_rng(C * W + k)
+    x, col = rand(rng, C, W), rand(rng, C * k, ow)
+    for name, a, shape in (("im2col1d", x, (C * k, ow)), ("col2im1d", col, (C, W))):
+        outs = []
+        for fn in (getattr(lean_misc, name), getattr(conv1d, name + "_numba"),
+                   getattr(conv1d, name + "_numpy")):
+            out = np.full(shape, 7, F32)
+            fn(a, out, k, stride, pad, dil)
+            outs.append(out)
+        np.testing.assert_array_equal(outs[0], outs[1])
+        np.testing.assert_allclose(outs[0], outs[2], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("n", [1, 7, 1000, 70_001])
+def test_global_sq_norm_lean_matches_numba(n, scratch_size) -> None:
+    g = rand(np.random.default_rng(n), n)
+    got = lean_optim.global_sq_norm(g)
+    np.testing.assert_allclose(got, optim.global_sq_norm_numba(g), rtol=1e-13)
+    np.testing.assert_allclose(got, optim.global_sq_norm_numpy(g), rtol=1e-13)

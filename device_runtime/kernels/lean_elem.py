@@ -16,8 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from . import lean
-from .lean import scratch
-from .lean_optim import _fma
+from .lean import _fma, scratch
 from .lean_seq import _act
 
 Arr = np.ndarray

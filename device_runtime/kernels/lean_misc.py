@@ -1,4 +1,5 @@
-"""Allocation-free numpy attention, embedding and layer-norm kernels (see :mod:`.lean`).
+"""Allocation-free numpy attention, embedding, layer-norm and conv1d im2col / col2im
+kernels (see :mod:`.lean`).
 
 * embedding lookup and scatter-add: bit-identical to ``embedding.*_numba`` (row copies;
   the gradient adds in float32 in row order, as numba does, via ``np.add.at``);
@@ -7,7 +8,8 @@
   to float32 before the exp, the exps rounded before the division), but the dot
   products and the softmax sums run in another order: within float32 rounding;
 * layer norm: numba's float64 expressions per element; the row (and, for the
-  parameter gradients, column) sums are numpy's pairwise ones: within float32 rounding.
+  parameter gradients, column) sums are numpy's pairwise ones: within float32 rounding;
+* conv1d im2col / col2im: strided copies, and float32 adds in numba's order: bit-identical.
 
 Work arrays come from :func:`.lean.scratch` (float64 slots 2 and 3): row blocks of at
 most one buffer, or, for attention, one head's ``(Tq, Tk)`` scores, a 1/(B*H) part of
@@ -16,10 +18,12 @@ the layer's own attention tensor.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from . import lean
-from .lean import _rows, scratch
+from .lean import _rows, _span, scratch
 
 Arr = np.ndarray
 
@@ -232,3 +236,38 @@ def ln_param_grad(dy: Arr, xhat: Arr, dgamma: Arr, dbeta: Arr) -> None:
         np.add(sg, part, out=sg)
     np.copyto(dgamma, sg, casting="same_kind")
     np.copyto(dbeta, sb, casting="same_kind")
+
+
+# ----------------------------------------------------------------------------- conv1d
+def _taps(k: int, stride: int, pad: int, dil: int, W: int, OW: int
+          ) -> Iterator[tuple[int, int, int, slice]]:
+    """Each tap j with the outputs [lo, hi) that read an in-range input, and that
+    strided input slice."""
+    for j in range(k):
+        lo, hi = _span(pad, j * dil, stride, W, OW)
+        i0 = lo * stride - pad + j * dil
+        yield j, lo, hi, slice(i0, i0 + (hi - lo - 1) * stride + 1, stride)
+
+
+def im2col1d(x: Arr, col: Arr, k: int, stride: int, pad: int, dil: int) -> None:
+    """As ``conv1d.im2col1d_numba``: one strided copy per tap, 0 outside. Bit-identical."""
+    C, W = x.shape
+    OW = col.shape[1]
+    c3 = col.reshape(C, k, OW)
+    for j, lo, hi, src in _taps(k, stride, pad, dil, W, OW):
+        c3[:, j, :lo] = 0.0
+        c3[:, j, hi:] = 0.0
+        if hi > lo:
+            np.copyto(c3[:, j, lo:hi], x[:, src])
+
+
+def col2im1d(col: Arr, dx: Arr, k: int, stride: int, pad: int, dil: int) -> None:
+    """As ``conv1d.col2im1d_numba``: dx zeroed, then each tap's row added in tap order
+    (float32 adds, numba's order per element). Bit-identical."""
+    C, W = dx.shape
+    c3 = col.reshape(C, k, col.shape[1])
+    dx.fill(0)
+    for j, lo, hi, src in _taps(k, stride, pad, dil, W, col.shape[1]):
+        if hi > lo:
+            dst = dx[:, src]
+            np.add(dst, c3[:, j, lo:hi], out=dst)

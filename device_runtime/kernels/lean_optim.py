@@ -1,4 +1,4 @@
-"""Allocation-free numpy Adam / AdamW step (see :mod:`.lean`): the runtime without numba.
+"""Allocation-free numpy Adam / AdamW step and gradient norm (see :mod:`.lean`).
 
 Block by block through :func:`.lean.scratch`, the same float32 operations as
 ``optim.adam_step_numba`` and the same fused multiply-adds (float32 operands widened
@@ -11,19 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import lean
-from .lean import _rows, scratch
+from .lean import _fma, _rows, scratch
 
 Arr = np.ndarray
-
-
-def _fma(a: Arr, b: np.float64, c: Arr, t: Arr, u: Arr, out: Arr) -> None:
-    """out = float32(f64(a) * b + f64(c)), through the float64 buffers ``t`` and ``u``
-    (no mixed-dtype ufunc: numpy would cast through its own buffer, allocated per call)."""
-    np.copyto(t, a)
-    np.multiply(t, b, out=t)
-    np.copyto(u, c)
-    np.add(t, u, out=t)
-    np.copyto(out, t, casting="same_kind")
 
 
 def adam_step(w: Arr, g: Arr, m: Arr, v: Arr, lr: float, beta1: float, beta2: float,
@@ -66,3 +56,15 @@ def adam_step(w: Arr, g: Arr, m: Arr, v: Arr, lr: float, beta1: float, beta2: fl
         np.multiply(mb, nstep, out=d)  # param.addcdiv_(exp_avg, denom, -step_size)
         np.divide(d, e, out=d)
         np.add(wb, d, out=wb)
+
+
+def global_sq_norm(g: Arr) -> float:
+    """As ``optim.global_sq_norm_numba``: the float64 sum of squares of ``g`` (summed
+    pairwise, in blocks: within float64 rounding of numba's sequential sum)."""
+    acc = 0.0
+    for a, b in _rows(g.shape[0], 1):
+        t = scratch(b - a, np.float64)
+        np.copyto(t, g[a:b])
+        np.multiply(t, t, out=t)
+        acc += float(np.sum(t))
+    return acc

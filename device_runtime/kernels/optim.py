@@ -159,5 +159,5 @@ def scale_inplace_numpy(g, s: float) -> None:
 
 sgd_step = pick(sgd_step_numba, lean.sgd_step)
 adam_step = pick(adam_step_numba, lean_optim.adam_step)
-global_sq_norm = pick(global_sq_norm_numba, global_sq_norm_numpy)
+global_sq_norm = pick(global_sq_norm_numba, lean_optim.global_sq_norm)
 scale_inplace = pick(scale_inplace_numba, scale_inplace_numpy)
