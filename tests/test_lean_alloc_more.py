@@ -7,18 +7,18 @@ process), measures the peak bytes allocated over three training steps, and its l
 are compared with this process's numba run. Peak allocation per case, measured (3 steps,
 numpy 2.4): with the numpy references -> with the lean kernels, in bytes:
 
-    mlp + adam        5 620 979 -> 34 553    mlp + adamw       5 620 979 -> 34 553
-    lenet5 (maxpool)  3 235 084 -> 70 674    lstm                494 328 -> 34 788
-    gru                 427 928 -> 98 467    rnn (256 units)     263 264 -> 34 826
-    attention         1 641 152 -> 34 732    layer norm        1 382 976 -> 68 778
-    embedding           505 232 ->  6 641    sequence stack    1 383 288 -> 98 863
-    conv1d + clipping   164 640 -> 27 311
-    mlp with tanh, sigmoid, swish, leaky relu, dropout, L2:   2 409 083 -> 34 607
+    mlp + adam        5 620 979 ->  5 753    mlp + adamw       5 620 979 ->  5 753
+    lenet5 (maxpool)  3 235 084 -> 71 034    lstm                494 328 -> 18 398
+    gru                 427 928 -> 18 479    rnn (256 units)     263 264 -> 34 708
+    attention         1 641 152 ->  5 871    layer norm        1 382 976 ->  5 791
+    embedding           505 232 ->  6 641    sequence stack    1 383 288 -> 19 371
+    conv1d + clipping   164 640 -> 27 075
+    mlp with tanh, sigmoid, swish, leaky relu, dropout, L2:   2 409 083 ->  5 984
 
-What remains is numpy's own fixed iteration buffer (up to 64 KiB per operand, for a
-broadcast or strided operand: layer norm's row statistics, max pooling's windows, the
-BLAS products of the recurrent layers) and a few views and Python scalars: nothing
-that grows with the model or the batch.
+What remains is numpy's own fixed iteration buffer (at most 64 KiB), which it takes
+for an in-place add into a strided view (max pooling's and col2im's window slices, a
+recurrent layer's time-step slice of dy) or a broadcast operand, and a few views and
+Python scalars: nothing that grows with the model or the batch.
 """
 
 from __future__ import annotations

@@ -160,6 +160,12 @@ def _ln_blocks(R: int, N: int, count: int) -> tuple[list[tuple[int, int]], int]:
     return blocks, max((b - a for a, b in blocks), default=1)
 
 
+def _spread(out: Arr, v: Arr) -> None:
+    """out (rows, N) = v (rows,) repeated along each row: a same-shape operand, since a
+    broadcast one makes numpy buffer the ufunc (64 KiB per call)."""
+    np.copyto(out, v[:, None])
+
+
 def ln_fwd(x: Arr, y: Arr, xhat: Arr, invstd: Arr, gamma: Arr, beta: Arr, eps: float) -> None:
     """As ``layer_norm.ln_fwd_numba`` (row sums pairwise: within float32 rounding)."""
     R, N = x.shape
@@ -174,7 +180,8 @@ def ln_fwd(x: Arr, y: Arr, xhat: Arr, invstd: Arr, gamma: Arr, beta: Arr, eps: f
         np.copyto(xb, x[r0:r1])
         np.sum(xb, axis=1, out=m)
         np.divide(m, N, out=m)
-        np.subtract(xb, m[:, None], out=xb)  # d = x - mu
+        _spread(t, m)
+        np.subtract(xb, t, out=xb)  # d = x - mu
         np.multiply(xb, xb, out=t)
         np.sum(t, axis=1, out=iv)
         np.divide(iv, N, out=iv)  # invstd = 1 / sqrt(var + eps)
@@ -182,10 +189,13 @@ def ln_fwd(x: Arr, y: Arr, xhat: Arr, invstd: Arr, gamma: Arr, beta: Arr, eps: f
         np.sqrt(iv, out=iv)
         np.divide(1.0, iv, out=iv)
         np.copyto(invstd[r0:r1], iv, casting="same_kind")
-        np.multiply(xb, iv[:, None], out=xb)
+        _spread(t, iv)
+        np.multiply(xb, t, out=xb)
         np.copyto(xhat[r0:r1], xb, casting="same_kind")
-        np.multiply(xb, g64, out=xb)  # y = xhat * gamma + beta, from the unrounded xhat
-        np.add(xb, b64, out=xb)
+        np.copyto(t, g64)  # y = xhat * gamma + beta, from the unrounded xhat
+        np.multiply(xb, t, out=xb)
+        np.copyto(t, b64)
+        np.add(xb, t, out=xb)
         np.copyto(y[r0:r1], xb, casting="same_kind")
 
 
@@ -201,7 +211,8 @@ def ln_bwd(dy: Arr, xhat: Arr, invstd: Arr, gamma: Arr, dx: Arr) -> None:
         gb, xb, t = scratch(3 * n * N, np.float64, 2).reshape(3, n, N)
         a, c, iv = m1[:n], m2[:n], inv[:n]
         np.copyto(gb, dy[r0:r1])
-        np.multiply(gb, g64, out=gb)
+        np.copyto(t, g64)
+        np.multiply(gb, t, out=gb)
         np.copyto(xb, xhat[r0:r1])
         np.sum(gb, axis=1, out=a)
         np.multiply(gb, xb, out=t)
@@ -209,10 +220,13 @@ def ln_bwd(dy: Arr, xhat: Arr, invstd: Arr, gamma: Arr, dx: Arr) -> None:
         np.divide(a, N, out=a)
         np.divide(c, N, out=c)
         np.copyto(iv, invstd[r0:r1])
-        np.subtract(gb, a[:, None], out=gb)
-        np.multiply(xb, c[:, None], out=xb)
+        _spread(t, a)
+        np.subtract(gb, t, out=gb)
+        _spread(t, c)
+        np.multiply(xb, t, out=xb)
         np.subtract(gb, xb, out=gb)
-        np.multiply(iv[:, None], gb, out=gb)
+        _spread(t, iv)
+        np.multiply(t, gb, out=gb)
         np.copyto(dx[r0:r1], gb, casting="same_kind")
 
 
