@@ -87,10 +87,12 @@ def test_maxpool_bwd_lean_equals_numba(case, scratch_size) -> None:
     if x.size > 5:
         x.reshape(-1)[3] = -np.inf
     dy = rand(rng, b, c, oh, ow)
+    dy.reshape(-1)[0] = -0.0  # numba's dx = 0.0 + dy makes it +0.0
     fns = (lean_pool.maxpool2d_bwd, pool.maxpool2d_bwd_numba, pool.maxpool2d_bwd_numpy)
     got = _run3(fns, lambda: [x, dy, np.full_like(x, 7), kh, kw, sh, sw, pt, pl])
     _eq(got[0], got[1])
     _eq(got[0], got[2])
+    np.testing.assert_array_equal(np.signbit(got[0][2]), np.signbit(got[1][2]))
 
 
 # ------------------------------------------------------------------- recurrent cells

@@ -25,6 +25,7 @@ def maxpool2d_bwd(x: Arr, dy: Arr, dx: Arr, kh: int, kw: int, sh: int, sw: int, 
     xp, dyp, dxp = x.reshape(nb * nc, h, w), dy.reshape(nb * nc, oh, ow), dx.reshape(nb * nc, h, w)
     offs = list(_offsets(kh, kw, sh, sw, pt, pl, h, w, oh, ow))
     dx.fill(0)
+    disjoint = sh >= kh and sw >= kw  # each dx element is in one window at most
     for p0, p1 in _rows(nb * nc, oh * ow, lean.SCRATCH_BYTES // 4):
         n = (p1 - p0) * oh * ow
         best = scratch(n, np.float32).reshape(p1 - p0, oh, ow)
@@ -52,4 +53,9 @@ def maxpool2d_bwd(x: Arr, dy: Arr, dx: Arr, kh: int, kw: int, sh: int, sw: int, 
             hit = scratch(av.size, np.bool_).reshape(av.shape)
             np.equal(av, i * kw + j, out=hit)
             dst = dxp[p0:p1, src[0], src[1]]
-            np.add(dst, dyp[p0:p1, y0:y1, x0:x1], out=dst, where=hit)
+            if disjoint:  # numpy would buffer an in-place add into a strided view
+                np.copyto(dst, dyp[p0:p1, y0:y1, x0:x1], where=hit)
+            else:
+                np.add(dst, dyp[p0:p1, y0:y1, x0:x1], out=dst, where=hit)
+    if disjoint:  # 0.0 + dy, as numba adds: -0.0 becomes +0.0, nothing else changes
+        np.add(dx, np.float32(0), out=dx)
