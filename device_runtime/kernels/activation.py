@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from . import lean
+from . import lean, lean_elem
 from ._jit import njit, pick, prange
 
 Arr = np.ndarray  # float32 unless stated
@@ -271,16 +271,16 @@ def swish_bwd_numpy(x: Arr, dy: Arr, dx: Arr) -> None:
 
 
 relu_fwd = pick(relu_fwd_numba, lean.relu_fwd)
-relu_bwd = pick(relu_bwd_numba, relu_bwd_numpy)
-leaky_relu_fwd = pick(leaky_relu_fwd_numba, leaky_relu_fwd_numpy)
-leaky_relu_bwd = pick(leaky_relu_bwd_numba, leaky_relu_bwd_numpy)
-sigmoid_fwd = pick(sigmoid_fwd_numba, sigmoid_fwd_numpy)
-sigmoid_bwd = pick(sigmoid_bwd_numba, sigmoid_bwd_numpy)
-tanh_fwd = pick(tanh_fwd_numba, tanh_fwd_numpy)
-tanh_bwd = pick(tanh_bwd_numba, tanh_bwd_numpy)
-softmax_fwd = pick(softmax_fwd_numba, softmax_fwd_numpy)
-softmax_bwd = pick(softmax_bwd_numba, softmax_bwd_numpy)
+relu_bwd = pick(relu_bwd_numba, lean_elem.relu_bwd)
+leaky_relu_fwd = pick(leaky_relu_fwd_numba, lean_elem.leaky_relu_fwd)
+leaky_relu_bwd = pick(leaky_relu_bwd_numba, lean_elem.leaky_relu_bwd)
+sigmoid_fwd = pick(sigmoid_fwd_numba, lean_elem.sigmoid_fwd)
+sigmoid_bwd = pick(sigmoid_bwd_numba, lean_elem.sigmoid_bwd)
+tanh_fwd = pick(tanh_fwd_numba, lean_elem.tanh_fwd)
+tanh_bwd = pick(tanh_bwd_numba, lean_elem.tanh_bwd)
+softmax_fwd = pick(softmax_fwd_numba, lean_elem.softmax_fwd)
+softmax_bwd = pick(softmax_bwd_numba, lean_elem.softmax_bwd)
 gelu_fwd = pick(gelu_fwd_numba, gelu_fwd_numpy)
 gelu_bwd = pick(gelu_bwd_numba, gelu_bwd_numpy)
-swish_fwd = pick(swish_fwd_numba, swish_fwd_numpy)
-swish_bwd = pick(swish_bwd_numba, swish_bwd_numpy)
+swish_fwd = pick(swish_fwd_numba, lean_elem.swish_fwd)
+swish_bwd = pick(swish_bwd_numba, lean_elem.swish_bwd)

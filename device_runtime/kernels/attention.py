@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from . import lean_misc
 from ._jit import njit, pick
 
 Arr = np.ndarray
@@ -121,5 +122,5 @@ def attention_bwd_numpy(do: Arr, a: Arr, q: Arr, k: Arr, v: Arr, dq: Arr, dk: Ar
     dv[...] = back(np.einsum("bhij,bhip->bhjp", A, dO), dv.shape)
 
 
-attention_fwd = pick(attention_fwd_numba, attention_fwd_numpy)
-attention_bwd = pick(attention_bwd_numba, attention_bwd_numpy)
+attention_fwd = pick(attention_fwd_numba, lean_misc.attention_fwd)
+attention_bwd = pick(attention_bwd_numba, lean_misc.attention_bwd)

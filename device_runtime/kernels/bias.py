@@ -4,6 +4,7 @@ uses these loops instead."""
 
 from __future__ import annotations
 
+from . import lean_bias
 from ._jit import njit, pick
 
 
@@ -32,5 +33,5 @@ def add_col_bias_numpy(y, b):
     y += b[:, None]
 
 
-add_row_bias = pick(add_row_bias_numba, add_row_bias_numpy)
-add_col_bias = pick(add_col_bias_numba, add_col_bias_numpy)
+add_row_bias = pick(add_row_bias_numba, lean_bias.add_row_bias)
+add_col_bias = pick(add_col_bias_numba, lean_bias.add_col_bias)

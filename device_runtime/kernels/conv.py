@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import lean
+from . import lean, lean_bias
 from ._jit import njit, pick, prange
 
 Array = np.ndarray
@@ -293,6 +293,6 @@ def bias_grad_nchw_numpy(dy: Array, db: Array, accumulate: bool) -> None:
 im2col = pick(im2col_numba, lean.im2col)
 col2im = pick(col2im_numba, lean.col2im)
 chunk_to_nchw = pick(chunk_to_nchw_numba, chunk_to_nchw_numpy)
-chunk_to_nchw_bias = pick(chunk_to_nchw_bias_numba, chunk_to_nchw_bias_numpy)
+chunk_to_nchw_bias = pick(chunk_to_nchw_bias_numba, lean_bias.chunk_to_nchw_bias)
 nchw_to_chunk = pick(nchw_to_chunk_numba, nchw_to_chunk_numpy)
-bias_grad_nchw = pick(bias_grad_nchw_numba, bias_grad_nchw_numpy)
+bias_grad_nchw = pick(bias_grad_nchw_numba, lean_bias.bias_grad_nchw)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import lean_misc
 from ._jit import njit, pick
 
 Arr = np.ndarray
@@ -63,5 +64,5 @@ def col2im1d_numpy(col: Arr, dx: Arr, k: int, stride: int, pad: int, dil: int) -
     dx[...] = acc
 
 
-im2col1d = pick(im2col1d_numba, im2col1d_numpy)
-col2im1d = pick(col2im1d_numba, col2im1d_numpy)
+im2col1d = pick(im2col1d_numba, lean_misc.im2col1d)
+col2im1d = pick(col2im1d_numba, lean_misc.col2im1d)

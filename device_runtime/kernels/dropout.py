@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import lean_elem
 from ._jit import njit, pick
 
 
@@ -56,5 +57,5 @@ def dropout_bwd_numpy(dy, mask, dx, rate):
     dx[mask == 0] = 0.0
 
 
-dropout_fwd = pick(dropout_fwd_numba, dropout_fwd_numpy)
-dropout_bwd = pick(dropout_bwd_numba, dropout_bwd_numpy)
+dropout_fwd = pick(dropout_fwd_numba, lean_elem.dropout_fwd)
+dropout_bwd = pick(dropout_bwd_numba, lean_elem.dropout_bwd)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import lean_misc
 from ._jit import njit, pick
 
 Arr = np.ndarray
@@ -73,5 +74,5 @@ def embedding_bwd_numpy(ids: Arr, dy: Arr, g: Arr, mask_id: int) -> None:
     g[...] = acc
 
 
-embedding_fwd = pick(embedding_fwd_numba, embedding_fwd_numpy)
-embedding_bwd = pick(embedding_bwd_numba, embedding_bwd_numpy)
+embedding_fwd = pick(embedding_fwd_numba, lean_misc.embedding_fwd)
+embedding_bwd = pick(embedding_bwd_numba, lean_misc.embedding_bwd)

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from . import lean_misc
 from ._jit import njit, pick
 
 Arr = np.ndarray
@@ -94,6 +95,6 @@ def ln_param_grad_numpy(dy: Arr, xhat: Arr, dgamma: Arr, dbeta: Arr) -> None:
     dbeta[...] = d.sum(axis=0)
 
 
-ln_fwd = pick(ln_fwd_numba, ln_fwd_numpy)
-ln_bwd = pick(ln_bwd_numba, ln_bwd_numpy)
-ln_param_grad = pick(ln_param_grad_numba, ln_param_grad_numpy)
+ln_fwd = pick(ln_fwd_numba, lean_misc.ln_fwd)
+ln_bwd = pick(ln_bwd_numba, lean_misc.ln_bwd)
+ln_param_grad = pick(ln_param_grad_numba, lean_misc.ln_param_grad)

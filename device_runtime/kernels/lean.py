@@ -15,8 +15,8 @@ the last bit.
 Covered: what a frozen backbone runs (im2col, batch-norm statistics and affine, ReLU
 with or without its bit mask, average and max pooling), and the backward kernels of a
 convolution, batch norm, ReLU and average pooling (col2im, bn_backward, the ReLU mask,
-avgpool2d_bwd), and the SGD step. Other kernels (max pooling's backward, Adam, the
-sequence layers' among them) fall back to the references.
+avgpool2d_bwd), and the SGD step. The other kernels' lean versions are in lean_optim,
+lean_pool, lean_seq, lean_misc, lean_elem and lean_loss (same scratch buffers).
 """
 
 from __future__ import annotations
@@ -335,21 +335,29 @@ def avgpool2d_bwd(dy: Arr, dx: Arr, kh: int, kw: int, sh: int, sw: int, pt: int,
 
 
 # ----------------------------------------------------------------------------- optimizer
+def _fma(a: Arr, b: np.float64, c: Arr, t: Arr, u: Arr, out: Arr) -> None:
+    """out = float32(f64(a) * b + f64(c)) (one rounding), via the float64 buffers t, u:
+    a mixed-dtype ufunc would cast through numpy's own buffer, allocated per call (and
+    numpy 1.x's value-based casting would multiply a float32 array by a float64 scalar in
+    float32, 1 ulp off numba's)."""
+    np.copyto(t, a)
+    np.multiply(t, b, out=t)
+    np.copyto(u, c)
+    np.add(t, u, out=t)
+    np.copyto(out, t, casting="same_kind")
+
+
 def sgd_step(w: Arr, g: Arr, buf: Arr, lr: float, momentum: float, weight_decay: float,
              nesterov: bool, first_step: bool) -> None:
     """As ``optim.sgd_step_numba``, block by block: the same float32 operations, and the
-    same fused multiply-adds (float64 product and sum, one rounding). The products name
-    their loop type (``dtype=np.float64``): numpy 1.x's value-based casting would otherwise
-    multiply a float32 array by a float64 scalar in float32 (1 ulp off numba's)."""
-    f32 = np.float32
-    for a, b in _rows(w.shape[0], 1):
+    same fused multiply-adds (float64 product and sum, one rounding)."""
+    f32, f64 = np.float32, np.float64
+    for a, b in _rows(w.shape[0], 2):
         d = scratch(b - a, np.float32)
-        t = scratch(b - a, np.float64)
+        t, u = scratch(2 * (b - a), np.float64).reshape(2, b - a)
         np.copyto(d, g[a:b])
         if weight_decay != 0.0:  # d = fma(w, wd, d)
-            np.multiply(w[a:b], np.float64(f32(weight_decay)), out=t, dtype=np.float64)
-            np.add(t, d, out=t)
-            np.copyto(d, t, casting="same_kind")
+            _fma(w[a:b], f64(f32(weight_decay)), d, t, u, d)
         if momentum != 0.0:
             mb = buf[a:b]
             if first_step:
@@ -358,11 +366,7 @@ def sgd_step(w: Arr, g: Arr, buf: Arr, lr: float, momentum: float, weight_decay:
                 np.multiply(mb, f32(momentum), out=mb)
                 np.add(mb, d, out=mb)
             if nesterov:  # d = fma(buf, momentum, d)
-                np.multiply(mb, np.float64(f32(momentum)), out=t, dtype=np.float64)
-                np.add(t, d, out=t)
-                np.copyto(d, t, casting="same_kind")
+                _fma(mb, f64(f32(momentum)), d, t, u, d)
             else:
                 np.copyto(d, mb)
-        np.multiply(d, np.float64(f32(-lr)), out=t, dtype=np.float64)  # w = fma(d, -lr, w)
-        np.add(t, w[a:b], out=t)
-        np.copyto(w[a:b], t, casting="same_kind")
+        _fma(d, f64(f32(-lr)), w[a:b], t, u, w[a:b])  # w = fma(d, -lr, w)

@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from . import lean_loss
 from ._jit import njit, pick
 from .activation import _sigmoid64, _sigmoid64_np
 
@@ -235,12 +236,12 @@ def argmax_accuracy_numpy(logits: Arr, labels: Arr) -> int:
     return int(np.count_nonzero(np.argmax(logits, axis=1) == labels))
 
 
-softmax_xent_fwd_idx = pick(softmax_xent_fwd_idx_numba, softmax_xent_fwd_idx_numpy)
-softmax_xent_bwd_idx = pick(softmax_xent_bwd_idx_numba, softmax_xent_bwd_idx_numpy)
-softmax_xent_fwd_soft = pick(softmax_xent_fwd_soft_numba, softmax_xent_fwd_soft_numpy)
-softmax_xent_bwd_soft = pick(softmax_xent_bwd_soft_numba, softmax_xent_bwd_soft_numpy)
-sigmoid_xent_fwd = pick(sigmoid_xent_fwd_numba, sigmoid_xent_fwd_numpy)
-sigmoid_xent_bwd = pick(sigmoid_xent_bwd_numba, sigmoid_xent_bwd_numpy)
-mse_fwd = pick(mse_fwd_numba, mse_fwd_numpy)
-mse_bwd = pick(mse_bwd_numba, mse_bwd_numpy)
-argmax_accuracy = pick(argmax_accuracy_numba, argmax_accuracy_numpy)
+softmax_xent_fwd_idx = pick(softmax_xent_fwd_idx_numba, lean_loss.softmax_xent_fwd_idx)
+softmax_xent_bwd_idx = pick(softmax_xent_bwd_idx_numba, lean_loss.softmax_xent_bwd_idx)
+softmax_xent_fwd_soft = pick(softmax_xent_fwd_soft_numba, lean_loss.softmax_xent_fwd_soft)
+softmax_xent_bwd_soft = pick(softmax_xent_bwd_soft_numba, lean_loss.softmax_xent_bwd_soft)
+sigmoid_xent_fwd = pick(sigmoid_xent_fwd_numba, lean_loss.sigmoid_xent_fwd)
+sigmoid_xent_bwd = pick(sigmoid_xent_bwd_numba, lean_loss.sigmoid_xent_bwd)
+mse_fwd = pick(mse_fwd_numba, lean_loss.mse_fwd)
+mse_bwd = pick(mse_bwd_numba, lean_loss.mse_bwd)
+argmax_accuracy = pick(argmax_accuracy_numba, lean_loss.argmax_accuracy)

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from . import lean
+from . import lean, lean_optim
 from ._jit import njit, pick
 
 
@@ -158,6 +158,6 @@ def scale_inplace_numpy(g, s: float) -> None:
 
 
 sgd_step = pick(sgd_step_numba, lean.sgd_step)
-adam_step = pick(adam_step_numba, adam_step_numpy)
-global_sq_norm = pick(global_sq_norm_numba, global_sq_norm_numpy)
+adam_step = pick(adam_step_numba, lean_optim.adam_step)
+global_sq_norm = pick(global_sq_norm_numba, lean_optim.global_sq_norm)
 scale_inplace = pick(scale_inplace_numba, scale_inplace_numpy)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import lean
+from . import lean, lean_pool
 from ._jit import njit, pick, prange
 from .conv import _valid_range, padded_windows, scatter_windows
 
@@ -207,6 +207,6 @@ def avgpool2d_bwd_numpy(
 # ----------------------------------------------------------------------------- public
 
 maxpool2d_fwd = pick(maxpool2d_fwd_numba, lean.maxpool2d_fwd)
-maxpool2d_bwd = pick(maxpool2d_bwd_numba, maxpool2d_bwd_numpy)
+maxpool2d_bwd = pick(maxpool2d_bwd_numba, lean_pool.maxpool2d_bwd)
 avgpool2d_fwd = pick(avgpool2d_fwd_numba, lean.avgpool2d_fwd)
 avgpool2d_bwd = pick(avgpool2d_bwd_numba, lean.avgpool2d_bwd)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import lean_elem
 from ._jit import njit, pick
 
 Arr = np.ndarray
@@ -21,4 +22,4 @@ def l2_add_numpy(g: Arr, w: Arr, c: float) -> None:
     g[...] = (w.astype(np.float64) * np.float64(np.float32(c)) + g).astype(np.float32)
 
 
-l2_add = pick(l2_add_numba, l2_add_numpy)
+l2_add = pick(l2_add_numba, lean_elem.l2_add)

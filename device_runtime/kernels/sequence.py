@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from . import lean_seq
 from ._jit import njit, pick
 
 Arr = np.ndarray  # float32 unless stated
@@ -232,9 +233,9 @@ def rnn_bwd_step_numpy(h: Arr, dh: Arr, dpre: Arr, act: int) -> None:
     dpre[...] = _f(dh) * _dact_np(_f(h), act)
 
 
-lstm_fwd_step = pick(lstm_fwd_step_numba, lstm_fwd_step_numpy)
-lstm_bwd_step = pick(lstm_bwd_step_numba, lstm_bwd_step_numpy)
-gru_fwd_step = pick(gru_fwd_step_numba, gru_fwd_step_numpy)
-gru_bwd_step = pick(gru_bwd_step_numba, gru_bwd_step_numpy)
-rnn_fwd_step = pick(rnn_fwd_step_numba, rnn_fwd_step_numpy)
-rnn_bwd_step = pick(rnn_bwd_step_numba, rnn_bwd_step_numpy)
+lstm_fwd_step = pick(lstm_fwd_step_numba, lean_seq.lstm_fwd_step)
+lstm_bwd_step = pick(lstm_bwd_step_numba, lean_seq.lstm_bwd_step)
+gru_fwd_step = pick(gru_fwd_step_numba, lean_seq.gru_fwd_step)
+gru_bwd_step = pick(gru_bwd_step_numba, lean_seq.gru_bwd_step)
+rnn_fwd_step = pick(rnn_fwd_step_numba, lean_seq.rnn_fwd_step)
+rnn_bwd_step = pick(rnn_bwd_step_numba, lean_seq.rnn_bwd_step)
