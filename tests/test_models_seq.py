@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from device_runtime import Model, layer
-from device_runtime.kernels import USE_NUMBA
 from tests.helpers import peak_alloc_during_steps
 
 
@@ -72,7 +71,6 @@ def test_character_level_recurrent_model_learns(kind):
     assert m.evaluate(x, y)["accuracy"] > 0.9
 
 
-@pytest.mark.skipif(not USE_NUMBA, reason="the numpy references allocate by design")
 def test_sequence_training_step_allocates_almost_nothing():
     x, y, vocab = _chars()
     specs = [layer("input", "in", input_shape="1:1:8"),
