@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import switches
+from .errors import ConfigError
 
 PAGE = 4096
 WRITE_SLACK = 2  # a write started after order u must be done before order u + WRITE_SLACK
@@ -103,12 +104,47 @@ def open_private_file(base: str) -> tuple[int, bool]:
         os.rmdir(folder)
 
 
+RAM_FILE_SYSTEMS = ("tmpfs", "ramfs", "devtmpfs", "hugetlbfs")
+
+
+def file_system_type(path: str) -> str | None:
+    """The type of the file system that holds ``path`` (Linux: from /proc/self/mounts, the
+    mount point that is the longest prefix of its real path); None where that is unknown."""
+    real = os.path.realpath(path)
+    best, kind = "", None
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                mount = parts[1].replace("\\040", " ")
+                inside = real == mount or real.startswith(mount.rstrip("/") + "/")
+                if inside and len(mount) >= len(best):
+                    best, kind = mount, parts[2]
+    except OSError:
+        return None
+    return kind
+
+
+def check_swap_dir(path: str) -> None:
+    """Refuse a swap folder whose file system keeps its files in RAM: bytes swapped there
+    would not leave memory (they count as shared memory, not as the process's RSS), so the
+    cap would only seem to hold."""
+    kind = file_system_type(path)
+    if kind in RAM_FILE_SYSTEMS:
+        raise ConfigError(f"swap folder {path} is on {kind}, which keeps files in RAM: "
+                          f"swapping there frees no memory (set NNFLEET_SWAP_DIR to a folder "
+                          f"on storage)")
+
+
 class SwapDevice:
     """A private swap file and one background I/O thread."""
 
     def __init__(self, nbytes: int, directory: str | None = None) -> None:
         base = directory or default_swap_dir()
         os.makedirs(base, mode=0o700, exist_ok=True)
+        check_swap_dir(base)
         self.fd, self.direct = open_private_file(base)
         os.ftruncate(self.fd, max(nbytes, PAGE))
         self.bytes_written = 0

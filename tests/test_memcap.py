@@ -212,3 +212,18 @@ def test_pool_larger_than_the_machine_is_refused_before_mapping(monkeypatch):
     m.compile(batch_size=32, optimizer="sgd", lr=0.01)
     with pytest.raises(MemoryCapExceeded, match=r"but the memory available is 1,048,576 bytes"):
         m.plan()
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm here")
+def test_swap_on_a_ram_file_system_is_refused(tmp_path):
+    from device_runtime.swap import file_system_type
+    if file_system_type("/dev/shm") != "tmpfs":
+        pytest.skip("/dev/shm is not tmpfs here")
+    # swapped bytes in tmpfs stay in RAM (as shared memory, outside the RSS the cap reads)
+    with pytest.raises(dr.ConfigError, match="keeps files in RAM"):
+        SwapDevice(1 << 20, "/dev/shm")
+    SwapDevice(1 << 20, str(tmp_path)).close()  # storage: fine
+    p = run("train", "lenet5", "--steps", "2", "--swap", "on", "--ram-cap", "1GiB",
+            env={"NNFLEET_SWAP_DIR": "/dev/shm/nnfleet-swap-test"})
+    assert_one_line_error(p, "on tmpfs", "NNFLEET_SWAP_DIR")
+    assert p.returncode != 0
