@@ -143,8 +143,8 @@ class SwapDevice:
 
     def __init__(self, nbytes: int, directory: str | None = None) -> None:
         base = directory or default_swap_dir()
-        os.makedirs(base, mode=0o700, exist_ok=True)
         check_swap_dir(base)
+        os.makedirs(base, mode=0o700, exist_ok=True)
         self.fd, self.direct = open_private_file(base)
         os.ftruncate(self.fd, max(nbytes, PAGE))
         self.bytes_written = 0
