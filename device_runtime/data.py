@@ -113,9 +113,11 @@ class GeneratedSamples:
             raise IndexError(f"index out of range for {n} samples")
         if out is None:
             out = np.empty((idx.size, self.shape[1]), self.dtype)
-        rows = out.reshape(idx.size, self.shape[1])
+        if out.shape != (idx.size, self.shape[1]):
+            raise ValueError(f"GeneratedSamples.take: out has shape {out.shape}, "
+                             f"{idx.size} rows need {(idx.size, self.shape[1])}")
         for k, i in enumerate(idx):
-            self._row(int(i) % n, rows[k])
+            self._row(int(i) % n, out[k])
         return out
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
