@@ -8,6 +8,7 @@ does not yet load the kernels: the choice of numba or the numpy kernels
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 from . import rss
@@ -33,9 +34,35 @@ __all__ = [
     "Schedule",
     "build",
     "create_optimizer",
+    "import_numpy_random",
     "layer",
     "rss",
 ]
+
+
+def import_numpy_random() -> None:
+    """Import ``numpy.random`` without loading ``secrets``, which costs 3.9 MiB of RSS.
+
+    numpy.random takes one function from ``secrets``: ``randbits``, which is
+    ``random.SystemRandom().getrandbits`` (entropy from ``os.urandom``, for unseeded
+    generators). ``secrets`` itself imports ``hmac`` and with it OpenSSL's libcrypto,
+    which training never uses. While numpy.random loads, a stand-in ``secrets`` holding
+    that very function is in ``sys.modules``; it is removed after, so a later ``import
+    secrets`` gets the real module. A no-op once either is loaded (the CLI calls it first).
+    """
+    if "numpy.random" in sys.modules or "secrets" in sys.modules:
+        return
+    import random
+    import types
+
+    stand_in = types.ModuleType("secrets", "stand-in while numpy.random loads")
+    setattr(stand_in, "randbits", random.SystemRandom().getrandbits)
+    sys.modules["secrets"] = stand_in
+    try:
+        importlib.import_module("numpy.random")
+    finally:
+        if sys.modules.get("secrets") is stand_in:
+            del sys.modules["secrets"]
 
 
 def __getattr__(name: str) -> Any:

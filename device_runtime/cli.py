@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from . import import_numpy_random, rss
 from .errors import ConfigError, MemoryCapExceeded, NNFleetError
 from .modelspec import load_model
 from .units import MAX_BATCH_SIZE, parse_size
@@ -142,47 +143,85 @@ def select_kernels(choice: str) -> str:
     return in_use
 
 
+def _generated_data(model: Any, args: argparse.Namespace) -> tuple[Any, np.ndarray]:
+    """``--samples`` generated samples for ``model`` (no ``--data``): class prototypes plus
+    noise, made a batch at a time as training takes them (see data.GeneratedSamples)."""
+    from .data import GeneratedSamples
+
+    classes = int(np.prod(model.output_shape))
+    per = int(np.prod(model.input_shape))
+    vocab = [int(s.props["in_dim"]) for s in model.specs
+             if s.type.lower() == "embedding" and "in_dim" in s.props]
+    # held: 16 bytes of generator state and 8 of label per sample (ids: the whole set)
+    need, avail = (24 + (4 * per if vocab else 0)) * args.samples, memory_available()
+    if need > avail:
+        raise ConfigError(f"--samples {args.samples}: the generated data needs {need:,} "
+                          f"bytes, more than the {avail:,} bytes of memory available")
+    x: Any = GeneratedSamples(model.input_shape, classes, args.samples, seed=args.seed)
+    y = x.y
+    if vocab:  # an embedding reads ids: make the generated inputs valid ids
+        x = np.random.default_rng(args.seed).integers(0, min(vocab), x.shape).astype(np.float32)
+    if model.loss_name != "cross_softmax":  # mse / sigmoid cross-entropy: float targets
+        y = (np.eye(classes, dtype=np.float32)[y % classes] if classes > 1
+             else (y % 2).astype(np.float32)[:, None])
+    print(f"no --data: {args.samples} generated samples of shape {tuple(model.input_shape)}, "
+          f"{classes} classes")
+    return x, y
+
+
+_SAID: set[str] = set()
+
+
+def _median(values: list[float]) -> float:
+    """The median, as np.median gives it (which would import numpy.ma: 1.1 MiB of RSS)."""
+    v, k = sorted(values), len(values) // 2
+    return float(v[k] if len(v) % 2 else (v[k - 1] + v[k]) / 2)
+
+
+def _warn_no_rss() -> None:
+    """Say once per process that RSS cannot be read here (no /proc, no psutil)."""
+    if "rss" not in _SAID and not rss.can_measure():
+        _SAID.add("rss")
+        print("nnfleet: note: no /proc and no psutil here: RSS figures are the peak "
+              "(ru_maxrss) and --ram-cap is unavailable (pip install psutil)", file=sys.stderr)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     kernels = select_kernels(args.kernels)
-    from . import rss
-    from .data import load_dataset, synthetic_classification
+    from . import training  # noqa: F401  (the runtime's modules: part of "imports")
+    from .data import load_dataset
     from .units import fmt_bytes
     if args.epochs is not None and args.steps is not None:
         raise ConfigError("give --epochs or --steps, not both")
+    cap = parse_size(args.ram_cap) if args.ram_cap is not None else None
+    if cap is not None and not rss.can_measure():
+        from .cap.guard import NO_RSS
+
+        raise ConfigError(f"--ram-cap: {NO_RSS}")
+    _warn_no_rss()
+    phases = {"imports": rss.current_rss()}  # RSS after each phase (the JSON's rss_phases)
     model, ini = load_model(args.model, seed=args.seed)
     if args.init:
         model.load_weights(args.init)
+    phases["model"] = rss.current_rss()
     if args.data:
         x, y = load_dataset(args.data)
     elif ini is not None and "train" in ini.datasets:  # the INI's own [train_set]
         x, y = ini.load_data("train", model)
     else:
-        classes = int(np.prod(model.output_shape))
-        need, avail = 4 * args.samples * int(np.prod(model.input_shape)), memory_available()
-        if need > avail:
-            raise ConfigError(f"--samples {args.samples}: the generated data needs {need:,} "
-                              f"bytes, more than the {avail:,} bytes of memory available")
-        x, y = synthetic_classification(model.input_shape, classes, args.samples, seed=args.seed)
-        vocab = [int(s.props["in_dim"]) for s in model.specs
-                 if s.type.lower() == "embedding" and "in_dim" in s.props]
-        if vocab:  # an embedding reads ids: make the generated inputs valid ids
-            x = np.random.default_rng(args.seed).integers(0, min(vocab), x.shape).astype(np.float32)
-        if model.loss_name != "cross_softmax":  # mse / sigmoid cross-entropy: float targets
-            y = (np.eye(classes, dtype=np.float32)[y % classes] if classes > 1
-                 else (y % 2).astype(np.float32)[:, None])
-        print(f"no --data: {args.samples} generated samples of shape {tuple(model.input_shape)}, "
-              f"{classes} classes")
+        x, y = _generated_data(model, args)
     batch = args.batch_size or (ini.batch_size if ini and ini.batch_size else 32)
     name, kw = _optimizer_kwargs(args, ini)
-    xs = model.prepare_x(x)
+    xs = model.prepare_x(x)  # generated samples pass as they are: (N, F) float32 already
     ys, kind = model.prepare_y(y, xs.shape[0])
     model.label_kind = kind
+    phases["data"] = rss.current_rss()
     if args.freeze:
         model.freeze(args.freeze)
-    cap = parse_size(args.ram_cap) if args.ram_cap is not None else None
     # JIT-compiled kernels are part of the runtime's baseline, not of the step
     model.compile(batch_size=batch, optimizer=name, planner=args.planner, ram_cap=cap,
                   swap=args.swap, lookahead=args.lookahead, **kw)
+    phases["compile"] = rss.current_rss()
     # The baseline is taken at the same point with or without a cap: after the warm-up,
     # before the step is planned and bound (a capped compile measures it there itself).
     if cap is None:
@@ -192,11 +231,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         assert model.baseline_rss is not None  # a capped compile measures it
         baseline = model.baseline_rss
+    phases["warm_up"] = baseline
     plan = model.plan()
     steps = args.steps
     epochs = args.epochs if args.epochs is not None else (ini.epochs if ini and ini.epochs and
                                                           steps is None else 1)
-    rss.reset_peak()
+    rss.reset_peak()  # the peak before it is kept: rss.process_peak()
     every = max(1, (steps or epochs * (len(xs) // batch)) // 10)
 
     def progress(step: int, loss: float) -> None:
@@ -214,9 +254,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise
     wall = time.perf_counter() - t0
     peak = max(rss.peak_rss(), model.peak_rss or 0)
+    phases["training_peak"] = peak
     if args.save:
         model.save_weights(args.save)
-    med = float(np.median(hist.step_seconds[1:] or hist.step_seconds or [0.0]))
+    med = _median(hist.step_seconds[1:] or hist.step_seconds or [0.0])
     result = {
         "model": model.name, "batch_size": batch, "optimizer": name, "steps": len(hist.losses),
         "losses": hist.losses, "final_loss": hist.losses[-1] if hist.losses else None,
@@ -227,6 +268,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         "baseline_rss_bytes": baseline, "peak_rss_bytes": peak,
         "working_set_bytes": peak - baseline, "step_seconds_median": med,
         "wall_seconds": wall, "planner": args.planner, "saved": args.save, "kernels": kernels,
+        # the whole process, from start to here (what /usr/bin/time -v would show without
+        # the reset before training); RSS after each phase of the run
+        "process_peak_rss_bytes": max(rss.process_peak(), peak), "rss_phases": phases,
         **{k: v for k, v in model.memory_report().items()
            if k not in ("peak_rss_bytes", "baseline_rss_bytes")},
     }
@@ -301,6 +345,7 @@ def main(argv: list[str] | None = None, commands: Mapping[str, Command] | None =
     """Run one ``nnfleet`` command line; ``commands`` adds sub-commands (the lab's)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = dict(commands or {})
+    import_numpy_random()  # before anything draws a random number: 3.9 MiB less RSS
     try:
         parser = build_parser(commands)
         if argv and argv[0] in commands:

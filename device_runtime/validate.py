@@ -17,9 +17,15 @@ from .units import MAX_BATCH_SIZE
 
 
 def prepare_x(x: np.ndarray, input_shape: Shape, what: str = "x") -> np.ndarray:
-    """(N, ...) with the input's element count per sample -> C-contiguous (N, F) float32."""
-    x = np.asarray(x)
+    """(N, ...) with the input's element count per sample -> C-contiguous (N, F) float32
+    (generated samples, made a batch at a time, are passed on as they are)."""
     per = int(math.prod(input_shape))
+    if not isinstance(x, np.ndarray):
+        from .data import GeneratedSamples
+
+        if isinstance(x, GeneratedSamples) and x.shape[1] == per:
+            return x  # (N, F) float32 rows, for np.take
+    x = np.asarray(x)
     if x.ndim < 1 or x.shape[0] == 0:
         raise DataError(f"data {what} is empty (shape {x.shape})")
     if x.dtype.kind not in "fiu":

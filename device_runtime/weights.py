@@ -19,17 +19,17 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
-import psutil
 
+from . import rss
 from .errors import DataError, ModelError
 from .init import initialize
 
 
 def memory_available() -> int:
-    """Bytes this machine can still give (psutil's ``available``). Models and files that
-    would need more are refused before anything is allocated: with overcommit, a huge
+    """Bytes this machine can still give (:func:`rss.memory_available`). Models and files
+    that would need more are refused before anything is allocated: with overcommit, a huge
     allocation succeeds and the process is killed only when it touches the pages."""
-    return int(psutil.virtual_memory().available)
+    return rss.memory_available()
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ def test_memory_benchmark_runs_on_lenet5(tmp_path: Path,
     frameworks = "nnfleet,torch" if HAVE_TORCH else "nnfleet"
     # Execute
     rc = memory.main(["--models", "lenet5", "--optimizers", "sgd", "--steps", "3",
-                      "--frameworks", frameworks, "--json", str(out)])
+                      "--frameworks", frameworks, "--json", str(out),
+                      "--footprint", "none"])  # footprint rows: tests/test_footprint.py
     text = capsys.readouterr().out
     # Assert: the report has the table, a lenet5 row and the targets
     assert rc == 0, text

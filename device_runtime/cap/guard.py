@@ -1,6 +1,7 @@
-"""RAM caps: a psutil sampler thread plus the kernel's high-water mark.
+"""RAM caps: an RSS sampler thread plus the kernel's high-water mark.
 
-The sampler reads this process's RSS every ``interval`` seconds; the training loop
+The sampler reads this process's RSS (``/proc/self/statm``, or psutil where there is no
+``/proc``: :mod:`device_runtime.rss`) every ``interval`` seconds; the training loop
 checks the flag between operations and stops with :class:`MemoryCapExceeded`. The
 high-water mark (``VmHWM``) is read at the end, so even a spike shorter than the
 sampling interval is reported. :func:`guard_training` wraps a model's training run.
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Self
 import numpy as np
 
 from .. import hooks, rss, switches
-from ..errors import MemoryCapExceeded
+from ..errors import ConfigError, MemoryCapExceeded
 from ..units import parse_size
 
 if TYPE_CHECKING:
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from ..model import Model
 
 DEFAULT_INTERVAL = 0.005  # seconds between samples
+NO_RSS = ("a RAM cap needs the process's RSS: this system has no /proc and psutil is not "
+          "installed (pip install psutil)")
 
 
 class _Sampler:
@@ -76,6 +79,8 @@ class RamGuard:
     def __init__(self, cap: int, interval: float = DEFAULT_INTERVAL) -> None:
         if cap <= 0:
             raise ValueError(f"RAM cap must be positive, got {cap}")
+        if not rss.can_measure():
+            raise ConfigError(NO_RSS)
         self.cap = int(cap)
         self.interval = float(interval)
         self.exceeded = False

@@ -18,6 +18,9 @@ RAM-capped device does), torch by one step of a throw-away copy of the module, f
 
 The environment (OPENBLAS_*, OMP_*, ...) is inherited unchanged by every worker, so both
 frameworks see the same threading settings; torch is also given 2 threads explicitly.
+
+After the table, a *footprint* row per kernel kind (``--footprint numba,numpy``): the
+total RSS of the device's own ``train`` command, phase by phase (experiments.bench.footprint).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import subprocess
 import sys
 import time
 from typing import Any
+
+from experiments.bench.footprint import KINDS, footprint_rows, format_footprint
 
 MIB = 1024 * 1024
 # "sgd" is torch.optim.SGD's default (no momentum), as in the issue's reference figures;
@@ -322,6 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--no-warm", dest="warm", action="store_false",
                    help="skip the warm measurements (kernels loaded before the baseline)")
+    p.add_argument("--footprint", default="numba,numpy",
+                   type=lambda s: [] if s == "none" else _names(s, KINDS, "kernel kind"),
+                   help="kernel kinds of the footprint rows (total RSS of `train`), or none")
+    p.add_argument("--footprint-model", default="lenet5",
+                   type=lambda s: _names(s, tuple(BUILTINS), "model")[0])
+    p.add_argument("--footprint-cold", action="store_true",
+                   help="also measure numba with an empty NUMBA_CACHE_DIR (compiles)")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--warm", dest="warm_worker", action="store_true", help=argparse.SUPPRESS)
     return p
@@ -352,12 +364,17 @@ def main(argv: list[str] | None = None) -> int:
                     results.append(run_worker(fw, model, opt, args.batch_size, args.steps, warm))
     rows = build_rows(results)
     print(report(rows, results, args.batch_size))
+    foot = footprint_rows(args.footprint, args.footprint_model, args.steps,
+                          args.footprint_cold)
+    if foot:
+        print("\n" + format_footprint(foot))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"batch_size": args.batch_size, "steps": args.steps, "results": results,
+                       "footprint": foot,
                        "targets": [{"model": r["model"], "optimizer": r["optimizer"],
                                     "checks": check_targets(r)} for r in rows]}, f, indent=1)
-    return 1 if any("error" in r for r in results) else 0
+    return 1 if any("error" in r for r in results + foot) else 0
 
 
 if __name__ == "__main__":
