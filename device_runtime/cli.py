@@ -20,13 +20,14 @@ from typing import Any, NoReturn
 import numpy as np
 
 from . import import_numpy_random, rss
-from .errors import ConfigError, MemoryCapExceeded, NNFleetError
+from .errors import ConfigError, MemoryCapExceeded, NNFleetError, TrainingDiverged
 from .modelspec import load_model
 from .units import MAX_BATCH_SIZE, parse_size
 from .weights import memory_available
 
 EXIT_BAD_INPUT = 2
 EXIT_CAP = 3  # refused before training, or stopped for going over the RAM cap
+EXIT_DIVERGED = TrainingDiverged.exit_code  # 4: NaN or infinite loss or weights, not saved
 # a command another package adds to ``nnfleet``: (its one-line help, run(argv) -> exit code)
 Command = tuple[str, Callable[[list[str]], int]]
 
@@ -218,6 +219,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     phases["data"] = rss.current_rss()
     if args.freeze:
         model.freeze(args.freeze)
+        if not any(p.trainable for p in model.weights.params.values()):
+            raise ConfigError(f"--freeze {args.freeze} freezes every layer with weights: "
+                              f"nothing is left to train")
     # JIT-compiled kernels are part of the runtime's baseline, not of the step
     model.compile(batch_size=batch, optimizer=name, planner=args.planner, ram_cap=cap,
                   swap=args.swap, lookahead=args.lookahead, **kw)
@@ -245,8 +249,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     try:
-        hist = model.fit(xs, ys, epochs=epochs, steps=steps, shuffle=not args.no_shuffle,
-                         seed=args.seed, callback=progress)
+        # overflow warnings say less than the TrainingDiverged that a NaN loss raises
+        with np.errstate(over="ignore", invalid="ignore"):
+            hist = model.fit(xs, ys, epochs=epochs, steps=steps, shuffle=not args.no_shuffle,
+                             seed=args.seed, callback=progress)
     except MemoryCapExceeded as e:
         if args.json:
             print(json.dumps({"model": model.name, "cap_exceeded": True, "error": str(e),
@@ -355,6 +361,9 @@ def main(argv: list[str] | None = None, commands: Mapping[str, Command] | None =
     except MemoryCapExceeded as e:
         print(f"nnfleet: error: memory: {one_line(str(e))}", file=sys.stderr)
         return EXIT_CAP
+    except TrainingDiverged as e:
+        print(f"nnfleet: error: {one_line(str(e))}", file=sys.stderr)
+        return EXIT_DIVERGED
     except NNFleetError as e:
         print(f"nnfleet: error: {one_line(str(e))}", file=sys.stderr)
         return EXIT_BAD_INPUT

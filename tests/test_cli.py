@@ -172,3 +172,14 @@ def test_plan_nntrainer_mnist_ini():
     assert p.returncode == 0, p.stderr
     d = last_json(p.stdout)
     assert d["batch_size"] == 32 and d["pool_bytes"] <= 1.05 * d["lower_bound_bytes"]
+
+
+def test_divergence_and_freezing_everything_are_errors_that_save_nothing(tmp_path):
+    out = tmp_path / "w.npz"
+    p = run("train", "mlp", "--lr", "1e30", "--steps", "20", "--save", str(out))
+    assert p.returncode == 4, p.stderr
+    assert_one_line_error(p, "diverged", "nothing saved")
+    assert not out.exists()
+    p = run("train", "lenet5", "--freeze", "fc3", "--steps", "2", "--save", str(out))
+    assert_one_line_error(p, "--freeze fc3", "nothing is left to train")
+    assert p.returncode == 2 and not out.exists()
