@@ -195,6 +195,9 @@ def test_settings_from_node_config():
                         "freeze": "fc1"})
     assert s.ram_cap == 256 << 20 and s.batch_size == 4 and s.freeze == "fc1"
     assert s.fallbacks == ("batch:2", "swap")
+    assert parse_settings({"ram-cap": "0"}).ram_cap is None  # no cap, as documented
+    with pytest.raises(ConfigError, match="less than one byte"):
+        parse_settings({"ram-cap": "0.4B"})  # was: silently uncapped
 
 
 def test_importing_device_runtime_never_imports_flower():

@@ -154,8 +154,11 @@ def parse_settings(values: Mapping[str, Any]) -> DeviceSettings:
     from ..units import parse_size
 
     cap = values.get("ram-cap")
+    ram_cap = parse_size(str(cap), "ram-cap") if cap not in (None, "", 0, "0", "none") else None
+    if ram_cap == 0:  # "0.4B": a cap, but of no bytes (0 or "none" mean no cap)
+        raise ConfigError(f"ram-cap {cap!r} is less than one byte (0 or 'none' mean no cap)")
     return DeviceSettings(
-        ram_cap=parse_size(str(cap)) if cap not in (None, "", 0, "0", "none") else None,
+        ram_cap=ram_cap,
         swap=str(values.get("swap", "auto")),
         batch_size=int(values["batch-size"]) if values.get("batch-size") else None,
         freeze=str(values.get("freeze", "")),
