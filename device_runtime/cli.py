@@ -301,23 +301,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("nnfleet")
+    except Exception:  # noqa: BLE001 - run from a checkout that is not installed
+        return "(not installed)"
+
+
 def build_parser(commands: Mapping[str, Command] | None = None) -> argparse.ArgumentParser:
     """The parser of ``plan`` and ``train``, with ``commands`` listed beside them."""
     from .planner import DEFAULT_STRATEGY, STRATEGIES
 
     p = _Parser(prog="nnfleet", description="nnfleet: memory-planned on-device training, fleets "
                 "of RAM-capped devices, federated personalization.")
+    p.add_argument("--version", action="version", version=f"nnfleet {_version()}")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
-    pl = sub.add_parser("plan", help="print the memory plan of a training step")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    pl = sub.add_parser("plan", help="print the memory plan of a training step",
+                        formatter_class=fmt, epilog="example: nnfleet plan resnet18")
     pl.add_argument("model", help="INI file, built-in model name or JSON layer list")
     pl.add_argument("--batch-size", type=_positive(int, MAX_BATCH_SIZE))
     pl.add_argument("--planner", default=DEFAULT_STRATEGY, choices=sorted(STRATEGIES))
     pl.add_argument("--json", action="store_true")
-    tr = sub.add_parser("train", help="train a model on a data file (or generated data)")
+    tr = sub.add_parser("train", help="train a model on a data file (or generated data)",
+                        formatter_class=fmt, epilog="examples: nnfleet train lenet5 --epochs 3; "
+                        "nnfleet train resnet18 --ram-cap 300MiB --data d.npz --save w.npz")
     tr.add_argument("model", help="INI file, built-in model name or JSON layer list")
     tr.add_argument("--data", help=".npz with x and y (default: generated data)")
     tr.add_argument("--samples", type=_positive(int), default=1024,
-                    help="generated samples when no --data (default 1024)")
+                    help="generated samples when no --data")
     tr.add_argument("--epochs", type=_positive(int))
     tr.add_argument("--steps", type=_positive(int))
     tr.add_argument("--batch-size", type=_positive(int, MAX_BATCH_SIZE))
@@ -342,6 +356,8 @@ def build_parser(commands: Mapping[str, Command] | None = None) -> argparse.Argu
                     help="numba (default when installed) or the allocation-free numpy "
                          "kernels: slower, but ~130 MiB less resident memory (no numba/LLVM)")
     tr.add_argument("--json", action="store_true")
+    from .cli_eval import add_parsers
+    add_parsers(sub, _positive(int, MAX_BATCH_SIZE))
     for name, (text, _) in (commands or {}).items():  # each parses its own arguments
         sub.add_parser(name, help=text, add_help=False)
     return p
@@ -354,10 +370,15 @@ def main(argv: list[str] | None = None, commands: Mapping[str, Command] | None =
     import_numpy_random()  # before anything draws a random number: 3.9 MiB less RSS
     try:
         parser = build_parser(commands)
-        if argv and argv[0] in commands:
+        if not argv:  # what the command can do, rather than "arguments are required"
+            parser.print_help()
+            return 0
+        if argv[0] in commands:
             return int(commands[argv[0]][1](argv[1:]) or 0)
         args = parser.parse_args(argv)
-        return {"plan": cmd_plan, "train": cmd_train}[args.cmd](args)
+        from .cli_eval import cmd_eval, cmd_predict
+        return {"plan": cmd_plan, "train": cmd_train, "eval": cmd_eval,
+                "predict": cmd_predict}[args.cmd](args)
     except MemoryCapExceeded as e:
         print(f"nnfleet: error: memory: {one_line(str(e))}", file=sys.stderr)
         return EXIT_CAP

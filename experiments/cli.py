@@ -13,10 +13,22 @@ from device_runtime.errors import ConfigError
 
 BENCHES = {"memory": "experiments.bench.memory", "swap": "experiments.bench.swap",
            "fleet": "experiments.bench.fleet", "soak": "experiments.bench.soak"}
+BENCH_HELP = {"memory": "working set, step time and footprint against PyTorch",
+              "swap": "swapped training under shrinking RAM caps",
+              "fleet": "device-rounds per second: the fleet engine against Flower's simulation",
+              "soak": "1,000 devices x rounds with faults: every outcome accounted for"}
 
 
 def bench(argv: list[str]) -> int:
     """``nnfleet bench WHAT ...``: run one benchmark module's ``main`` on the rest."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: nnfleet bench {" + ",".join(BENCHES) + "} [options]\n\n"
+              "benchmarks (each prints ratios measured side by side in one run):")
+        for name, text in BENCH_HELP.items():
+            print(f"  {name:8s} {text}")
+        print("\n'nnfleet bench WHAT --help' lists the options of one (with defaults); "
+              "example: nnfleet bench memory --models lenet5")
+        return 0
     p = _Parser(prog="nnfleet bench", add_help=False)
     p.add_argument("what")
     args, rest = p.parse_known_args(argv)
