@@ -308,9 +308,10 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     fds = [int(a) for a in argv]
     from device_runtime import rss
+    from device_runtime.kernels import USE_NUMBA
     from device_runtime.warmup import warmup
 
-    warmup()
+    warmup()  # loads the kernels from numba's cache (the engine compiled them before)
     mine = fds[0]
     for fd in fds[1:]:
         if os.fork() == 0:  # a worker forked from the warm process: imports and JIT shared
@@ -321,7 +322,8 @@ def main(argv: list[str]) -> int:
             os.close(fd)
     conn = Connection(mine)
     threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
-    conn.send(Ready(os.getpid(), rss.current_rss(), time.perf_counter() - t0))
+    conn.send(Ready(os.getpid(), rss.current_rss(), time.perf_counter() - t0,
+                    "numba" if USE_NUMBA else "numpy"))
     Worker(conn).serve()
     if mine != fds[0]:
         os._exit(0)  # a forked worker: no interpreter teardown of the parent's state
