@@ -306,6 +306,12 @@ def _print_table(summary: dict[str, Any], out: str) -> None:
     if failures:
         print("device train tasks that failed: " + ", ".join(
             f"{n} {status}" for status, n in failures.items()) + " (per device: summary.json)")
+    kernels = summary["fleet"].get("kernels", {}).get("per_kind", {})
+    if kernels:
+        from device_runtime.units import fmt_bytes
+        print("kernels: " + ", ".join(
+            f"{kind} {k['devices']} devices (worker RSS {fmt_bytes(k['worker_rss'][0])})"
+            for kind, k in kernels.items() if k["worker_rss"]) + "; accuracy per RAM cap: report")
     print(f"devices unable to train within their cap: {summary['fleet']['unable_to_train']}; "
           f"total {t['total_seconds']:.1f} s (engine start-up {t['startup_seconds']:.2f} s); "
           f"report: {os.path.join(out, 'report.md')}")
