@@ -6,9 +6,9 @@ runs batches of device tasks. Workers are of two kernel kinds (numba's kernels o
 references, :mod:`experiments.fleet.kernels`); each device has a kind, fixed for the run by
 its RAM cap, and is run by the worker ``rank % workers of its kind``, where ``rank`` counts
 the devices of that kind before it. Numba's kernels are compiled into its cache once, in a
-process of its own, before any numba worker starts (:func:`~.procs.precompile`). A device's state
-(personal layers and so on) is kept in its own file by the workers: it never comes back
-to this process, which only sees shared weights and metrics.
+process of its own, before any numba worker starts (:func:`~.procs.start_precompile`).
+A device's state (personal layers and so on) is kept in its own file by the workers: it
+never comes back to this process, which only sees shared weights and metrics.
 
 A worker that dies (a device killed mid-task, or killed by the engine because its task ran
 past ``faults.timeout``) costs only the task it was running: that task is reported

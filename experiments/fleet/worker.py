@@ -1,8 +1,10 @@
-"""A warm worker process of the fleet engine: imports and JIT are paid once, then it runs
-the device program for one device after another.
+"""A warm worker process of the fleet engine: imports and kernels are loaded once, then it
+runs the device program for one device after another.
 
 Started as ``python -m experiments.fleet.worker FD`` with one end of a socket pair; it
-imports only device_runtime (never flwr), warms up the kernels, sends
+imports only device_runtime (never flwr; never numba either with ``NNFLEET_NO_NUMBA=1``, a
+numpy-kernel worker), warms up the kernels (numba's are loaded from the cache the engine
+compiled them into: a process that compiles keeps ~70 MiB more RSS), sends
 :class:`~experiments.fleet.protocol.Ready` and answers the engine's messages (every one a
 dataclass of :mod:`experiments.fleet.protocol`): ``Setup`` says where the fleet's data and
 the device states are, and how devices run: ``worker`` runs each device in this process
