@@ -138,3 +138,31 @@ def test_a_mixed_fleet_runs_each_device_on_a_worker_of_its_kind():
             assert small and all(r["status"] == "ok" for r in small), small
             assert all(r["peak-rss"] <= 96 * MIB for r in small)
     assert owners[0] != owners[1]  # more workers: other owners, same kinds
+
+
+@needs_numba
+def test_a_dead_worker_is_replaced_by_one_of_its_kind():
+    # Prepare: device 1 on the numpy kernels, the others on numba's
+    from device_runtime.device import initial_weights
+    from experiments.fleet import Job
+
+    profiles = [DeviceProfile(i, None, 1.0, 1.0, 0.0) for i in range(4)]
+    profiles[1].ram_cap = 96 * MIB
+    cfg = {"model": MODEL, "lr": 0.1, "batch-size": 8, "seed": 3, "server-round": 1}
+    payloads = {0: (initial_weights(MODEL, 0), cfg)}
+    fleet = make_fleet_data("synthetic_fedprox", 4, seed=2, dim=20, samples=40)
+    with FleetEngine(fleet, profiles, workers=2) as eng:
+        before = eng.owner(1)
+        assert before.kind == before.kernels == "numpy"
+        # Execute: device 1's worker is killed mid-task, then every device trains again
+        res = eng.run(payloads, [Job("train", d, 0, "kill" if d == 1 else None)
+                                 for d in range(4)], "kill")
+        eng.wait_ready()
+        again = eng.run(payloads, [Job("train", d, 0) for d in range(4)], "after")
+        # Assert: the replacement is a numpy worker, and device 1 trains on it
+        after = eng.owner(1)
+        assert after.pid != before.pid and after.kind == after.kernels == "numpy"
+        assert {r.device: r.status for r in res}[1] == "killed"
+        assert {r.device: r.kernels for r in again} == {0: "numba", 1: "numpy", 2: "numba",
+                                                        3: "numba"}
+        assert all(r.error is None and r.metrics["trained"] == 1 for r in again)
