@@ -167,11 +167,19 @@ def _main(argv: list[str]) -> int:
     timing: dict[str, Any] = {"per_algorithm": log.meta["timing"]}
     sim: dict[str, float] = log.meta["sim"]
     os.makedirs(os.path.join(out, "weights"), exist_ok=True)
+    from device_runtime.units import parse_size
+    from experiments.fleet.kernels import NUMBA_MIN_CAP
     with FleetEngine(fleet, profiles, workers=int(args.workers or fleet_cfg.get("workers", 0)),
                      isolation=isolation, faults=cfg.get("faults"), seed=seed,
-                     workdir=log.ckpt.work, state_dir=log.ckpt.live) as eng:
+                     workdir=log.ckpt.work, state_dir=log.ckpt.live,
+                     kernels=str(fleet_cfg.get("kernels", "auto")).strip().lower(),
+                     numba_min_cap=parse_size(fleet_cfg.get("numba_min_cap", NUMBA_MIN_CAP)),
+                     warm_models=[model_text(cfg)], quiet=args.quiet) as eng:
         timing.update(startup_seconds=eng.startup_seconds, workers=len(eng.procs),
                       isolation=eng.isolation)
+        kernels = eng.kernel_summary()
+        for p, kind in zip(profiles, eng.kernels):
+            p.kernels = kind
         for algo in [a for a in algorithms if a not in log.meta["finished"]]:
             snap = log.resume_point(algo)
             t0 = time.perf_counter() - (snap.meta["elapsed"] if snap else 0.0)
@@ -223,7 +231,7 @@ def _main(argv: list[str]) -> int:
                    "fraction_train": cfg.get("server", {}).get("fraction-train", 1.0),
                    "local_epochs": cfg.get("train", {}).get("local-epochs", 1)},
         "fleet": {"data": fleet.stats(), "profiles": [p.as_dict() for p in profiles],
-                  "caps": _caps(profiles),
+                  "caps": _caps(profiles), "kernels": kernels,
                   "unable_to_train": sum(1 for d in devices
                                          if d["cap_failures"] and not d["trained"]),
                   "failures": _failures(devices)},
@@ -241,7 +249,8 @@ def _main(argv: list[str]) -> int:
 
 def _devices(profiles: list[Any], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per device: cap, largest measured peak RSS, whether it ever trained."""
-    out = [{"device": p.index, "ram_cap": p.ram_cap, "peak_rss": 0.0, "trained": False,
+    out = [{"device": p.index, "ram_cap": p.ram_cap, "kernels": p.kernels, "peak_rss": 0.0,
+            "trained": False,
             "cap_failures": 0, "rounds_trained": 0, "speed": p.speed,
             "availability": p.availability, "failures": {}} for p in profiles]
     for r in records:
@@ -297,6 +306,12 @@ def _print_table(summary: dict[str, Any], out: str) -> None:
     if failures:
         print("device train tasks that failed: " + ", ".join(
             f"{n} {status}" for status, n in failures.items()) + " (per device: summary.json)")
+    kernels = summary["fleet"].get("kernels", {}).get("per_kind", {})
+    if kernels:
+        from device_runtime.units import fmt_bytes
+        print("kernels: " + ", ".join(
+            f"{kind} {k['devices']} devices (worker RSS {fmt_bytes(k['worker_rss'][0])})"
+            for kind, k in kernels.items() if k["worker_rss"]) + "; accuracy per RAM cap: report")
     print(f"devices unable to train within their cap: {summary['fleet']['unable_to_train']}; "
           f"total {t['total_seconds']:.1f} s (engine start-up {t['startup_seconds']:.2f} s); "
           f"report: {os.path.join(out, 'report.md')}")

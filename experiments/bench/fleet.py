@@ -104,7 +104,8 @@ def run_fleet(devices: int, rounds: int, cap: int, workers: int) -> dict[str, An
             import server  # noqa: F401
             return fleet_from_run_config(rc)
 
-        with FleetEngine(prepare, profiles, workers=workers) as eng:
+        # the model's own kernel specialisations compiled with the rest, before any worker
+        with FleetEngine(prepare, profiles, workers=workers, warm_models=[rc["model"]]) as eng:
             startup = time.perf_counter() - t0
             import server
             from experiments.fleet.grid import FleetGrid, run_serverapp
@@ -117,11 +118,13 @@ def run_fleet(devices: int, rounds: int, cap: int, workers: int) -> dict[str, An
             rounds_s = time.perf_counter() - t1
             ok = sum(r["ok"] for r in grid.rounds)
             n_workers = len(eng.procs)
+            kernels = {k: v["devices"] for k, v in eng.kernel_summary()["per_kind"].items()}
         assert ctx.state["final-arrays"]
     return {"runtime": "nnfleet fleet engine", "startup_s": startup, "rounds_s": rounds_s,
             "device_rounds": devices * rounds, "ok_device_rounds": ok,
             "device_rounds_per_s": devices * rounds / rounds_s, "peak_tree_bytes": mem.peak,
-            "before_first_round_bytes": before, "workers": n_workers, "ram_cap": cap,
+            "before_first_round_bytes": before, "workers": n_workers, "kernels": kernels,
+            "ram_cap": cap,
             "caps_enforced": True}
 
 

@@ -1,10 +1,14 @@
 """The fleet engine: a pool of warm worker processes that run the device program.
 
 One engine serves a whole experiment: it packs the fleet's data once, starts ``workers``
-processes (each imports device_runtime and pays the JIT once, in parallel), and then runs
-batches of device tasks, device ``i`` on worker ``i % workers``. A device's state
-(personal layers and so on) is kept in its own file by the workers: it never comes back
-to this process, which only sees shared weights and metrics.
+processes (each imports device_runtime and loads its kernels once, in parallel), and then
+runs batches of device tasks. Workers are of two kernel kinds (numba's kernels or the numpy
+references, :mod:`experiments.fleet.kernels`); each device has a kind, fixed for the run by
+its RAM cap, and is run by the worker ``rank % workers of its kind``, where ``rank`` counts
+the devices of that kind before it. Numba's kernels are compiled into its cache once, in a
+process of its own, before any numba worker starts (:func:`~.procs.start_precompile`).
+A device's state (personal layers and so on) is kept in its own file by the workers: it
+never comes back to this process, which only sees shared weights and metrics.
 
 A worker that dies (a device killed mid-task, or killed by the engine because its task ran
 past ``faults.timeout``) costs only the task it was running: that task is reported
@@ -32,7 +36,8 @@ import numpy as np
 from device_runtime.errors import ConfigError
 
 from .faults import FaultPlan
-from .procs import READY_TIMEOUT, WorkerProc, spawn_workers
+from .kernels import NUMBA_MIN_CAP, device_kernels, split_workers
+from .procs import READY_TIMEOUT, WorkerProc, finish_precompile, spawn_workers, start_precompile
 from .profiles import DeviceProfile
 from .protocol import Drop, Job, Payload, Ready, Reset, Result, Setup, Task, TaskResult, Tasks
 from .store import write_store
@@ -58,12 +63,17 @@ class FleetEngine:
     def __init__(self, fleet: Any, profiles: list[DeviceProfile] | None = None,
                  workers: int = 0, isolation: str = "worker", workdir: str | None = None,
                  zygote: bool = False, faults: FaultPlan | dict[str, Any] | None = None,
-                 seed: int = 0, state_dir: str | None = None) -> None:
+                 seed: int = 0, state_dir: str | None = None, kernels: str = "auto",
+                 numba_min_cap: int = NUMBA_MIN_CAP, warm_models: list[str] | None = None,
+                 quiet: bool = False) -> None:
         """``fleet``: ``experiments.data.FleetData``, or a function returning it, called
         while the workers start (so making the data overlaps with their warm-up).
         ``faults``: a :class:`FaultPlan` or the ``[faults]`` table of the experiment config
         (drawn from ``seed`` unless it has its own). ``state_dir``: where the workers keep
-        device states, ``<state_dir>/<run_key>/<device>.npz`` (default: in ``workdir``)."""
+        device states, ``<state_dir>/<run_key>/<device>.npz`` (default: in ``workdir``).
+        ``kernels``, ``numba_min_cap``: the ``[fleet]`` keys of the same names (see
+        :func:`~.kernels.device_kernels`). ``warm_models``: model specs whose own kernel
+        specialisations are compiled with the rest. ``quiet``: no progress line."""
         self.state_dir = state_dir or ""
         if isolation not in ("worker", "fork"):
             raise ConfigError(f"isolation must be worker or fork, got {isolation!r}")
@@ -74,17 +84,38 @@ class FleetEngine:
         if workers < 0:
             raise ConfigError(f"workers must be >= 0, got {workers}")
         n = workers or (os.cpu_count() or 1)
-        self.procs = spawn_workers(n, zygote=zygote)  # they warm up while we get the data
+        # uncapped devices when no profiles are given: one kind for every device
+        self.kernels = device_kernels([p.ram_cap for p in profiles] if profiles else [None],
+                                      kernels, numba_min_cap)
+        per_kind = split_workers(n, self.kernels)
+        self.procs: list[WorkerProc] = []
+        self.spares: dict[str, WorkerProc] = {}
+        self.compile_info: dict[str, Any] = {}  # what the precompile process reported
+        compiling = start_precompile(warm_models or [], quiet) if "numba" in per_kind else None
+        try:
+            # numpy workers warm up while numba compiles; every worker while we get the data
+            self._spawn("numpy", per_kind.get("numpy", 0), zygote, isolation)
+            if compiling is not None:
+                self.compile_info = finish_precompile(compiling)
+                compiling = None
+                self._spawn("numba", per_kind["numba"], zygote, isolation)
+            self._setup(fleet() if callable(fleet) else fleet, profiles, isolation, workdir)
+        except BaseException:
+            if compiling is not None:
+                compiling.kill()
+                compiling.wait()
+            self.close()
+            raise
+
+    def _spawn(self, kind: str, n: int, zygote: bool, isolation: str) -> None:
+        if not n:
+            return
+        self.procs += spawn_workers(n, len(self.procs), zygote, kind)
         # a warm spare takes a dead worker's place at once (a fresh one takes ~0.5 s to
         # warm up): kept from the start when injected faults will kill workers (worker
         # isolation; in fork isolation only the device's child dies), else after a death
-        self.spare: WorkerProc | None = (spawn_workers(1, -1)[0] if self.faults.active
-                                         and isolation == "worker" else None)
-        try:
-            self._setup(fleet() if callable(fleet) else fleet, profiles, isolation, workdir)
-        except BaseException:
-            self.close()
-            raise
+        if self.faults.active and isolation == "worker":
+            self.spares[kind] = spawn_workers(1, -1, kernels=kind)[0]
 
     def _setup(self, fleet: Any, profiles: list[DeviceProfile] | None, isolation: str,
                workdir: str | None) -> None:
@@ -95,6 +126,13 @@ class FleetEngine:
                                      for i in range(self.num_devices)]
         if len(self.profiles) != self.num_devices:
             raise ConfigError(f"{len(self.profiles)} profiles for {self.num_devices} devices")
+        if profiles is None:
+            self.kernels = self.kernels[:1] * self.num_devices
+        seen: dict[str, int] = {}
+        self._rank = []  # device -> how many devices of its kind come before it
+        for k in self.kernels:
+            self._rank.append(seen.get(k, 0))
+            seen[k] = seen.get(k, 0) + 1
         self.isolation = isolation
         self._own_dir = workdir is None
         self.workdir = workdir or tempfile.mkdtemp(prefix="nnfleet-fleet-")
@@ -110,8 +148,20 @@ class FleetEngine:
 
     # ------------------------------------------------------------------ running
     def owner(self, device: int) -> WorkerProc:
-        """The worker that runs ``device`` (its device states are in that worker's care)."""
-        return self.procs[device % len(self.procs)]
+        """The worker that runs ``device``: one of its kernel kind, always the same."""
+        pool = [p for p in self.procs if p.kind == self.kernels[device]]
+        return pool[self._rank[device] % len(pool)]
+
+    def kernel_summary(self) -> dict[str, Any]:
+        """Per kernel kind: its devices, workers and their RSS when ready (before any
+        device), and the numba compilation (the precompile process's report)."""
+        out: dict[str, Any] = {}
+        for kind in sorted(set(self.kernels)):
+            rss = sorted(p.baseline_rss for p in self.procs if p.kind == kind)
+            out[kind] = {"devices": self.kernels.count(kind),
+                         "workers": len(rss), "worker_rss": rss,
+                         "in_use": sorted({p.kernels for p in self.procs if p.kind == kind})}
+        return {"per_kind": out, "compile": self.compile_info}
 
     def _attach(self, p: WorkerProc) -> None:
         """A worker that is ready: tell it where the data is, then what waited for it."""
@@ -190,7 +240,8 @@ class FleetEngine:
                 if err is not None and task.fault is not None and "injected" not in err:
                     err += " (injected fault)"
                 report(TaskResult(task.task_id, task.device, task.kind, msg.shared, msg.metrics,
-                                  err, msg.detail, msg.status, task.fault))
+                                  err, msg.detail, msg.status, task.fault, p.kernels,
+                                  p.baseline_rss))
             if limit:
                 self._kill_late(busy.values(), since, limit)
         for p in self.procs:
@@ -243,12 +294,12 @@ class FleetEngine:
                 status = "crashed"
                 reason = f"device {device}'s worker process died (exit {code}){how}"
             report(TaskResult(task.task_id, device, task.kind, None, {}, reason, None, status,
-                              task.fault))
+                              task.fault, p.kernels, p.baseline_rss))
         # replace it so the experiment can go on (the spare, or a fresh one that warms up
         # while the others work)
-        fresh = self.spare or spawn_workers(1)[0]
+        fresh = self.spares.get(p.kind) or spawn_workers(1, kernels=p.kind)[0]
         fresh.index = p.index
-        self.spare = spawn_workers(1, -1)[0]
+        self.spares[p.kind] = spawn_workers(1, -1, kernels=p.kind)[0]
         self.respawned += 1
         fresh.outbox = list(_payload_messages(payloads))
         rest = mine[heads[p.index]:]
@@ -268,12 +319,13 @@ class FleetEngine:
     def wait_ready(self) -> None:
         """Block until every respawned worker, and the spare, is warm (the pool is whole
         again)."""
-        for p in self.procs + ([self.spare] if self.spare else []):
+        spares = list(self.spares.values())
+        for p in self.procs + spares:
             if p.starting:
                 if not p.ready():
                     raise RuntimeError(f"fleet worker {p.index} did not restart within "
                                        f"{READY_TIMEOUT}s")
-                if p is not self.spare:  # the spare is attached when it takes over
+                if p not in spares:  # a spare is attached when it takes over
                     self._attach(p)
 
     # ------------------------------------------------------------------ memory
@@ -281,7 +333,7 @@ class FleetEngine:
         """RSS of this process plus its workers (and the spare), now."""
         import psutil
         total = psutil.Process().memory_info().rss
-        for p in self.procs + ([self.spare] if self.spare else []):
+        for p in self.procs + list(self.spares.values()):
             try:
                 total += psutil.Process(p.pid).memory_info().rss
             except psutil.Error:
@@ -289,11 +341,10 @@ class FleetEngine:
         return int(total)
 
     def close(self) -> None:
-        """Stop every worker (and the spare); remove the work folder if the engine made it."""
-        spare = getattr(self, "spare", None)  # None when __init__ failed before it was set
-        for p in self.procs + ([spare] if spare else []):
+        """Stop every worker (and the spares); remove the work folder if the engine made it."""
+        for p in getattr(self, "procs", []) + list(getattr(self, "spares", {}).values()):
             p.close()
-        self.procs, self.spare = [], None
+        self.procs, self.spares = [], {}
         if getattr(self, "_own_dir", False):
             shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -206,7 +206,7 @@ class FleetGrid(Grid):
                 self._replies[m.metadata.message_id] = Message(_content(r), reply_to=m)
                 if r.kind == "train":
                     ok_train.append(m)
-            rec = self._record(r.kind, rnd, r.device, status, r.metrics, r.error)
+            rec = self._record(r.kind, rnd, r.device, status, r.metrics, r.error, r)
             if r.fault is not None:
                 rec["fault"] = r.fault
             if r.kind == "train" and status == "ok":
@@ -240,10 +240,16 @@ class FleetGrid(Grid):
         self._replies[m.metadata.message_id] = Message(Error(code, reason), reply_to=m)
 
     def _record(self, kind: str, rnd: int, device: int, status: str, metrics: dict[str, float],
-                error: str | None = None) -> dict[str, Any]:
+                error: str | None = None, result: TaskResult | None = None) -> dict[str, Any]:
         prof = self.engine.profiles[device]
         rec: dict[str, Any] = {"run": self.run_key, "phase": kind, "round": rnd, "device": device,
-                               "device_id": self.engine.device_ids[device], "status": status}
+                               "device_id": self.engine.device_ids[device], "status": status,
+                               # the device's kernel kind, and the RSS of its worker before
+                               # any device (what that kind costs)
+                               "kernels": (result.kernels if result and result.kernels
+                                           else self.engine.kernels[device])}
+        if result is not None and result.worker_rss:
+            rec["worker-rss"] = float(result.worker_rss)
         rec.update({k: (float(v) if isinstance(v, (int, float, np.floating)) else v)
                     for k, v in metrics.items()})
         secs = float(metrics.get("train-seconds", 0.0) or 0.0)
@@ -260,7 +266,8 @@ class FleetGrid(Grid):
                                   [Job("evaluate", d, 0) for d in range(self.engine.num_devices)],
                                   self.run_key)
         recs = [self._record("final", rnd, r.device, "ok" if r.error is None else "error",
-                             r.metrics, r.error) for r in sorted(results, key=lambda r: r.device)]
+                             r.metrics, r.error, r)
+                for r in sorted(results, key=lambda r: r.device)]
         if self.on_record is not None:
             for rec in recs:
                 self.on_record(rec)

@@ -1,7 +1,14 @@
-"""The engine's side of its worker processes: starting them and talking to one of them."""
+"""The engine's side of its worker processes: starting them and talking to one of them.
+
+A worker is of one kernel kind (:mod:`experiments.fleet.kernels`): ``numba`` or ``numpy``
+(``NNFLEET_NO_NUMBA=1`` in its environment: numba is never imported). Before numba workers
+start, :func:`precompile` compiles every kernel into numba's cache in a process of its own,
+so that workers only load machine code and no device is measured while compiling.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -15,14 +22,52 @@ from .protocol import Ready, Stop
 # one BLAS thread per worker: the workers are the parallelism
 WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
               "NUMBA_NUM_THREADS": "1", "FLWR_TELEMETRY_ENABLED": "0"}
-READY_TIMEOUT = 120.0  # a cold numba cache compiles every kernel on first start
+READY_TIMEOUT = 120.0  # seconds a worker may take to import and load its kernels
+KINDS = ("numba", "numpy")
+
+
+def worker_env(kernels: str) -> dict[str, str]:
+    """The environment of a worker (or the precompile process) of kind ``kernels``."""
+    assert kernels in KINDS, f"kernel kind {kernels!r} is not one of {KINDS}"
+    env = dict(os.environ, **WORKER_ENV)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    if kernels == "numpy":
+        env["NNFLEET_NO_NUMBA"] = "1"
+    return env
+
+
+def start_precompile(models: list[str], quiet: bool = False) -> subprocess.Popen:
+    """Start compiling every kernel (and each model's specialisations) into numba's cache, in
+    a process of its own (``python -m device_runtime.warmup``); see :func:`finish_precompile`.
+
+    It prints "compiling numba kernels into DIR (first run only)..." on stderr when the
+    cache is empty (unless ``quiet``); a warm cache only loads, in about a second."""
+    args = [sys.executable, "-m", "device_runtime.warmup", *(["--quiet"] if quiet else [])]
+    for m in models:
+        args += ["--model", m]
+    return subprocess.Popen(args, env=worker_env("numba"), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def finish_precompile(popen: subprocess.Popen) -> dict[str, Any]:
+    """Wait for the precompile process (no timeout: a cold cache on a loaded machine takes
+    as long as it takes, ~15 s idle here); its report (``device_runtime.warmup``)."""
+    out, _ = popen.communicate()
+    if popen.returncode != 0:
+        raise RuntimeError(f"compiling the numba kernels failed (exit {popen.returncode}; "
+                           "its error is above)")
+    return dict(json.loads(out.strip().splitlines()[-1]))
 
 
 class WorkerProc:
     """One worker: its end of the socket pair, its pid, and the Popen of a spawned one."""
 
-    def __init__(self, index: int, conn: Connection, popen: subprocess.Popen | None) -> None:
+    def __init__(self, index: int, conn: Connection, popen: subprocess.Popen | None,
+                 kind: str = "numba") -> None:
         self.index = index
+        self.kind = kind  # the kernels it was started with
+        self.kernels = kind  # the kernels it reports in use (numpy where numba is disabled)
         self.conn = conn
         self.popen = popen
         self.pid = popen.pid if popen is not None else 0
@@ -45,6 +90,7 @@ class WorkerProc:
         assert isinstance(msg, Ready), f"a worker's first message is Ready, got {msg!r}"
         self.pid, self.baseline_rss, self.warmup_seconds = (msg.pid, msg.baseline_rss,
                                                             msg.warmup_seconds)
+        self.kernels = msg.kernels
         self.starting = False
 
     def close(self) -> None:
@@ -67,8 +113,9 @@ class WorkerProc:
         self.conn.close()
 
 
-def spawn_workers(n: int, first_index: int = 0, zygote: bool = False) -> list[WorkerProc]:
-    """Start ``n`` worker processes.
+def spawn_workers(n: int, first_index: int = 0, zygote: bool = False,
+                  kernels: str = "numba") -> list[WorkerProc]:
+    """Start ``n`` worker processes with the ``kernels`` kind.
 
     By default each is a fresh interpreter that imports and warms up by itself, so its
     RSS is what a device running the runtime would see (the cap is on the whole process).
@@ -76,9 +123,7 @@ def spawn_workers(n: int, first_index: int = 0, zygote: bool = False) -> list[Wo
     lighter, but a forked worker's RSS leaves out the parent's file-backed pages it has
     not touched yet (tens of MiB), so per-device peaks read lower than on a real device.
     """
-    env = dict(os.environ, **WORKER_ENV)
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env = worker_env(kernels)
     pairs = [socket.socketpair() for _ in range(n)]
     groups = [list(range(n))] if zygote else [[i] for i in range(n)]
     procs: list[WorkerProc] = []
@@ -90,5 +135,5 @@ def spawn_workers(n: int, first_index: int = 0, zygote: bool = False) -> list[Wo
         for j, i in enumerate(group):
             pairs[i][1].close()
             procs.append(WorkerProc(first_index + i, Connection(pairs[i][0].detach()),
-                                    popen if j == 0 else None))
+                                    popen if j == 0 else None, kernels))
     return procs

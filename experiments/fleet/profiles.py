@@ -32,6 +32,7 @@ class DeviceProfile:
     freeze: str = ""
     fallbacks: str = ""  # ";"-separated: swap, batch:N, freeze:PATTERNS
     swap: str = "auto"
+    kernels: str = ""  # "numba" or "numpy", set by the fleet engine (experiments.fleet.kernels)
 
     def device_settings(self) -> DeviceSettings:
         """The device's own settings, as the device program takes them (what the fleet

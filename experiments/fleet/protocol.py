@@ -109,6 +109,7 @@ class Ready:
     pid: int
     baseline_rss: int
     warmup_seconds: float
+    kernels: str = "numba"  # "numba" or "numpy": the kernels this process loaded
 
 
 @dataclass(frozen=True)
@@ -137,3 +138,5 @@ class TaskResult:
     detail: str | None = None
     status: str | None = None  # no update: "raised", "killed", "timeout", "crashed"
     fault: str | None = None  # the fault injected on purpose, if any
+    kernels: str = ""  # the kernels of the worker that ran it: "numba" or "numpy"
+    worker_rss: int = 0  # that worker's RSS when it was ready, before any device

@@ -1,8 +1,10 @@
-"""A warm worker process of the fleet engine: imports and JIT are paid once, then it runs
-the device program for one device after another.
+"""A warm worker process of the fleet engine: imports and kernels are loaded once, then it
+runs the device program for one device after another.
 
 Started as ``python -m experiments.fleet.worker FD`` with one end of a socket pair; it
-imports only device_runtime (never flwr), warms up the kernels, sends
+imports only device_runtime (never flwr; never numba either with ``NNFLEET_NO_NUMBA=1``, a
+numpy-kernel worker), warms up the kernels (numba's are loaded from the cache the engine
+compiled them into: a process that compiles keeps ~70 MiB more RSS), sends
 :class:`~experiments.fleet.protocol.Ready` and answers the engine's messages (every one a
 dataclass of :mod:`experiments.fleet.protocol`): ``Setup`` says where the fleet's data and
 the device states are, and how devices run: ``worker`` runs each device in this process
@@ -308,9 +310,10 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     fds = [int(a) for a in argv]
     from device_runtime import rss
+    from device_runtime.kernels import USE_NUMBA
     from device_runtime.warmup import warmup
 
-    warmup()
+    warmup()  # loads the kernels from numba's cache (the engine compiled them before)
     mine = fds[0]
     for fd in fds[1:]:
         if os.fork() == 0:  # a worker forked from the warm process: imports and JIT shared
@@ -321,7 +324,8 @@ def main(argv: list[str]) -> int:
             os.close(fd)
     conn = Connection(mine)
     threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
-    conn.send(Ready(os.getpid(), rss.current_rss(), time.perf_counter() - t0))
+    conn.send(Ready(os.getpid(), rss.current_rss(), time.perf_counter() - t0,
+                    "numba" if USE_NUMBA else "numpy"))
     Worker(conn).serve()
     if mine != fds[0]:
         os._exit(0)  # a forked worker: no interpreter teardown of the parent's state

@@ -26,6 +26,56 @@ def accuracy_table(summary: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _cap(row: dict[str, Any]) -> str:
+    lo, hi = row["cap_low"], row["cap_high"]
+    if lo is None:
+        return "uncapped"
+    return fmt_bytes(lo) if lo == hi else f"{fmt_bytes(lo)} .. {fmt_bytes(hi)}"
+
+
+def cap_table(summary: dict[str, Any]) -> list[str]:
+    """Mean final accuracy per RAM cap and algorithm, with the devices' kernels."""
+    rows = summary.get("accuracy_by_cap") or []
+    if not rows:
+        return []
+    algos = list(summary["algorithms"])
+    out = ["| RAM cap | devices | kernels | trained | " + " | ".join(algos) + " |",
+           "|---|---:|---|---:|" + "---:|" * len(algos)]
+    for r in rows:
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(r["kernels"].items()))
+        acc = " | ".join(_pct(r["accuracy"][a]["mean"]) if r["accuracy"][a]["n"] else "-"
+                         for a in algos)
+        out.append(f"| {_cap(r)} | {r['devices']} | {kinds} | {r['trained']} | {acc} |")
+    return out
+
+
+def kernel_table(summary: dict[str, Any]) -> list[str]:
+    """Kernel kind -> devices, caps, workers and what a worker of the kind costs."""
+    info = summary["fleet"].get("kernels")
+    if not info:
+        return []
+    out = ["| kernels | devices | RAM caps | trained | workers | worker RSS before any device |",
+           "|---|---:|---|---:|---:|---:|"]
+    for kind, k in info["per_kind"].items():
+        mine = [d for d in summary["devices"] if d.get("kernels") == kind]
+        caps = sorted(d["ram_cap"] for d in mine if d.get("ram_cap"))
+        span = (f"{fmt_bytes(caps[0])} .. {fmt_bytes(caps[-1])}" if caps else "uncapped") + \
+            (" and uncapped" if caps and len(caps) < len(mine) else "")
+        rss = k["worker_rss"]
+        out.append(f"| {kind} | {k['devices']} | {span} | "
+                   f"{sum(1 for d in mine if d['trained'])} | {k['workers']} | "
+                   f"{fmt_bytes(rss[len(rss) // 2]) if rss else '-'} |")
+    c = info.get("compile") or {}
+    if c:
+        how = (f"compiled {c['compiled']} kernel signatures (empty cache)" if c["compiled"]
+               else f"loaded {c['loaded']} kernel signatures from the cache")
+        out += ["", f"numba: {how} in {c['seconds']:.1f} s, in a process of its own before "
+                f"any worker started (it reached {fmt_bytes(c['rss'])} RSS); workers load the "
+                f"machine code from the cache ({', '.join(c['cache_dirs'])}), so no device is "
+                "measured while compiling."]
+    return out
+
+
 def render(summary: dict[str, Any], plots: list[str]) -> str:
     """The report text (Markdown)."""
     cfg, fleet, timing = summary["config"], summary["fleet"], summary["timing"]
@@ -55,6 +105,15 @@ def render(summary: dict[str, Any], plots: list[str]) -> str:
               "trained*: devices that trained at least once with this algorithm. *better than "
               "FedAvg on*: among devices that could train, the share whose own accuracy is "
               "higher than with FedAvg's global model (ties are not better).", ""]
+    if cap_table(summary):
+        lines += ["## Accuracy against RAM cap (final round, %)", "", *cap_table(summary), "",
+                  "Mean over the devices of each cap that could evaluate; *trained*: devices "
+                  "that trained at least once.", ""]
+    if kernel_table(summary):
+        lines += ["## Kernels", "", *kernel_table(summary), "",
+                  "A device whose cap cannot hold numba's fixed cost (numba + LLVM) trains with "
+                  "the plain-numpy kernels (same numbers within float32 rounding, slower); "
+                  "see experiments/fleet/kernels.py.", ""]
     for p in plots:
         lines += [f"![{p}]({p})", ""]
     lines += ["## Per algorithm", ""]

@@ -90,6 +90,34 @@ def memory_vs_cap(devices: list[dict[str, Any]], path: str) -> str:
                  "Per-device peak memory against its cap")
 
 
+def accuracy_vs_cap(summary: dict[str, Any], path: str) -> str:
+    """Each device's final accuracy against its RAM cap, per algorithm, with the mean per cap;
+    devices on the numpy kernels as hollow markers."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    caps = {d["device"]: d["ram_cap"] / MIB for d in summary["devices"] if d.get("ram_cap")}
+    numpy = {d["device"] for d in summary["devices"] if d.get("kernels") == "numpy"}
+    rows = [r for r in summary.get("accuracy_by_cap", []) if r["cap_low"]]
+    for i, (algo, s) in enumerate(summary["algorithms"].items()):
+        color = f"C{i % 10}"
+        acc = {int(d): v for d, v in s["final_accuracy_by_device"].items()}
+        jitter = 1.0 + 0.015 * (i - len(summary["algorithms"]) / 2)  # algorithms side by side
+        for hollow in (False, True):
+            sel = [(caps[d] * jitter, v) for d, v in acc.items()
+                   if d in caps and (d in numpy) == hollow]
+            if sel:
+                ax.scatter(*zip(*sel), s=10, alpha=0.35, color=color,
+                           facecolors="none" if hollow else color)
+        means = [((r["cap_low"] + r["cap_high"]) / 2 / MIB, r["accuracy"][algo]["mean"])
+                 for r in rows if r["accuracy"][algo]["n"]]
+        if means:
+            ax.plot(*zip(*means), marker="o", color=color, label=algo)
+    if caps:
+        ax.set_xscale("log", base=2)
+    return _save(plt, fig, ax, path, "RAM cap (MiB, log scale; hollow: numpy kernels)",
+                 "final personalized accuracy", "Accuracy against RAM cap (mean per cap)")
+
+
 def write_plots(summary: dict[str, Any], devices: list[dict[str, Any]], out: str) -> list[str]:
     """All plots into ``out``; returns their file names (empty without matplotlib)."""
     if not have_matplotlib():
@@ -97,4 +125,6 @@ def write_plots(summary: dict[str, Any], devices: list[dict[str, Any]], out: str
     files = [accuracy_per_round(summary, os.path.join(out, "accuracy_per_round.png")),
              accuracy_spread(summary, os.path.join(out, "accuracy_spread.png")),
              memory_vs_cap(devices, os.path.join(out, "memory_vs_cap.png"))]
+    if summary.get("accuracy_by_cap"):
+        files.append(accuracy_vs_cap(summary, os.path.join(out, "accuracy_vs_cap.png")))
     return [os.path.basename(f) for f in files]

@@ -102,4 +102,35 @@ def summarize(records: list[dict[str, Any]], algorithms: list[str],
                     {d: v for d, v in b.items() if d not in unable})
     out: dict[str, Any] = {"algorithms": per}
     out.update(extra or {})
+    if out.get("devices"):
+        out["accuracy_by_cap"] = accuracy_by_cap(out["devices"], per)
     return out
+
+
+MAX_CAP_GROUPS = 8  # more distinct caps than this (a continuous draw) are binned
+
+
+def accuracy_by_cap(devices: list[dict[str, Any]],
+                    per: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per RAM cap (or cap range): devices, their kernels, how many trained, and each
+    algorithm's mean final accuracy over them (what small devices get)."""
+    capped = sorted((d for d in devices if d.get("ram_cap")), key=lambda d: d["ram_cap"])
+    groups = [[d for d in capped if d["ram_cap"] == c]
+              for c in sorted({d["ram_cap"] for d in capped})]
+    if len(groups) > MAX_CAP_GROUPS:  # equal-count bins of the sorted caps
+        groups = [list(g) for g in np.array_split(np.array(capped, dtype=object),
+                                                  MAX_CAP_GROUPS) if len(g)]
+    uncapped = [d for d in devices if not d.get("ram_cap")]
+    # device ids are ints in a run, strings in a summary.json read back
+    final = {a: {int(d): v for d, v in s["final_accuracy_by_device"].items()}
+             for a, s in per.items()}
+    rows = []
+    for g in groups + ([uncapped] if uncapped else []):
+        ids = [d["device"] for d in g]
+        rows.append({
+            "cap_low": g[0].get("ram_cap"), "cap_high": g[-1].get("ram_cap"),
+            "devices": len(g), "trained": sum(1 for d in g if d["trained"]),
+            "kernels": dict(Counter(str(d.get("kernels", "")) for d in g)),
+            "accuracy": {a: spread(acc[i] for i in ids if i in acc)
+                         for a, acc in final.items()}})
+    return rows
