@@ -75,6 +75,7 @@ SERVER: dict[str, Check] = {
     "fraction-evaluate": number(0, 1), "min-nodes": integer(1),
     "timeout": number(0, lo_open=True), "screen-updates": boolean,
     "max-update-norm": number(0, lo_open=True), "max-norm-over-median": number(0),
+    "max-num-examples": number(0),
 }
 FLEET: dict[str, Check] = {
     "isolation": one_of("worker", "fork"), "workers": integer(0),

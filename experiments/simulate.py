@@ -52,7 +52,8 @@ def model_text(cfg: dict[str, Any]) -> str:
 
 
 NOT_FAILURES = ("ok", "offline", "dropped")  # train statuses that are not a device failure
-SERVER_KEYS = ("timeout", "screen-updates", "max-update-norm", "max-norm-over-median")
+SERVER_KEYS = ("timeout", "screen-updates", "max-update-norm", "max-norm-over-median",
+               "max-num-examples")
 
 
 def run_config(cfg: dict[str, Any], algo_name: str, specs: list[Any]) -> dict[str, Any]:
@@ -184,6 +185,10 @@ def _main(argv: list[str]) -> int:
             snap = log.resume_point(algo)
             t0 = time.perf_counter() - (snap.meta["elapsed"] if snap else 0.0)
             rc = run_config(cfg, algo, specs)
+            # the server may trust no claim above the largest training split of the fleet
+            # (server/screen.py rule 3); a config can set its own bound
+            rc.setdefault("max-num-examples",
+                          float(max(d.y_train.shape[0] for d in fleet.devices)))
             rc["result-path"] = os.path.join(out, "weights", f"{algo}.npz")
 
             def record(rec: dict[str, Any], algo: str = algo) -> None:
