@@ -139,6 +139,11 @@ def check_config(cfg: dict[str, Any]) -> None:
            "algorithms": list_of(one_of(*ALGORITHMS), 1), "data": _data, "model": _model,
            "train": table(DEVICE), "server": _server, "fleet": table(FLEET),
            "algorithm": _algorithm, "faults": _faults})("", cfg)
+    devices = cfg.get("data", {}).get("devices", 100)
+    need = cfg.get("server", {}).get("min-nodes", 2)
+    if need > devices:
+        raise ConfigError(f"[server] min-nodes = {need} but the fleet has {devices} devices: the "
+                          f"server would wait for ever (lower min-nodes or add devices)")
 
 
 def _algorithm(where: str, a: Any) -> None:

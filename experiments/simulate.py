@@ -132,6 +132,9 @@ def _main(argv: list[str]) -> int:
         cfg["rounds"] = args.rounds
     if args.seed is not None:
         cfg["seed"] = args.seed
+    if args.devices is not None or args.rounds is not None or args.seed is not None:
+        from experiments.config import check_config
+        check_config({**cfg, "data": data})  # the same checks as the file's own values
     algorithms = args.algorithm or list(cfg.get("algorithms", ["local", "fedavg", "fedper"]))
     from experiments.algorithms import get_algorithm
     for a in algorithms:

@@ -1,0 +1,27 @@
+"""Checks that hold for command-line overrides as for the config file's own values, and a
+min-nodes that no fleet of the config can meet (the server would wait for ever)."""
+
+from __future__ import annotations
+
+import pytest
+
+from device_runtime.errors import ConfigError
+from experiments.config import check_config, load_config
+
+
+def test_min_nodes_above_the_devices_is_refused():
+    cfg = load_config(None)
+    cfg["data"]["devices"], cfg["server"]["min-nodes"] = 3, 5
+    with pytest.raises(ConfigError, match="min-nodes = 5 but the fleet has 3 devices"):
+        check_config(cfg)
+    cfg["server"]["min-nodes"] = 3
+    check_config(cfg)
+
+
+def test_command_line_devices_get_the_config_files_checks(capsys, tmp_path):
+    pytest.importorskip("flwr")
+    from experiments.simulate import main
+
+    assert main(["--devices", "1000000", "--quiet", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "1000000 devices of generated data need" in err and err.count("\n") == 1
