@@ -63,7 +63,7 @@ timeout = 2.0
 [faults.at]
 hang = {rounds = [2]}
 """
-MEASURED = {"peak-rss", "baseline-rss", "train-seconds", "sim_seconds"}  # vary run to run
+MEASURED = {"peak-rss", "baseline-rss", "worker-rss", "train-seconds", "sim_seconds"}  # vary
 WAIT = 120.0  # seconds any one step may take, at most
 
 
