@@ -28,7 +28,10 @@ MODEL = json.dumps([
 N = 8
 VICTIM = 2  # on worker 0, after device 0 and before devices 4 and 6
 CAP = 400 << 20
-TIMEOUT = 1.5
+# Long enough that an honest device (a tiny MLP, milliseconds) or one stopped by its cap never
+# meets it however loaded the machine is (1.5 s did, at load 6); a hang waits it out
+TIMEOUT = 8.0
+SLACK = 4.0  # how late after the timeout a hung device may be reported (kill + respawn)
 CONFIG = {"model": MODEL, "lr": 0.1, "batch-size": 8, "local-epochs": 1, "seed": 3,
           "server-round": 1}
 # what a device computes (the rest are its own timings and memory readings)
@@ -135,7 +138,7 @@ def test_hang_is_killed_by_the_timeout_within_bound(worker_engine):
     r, seconds, _ = _inject(worker_engine, "hang", respawned=True)
     assert r.status == "timeout" and f"within {TIMEOUT:g} s" in r.error
     # VICTIM starts within milliseconds of the run (one tiny device before it on its worker)
-    assert TIMEOUT <= seconds <= TIMEOUT + 1.0
+    assert TIMEOUT <= seconds <= TIMEOUT + SLACK
 
 
 def test_raise_is_reported_and_the_worker_survives(worker_engine):
@@ -162,7 +165,7 @@ def test_fork_isolation_faults_cost_only_the_device(fork_engine, kind, status):
     if kind == "cap":  # the runtime's guard or the fork watchdog stopped it
         assert r.metrics["cap-exceeded"] == 1 and r.metrics["needed-bytes"] > CAP
     if kind == "hang":
-        assert TIMEOUT <= seconds <= TIMEOUT + 1.0
+        assert TIMEOUT <= seconds <= TIMEOUT + SLACK
 
 
 # ---------------------------------------------------------------------------- hostile updates
