@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from typing import Any, TextIO
@@ -108,11 +109,39 @@ def main(argv: list[str] | None = None) -> int:
     from device_runtime.cli import one_line
     from device_runtime.errors import NNFleetError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM ends a run as Ctrl-C does: workers stopped first
+
+    old = signal.signal(signal.SIGTERM, stop)
     try:
-        return _main(list(sys.argv[1:] if argv is None else argv))
+        return _main(argv)
     except NNFleetError as e:
         print(f"nnfleet: error: {one_line(str(e))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the engine's context has stopped the workers by now
+        print(f"nnfleet: interrupted: {_resume_hint(argv)}", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _resume_hint(argv: list[str]) -> str:
+    """Where the last checkpoint is and the command that goes on from it."""
+    try:
+        args = parse_args(argv)
+        cfg = load_config(args.config)
+        out = args.out or os.path.join("runs", str(cfg.get("name", "simulate")))
+    except Exception:  # noqa: BLE001 - a hint only
+        return "nothing to resume"
+    from experiments.resume import PREFIX
+
+    ckpt = os.path.join(out, "checkpoint")
+    if not os.path.isdir(ckpt) or not any(d.startswith(PREFIX) for d in os.listdir(ckpt)):
+        return "no checkpoint was written yet"
+    cmd = " ".join(["nnfleet simulate", *[a for a in argv if a != "--resume"], "--resume"])
+    return f"the last complete checkpoint is in {ckpt}; go on with: {cmd}"
 
 
 def _main(argv: list[str]) -> int:

@@ -239,3 +239,28 @@ def _refused(cfg: str, out: str, capsys, *extra: str) -> None:
     assert main([cfg, "--out", out, "--resume", "--quiet", *extra]) == 2
     err = capsys.readouterr().err
     assert "was made with a different config" in err and err.count("\n") == 1
+
+
+def test_sigterm_mid_round_stops_workers_and_says_how_to_resume(tmp_path):
+    cfg = str(tmp_path / "resume.toml")
+    with open(cfg, "w") as f:
+        f.write(CONFIG)
+    out = str(tmp_path / "out")
+    proc = _start(cfg, out)
+    end = time.monotonic() + WAIT
+    while not mid_round(out):
+        assert proc.poll() is None and time.monotonic() < end, "round 2 never started"
+        time.sleep(0.01)
+    kids = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGTERM)  # what a scheduler or `kill` sends; Ctrl-C acts the same
+    assert proc.wait(WAIT) == 130
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nnfleet: interrupted:"), err[-3000:]
+    assert "--resume" in lines[0] and os.path.join(out, "checkpoint") in lines[0]
+    _, alive = psutil.wait_procs(kids, timeout=30)
+    assert not alive, f"workers still running: {alive}"
+    # the checkpoint it names is whole: --resume finishes the run
+    _finish(_start(cfg, out, "--resume"))
+    assert os.path.exists(os.path.join(out, "summary.json"))

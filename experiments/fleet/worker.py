@@ -308,6 +308,8 @@ def _exit_when_orphaned(parent: int) -> None:
 def main(argv: list[str]) -> int:
     """``worker FD [FD ...]``: warm up once, fork one worker per further FD, serve FD 0."""
     t0 = time.perf_counter()
+    # Ctrl-C reaches the whole process group: the engine stops its workers itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     fds = [int(a) for a in argv]
     from device_runtime import rss
     from device_runtime.kernels import USE_NUMBA
@@ -326,7 +328,12 @@ def main(argv: list[str]) -> int:
     threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     conn.send(Ready(os.getpid(), rss.current_rss(), time.perf_counter() - t0,
                     "numba" if USE_NUMBA else "numpy"))
-    Worker(conn).serve()
+    try:
+        Worker(conn).serve()
+    except (EOFError, OSError):  # the engine is gone (killed, or stopped by Ctrl-C): quietly
+        if mine != fds[0]:
+            os._exit(1)
+        return 1
     if mine != fds[0]:
         os._exit(0)  # a forked worker: no interpreter teardown of the parent's state
     return 0
