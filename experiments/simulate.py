@@ -189,6 +189,8 @@ def _main(argv: list[str]) -> int:
     from experiments.report import render, summarize, write_plots
 
     logging.getLogger("flwr").setLevel(logging.WARNING)  # after import: flwr sets DEBUG
+    from server.logs import plain_when_not_a_terminal
+    plain_when_not_a_terminal()
     kind = str(data.pop("kind", "synthetic_images"))
     n = int(data.pop("devices", 100))
     if "shape" in data:

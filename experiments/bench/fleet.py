@@ -111,6 +111,8 @@ def run_fleet(devices: int, rounds: int, cap: int, workers: int) -> dict[str, An
             from experiments.fleet.grid import FleetGrid, run_serverapp
 
             logging.getLogger("flwr").setLevel(logging.WARNING)
+            from server.logs import plain_when_not_a_terminal
+            plain_when_not_a_terminal()
             before = mem.now()
             grid = FleetGrid(eng, "bench")
             t1 = time.perf_counter()
