@@ -203,6 +203,9 @@ def _layer(where: str, v: Any) -> None:
         if k not in v:
             raise ConfigError(f"{where} needs {k!r}")
         text(join(where, k), v[k])
+        if not str(v[k]).isprintable() or "|" in str(v[k]):  # names go into report tables
+            raise ConfigError(f"{join(where, k)} = {v[k]!r}: use printable characters, no "
+                              f"line breaks, tabs or '|'")
     for k, x in v.items():
         items = x if isinstance(x, list) else [x]
         if not all(isinstance(i, (str, int, float, bool)) for i in items):

@@ -25,3 +25,12 @@ def test_command_line_devices_get_the_config_files_checks(capsys, tmp_path):
     assert main(["--devices", "1000000", "--quiet", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "1000000 devices of generated data need" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", ["fc\n2", "fc\t2", "fc|2"])
+def test_layer_names_that_would_break_the_report_are_refused(name):
+    cfg = load_config(None)
+    cfg["model"]["layers"][-1]["name"] = name
+    cfg["model"]["head"] = [name]
+    with pytest.raises(ConfigError, match="printable characters"):
+        check_config(cfg)
