@@ -246,7 +246,7 @@ def test_round_completes_without_the_failed_devices_and_min_replies():
                                       "raise": {"devices": [5], "rounds": [2]}}}
     with FleetEngine(_fleet(), workers=2, faults=faults) as eng:
         recs: list[dict] = []
-        grid = FleetGrid(eng, "f", on_record=recs.append)
+        grid = FleetGrid(eng, "f", on_record=recs.append, keep_messages=True)
         ctx = run_serverapp(server.app, grid, rc)
         train = {(r["round"], r["device"]): r for r in recs if r["phase"] == "train"}
         assert train[(1, 3)]["status"] == "killed" and train[(1, 3)]["fault"] == "kill"
@@ -258,7 +258,7 @@ def test_round_completes_without_the_failed_devices_and_min_replies():
         assert ctx.state["final-arrays"]
         # Too few replies: the round's updates never reach the strategy, weights unchanged
         eng.faults.min_replies = N
-        grid = FleetGrid(eng, "g")
+        grid = FleetGrid(eng, "g", keep_messages=True)
         ctx = run_serverapp(server.app, grid, {**rc, "num-rounds": 1})
         assert grid.rounds[0]["ok"] == N - 1 and not grid.rounds[0]["aggregated"]
         final = {k: a.numpy() for k, a in ctx.state["final-arrays"].items()}

@@ -61,12 +61,13 @@ class FleetGrid(Grid):
     def __init__(self, engine: FleetEngine, run_key: str = "run", seed: int = 0,
                  on_record: Callable[[dict[str, Any]], None] | None = None,
                  on_progress: Callable[[str, int, int], None] | None = None,
-                 keep_messages: bool = True,
+                 keep_messages: bool = False,
                  on_round: Callable[[dict[str, Any]], None] | None = None,
                  on_round_end: Callable[[int, Context], None] | None = None,
                  rounds: list[dict[str, Any]] | None = None) -> None:
-        """``keep_messages=False``: do not keep every message in ``sent``/``received`` (long
-        runs, whose memory must stay flat). ``on_round``: called with each train round's
+        """``keep_messages=True`` (tests): keep every message in ``sent``/``received``; by
+        default a reply is dropped once the server has pulled it, so memory stays flat
+        over rounds. ``on_round``: called with each train round's
         entry of ``rounds`` once its replies are in. ``on_round_end(server_round,
         context)``: called by the server's round loop (server/rounds.py) once a round's
         state is stored in ``context.state`` (a checkpoint can be taken there).
