@@ -15,7 +15,7 @@ import numpy as np
 
 from . import report, switches, training
 from .cap import Decision, fit_model, take_plan, warm_up_model
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, MemoryCapExceeded, ModelError
 from .executor import Executor
 from .graph import Graph
 from .layers import create_layer, create_loss, resolve_loss
@@ -262,8 +262,19 @@ class Model:
 
     # ------------------------------------------------------------------ weights
     def save_weights(self, path: str) -> None:
-        """Write every parameter to an ``.npz`` (keys ``<layer>:<param>``)."""
-        self.weights.save(path)
+        """Write every parameter to an ``.npz`` (keys ``<layer>:<param>``); under a RAM cap
+        the file is kept only if the process stayed under the cap while writing it."""
+        self.weights.save(path, before_rename=self._check_peak if self.ram_cap else None)
+
+    def _check_peak(self) -> None:
+        from . import rss
+
+        peak = rss.peak_rss()
+        if self.ram_cap and peak > self.ram_cap:
+            self.cap_exceeded, self.peak_rss = True, max(self.peak_rss or 0, peak)
+            raise MemoryCapExceeded(needed=peak, cap=self.ram_cap,
+                                    detail="the process went over it while saving the weights; "
+                                    "nothing saved")
 
     def load_weights(self, path: str, strict: bool = True) -> None:
         """Read parameters from an ``.npz``; ``strict`` wants every key, no other."""

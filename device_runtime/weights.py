@@ -16,7 +16,7 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 
@@ -114,19 +114,21 @@ class WeightStore:
         for k, a in arrays.items():
             self._views[k][...] = a
 
-    def save(self, path: str) -> None:
-        save_npz_atomic(path, self.state())
+    def save(self, path: str, before_rename: Callable[[], None] | None = None) -> None:
+        """Write every parameter to ``path`` (the views themselves: no copy of the model)."""
+        save_npz_atomic(path, dict(self._views), before_rename=before_rename)
 
     def load(self, path: str, strict: bool = True) -> None:
         self.load_state(load_npz(path), strict=strict, source=path)
 
 
 def atomic_write(path: str, write: Callable[[BinaryIO], object], suffix: str = ".tmp",
-                 fsync: bool = True) -> None:
+                 fsync: bool = True, before_rename: Callable[[], None] | None = None) -> None:
     """Write a file through ``write(f)`` into a private (0600) temporary file in the same
     folder, fsync, then rename over ``path``: a crash leaves the old file or the new one,
     never half. ``fsync=False`` for files that need to survive a kill only, not a power cut
-    (a fleet's per-round device states: an fsync each would cost milliseconds)."""
+    (a fleet's per-round device states: an fsync each would cost milliseconds).
+    ``before_rename`` may raise to abandon the new file (the old one stays)."""
     folder = os.path.dirname(os.path.abspath(path)) or "."
     if not os.path.isdir(folder):
         raise DataError(f"cannot write {path}: folder {folder} does not exist")
@@ -137,6 +139,8 @@ def atomic_write(path: str, write: Callable[[BinaryIO], object], suffix: str = "
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -144,16 +148,35 @@ def atomic_write(path: str, write: Callable[[BinaryIO], object], suffix: str = "
         raise
 
 
-def save_npz_atomic(path: str, arrays: dict[str, np.ndarray], fsync: bool = True) -> None:
+def save_npz_atomic(path: str, arrays: dict[str, np.ndarray], fsync: bool = True,
+                    before_rename: Callable[[], None] | None = None) -> None:
     """Write ``arrays`` to ``path`` as ``.npz``, atomically (no pickles: loaders refuse them,
     and object arrays, which only a pickle could hold, are refused here)."""
     for k, a in arrays.items():
         if np.asarray(a).dtype.hasobject:
             raise TypeError(f"array {k!r} holds Python objects: not saved (no pickles)")
     # no allow_pickle= argument: numpy 1.x's savez has none and would store it as an array
-    # (typed as Any: numpy 2's stubs read **arrays as possibly holding allow_pickle)
-    savez: Any = np.savez
-    atomic_write(path, lambda f: savez(f, **arrays), ".npz", fsync)
+    atomic_write(path, lambda f: write_npz(f, arrays), ".npz", fsync, before_rename)
+
+
+def write_npz(f: BinaryIO, arrays: dict[str, np.ndarray], chunk: int = 1 << 20) -> None:
+    """What ``np.savez`` writes (an uncompressed zip of ``.npy`` members, read by
+    ``np.load``), streamed from the arrays' own memory ``chunk`` bytes at a time: saving
+    a model makes no copy of it (``np.savez`` goes through 16 MiB copies, and with numpy
+    1.x would store an ``allow_pickle`` argument as one more array)."""
+    import zipfile
+
+    fmt = np.lib.format
+    with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
+        for key, a in arrays.items():
+            a = np.asarray(a)
+            if not a.flags.c_contiguous:  # the weight store's views are: no copy
+                a = a.copy(order="C")
+            with z.open(key + ".npy", "w", force_zip64=True) as out:
+                fmt.write_array_header_2_0(out, fmt.header_data_from_array_1_0(a))
+                flat = a.reshape(-1).data.cast("B") if a.size else memoryview(b"")
+                for i in range(0, len(flat), chunk):
+                    out.write(flat[i:i + chunk])
 
 
 # what zipfile, zlib and numpy raise on a truncated, corrupted or hostile archive

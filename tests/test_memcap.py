@@ -227,3 +227,25 @@ def test_swap_on_a_ram_file_system_is_refused(tmp_path):
             env={"NNFLEET_SWAP_DIR": "/dev/shm/nnfleet-swap-test"})
     assert_one_line_error(p, "on tmpfs", "NNFLEET_SWAP_DIR")
     assert p.returncode != 0
+
+
+def test_saving_under_a_cap_copies_nothing_and_a_save_over_it_is_abandoned(tmp_path):
+    # Saving used to copy every weight (+ numpy's 16 MiB chunks): vgg16 at baseline + 70%
+    # of its working set went 61 MiB over its cap while saving, and exited 0
+    m = dr.build("vgg16")
+    m.compile(batch_size=4, optimizer="sgd", lr=0.01)
+    rss_before = dr.rss.current_rss()
+    dr.rss.reset_peak()
+    m.save_weights(str(tmp_path / "w.npz"))
+    grew = dr.rss.peak_rss() - rss_before
+    assert grew < 4 << 20, grew  # 59 MB of weights, streamed 1 MiB at a time
+    with np.load(tmp_path / "w.npz") as z:
+        for k, v in m.get_weights().items():
+            assert np.array_equal(z[k], v), k
+    # a process over its cap while writing: the new file is dropped, the old one stays
+    (tmp_path / "old.npz").write_bytes(b"earlier results")
+    m.ram_cap = 1 << 20
+    with pytest.raises(MemoryCapExceeded, match="while saving"):
+        m.save_weights(str(tmp_path / "old.npz"))
+    assert (tmp_path / "old.npz").read_bytes() == b"earlier results"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
