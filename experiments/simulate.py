@@ -328,7 +328,8 @@ def _caps(profiles: list[Any]) -> str:
 
 
 def _print_table(summary: dict[str, Any], out: str) -> None:
-    print(f"{'algorithm':12s} {'mean acc':>9s} {'std':>6s} {'p10':>6s} {'trained devs':>13s} "
+    """Accuracy over every device, and over the devices that could train ('acc trained')."""
+    print(f"{'algorithm':12s} {'mean acc':>9s} {'std':>6s} {'p10':>6s} {'acc trained':>13s} "
           f"{'better than fedavg':>19s}")
     for algo, s in summary["algorithms"].items():
         f, vs = s["final_accuracy"], s.get("vs_fedavg_trained_devices")
