@@ -16,9 +16,9 @@ from tests.helpers import peak_alloc_during_steps
 LIMIT = 64 * 1024
 
 
-# Without numba, what resnet18 runs with SGD is allocation-free too (tests/test_lean_runtime.py);
-# the other kernels fall back to numpy references that make temporaries.
-@pytest.mark.skipif(not USE_NUMBA, reason="numba is off: the numpy references allocate")
+# Without numba the lean numpy kernels run (kernels/lean*.py): the same bound holds, but for
+# numpy's own fixed iteration buffers (up to 64 KiB each), so the bound is 128 KiB there
+# (measured: lenet5 61,586, resnet18 103,778, alexnet 102,404, mlp 3,710 bytes).
 @pytest.mark.parametrize("name,opt,kw", [("lenet5", "sgd", {"momentum": 0.9}),
                                          ("resnet18", "adam", {}),
                                          ("alexnet", "adamw", {}),
@@ -29,7 +29,8 @@ def test_training_step_allocates_almost_nothing(name, opt, kw):
     x, y = synthetic_classification(m.input_shape, 10, 16)
     extra = peak_alloc_during_steps(m, x, y)
     pool = m.plan()["pool_bytes"]
-    assert extra < LIMIT, f"{name}: {extra} bytes allocated outside the pool (pool {pool})"
+    limit = LIMIT if USE_NUMBA else 2 * LIMIT
+    assert extra < limit, f"{name}: {extra} bytes allocated outside the pool (pool {pool})"
 
 
 def test_the_check_sees_a_numpy_temporary(monkeypatch):
