@@ -189,7 +189,8 @@ def _warn_no_rss() -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     kernels = select_kernels(args.kernels)
-    from . import training  # noqa: F401  (the runtime's modules: part of "imports")
+    from . import blas, training  # noqa: F401  (the runtime's modules: part of "imports")
+    print(blas.note() or "", file=sys.stderr, end="\n" if blas.note() else "")
     from .data import load_dataset
     from .units import fmt_bytes
     if args.epochs is not None and args.steps is not None:
