@@ -109,7 +109,7 @@ def process_peak() -> int:
 
 def reset_peak() -> bool:
     """Reset the high-water mark to the current RSS; False where the OS cannot. The
-    erased peak is kept for :func:`process_peak`."""
+    erased peak is kept for :func:`process_peak` and every open :func:`open_window`."""
     before = peak_rss()
     try:
         with open(f"/proc/{os.getpid()}/clear_refs", "w") as f:
@@ -117,7 +117,32 @@ def reset_peak() -> bool:
     except OSError:
         return False
     _ERASED[0] = max(_ERASED[0], before)
+    for w in _WINDOWS:
+        w[0] = max(w[0], before)
     return True
+
+
+_WINDOWS: list[list[int]] = []
+
+
+def open_window() -> list[int]:
+    """Start measuring a peak from now (the high-water mark is reset); resets made while the
+    window is open (a training step's own) keep what they erase in it. Close it with
+    :func:`close_window`; read it with :func:`window_peak`."""
+    w = [0]
+    reset_peak()
+    _WINDOWS.append(w)
+    return w
+
+
+def window_peak(w: list[int]) -> int:
+    """The peak RSS since ``w`` was opened."""
+    return max(w[0], peak_rss())
+
+
+def close_window(w: list[int]) -> None:
+    if w in _WINDOWS:
+        _WINDOWS.remove(w)
 
 
 def memory_available() -> int:

@@ -249,3 +249,23 @@ def test_saving_under_a_cap_copies_nothing_and_a_save_over_it_is_abandoned(tmp_p
         m.save_weights(str(tmp_path / "old.npz"))
     assert (tmp_path / "old.npz").read_bytes() == b"earlier results"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
+
+
+def test_a_peak_window_keeps_what_a_reset_inside_it_erases():
+    # a fleet worker measures a device task's whole life (evaluation, serialization, state
+    # saving) while the training step inside it resets the kernel's high-water mark
+    from device_runtime import rss
+    if not rss.reset_peak():
+        pytest.skip("no /proc/self/clear_refs here")
+    start = rss.current_rss()
+    win = rss.open_window()
+    try:
+        hog = np.ones(80 << 20, np.uint8)  # touched: +80 MiB
+        del hog
+        rss.release_heap()
+        rss.reset_peak()  # what the training step does
+        assert rss.peak_rss() < start + (40 << 20)  # the kernel's mark forgot the hog...
+        assert rss.window_peak(win) >= start + (75 << 20)  # ...the window did not
+    finally:
+        rss.close_window(win)
+    assert win not in rss._WINDOWS

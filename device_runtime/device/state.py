@@ -5,6 +5,7 @@ Flower ClientApp keeps as an ArrayRecord in ``context.state``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,12 +54,14 @@ def state_from_arrays(saved: Arrays) -> tuple[Arrays, dict[str, float]]:
     return {k: v for k, v in saved.items() if not k.startswith(META)}, meta
 
 
-def save_state(state: DeviceState, path: str, fsync: bool = True) -> None:
+def save_state(state: DeviceState, path: str, fsync: bool = True,
+               before_rename: Callable[[], None] | None = None) -> None:
     """The persistent part of the state as one private (0600) ``.npz``, atomically (no
-    pickle); ``fsync=False`` where surviving a kill is enough (the fleet's workers)."""
+    pickle); ``fsync=False`` where surviving a kill is enough (the fleet's workers);
+    ``before_rename`` may raise to keep the old state."""
     from ..weights import save_npz_atomic
 
-    save_npz_atomic(path, state_arrays(state), fsync)
+    save_npz_atomic(path, state_arrays(state), fsync, before_rename)
 
 
 def load_state(path: str) -> tuple[Arrays, dict[str, float]]:

@@ -69,6 +69,16 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+class _OverCap(Exception):
+    def __init__(self, peak: int) -> None:
+        self.peak = float(peak)
+
+
+def _within(peak: int, cap: int) -> None:
+    if peak > cap:
+        raise _OverCap(peak)
+
+
 def npy_bytes(arrays: dict) -> NpyArrays:
     """Arrays as ``(dtype, shape, .npy bytes)``: what a Flower ``Array`` holds, made here in
     the worker (in parallel) rather than in the engine's single server process."""
@@ -124,16 +134,32 @@ class Worker:
         # a copy: a device (or a "cap" fault) may change its settings while it runs
         return DeviceState(device, DeviceData(x, y, xt, yt), replace(settings), arrays, meta)
 
-    def save_state(self, run_key: str, device: int, state: Any) -> None:
+    def save_state(self, run_key: str, device: int, state: Any,
+                   before_rename: Any = None) -> None:
         """The device runtime's own state file (private, atomic; no pickle)."""
         from device_runtime.device import save_state
 
         path = self._state_path(run_key, device)
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        save_state(state, path, fsync=False)
+        save_state(state, path, fsync=False, before_rename=before_rename)
 
     def task(self, task: Task) -> Result:
         """Run one task; its Result (the device's reply, or why there is none)."""
+        from device_runtime import rss
+
+        # worker isolation: the cap holds over the task's whole life (evaluation, the
+        # reply's serialization and the state's saving too), as fork isolation's watchdog
+        # holds it over the child's; a fork child is measured by that watchdog
+        win = rss.open_window() if self.isolation != "fork" else None
+        try:
+            return self._task(task, win)
+        finally:
+            if win is not None:
+                rss.close_window(win)
+
+    def _task(self, task: Task, win: list[int] | None) -> Result:
+        from device_runtime import rss
+
         kind, device, fault, task_id = task.kind, task.device, task.fault, task.task_id
         shared, config = self.payloads[task.pid]
         try:
@@ -150,18 +176,33 @@ class Worker:
                 return Result(task_id, None, {}, e.reason, None, e.status)
             return Result(task_id, None, {}, f"{type(e).__name__}: {e}",
                           traceback.format_exc(limit=4), "raised")
+        cap = task.settings.ram_cap
+        payload = None if out is None else npy_bytes(out)
+        if win is not None and cap and rss.window_peak(win) > cap:
+            over = rss.window_peak(win)
+            if kind == "evaluate":
+                metrics["cap-exceeded"], metrics["ram-cap"] = 1.0, float(cap)
+            elif metrics.get("trained"):  # over after training: the OS would have killed it
+                metrics.update({"cap-exceeded": 1.0, "trained": 0.0, "needed-bytes": float(over),
+                                "peak-rss": float(over), "ram-cap": float(cap)})
+                payload, new_state = None, None
         if kind == "evaluate" and metrics.get("cap-exceeded"):  # killed by the watchdog
             why = (f"MemoryCapExceeded: device {device} went over its RAM cap of "
                    f"{int(metrics['ram-cap']):,} bytes while evaluating")
             return Result(task_id, None, {}, why)
         if new_state is not None and kind == "train" and metrics.get("trained"):
-            self.save_state(task.run_key, device, new_state)
+            try:
+                self.save_state(task.run_key, device, new_state,
+                                None if win is None or not cap else
+                                lambda: _within(rss.window_peak(win), cap))
+            except _OverCap as e:  # saving took it over: the round's work is lost
+                metrics.update({"cap-exceeded": 1.0, "trained": 0.0, "needed-bytes": e.peak,
+                                "peak-rss": e.peak, "ram-cap": float(cap or -1)})
+                payload = None
         del state, new_state
         # give this device's garbage back to the OS: it must not count in the next one's RSS
-        from device_runtime.rss import release_heap
-
-        release_heap(collect=False)
-        return Result(task_id, None if out is None else npy_bytes(out), metrics)
+        rss.release_heap(collect=False)
+        return Result(task_id, payload, metrics)
 
     def _forked(self, kind: str, state: Any, shared: dict, config: dict,
                 fault: str | None = None) -> tuple[Any, dict, Any]:
