@@ -190,7 +190,8 @@ def _warn_no_rss() -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     kernels = select_kernels(args.kernels)
     from . import blas, training  # noqa: F401  (the runtime's modules: part of "imports")
-    print(blas.note() or "", file=sys.stderr, end="\n" if blas.note() else "")
+    if note := blas.note():
+        print(note, file=sys.stderr)
     from .data import load_dataset
     from .units import fmt_bytes
     if args.epochs is not None and args.steps is not None:
