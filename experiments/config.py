@@ -124,6 +124,12 @@ def load_config(path: str | None) -> dict[str, Any]:
         raise ConfigError(f"{path} is not UTF-8 text (bad byte at offset {e.start})") from None
     except RecursionError:
         raise ConfigError(f"{path} is not valid TOML: values nested too deeply") from None
+    data = cfg.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str) and data["path"] and \
+            not os.path.isabs(os.path.expanduser(data["path"])):
+        # like an INI file's data paths: relative to the config's own folder, not to where
+        # the command runs
+        data["path"] = os.path.join(os.path.dirname(os.path.abspath(path)), data["path"])
     try:
         check_config(cfg)
     except ConfigError as e:

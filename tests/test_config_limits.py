@@ -34,3 +34,16 @@ def test_layer_names_that_would_break_the_report_are_refused(name):
     cfg["model"]["head"] = [name]
     with pytest.raises(ConfigError, match="printable characters"):
         check_config(cfg)
+
+
+def test_a_data_path_is_relative_to_the_config_file(tmp_path, monkeypatch):
+    folder = tmp_path / "exp"
+    (folder / "fleet").mkdir(parents=True)
+    (folder / "c.toml").write_text('name = "own"\nalgorithms = ["fedavg"]\n'
+                                   '[data]\nkind = "npz_dir"\npath = "fleet"\n')
+    monkeypatch.chdir(tmp_path)  # somewhere else
+    cfg = load_config(str(folder / "c.toml"))
+    assert cfg["data"]["path"] == str(folder / "fleet")
+    (folder / "d.toml").write_text('name = "own"\nalgorithms = ["fedavg"]\n'
+                                   f'[data]\nkind = "npz_dir"\npath = "{tmp_path}"\n')
+    assert load_config(str(folder / "d.toml"))["data"]["path"] == str(tmp_path)  # absolute
