@@ -18,7 +18,8 @@ def reference_blas(maps: str | None = None) -> str | None:
                 maps = f.read()
         except OSError:
             return None
-    if "openblas" in maps.lower() or "mkl" in maps.lower():
+    low = maps.lower()
+    if "openblas" in low or "mkl" in low:
         return None
     for line in maps.splitlines():
         path = line.split()[-1] if line.split() else ""

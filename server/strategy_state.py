@@ -25,7 +25,7 @@ class _NotState(Exception):
     """A value that is not a strategy's state (a function, an object)."""
 
 
-def _enc(v: Any, arrays: dict[str, np.ndarray]) -> Any:
+def _enc(v: Any, arrays: dict[str, np.ndarray], prefix: str) -> Any:
     from flwr.app import ArrayRecord
 
     if isinstance(v, _SCALARS):
@@ -35,15 +35,15 @@ def _enc(v: Any, arrays: dict[str, np.ndarray]) -> Any:
     if isinstance(v, np.ndarray):
         if v.dtype == object:
             raise _NotState
-        key = f"a{len(arrays)}"
+        key = f"{prefix}/a{len(arrays)}"  # unique over the whole state
         arrays[key] = v
         return {"array": key}
     if isinstance(v, ArrayRecord):
-        return {"arrayrecord": {k: _enc(a.numpy(), arrays) for k, a in v.items()}}
+        return {"arrayrecord": {k: _enc(a.numpy(), arrays, prefix) for k, a in v.items()}}
     if isinstance(v, (list, tuple)):
-        return {"list" if isinstance(v, list) else "tuple": [_enc(x, arrays) for x in v]}
+        return {"list" if isinstance(v, list) else "tuple": [_enc(x, arrays, prefix) for x in v]}
     if isinstance(v, dict) and all(isinstance(k, str) for k in v):
-        return {"dict": {k: _enc(x, arrays) for k, x in v.items()}}
+        return {"dict": {k: _enc(x, arrays, prefix) for k, x in v.items()}}
     raise _NotState
 
 
@@ -54,24 +54,11 @@ def encode(strategy: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     for name, value in vars(strategy).items():
         mine: dict[str, np.ndarray] = {}
         try:
-            enc = _enc(value, mine)
+            tree[name] = _enc(value, mine, name)
         except _NotState:
             continue
-        # array keys are per attribute, made unique over the whole state
-        renamed = {k: f"{name}/{k}" for k in mine}
-        tree[name] = _rename(enc, renamed)
-        arrays.update({renamed[k]: a for k, a in mine.items()})
+        arrays.update(mine)  # kept only for attributes that are state through and through
     return tree, arrays
-
-
-def _rename(enc: Any, names: dict[str, str]) -> Any:
-    if isinstance(enc, dict):
-        if set(enc) == {"array"}:
-            return {"array": names[enc["array"]]}
-        return {k: _rename(v, names) for k, v in enc.items()}
-    if isinstance(enc, list):
-        return [_rename(v, names) for v in enc]
-    return enc
 
 
 def _dec(enc: Any, arrays: dict[str, np.ndarray]) -> Any:

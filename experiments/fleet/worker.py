@@ -178,8 +178,8 @@ class Worker:
                           traceback.format_exc(limit=4), "raised")
         cap = task.settings.ram_cap
         payload = None if out is None else npy_bytes(out)
-        if win is not None and cap and rss.window_peak(win) > cap:
-            over = rss.window_peak(win)
+        over = rss.window_peak(win) if win is not None and cap else 0
+        if cap and over > cap:
             if kind == "evaluate":
                 metrics["cap-exceeded"], metrics["ram-cap"] = 1.0, float(cap)
             elif metrics.get("trained"):  # over after training: the OS would have killed it
