@@ -174,3 +174,24 @@ def test_the_service_reports_a_cap_it_cannot_meet_and_refuses_bad_requests(tmp_p
     assert "unknown request 'fly'" in unknown["message"]
     assert q.returncode == 2 and qline == "" and q_err.count("\n") == 1
     assert "in use" in q_err
+
+
+def test_the_shipped_systemd_unit_starts_the_service_with_valid_arguments():
+    import shlex
+
+    from device_runtime.device import parse_settings
+    from device_runtime.service import SETTING_FLAGS, _parser
+
+    with open(os.path.join(ROOT, "deploy", "nnfleet-device.service")) as f:
+        text = f.read().replace("\\\n", " ")
+    start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    argv = shlex.split(start[len("ExecStart="):])
+    assert argv[1:3] == ["-m", "device_runtime.service"]
+    args = _parser().parse_args(argv[3:])
+    settings = parse_settings({k: getattr(args, k.replace("-", "_")) for k in SETTING_FLAGS
+                               if getattr(args, k.replace("-", "_")) is not None})
+    assert settings.ram_cap == 160 << 20 and settings.fallbacks == ("batch:8", "swap")
+    # the OS's limit stands above the runtime's own cap, so the runtime stops first
+    max_line = next(line for line in text.splitlines() if line.startswith("MemoryMax="))
+    assert int(max_line.split("=")[1].rstrip("M")) << 20 > settings.ram_cap
+    assert args.socket.startswith("/run/nnfleet/")  # the unit's RuntimeDirectory
