@@ -118,3 +118,7 @@ def rule_of(cfg: DeviceConfig) -> Callable[[LocalRun], None]:
         raise ConfigError(f"device config local-update = {name!r} is not a rule (known: auto, "
                           f"{', '.join(LOCAL_UPDATES)})")
     return LOCAL_UPDATES[name]
+
+
+# more rules, each registered as it is imported: APFL, pFedMe, Per-FedAvg, FedBABU, FedRoD
+from . import rules_more, rules_rod  # noqa: E402,F401
