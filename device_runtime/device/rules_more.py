@@ -16,8 +16,8 @@ import numpy as np
 
 from .config import DeviceConfig
 from .gradients import Gradients, axpy
+from .localrun import LocalRun, layers_of
 from .registry import local_update, personalized_model
-from .rules import LocalRun, _layers_of
 from .state import Arrays, DeviceState
 
 
@@ -190,6 +190,6 @@ def fedbabu(run: LocalRun) -> None:
     """FedBABU (Oh, Kim & Yun, ICLR 2022): the body is trained and aggregated while the
     head (the personal layers) stays at its random initialization, the same on every
     device; evaluation fine-tunes a copy of the whole model (``finetune-epochs``)."""
-    head = _layers_of(run.personal_keys)
+    head = layers_of(run.personal_keys)
     run.weights = run.train(tuple(sorted(head | set(run.frozen))), run.weights,
                             run.cfg.local_epochs, "local")

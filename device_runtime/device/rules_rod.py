@@ -24,8 +24,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from .gradients import Gradients, axpy
+from .localrun import LocalRun, layers_of
 from .registry import local_update
-from .rules import LocalRun, _layers_of
 
 ABSENT = -1e4  # the shift of a class with no example (log 0): exp underflows to 0
 
@@ -46,7 +46,7 @@ def heads(run: LocalRun) -> tuple[str, str]:
     """(G-head, P-head) layer names: the two inputs of the model's output sum, the
     personal one being the P-head."""
     kind, names = _heads_of(run.cfg.model, run.cfg.model_seed)
-    mine = _layers_of(run.personal_keys)
+    mine = layers_of(run.personal_keys)
     p = [n for n in names if n in mine]
     g = [n for n in names if n not in mine]
     if kind != "addition" or len(names) != 2 or len(p) != 1 or len(g) != 1:
