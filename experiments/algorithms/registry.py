@@ -61,6 +61,9 @@ def two_heads(specs: list[LayerSpec], head: list[str]) -> tuple[list[LayerSpec],
              LayerSpec("addition", h.name + "_sum", out)], [h.name + "_p"])
 
 
+# the papers' plain gradient steps (APFL, pFedMe, Per-FedAvg, FedRoD): whatever [train] says
+PLAIN_SGD = {"optimizer": "sgd", "momentum": 0.0}
+
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
     Algorithm("local", "every device trains alone; nothing leaves it", "baseline",
               personal="*", client={"optimizer-state": "keep"}),
@@ -93,23 +96,23 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
               "Yin et al., ICML 2018", strategy="fedmedian"),
     Algorithm("apfl", "a personal model v mixed with the global one, alpha v + (1 - alpha) "
               "w, alpha adapted on the device each step", "Deng et al., arXiv:2003.13461 2020",
-              client={"local-update": "apfl", "apfl-alpha": 0.25}),
+              client={"local-update": "apfl", "apfl-alpha": 0.25, **PLAIN_SGD}),
     Algorithm("pfedme", "a personal model solving the Moreau-envelope problem f(theta) + "
               "lambda/2 ||theta - w||^2 each step; the local model moves towards it",
               "Dinh et al., NeurIPS 2020",
               client={"local-update": "pfedme", "pfedme-lambda": 15.0, "pfedme-k": 5,
-                      "pfedme-beta": 1.0}),
+                      "pfedme-beta": 1.0, **PLAIN_SGD}),
     Algorithm("perfedavg", "MAML-style: a global model that is good after one local gradient "
               "step (Hessian-free meta gradient); that step personalizes it",
               "Fallah et al., NeurIPS 2020",
-              client={"local-update": "perfedavg", "perfedavg-variant": "hf"}),
+              client={"local-update": "perfedavg", "perfedavg-variant": "hf", **PLAIN_SGD}),
     Algorithm("fedbabu", "the head stays at its random init during federated training, the "
               "body alone is aggregated; each device fine-tunes the whole model at evaluation",
               "Oh et al., ICLR 2022", personal="{head}",
               client={"local-update": "fedbabu", "finetune-epochs": 5}),
     Algorithm("fedrod", "a generic head trained with the balanced softmax and aggregated, plus "
               "a personal head; the prediction is the sum of both", "Chen & Chao, ICLR 2022",
-              personal="{head}", client={"local-update": "fedrod"}, model=two_heads),
+              personal="{head}", client={"local-update": "fedrod", **PLAIN_SGD}, model=two_heads),
 ]}
 
 
