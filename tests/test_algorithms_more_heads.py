@@ -222,3 +222,25 @@ def test_the_five_algorithms_run_in_nnfleet_simulate(tmp_path):
         final = np.load(os.path.join(out, "weights", f"{name}.npz"))
         assert sorted(final.files) == ["fc1:bias", "fc1:weight"] + (
             ["fc2:bias", "fc2:weight"] if name == "fedrod" else [])
+
+
+def test_the_rows_give_device_configs_the_device_accepts():
+    for name, rule in (("apfl", "apfl"), ("pfedme", "pfedme"), ("perfedavg", "perfedavg"),
+                       ("fedbabu", "fedbabu"), ("fedrod", "fedrod")):
+        # a [train] optimizer the papers' plain steps cannot use is overruled by the row...
+        cfg = {**_cfg(optimizer="adam"), **device_config(get_algorithm(name), SPECS, ["fc2"])}
+        dc = DeviceConfig.from_mapping(cfg)
+        assert dc.local_update == rule
+        if name != "fedbabu":
+            assert dc.optimizer == "sgd" and dc.momentum == 0
+    # ... and one named for the algorithm itself is refused on the device, in one line
+    cfg = dict(_algo_cfg("apfl"), optimizer="adam")
+    with pytest.raises(ConfigError, match="set optimizer = sgd"):
+        run_device(DeviceState(0, make_data(0, [1 / 3] * 3)), shared_of(cfg), cfg)
+    with pytest.raises(ConfigError, match="pfedme-k = 0"):
+        DeviceConfig.from_mapping({"pfedme-k": 0})
+    with pytest.raises(ConfigError, match="perfedavg-variant"):
+        DeviceConfig.from_mapping({"perfedavg-variant": "exact"})
+    with pytest.raises(ConfigError, match="addition of a generic head"):  # fedrod, one head
+        cfg = _cfg(**{"local-update": "fedrod", "personal": "fc2"})
+        run_device(DeviceState(0, make_data(0, [1 / 3] * 3)), shared_of(cfg), cfg)
