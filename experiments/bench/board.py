@@ -117,11 +117,38 @@ def _kill_all(procs: list[subprocess.Popen]) -> None:
         p.wait(timeout=30)
 
 
-def run_setup(isolation: str, service: bool, rounds: int, kernels: str) -> dict[str, Any]:
+class Board:
+    """Where the device's processes run: here, or in an emulated board's root file system
+    (``--board-root``: chroot + qemu, with Flower and nnfleet installed in ``venv`` there)."""
+
+    def __init__(self, root: str | None, venv: str = "/opt/nnfleet-flwr") -> None:
+        self.root, self.venv = root, venv
+
+    def tmp(self) -> tuple[str, str]:
+        """A new folder: (its path here, its path as the device's processes see it)."""
+        if self.root is None:
+            path = tempfile.mkdtemp(prefix="nnfleet-board-")
+            return path, path
+        path = tempfile.mkdtemp(prefix="nnfleet-board-", dir=os.path.join(self.root, "tmp"))
+        return path, "/tmp/" + os.path.basename(path)
+
+    def command(self, args: list[str], env: dict[str, str]) -> list[str]:
+        """``args`` (a program of the device and its arguments) as run on the device."""
+        if self.root is None:
+            return [sys.executable if args[0] == "python" else _exe(args[0]), *args[1:]]
+        keep = {k: v for k, v in env.items() if k.startswith(("FLWR_", "NNFLEET_"))}
+        return ["chroot", self.root, "/usr/bin/env", "-i", f"PATH={self.venv}/bin:/usr/bin:/bin",
+                "HOME=/root", "OPENBLAS_NUM_THREADS=1", *(f"{k}={v}" for k, v in keep.items()),
+                f"{self.venv}/bin/{args[0]}", *args[1:]]
+
+
+def run_setup(isolation: str, service: bool, rounds: int, kernels: str,
+              board: Board | None = None) -> dict[str, Any]:
     """One SuperLink + one SuperNode (+ SuperExec, + device service): ``rounds`` rounds."""
     from experiments.fleet.flower_data import partition
 
-    tmp = tempfile.mkdtemp(prefix="nnfleet-board-")
+    board = board or Board(None)
+    tmp, dev_tmp = board.tmp()  # the device's files (data, socket, state, FLWR_HOME)
     home = os.path.join(tmp, "flwr")
     os.makedirs(home)
     port, node_port = _port(), _port()  # the SuperNode's port: its Runtime API
@@ -130,16 +157,18 @@ def run_setup(isolation: str, service: bool, rounds: int, kernels: str) -> dict[
                 'insecure = true\n')
     env = dict(os.environ, FLWR_HOME=home, FLWR_TELEMETRY_ENABLED="0",
                FLWR_DISABLE_UPDATE_CHECK="1", PYTHONPATH=ROOT)
+    dev_env = dict(env, FLWR_HOME=dev_tmp + "/flwr")
     if kernels == "numpy":
-        env["NNFLEET_NO_NUMBA"] = "1"
-    data = os.path.join(tmp, "device.npz")
-    partition(0, _app_config()).save(data)
+        dev_env["NNFLEET_NO_NUMBA"] = "1"
+    partition(0, _app_config()).save(os.path.join(tmp, "device.npz"))
+    data = dev_tmp + "/device.npz"
     procs: list[subprocess.Popen] = []
 
-    def start(args: list[str]) -> subprocess.Popen:
-        p = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True,
-                             stdin=subprocess.DEVNULL)
+    def start(args: list[str], device: bool = False) -> subprocess.Popen:
+        cmd = board.command(args, dev_env) if device else args
+        p = subprocess.Popen(cmd, env=dev_env if device else env, cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True, stdin=subprocess.DEVNULL)
         procs.append(p)
         return p
 
@@ -149,29 +178,31 @@ def run_setup(isolation: str, service: bool, rounds: int, kernels: str) -> dict[
         _wait(port, sl)
         node_config = f"data-path='{data}' ram-cap=1073741824"
         if service:
-            sock = os.path.join(tmp, "run", "device.sock")
-            svc = start([sys.executable, "-m", "device_runtime.service", "--socket", sock,
-                         "--data-path", data, "--state-dir", os.path.join(tmp, "state"),
-                         "--ram-cap", "1GiB"])
-            end = time.monotonic() + 120
-            while not os.path.exists(sock) and svc.poll() is None and time.monotonic() < end:
+            sock = dev_tmp + "/run/device.sock"
+            svc = start(["python", "-m", "device_runtime.service", "--socket", sock,
+                         "--data-path", data, "--state-dir", dev_tmp + "/state",
+                         "--ram-cap", "1GiB"], device=True)
+            end = time.monotonic() + 600  # under emulation the imports take minutes
+            here = os.path.join(tmp, "run", "device.sock")
+            while not os.path.exists(here) and svc.poll() is None and time.monotonic() < end:
                 time.sleep(0.1)
             node_config = f"device-socket='{sock}'"
-        args = [_exe("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
+        args = ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
                 "--host", "127.0.0.1", "--port", str(node_port), "--node-config", node_config,
                 "--isolation", isolation]
-        sn = start(args)
-        _wait(node_port, sn)
+        sn = start(args, device=True)
+        _wait(node_port, sn, 600)
         if isolation == "process":
-            start([_exe("flower-superexec"), "--insecure", "--runtime-api-address",
-                   f"127.0.0.1:{node_port}"])
+            start(["flower-superexec", "--insecure", "--runtime-api-address",
+                   f"127.0.0.1:{node_port}"], device=True)
         time.sleep(2.0)  # idle: let the SuperNode and SuperExec settle before sampling
         with _Sampler(("flwr-clientapp", "flower-supernode", "flower-superexec",
                        "device_runtime.service"), [q.pid for q in procs]) as s:
             t0 = time.perf_counter()
             r = subprocess.run([_exe("flwr"), "run", ROOT, "b", "--stream", "-c",
                                 f"num-rounds={rounds} min-nodes=1"], env=env, cwd=ROOT,
-                               capture_output=True, text=True, timeout=60 * (5 + rounds),
+                               capture_output=True, text=True,
+                               timeout=60 * (5 + rounds) * (10 if board.root else 1),
                                stdin=subprocess.DEVNULL)
             wall = time.perf_counter() - t0
         if r.returncode != 0:
@@ -199,11 +230,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="rounds per set-up (default: 3)")
     p.add_argument("--kernels", choices=["numba", "numpy"], default="numba",
                    help="kernels of the processes that train (default: numba)")
+    p.add_argument("--board-root", default=None, help="run the device's processes in this "
+                   "emulated board's root file system (scripts/board-check makes it, with "
+                   "BOARD_FLOWER=1 Flower in /opt/nnfleet-flwr there)")
+    p.add_argument("--isolation", choices=["both", "subprocess", "process"], default="both",
+                   help="Flower isolation modes to measure (default: both)")
     args = p.parse_args(argv)
-    rows = [run_setup(iso, svc, args.rounds, args.kernels)
-            for iso in ("subprocess", "process") for svc in (False, True)]
+    board = Board(args.board_root)
+    modes = ("subprocess", "process") if args.isolation == "both" else (args.isolation,)
+    rows = [run_setup(iso, svc, args.rounds, args.kernels, board)
+            for iso in modes for svc in (False, True)]
     mib = 1 << 20
-    print(f"Flower 1.41 on one device, {args.rounds} rounds, {args.kernels} kernels "
+    where = f"emulated board {args.board_root}" if args.board_root else "this machine"
+    print(f"Flower 1.41 on one device ({where}), {args.rounds} rounds, {args.kernels} kernels "
           "(peak RSS in MiB; a message's time is its flwr-clientapp process's lifetime)")
     print(f"{'isolation':10s} {'ClientApp':10s} {'supernode':>9s} {'superexec':>9s} "
           f"{'message':>8s} {'msg s':>6s} {'msgs':>5s} {'service':>8s} {'run s':>6s}")
