@@ -1,0 +1,78 @@
+"""Argument types and the parser class of ``nnfleet``: every bad value is one line.
+
+The types raise ``argparse.ArgumentTypeError`` (argparse then names the option);
+:class:`_Parser` turns argparse's own errors into a one-line :class:`ConfigError`, which
+the command line prints as ``nnfleet: error: ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, NoReturn
+
+from .errors import ConfigError
+from .units import parse_size
+
+# what str.splitlines() breaks on, shown escaped: an error message stays one line
+_BREAKS = str.maketrans({c: repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"})
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks escaped (a message may quote what a user typed)."""
+    return text.translate(_BREAKS)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, like every other error of ours
+        raise ConfigError(one_line(message))
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after each option's help; the description and examples as written."""
+
+
+def _positive(kind: type, top: float = float("inf")) -> Any:
+    """An argparse type: a finite number in (0, top] (argparse names the option)."""
+    def conv(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        if v == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if v > top:
+            raise argparse.ArgumentTypeError(f"must be <= {top}, got {text!r}")
+        return v
+    return conv
+
+
+def _count(text: str) -> int:
+    """An argparse type: an integer >= 0 (seeds)."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return v
+
+
+def _size(text: str) -> int:
+    """An argparse type: a size in bytes (64MiB, 1.5GiB, 500MB, plain bytes)."""
+    try:
+        return parse_size(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}")
+    return v
