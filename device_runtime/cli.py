@@ -59,8 +59,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 EXAMPLES = """examples:
   nnfleet train lenet5 --epochs 3
   nnfleet train mlp --input-shape 64 --classes 10 --data train.npz --valid-split 0.1 --save w.npz
-  nnfleet eval mlp --input-shape 64 --classes 10 --weights w.npz --data test.npz
-  nnfleet simulate --devices 20 --rounds 5"""
+  nnfleet eval mlp --input-shape 64 --classes 10 --weights w.npz --data test.npz"""
 
 
 def _version() -> str:
@@ -76,7 +75,8 @@ def build_parser(commands: Mapping[str, Command] | None = None) -> argparse.Argu
     """The parser of ``plan`` and ``train``, with ``commands`` listed beside them."""
     from .planner import DEFAULT_STRATEGY, STRATEGIES
 
-    p = _Parser(prog="nnfleet", formatter_class=HelpFormatter, epilog=EXAMPLES,
+    lab = "\n  nnfleet simulate --devices 20 --rounds 5" if "simulate" in (commands or {}) else ""
+    p = _Parser(prog="nnfleet", formatter_class=HelpFormatter, epilog=EXAMPLES + lab,
                 description="nnfleet: memory-planned on-device training, fleets of RAM-capped "
                 "devices, federated personalization. 'nnfleet COMMAND --help' lists the "
                 "options of one, with their defaults and examples.")

@@ -27,8 +27,19 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(one_line(message))
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults after each option's help; the description and examples as written."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``(default: X)`` after each option's help (unless the help already says what the
+    default is, or there is none: a flag, or ``None`` explained as ``None = ...``); the
+    description and the examples as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        d = action.default
+        if (d is None or d is False or d == argparse.SUPPRESS or "default" in text.lower()
+                or not action.option_strings):
+            return text
+        shown = ",".join(map(str, d)) if isinstance(d, (list, tuple)) else d
+        return f"{text} (default: {str(shown).replace('%', '%%')})"
 
 
 def _positive(kind: type, top: float = float("inf")) -> Any:

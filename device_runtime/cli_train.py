@@ -36,14 +36,16 @@ def add_parser(sub: Any) -> None:
     tr = sub.add_parser("train", help=text, description=text, formatter_class=HelpFormatter,
                         epilog=EXAMPLES)
     tr.add_argument("model", help="INI file, built-in model name or JSON layer list")
-    tr.add_argument("--data", help=".npz with x and y (None = generated data)")
+    tr.add_argument("--data", help=".npz with x and y "
+                    "(None = the INI's [train_set], else generated data)")
     tr.add_argument("--samples", type=_positive(int), default=1024,
                     help="generated samples when no --data")
     cli_valid.add_arguments(tr, fraction)
     cli_models.add_arguments(tr)
     tr.add_argument("--epochs", type=_positive(int),
                     help="passes over the data (None = the INI's epochs, else 1)")
-    tr.add_argument("--steps", type=_positive(int), help="optimizer steps instead of --epochs")
+    tr.add_argument("--steps", type=_positive(int),
+                    help="optimizer steps instead of --epochs (None = by epochs)")
     tr.add_argument("--batch-size", type=_positive(int, MAX_BATCH_SIZE),
                     help="samples per step (None = the INI's batch size, else 32)")
     tr.add_argument("--optimizer", choices=["sgd", "adam", "adamw"],
@@ -52,23 +54,24 @@ def add_parser(sub: Any) -> None:
                     help="learning rate (None = the INI's, else the optimizer's: 0.01 / 0.001)")
     tr.add_argument("--momentum", type=float, help="SGD momentum (None = the INI's, else 0)")
     tr.add_argument("--no-shuffle", action="store_true", help="batches in file order")
-    tr.add_argument("--init", help="initial weights .npz")
-    tr.add_argument("--save", help="write trained weights .npz (atomically)")
+    tr.add_argument("--init", help="initial weights .npz (None = seeded initialization)")
+    tr.add_argument("--save", help="write trained weights .npz, atomically (None = not saved)")
     tr.add_argument("--planner", default=DEFAULT_STRATEGY, choices=sorted(STRATEGIES),
                     help="memory planner of the step")
     tr.add_argument("--seed", type=_count, default=0,
                     help="seed of weight init, shuffling, generated data and --valid-split")
     tr.add_argument("--ram-cap", type=_size,
-                    help="RAM cap of the whole process (64MiB, 1.5GiB, 500MB, bytes)")
+                    help="RAM cap of the whole process: 64MiB, 1.5GiB, 500MB, bytes "
+                    "(None = no cap)")
     tr.add_argument("--swap", choices=["off", "auto", "on"], default="auto",
                     help="swap idle tensors to storage: auto = only if the cap needs it")
     tr.add_argument("--lookahead", type=int, default=3,
                     help="orders ahead of use that a swapped tensor is read back "
                          "(0 = no prefetch: read when needed)")
-    tr.add_argument("--freeze", help="freeze every layer up to and including this one "
-                    "(transfer learning: a frozen backbone, a trainable head)")
+    tr.add_argument("--freeze", metavar="LAYER", help="freeze every layer up to and including "
+                    "this one: a frozen backbone, a trainable head (None = all train)")
     tr.add_argument("--kernels", choices=["auto", "numba", "numpy"], default="auto",
-                    help="numba (default when installed) or the allocation-free numpy "
+                    help="auto = numba's when installed, else the allocation-free numpy "
                          "kernels: slower, but ~130 MiB less resident memory (no numba/LLVM)")
     tr.add_argument("--json", action="store_true",
                     help="print one JSON object on the last line")

@@ -37,10 +37,11 @@ EXECUTOR_SLACK = 256 * 1024  # Python objects and views of one inference executo
 def add_arguments(p: argparse.ArgumentParser, fraction: Any) -> None:
     """``--valid-data`` and ``--valid-split`` on the ``train`` parser."""
     p.add_argument("--valid-data", metavar="V.npz",
-                   help="validation set .npz (x, y), evaluated after every epoch")
+                   help="validation set .npz (x, y), evaluated after every epoch "
+                        "(None = the INI's [valid_set] if any, else no validation)")
     p.add_argument("--valid-split", type=fraction, metavar="F",
-                   help="hold out this fraction of the training data for validation "
-                        "(chosen from --seed; never trained on)")
+                   help="hold out this fraction of the training data for validation, "
+                        "chosen from --seed and never trained on (None = no split)")
 
 
 def split_indices(n: int, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
