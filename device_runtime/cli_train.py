@@ -221,7 +221,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .cap import MARGIN_BYTES
 
         d = model.decision  # under a cap: what the cap fit chose (pool, optimizer state)
-        room = None if d is None else cap - baseline - d.extra_bytes - MARGIN_BYTES - d.pool_bytes
+        room = (None if d is None or cap is None
+                else cap - baseline - d.extra_bytes - MARGIN_BYTES - d.pool_bytes)
         valid.pick_batch(batch, room)
     rss.reset_peak()  # the peak before it is kept: rss.process_peak()
     every = max(1, (steps or epochs * (len(xs) // batch)) // 10)
