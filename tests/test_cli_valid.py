@@ -144,3 +144,27 @@ def test_bad_validation_input_is_one_line(tmp_path):
                               str(tmp_path / "wide.npz")), "valid x", "65")
     assert_one_line_error(run("train", NET, "--data", d, "--valid-data",
                               str(tmp_path / "none.npz")))
+
+
+def test_an_ini_valid_set_is_used(tmp_path, capsys):
+    # Prepare: NNTrainer's raw records (features, then the one-hot label), train and valid
+    x, y = synthetic_classification((1, 1, 12), 4, 40, seed=6)
+    for name, rows in (("train", slice(0, 32)), ("valid", slice(32, 40))):
+        rec = np.concatenate([x[rows].reshape(-1, 12), np.eye(4, dtype=np.float32)[y[rows]]], 1)
+        rec.astype(np.float32).tofile(tmp_path / f"{name}.dat")
+    np.savez(tmp_path / "valid.npz", x=x[32:], y=y[32:])
+    ini = tmp_path / "m.ini"
+    ini.write_text("[Model]\nLoss = cross\nbatch_size = 8\nEpochs = 2\n"
+                   "[Optimizer]\nType = sgd\nLearning_rate = 0.1\n"
+                   "[train_set]\ntype = file\npath = train.dat\n"
+                   "[valid_set]\ntype = file\npath = valid.dat\n"
+                   "[in]\nType = input\nInput_Shape = 1:1:12\n"
+                   "[out]\nType = fully_connected\nUnit = 4\nActivation = softmax\n")
+    # Execute: the INI's own sets; then the same validation set given as a file
+    assert main(["train", str(ini), "--json"]) == 0
+    own = last_json(capsys.readouterr().out)
+    assert main(["train", str(ini), "--valid-data", str(tmp_path / "valid.npz"), "--json"]) == 0
+    given = last_json(capsys.readouterr().out)
+    # Assert
+    assert own["valid_samples"] == 8 and len(own["epochs"]) == 2
+    assert own["epochs"] == given["epochs"] and own["losses"] == given["losses"]
