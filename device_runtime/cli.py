@@ -2,7 +2,9 @@
 
 The contract (DESIGN.md): ``--json`` prints one JSON object on the last line of stdout;
 bad input prints one line ``nnfleet: error: ...`` on stderr and exits non-zero.
-``python -m device_runtime`` is the device's own command (plan, train); the installed
+``python -m device_runtime`` is the device's own command (plan, train, eval, predict:
+``cli_train``, ``cli_eval``; ``cli_valid`` validation, ``cli_models`` the sizing of built-in
+models, ``cli_args`` the argument types); the installed
 ``nnfleet`` command is :func:`main` with the lab's commands added (``simulate``,
 ``bench``: ``experiments.cli``), which this module never imports.
 """

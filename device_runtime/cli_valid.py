@@ -5,7 +5,8 @@ training data instead (chosen from ``--seed`` alone, never overlapping what trai
 training rows keep their file order); an INI model's own ``[valid_set]`` is used when
 neither is given. After each epoch (and after the last step of a ``--steps`` run that ends
 inside an epoch) the model is evaluated in inference mode on the whole set: a line
-``epoch E  train loss L  valid loss V  valid accuracy A`` (in ``--json``: ``"epochs"``).
+``epoch E  train loss L  valid loss V  valid accuracy A`` (in ``--json``: ``"epochs"``, and
+``valid_planned_bytes``, what its inference pools add to the working set).
 
 Evaluation reads the weights and never writes them, and inference executors have layers
 of their own (dropout counters, batch-norm statistics): training computes the same numbers
@@ -150,7 +151,8 @@ class Validator:
     def report(self) -> dict[str, Any]:
         """What ``--json`` adds: the per-epoch records and the set's size and batch."""
         return {"epochs": self.epochs, "valid_samples": len(self.xs),
-                "valid_batch_size": self.batch}
+                "valid_batch_size": self.batch,
+                "valid_planned_bytes": self.need(self.batch) if self.batch else 0}
 
 
 def make(model: Model, xv: Any, yv: Any, per_epoch: int, total: int,
