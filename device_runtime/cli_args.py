@@ -27,10 +27,19 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(one_line(message))
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+class HelpFormatter(argparse.HelpFormatter):
     """``(default: X)`` after each option's help (unless the help already says what the
     default is, or there is none: a flag, or ``None`` explained as ``None = ...``); the
-    description and the examples as written."""
+    description wrapped paragraph by paragraph, the examples as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.lstrip().startswith("example"):  # command lines: one a line, as written
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        import textwrap
+
+        return "\n\n".join(textwrap.fill(" ".join(par.split()), width, initial_indent=indent,
+                                         subsequent_indent=indent)
+                           for par in text.split("\n\n") if par.strip())
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
