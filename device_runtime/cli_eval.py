@@ -38,7 +38,8 @@ def add_parsers(sub: Any, batch_type: Any) -> None:
                            formatter_class=HelpFormatter)
         p.add_argument("model", help="INI file, built-in model name or JSON layer list")
         p.add_argument("--weights", required=True, help="trained weights .npz (from --save)")
-        p.add_argument("--data", required=True, help=".npz with x (and y for eval)")
+        p.add_argument("--data", required=True,
+                       help=".npz with x and y" if name == "eval" else ".npz with x")
         p.add_argument("--batch-size", type=batch_type, default=64,
                        help="samples per inference batch")
         cli_models.add_arguments(p)
