@@ -13,7 +13,11 @@ Where the device's data and RAM cap come from (``node_config``, set per SuperNod
   called with ``(partition_id, run_config)``; Flower's simulation runtime sets
   ``partition-id`` in ``node_config``;
 - ``ram-cap`` (``256MiB``), ``swap``, ``batch-size``, ``freeze``, ``fallbacks``: the
-  device's own settings (see :class:`device_runtime.device.DeviceSettings`).
+  device's own settings (see :class:`device_runtime.device.DeviceSettings`), or
+- ``device-socket``: the Unix socket of a device service (``device_runtime.service``) that
+  holds the data, the settings and the device state, and trains; the ClientApp then only
+  forwards each message there, so the process Flower starts for each message imports
+  neither the runtime nor numba and loads no data (the runtime is imported lazily here).
 
 Personal layers, Ditto's personal model and optimizer state stay in ``context.state``
 (on the device); replies carry only the shared arrays and a MetricRecord. A device that
@@ -25,22 +29,14 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .device import (
-    REPLY_KEYS,
-    DeviceData,
-    DeviceState,
-    evaluate_device,
-    load_device_data,
-    parse_settings,
-    run_device,
-    state_arrays,
-    state_from_arrays,
-)
-from .errors import ConfigError, MemoryCapExceeded
+from .errors import ConfigError, MemoryCapExceeded, NNFleetError
+
+if TYPE_CHECKING:
+    from .device import DeviceData, DeviceState
 
 # "app" is listed for Flower's static check of `device_runtime.flower_client:app`; it is
 # created by the module's __getattr__ on first access.
@@ -62,6 +58,8 @@ def node_value(context: Any, key: str, default: Any = None) -> Any:
 
 def device_data(context: Any) -> DeviceData:
     """The device's data (cached per process and node)."""
+    from .device import DeviceData, load_device_data
+
     path = node_value(context, "data-path")
     pid = context.node_config.get("partition-id", context.node_id)
     key = (path, pid, context.run_id) if path else (pid, tuple(sorted(context.run_config.items())))
@@ -91,6 +89,8 @@ def device_id(context: Any) -> int:
 
 def load_state(context: Any) -> DeviceState:
     """The device state kept in ``context.state`` between rounds."""
+    from .device import DeviceState, parse_settings, state_from_arrays
+
     saved: dict[str, np.ndarray] = {}
     if STATE_ARRAYS in context.state:
         saved = {k: a.numpy() for k, a in context.state[STATE_ARRAYS].items()}
@@ -102,6 +102,8 @@ def load_state(context: Any) -> DeviceState:
 
 def save_state(context: Any, state: DeviceState) -> None:
     from flwr.app import Array, ArrayRecord
+
+    from .device import state_arrays
 
     context.state[STATE_ARRAYS] = ArrayRecord(
         {k: Array(np.ascontiguousarray(v)) for k, v in state_arrays(state).items()})
@@ -120,6 +122,8 @@ def reply_content(shared: dict[str, np.ndarray] | None, metrics: dict[str, float
     (for training, the :data:`~device_runtime.device.REPLY_KEYS`)."""
     from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
+    from .device.program import REPLY_KEYS
+
     keys = REPLY_KEYS if shared is not None else metrics
     content = RecordDict({"metrics": MetricRecord({k: float(metrics[k]) for k in keys})})
     if shared is not None:
@@ -128,20 +132,43 @@ def reply_content(shared: dict[str, np.ndarray] | None, metrics: dict[str, float
     return content
 
 
-def cap_failure(state: DeviceState, metrics: dict[str, float]) -> MemoryCapExceeded:
+def cap_failure(device: int, cap: int, metrics: dict[str, float]) -> MemoryCapExceeded:
     needed = int(metrics.get("needed-bytes", -1))
-    return MemoryCapExceeded(needed, int(state.settings.ram_cap or -1),
-                             f"device {state.device_id} cannot train within its RAM cap")
+    return MemoryCapExceeded(needed, cap, f"device {device} cannot train within its RAM cap")
+
+
+def forward(socket_path: str, op: str, message: Any, context: Any) -> tuple[
+        dict[str, np.ndarray], dict[str, float]]:
+    """Send the message to the device service; (shared arrays, metrics) back."""
+    from .service import request
+
+    header = {"op": op, "run": int(context.run_id), "device": device_id(context),
+              "config": {k: (v if isinstance(v, (bool, int, float, str)) else str(v))
+                         for k, v in config_of(message).items()}}
+    reply, shared = request(str(socket_path), header, arrays_of(message))
+    if reply.get("error") == "cap":
+        raise cap_failure(device_id(context), int(reply.get("cap", -1)),
+                          {"needed-bytes": reply.get("needed", -1)})
+    if not reply.get("ok"):
+        raise NNFleetError(f"device service: {reply.get('message', 'request failed')}")
+    return shared, {k: float(v) for k, v in reply.get("metrics", {}).items()}
 
 
 def train(message: Any, context: Any) -> Any:
     """Flower ``@app.train()``: one round of the device program."""
     from flwr.app import Message
 
+    sock = node_value(context, "device-socket")
+    if sock:
+        shared, metrics = forward(sock, "train", message, context)
+        return Message(reply_content(shared, metrics), reply_to=message)
+    from .device import run_device
+
+    _warm()
     state = load_state(context)
     shared, metrics, new_state = run_device(state, arrays_of(message), config_of(message))
     if not metrics["trained"]:
-        raise cap_failure(state, metrics)
+        raise cap_failure(state.device_id, int(state.settings.ram_cap or -1), metrics)
     save_state(context, new_state)
     return Message(reply_content(shared, metrics), reply_to=message)
 
@@ -150,6 +177,13 @@ def evaluate(message: Any, context: Any) -> Any:
     """Flower ``@app.evaluate()``: the personalized model on the device's own test split."""
     from flwr.app import Message
 
+    sock = node_value(context, "device-socket")
+    if sock:
+        _, metrics = forward(sock, "evaluate", message, context)
+        return Message(reply_content(None, metrics), reply_to=message)
+    from .device import evaluate_device
+
+    _warm()
     metrics = evaluate_device(load_state(context), arrays_of(message), config_of(message))
     return Message(reply_content(None, metrics), reply_to=message)
 
@@ -159,13 +193,18 @@ def make_client_app() -> Any:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     from flwr.clientapp import ClientApp
 
-    from .warmup import warmup
-
     client = ClientApp()
-    warmup()  # pay the JIT once per process, before any measured step
     client.train()(train)
     client.evaluate()(evaluate)
     return client
+
+
+def _warm() -> None:
+    """Pay the JIT once per process, before any measured step (only where this process
+    trains itself: not when a device service does)."""
+    from .warmup import warmup
+
+    warmup()
 
 
 _APP: Any = None

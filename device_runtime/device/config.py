@@ -51,6 +51,19 @@ class DeviceConfig:
     ditto_lambda: float = _key(0.0, lo=0)  # Ditto: pull of the personal model to w_global
     personal_epochs: int | None = _key(None, lo=0)  # Ditto: epochs of v; None = local-epochs
     finetune_epochs: int = _key(0, lo=0)  # evaluation fine-tunes a throw-away copy first
+    # APFL (local-update = apfl): the initial weight alpha of the personal model in the mix
+    apfl_alpha: float = _key(0.25, lo=0, hi=1)
+    # pFedMe (local-update = pfedme): the Moreau envelope's lambda, K inner steps of the
+    # personal model at pfedme-lr (0 = lr), the server's beta (applied on the device)
+    pfedme_lambda: float = _key(15.0, lo=0, lo_open=True)
+    pfedme_k: int = _key(5, lo=1)
+    pfedme_lr: float = _key(0.0, lo=0)
+    pfedme_beta: float = _key(1.0, lo=0, lo_open=True)
+    # Per-FedAvg (local-update = perfedavg): lr is the adaptation step alpha, this the meta
+    # step beta (0 = lr); "fo" first-order or "hf" Hessian-free (finite differences of delta)
+    perfedavg_beta: float = _key(0.0, lo=0)
+    perfedavg_variant: str = _key("hf", choices=("fo", "hf"))
+    perfedavg_delta: float = _key(1e-3, lo=0, lo_open=True)
     optimizer: str = _key("sgd", choices=("sgd", "adam", "adamw"))
     lr: float = _key(0.05, lo=0, lo_open=True)
     momentum: float = _key(0.0, lo=0, hi=1, hi_open=True)  # SGD only

@@ -9,6 +9,7 @@ from .. import rss
 from ..errors import MemoryCapExceeded
 from ..model import Model
 from .config import DeviceConfig, patterns, split_keys
+from .registry import PERSONALIZED
 from .state import Arrays, DeviceData, DeviceState
 from .trainers import fit, inference_model, initial_weights, phase_seed, with_fallbacks
 
@@ -54,6 +55,12 @@ def evaluate_device(state: DeviceState, shared: Arrays,
     full = {**init, **{k: state.arrays.get("p/" + k, init[k]) for k in personal}, **shared}
     if cfg.ditto_lambda and any(k.startswith("v/") for k in state.arrays):
         full = {k: state.arrays.get("v/" + k, a) for k, a in full.items()}
+    personalize = PERSONALIZED.get(cfg.local_update)  # APFL's mix, pFedMe's theta, ...
+    if personalize is not None:
+        try:
+            full = personalize(state, full, cfg)
+        except MemoryCapExceeded:
+            pass  # cannot build it here: evaluate the model as received
     n = int(data.y_train.shape[0])
     if cfg.finetune_epochs and n:
         batch = min(int(state.settings.batch_size or cfg.batch_size), n)

@@ -22,3 +22,18 @@ def local_update(name: str) -> Callable[[Callable[[Any], None]], Callable[[Any],
 def rule_names() -> tuple[str, ...]:
     """What ``local-update`` may be: ``auto`` or a registered rule."""
     return ("auto", *LOCAL_UPDATES)
+
+
+# rule name -> fn(state, weights, cfg) -> the model a device evaluates as its personalized
+# one, given the model it would otherwise evaluate (the received shared weights with its
+# personal layers); filled by ``@personalized_model("name")`` next to the rule
+PERSONALIZED: dict[str, Callable[..., Any]] = {}
+
+
+def personalized_model(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register how rule ``name``'s device builds the model it is evaluated with."""
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        assert name not in PERSONALIZED, f"two personalized models for {name!r}"
+        PERSONALIZED[name] = fn
+        return fn
+    return register

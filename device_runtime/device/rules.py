@@ -10,52 +10,17 @@ training) all use ``plain``; FedAvg + fine-tuning is an evaluation option
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError
-from ..model import Model
 from .config import DeviceConfig
+from .localrun import LocalRun, layers_of
 from .prox import ProxOptimizer
 from .registry import LOCAL_UPDATES, local_update
-from .state import Arrays, DeviceState
-from .trainers import fit, phase_seed, with_fallbacks
 
-
-@dataclass
-class LocalRun:
-    """One round of local training on one device: what a rule reads and updates."""
-
-    state: DeviceState
-    cfg: DeviceConfig
-    batch: int
-    frozen: tuple[str, ...]  # layers this device never trains
-    shared_keys: list[str]
-    personal_keys: list[str]
-    received: Arrays  # the shared weights from the server
-    init: Arrays  # the model's seeded initial weights
-    weights: Arrays  # the whole model: its shared part is returned, its personal part kept
-    personal_model: Arrays  # Ditto's v (evaluated instead of ``weights`` when not empty)
-    arrays: Arrays  # the device state's arrays after the round
-    losses: list[float] = field(default_factory=list)
-    model: Model | None = None  # the last trainer used (its memory report goes to metrics)
-
-    def train(self, frozen: tuple[str, ...], start: Arrays, epochs: int, phase: str,
-              anchor: Arrays | None = None, mu: float = 0.0,
-              opt_state: dict[str, Any] | None = None) -> Arrays:
-        """Train from ``start`` with ``frozen`` layers fixed; returns the new weights."""
-        self.model = with_fallbacks(self.cfg, self.state.settings, self.batch, frozen)
-        out, losses = fit(self.model, start, self.state.data, self.cfg, epochs,
-                          phase_seed(self.cfg, self.state.device_id, phase), anchor, mu,
-                          opt_state)
-        self.losses += losses
-        return out
-
-
-def _layers_of(keys: list[str]) -> set[str]:
-    return {k.split(":", 1)[0] for k in keys}
+__all__ = ["LocalRun", "rule_of"]
 
 
 @local_update("plain")
@@ -86,9 +51,9 @@ def fedrep(run: LocalRun) -> None:
     if not (run.personal_keys and run.shared_keys):
         plain(run)
         return
-    body = tuple(sorted(_layers_of(run.shared_keys) | set(run.frozen)))
+    body = tuple(sorted(layers_of(run.shared_keys) | set(run.frozen)))
     run.weights = run.train(body, run.weights, run.cfg.head_epochs, "head")
-    head = tuple(sorted(_layers_of(run.personal_keys) | set(run.frozen)))
+    head = tuple(sorted(layers_of(run.personal_keys) | set(run.frozen)))
     run.weights = run.train(head, run.weights, run.cfg.local_epochs, "body")
 
 
@@ -118,3 +83,7 @@ def rule_of(cfg: DeviceConfig) -> Callable[[LocalRun], None]:
         raise ConfigError(f"device config local-update = {name!r} is not a rule (known: auto, "
                           f"{', '.join(LOCAL_UPDATES)})")
     return LOCAL_UPDATES[name]
+
+
+# more rules, each registered as it is imported: APFL, pFedMe, Per-FedAvg, FedBABU, FedRoD
+from . import rules_more, rules_rod  # noqa: E402,F401

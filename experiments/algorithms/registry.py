@@ -14,10 +14,11 @@ model on the device.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from device_runtime.errors import ConfigError
 from device_runtime.model import LayerSpec
+from device_runtime.modelspec import spec_text
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,35 @@ class Algorithm:
     client: dict[str, Any] = field(default_factory=dict)
     strategy: str = "fedavg"  # a flwr.serverapp.strategy class, by lower-case name
     strategy_args: dict[str, Any] = field(default_factory=dict)
+    # the model the algorithm trains, from the experiment's (its layers, its head names) ->
+    # (layers, the names that {head} then stands for); None: the experiment's model
+    model: Callable[[list[LayerSpec], list[str]], tuple[list[LayerSpec], list[str]]] | None = None
 
+
+def two_heads(specs: list[LayerSpec], head: list[str]) -> tuple[list[LayerSpec], list[str]]:
+    """FedRoD's model from a one-head model: the head becomes the generic head (logits),
+    a personal head ``<head>_p`` of the same shape reads the same features (zero at the
+    start: the personalized model starts as the generic one), and ``<head>_sum``, their
+    sum with the head's activation, is the output. ``{head}`` stands for ``<head>_p``."""
+    layers = _weight_layers(specs)
+    names = list(head) or [layers[-1].name]
+    if len(names) != 1 or names[0] != specs[-1].name or specs[-1].type != "fully_connected":
+        raise ConfigError(f"fedrod needs a model that ends in its one fully_connected head "
+                          f"(head {names}, last layer {specs[-1].name} ({specs[-1].type}))")
+    h = specs[-1]
+    props = dict(h.props)
+    act = props.pop("activation", None)
+    src = props.get("input_layers") or specs[-2].name
+    p = {k: v for k, v in props.items() if k not in ("weight_initializer", "bias_initializer")}
+    p.update(input_layers=src, weight_initializer="zeros", bias_initializer="zeros")
+    out = {"input_layers": f"{h.name},{h.name}_p", **({"activation": act} if act else {})}
+    return ([*specs[:-1], LayerSpec(h.type, h.name, props),
+             LayerSpec("fully_connected", h.name + "_p", p),
+             LayerSpec("addition", h.name + "_sum", out)], [h.name + "_p"])
+
+
+# the papers' plain gradient steps (APFL, pFedMe, Per-FedAvg, FedRoD): whatever [train] says
+PLAIN_SGD = {"optimizer": "sgd", "momentum": 0.0}
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
     Algorithm("local", "every device trains alone; nothing leaves it", "baseline",
@@ -65,6 +94,25 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
               strategy="fedtrimmedavg"),
     Algorithm("fedmedian", "one global model; per coordinate, the median of the updates",
               "Yin et al., ICML 2018", strategy="fedmedian"),
+    Algorithm("apfl", "a personal model v mixed with the global one, alpha v + (1 - alpha) "
+              "w, alpha adapted on the device each step", "Deng et al., arXiv:2003.13461 2020",
+              client={"local-update": "apfl", "apfl-alpha": 0.25, **PLAIN_SGD}),
+    Algorithm("pfedme", "a personal model solving the Moreau-envelope problem f(theta) + "
+              "lambda/2 ||theta - w||^2 each step; the local model moves towards it",
+              "Dinh et al., NeurIPS 2020",
+              client={"local-update": "pfedme", "pfedme-lambda": 15.0, "pfedme-k": 5,
+                      "pfedme-beta": 1.0, **PLAIN_SGD}),
+    Algorithm("perfedavg", "MAML-style: a global model that is good after one local gradient "
+              "step (Hessian-free meta gradient); that step personalizes it",
+              "Fallah et al., NeurIPS 2020",
+              client={"local-update": "perfedavg", "perfedavg-variant": "hf", **PLAIN_SGD}),
+    Algorithm("fedbabu", "the head stays at its random init during federated training, the "
+              "body alone is aggregated; each device fine-tunes the whole model at evaluation",
+              "Oh et al., ICLR 2022", personal="{head}",
+              client={"local-update": "fedbabu", "finetune-epochs": 5}),
+    Algorithm("fedrod", "a generic head trained with the balanced softmax and aggregated, plus "
+              "a personal head; the prediction is the sum of both", "Chen & Chao, ICLR 2022",
+              personal="{head}", client={"local-update": "fedrod", **PLAIN_SGD}, model=two_heads),
 ]}
 
 
@@ -108,7 +156,12 @@ def resolve_personal(pattern: str, specs: Sequence[LayerSpec], head: Sequence[st
 def device_config(algo: Algorithm, specs: Sequence[LayerSpec], head: Sequence[str] = (),
                   overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The device config keys for ``algo`` (personal patterns resolved), then overrides."""
-    cfg: dict[str, Any] = {"personal": resolve_personal(algo.personal, specs, head)}
+    cfg: dict[str, Any] = {}
+    if algo.model is not None:
+        new, head = algo.model(list(specs), list(head))
+        specs = new
+        cfg["model"] = spec_text([{"type": s.type, "name": s.name, **s.props} for s in new])
+    cfg["personal"] = resolve_personal(algo.personal, specs, head)
     cfg.update(algo.client)
     cfg.update(overrides or {})
     return cfg

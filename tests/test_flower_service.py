@@ -1,0 +1,93 @@
+"""The board's ClientApp with a device service (device_runtime.service), on Flower's real
+processes: a SuperLink and two SuperNodes on 127.0.0.1, one forwarding to a device service,
+one training inside each message's ``flwr-clientapp`` process, side by side in one run.
+
+Flower 1.41 starts a ClientApp process for every message: what each of those costs is
+measured here, per SuperNode, and the service shows that it paid its imports, warm-up and
+data loading once for the whole run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("flwr")
+
+from tests.flower_harness import (  # noqa: E402
+    NEEDS_FLOWER,
+    ROOT,
+    ClientAppPeaks,
+    app_config,
+    exe,
+    flower_home,
+    flwr_run,
+    free_port,
+    start,
+    wait_port,
+)
+
+pytestmark = NEEDS_FLOWER
+ROUNDS = 3
+
+
+def test_a_device_service_pays_its_imports_once_and_each_message_stays_thin(tmp_path):
+    # Prepare: two devices' data; device 0 is served by a long-lived device service
+    from device_runtime.service import request
+    from experiments.fleet.flower_data import partition
+
+    cfg = app_config()
+    for i in range(2):
+        partition(i, cfg).save(str(tmp_path / f"device{i}.npz"))
+    sock = tmp_path / "run" / "device.sock"
+    result = tmp_path / "deploy.npz"
+    port = free_port()
+    with flower_home(tmp_path, "deploy", port) as h:
+        svc = subprocess.Popen(
+            [sys.executable, "-m", "device_runtime.service", "--socket", str(sock),
+             "--data-path", str(tmp_path / "device0.npz"), "--state-dir",
+             str(tmp_path / "state"), "--ram-cap", "1GiB"],
+            env=h["env"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, start_new_session=True, stdin=subprocess.DEVNULL)
+        h["procs"].append(svc)
+        assert svc.stdout is not None
+        ready = svc.stdout.readline()  # the service's first line, or EOF if it failed
+        assert ready.startswith("device service ready"), ready
+        sl = start(h, [exe("flower-superlink"), "--insecure",
+                       "--disable-runtime-dependency-installation", "--host", "127.0.0.1",
+                       "--port", str(port)], "superlink.log")
+        wait_port(port, sl)
+        configs = {"service": f"device-socket='{sock}'",
+                   "in-process": f"data-path='{tmp_path / 'device1.npz'}' ram-cap=1073741824"}
+        roots = {}
+        for i, (name, node_config) in enumerate(configs.items()):
+            node_port = free_port()
+            sn = start(h, [exe("flower-supernode"), "--insecure", "--superlink",
+                           f"127.0.0.1:{port}", "--host", "127.0.0.1", "--port",
+                           str(node_port), "--max-wait-time", "60", "--node-config",
+                           node_config], f"supernode{i}.log")
+            wait_port(node_port, sn)
+            roots[sn.pid] = name
+        # Execute: three rounds with both SuperNodes (min-nodes=2), sampled as they run
+        with ClientAppPeaks(roots, {"device-service": svc.pid}) as peaks:
+            flwr_run(h, "deploy", f"num-rounds={ROUNDS} min-nodes=2 result-path='{result}'",
+                     [])
+        status, _ = request(str(sock), {"op": "ping"})
+        alive = svc.poll() is None
+    # Assert: the run finished, and the one service process answered every message of
+    # its node (train and evaluate of each round) after loading once
+    history = json.loads(result.with_suffix(".json").read_text())
+    assert sorted(history["train"]) == [str(r) for r in range(1, ROUNDS + 1)]
+    assert alive and status["pid"] == svc.pid
+    assert status["served"] >= 2 * ROUNDS, status
+    thin, fat = peaks.by_owner("service"), peaks.by_owner("in-process")
+    print(f"ClientApp peaks: forwarding {[r >> 20 for r in thin]} MiB, training in the "
+          f"process {[r >> 20 for r in fat]} MiB; device service {peaks.peak} B")
+    assert len(thin) >= ROUNDS and len(fat) >= ROUNDS, (thin, fat)
+    # each forwarding process imports neither the runtime nor numba: every one is lighter
+    # than every process that trains itself (measured: ~105 vs ~240 MiB)
+    assert max(thin) < min(fat), (thin, fat)
+    assert peaks.peak["device-service"] < 1 << 30
