@@ -12,7 +12,7 @@ import pytest
 from device_runtime.cli import main
 from device_runtime.cli_valid import split_indices
 from device_runtime.data import synthetic_classification
-from tests.test_cli import assert_one_line_error, last_json, run
+from tests.test_cli import last_json, run
 
 # conv + batch norm + dropout: every layer whose inference mode differs from training
 NET = json.dumps([
@@ -131,19 +131,21 @@ def test_validation_batch_fits_the_room_or_is_refused(capsys):
         v.pick_batch(32, needs[1] - 1)
 
 
-def test_bad_validation_input_is_one_line(tmp_path):
+def test_bad_validation_input_is_one_line(tmp_path, capsys):
     x, y = synthetic_classification((1, 8, 8), 3, 30, seed=1)
     np.savez(tmp_path / "d.npz", x=x, y=y)
     np.savez(tmp_path / "wide.npz", x=np.zeros((5, 65), np.float32), y=np.zeros(5, np.int64))
     d = str(tmp_path / "d.npz")
-    assert_one_line_error(run("train", "mlp", "--data", d, "--valid-split", "1"),
-                          "--valid-split", "between 0 and 1")
-    assert_one_line_error(run("train", NET, "--data", d, "--valid-split", "0.1", "--valid-data",
-                              d), "not both")
-    assert_one_line_error(run("train", NET, "--data", d, "--valid-data",
-                              str(tmp_path / "wide.npz")), "valid x", "65")
-    assert_one_line_error(run("train", NET, "--data", d, "--valid-data",
-                              str(tmp_path / "none.npz")))
+    cases = [(["mlp", "--data", d, "--valid-split", "1"], ["--valid-split", "between 0 and 1"]),
+             ([NET, "--data", d, "--valid-split", "0.1", "--valid-data", d], ["not both"]),
+             ([NET, "--data", d, "--valid-data", str(tmp_path / "wide.npz")], ["valid x", "65"]),
+             ([NET, "--data", d, "--valid-data", str(tmp_path / "none.npz")], ["none.npz"])]
+    for args, needles in cases:
+        assert main(["train", *args]) != 0
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("nnfleet: error:"), err
+        assert all(n in err for n in needles), err
+
 
 
 def test_an_ini_valid_set_is_used(tmp_path, capsys):
