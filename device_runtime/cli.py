@@ -19,11 +19,11 @@ from collections.abc import Callable, Mapping
 import numpy as np  # noqa: F401  (loaded with the command, as before the split into modules)
 
 from . import cli_models, import_numpy_random
-from .cli_args import HelpFormatter, _Parser, _positive, one_line
+from .cli_args import HelpFormatter, _Parser, _positive, one_line, select_kernels
 from .errors import MemoryCapExceeded, NNFleetError, TrainingDiverged
 from .units import MAX_BATCH_SIZE
 
-__all__ = ["Command", "_Parser", "build_parser", "main", "one_line"]
+__all__ = ["Command", "_Parser", "build_parser", "main", "one_line", "select_kernels"]
 
 EXIT_BAD_INPUT = 2
 EXIT_CAP = 3  # refused before training, or stopped for going over the RAM cap

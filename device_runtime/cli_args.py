@@ -2,12 +2,15 @@
 
 The types raise ``argparse.ArgumentTypeError`` (argparse then names the option);
 :class:`_Parser` turns argparse's own errors into a one-line :class:`ConfigError`, which
-the command line prints as ``nnfleet: error: ...``.
+the command line prints as ``nnfleet: error: ...``. :func:`select_kernels` applies
+``--kernels`` (``train`` and the device service).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from typing import Any, NoReturn
 
 from .errors import ConfigError
@@ -96,3 +99,23 @@ def fraction(text: str) -> float:
     if not 0.0 < v < 1.0:
         raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}")
     return v
+
+
+def select_kernels(choice: str) -> str:
+    """Make ``choice`` ("numba", "numpy" or "auto") the kernels of this process, if the
+    kernels are not loaded yet; return the kernels in use."""
+    if f"{__package__}.kernels._jit" not in sys.modules:  # else too late (see below)
+        if choice == "numpy":
+            os.environ["NNFLEET_NO_NUMBA"] = "1"
+        elif choice == "numba":
+            os.environ.pop("NNFLEET_NO_NUMBA", None)
+    from .kernels._jit import HAVE_NUMBA, USE_NUMBA
+
+    in_use = "numba" if USE_NUMBA else "numpy"
+    if choice == "numba" and not HAVE_NUMBA:
+        raise ConfigError("--kernels numba: numba is not installed or is disabled "
+                          "(NUMBA_DISABLE_JIT)")
+    if choice not in ("auto", in_use):
+        raise ConfigError(f"--kernels {choice}: this process already loaded the {in_use} "
+                          "kernels (set NNFLEET_NO_NUMBA before it starts)")
+    return in_use

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import cli_models, cli_valid, rss
-from .cli_args import HelpFormatter, _count, _positive, _size, fraction
+from .cli_args import HelpFormatter, _count, _positive, _size, fraction, select_kernels
 from .errors import ConfigError, MemoryCapExceeded
 from .units import MAX_BATCH_SIZE, parse_size
 from .weights import memory_available
@@ -92,26 +91,6 @@ def _optimizer_kwargs(args: argparse.Namespace, ini: Any) -> tuple[str, dict[str
         kw["momentum"] = args.momentum
     return name, kw
 
-
-
-def select_kernels(choice: str) -> str:
-    """Make ``choice`` ("numba", "numpy" or "auto") the kernels of this process, if the
-    kernels are not loaded yet; return the kernels in use."""
-    if f"{__package__}.kernels._jit" not in sys.modules:  # else too late (see below)
-        if choice == "numpy":
-            os.environ["NNFLEET_NO_NUMBA"] = "1"
-        elif choice == "numba":
-            os.environ.pop("NNFLEET_NO_NUMBA", None)
-    from .kernels._jit import HAVE_NUMBA, USE_NUMBA
-
-    in_use = "numba" if USE_NUMBA else "numpy"
-    if choice == "numba" and not HAVE_NUMBA:
-        raise ConfigError("--kernels numba: numba is not installed or is disabled "
-                          "(NUMBA_DISABLE_JIT)")
-    if choice not in ("auto", in_use):
-        raise ConfigError(f"--kernels {choice}: this process already loaded the {in_use} "
-                          "kernels (set NNFLEET_NO_NUMBA before it starts)")
-    return in_use
 
 
 def _generated_data(model: Any, args: argparse.Namespace) -> tuple[Any, np.ndarray]:
