@@ -4,8 +4,9 @@
 accuracy (with ``--json``: also the confusion matrix, rows = true class, columns =
 predicted). ``predict MODEL --weights W.npz --data D.npz --out P.npy`` writes the model's
 outputs, one row per sample (``(N, classes)`` for a classifier: softmax probabilities when
-the model folds a softmax into its loss), or with ``--classes`` the predicted class ids;
-the file is written atomically. ``D.npz`` needs ``x`` (and ``y`` for ``eval``).
+the model folds a softmax into its loss), or with ``--class-ids`` the predicted class ids;
+the file is written atomically. ``D.npz`` needs ``x`` (and ``y`` for ``eval``). A built-in
+model trained with ``--input-shape``/``--classes`` is named with the same options here.
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ from typing import Any
 
 import numpy as np
 
+from . import cli_models
+from .cli_args import HelpFormatter
 from .errors import DataError
-from .modelspec import load_model
 
 EXAMPLES = {
-    "eval": "example: nnfleet eval lenet5 --weights w.npz --data test.npz --json",
-    "predict": "example: nnfleet predict lenet5 --weights w.npz --data new.npz --out p.npy",
+    "eval": "examples:\n  nnfleet eval lenet5 --weights w.npz --data test.npz --json\n"
+            "  nnfleet eval mlp --input-shape 64 --classes 10 --weights w.npz --data test.npz",
+    "predict": "examples:\n  nnfleet predict lenet5 --weights w.npz --data new.npz --out p.npy\n"
+               "  nnfleet predict lenet5 --input-shape 1:28:28 --classes 4 --weights w.npz "
+               "--data new.npz --out ids.npy --class-ids",
 }
 
 
@@ -30,24 +35,26 @@ def add_parsers(sub: Any, batch_type: Any) -> None:
     for name, text in (("eval", "loss, accuracy and confusion matrix of trained weights"),
                        ("predict", "write a trained model's outputs for new data (.npy)")):
         p = sub.add_parser(name, help=text, description=text, epilog=EXAMPLES[name],
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=HelpFormatter)
         p.add_argument("model", help="INI file, built-in model name or JSON layer list")
         p.add_argument("--weights", required=True, help="trained weights .npz (from --save)")
-        p.add_argument("--data", required=True, help=".npz with x (and y for eval)")
+        p.add_argument("--data", required=True,
+                       help=".npz with x and y" if name == "eval" else ".npz with x")
         p.add_argument("--batch-size", type=batch_type, default=64,
                        help="samples per inference batch")
+        cli_models.add_arguments(p)
         if name == "eval":
             p.add_argument("--json", action="store_true", help="one JSON line")
         else:
             p.add_argument("--out", required=True, help="where the outputs go (.npy)")
-            p.add_argument("--classes", action="store_true",
+            p.add_argument("--class-ids", action="store_true",
                            help="write the predicted class ids instead of the outputs")
 
 
 def _model_and_data(args: argparse.Namespace, need_y: bool) -> tuple[Any, np.ndarray, Any]:
     from .data import load_npz
 
-    model, _ = load_model(args.model)
+    model, _ = cli_models.load(args)
     model.load_weights(args.weights)
     arrays = load_npz(args.data)
     if "x" not in arrays or (need_y and "y" not in arrays):
@@ -89,9 +96,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model, x, _ = _model_and_data(args, need_y=False)
     model.compile(batch_size=min(args.batch_size, max(1, len(x))), optimizer="sgd", lr=0.01)
     out = _rows(model.predict(x, args.batch_size))
-    if args.classes:
+    if args.class_ids:
         if out.ndim != 2 or out.shape[1] < 2:
-            raise DataError(f"--classes: the model's outputs have shape {out.shape[1:]}, "
+            raise DataError(f"--class-ids: the model's outputs have shape {out.shape[1:]}, "
                             f"not one score per class")
         out = out.argmax(axis=1).astype(np.int64)
     atomic_write(args.out, lambda f: np.save(f, out, allow_pickle=False), ".npy")

@@ -86,18 +86,26 @@ def run_config(cfg: dict[str, Any], algo_name: str, specs: list[Any]) -> dict[st
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     from device_runtime.cli import _Parser
+    from device_runtime.cli_args import HelpFormatter
 
     p = _Parser(prog="nnfleet simulate", description="Simulate a fleet of RAM-capped devices "
-                "and compare personalization algorithms (see experiments/configs/).")
+                "and compare personalization algorithms (see experiments/configs/).",
+                formatter_class=HelpFormatter, epilog="examples:\n  nnfleet simulate\n"
+                "  nnfleet simulate experiments/configs/fedprox_synthetic.toml --rounds 10\n"
+                "  nnfleet simulate --devices 50 --algorithm fedavg --algorithm fedper "
+                "--out runs/x")
     p.add_argument("config", nargs="?", help="experiment TOML (default: configs/default.toml)")
-    p.add_argument("--devices", type=int, help="number of devices (overrides [data] devices)")
-    p.add_argument("--rounds", type=int, help="federated rounds (overrides rounds)")
+    p.add_argument("--devices", type=int,
+                   help="number of devices (default: the config's [data] devices)")
+    p.add_argument("--rounds", type=int, help="federated rounds (default: the config's rounds)")
     p.add_argument("--algorithm", action="append", help="algorithm to run (repeatable; "
                    "default: the config's list)")
     p.add_argument("--out", help="output folder (default: runs/<config name>)")
     p.add_argument("--workers", type=int, help="worker processes (default: CPU count)")
-    p.add_argument("--isolation", choices=["worker", "fork"], help="per-device isolation")
-    p.add_argument("--seed", type=int, help="seed of data, profiles, sampling and training")
+    p.add_argument("--isolation", choices=["worker", "fork"], help="per-device isolation "
+                   "(default: the config's [fleet] isolation, else worker)")
+    p.add_argument("--seed", type=int, help="seed of data, profiles, sampling and "
+                   "training (default: the config's seed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its "
                    "last checkpoint (written after every round)")

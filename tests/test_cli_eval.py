@@ -48,7 +48,7 @@ def test_eval_and_predict_agree_with_the_python_api(tmp_path):
     assert out.shape == (len(x), 10)  # one row per sample, not (N, 1, 1, 10)
     np.testing.assert_allclose(out, probs, rtol=1e-6, atol=1e-7)
     c = run("predict", "lenet5", "--weights", str(tmp_path / "w.npz"), "--data",
-            str(tmp_path / "d.npz"), "--out", str(tmp_path / "c.npy"), "--classes")
+            str(tmp_path / "d.npz"), "--out", str(tmp_path / "c.npy"), "--class-ids")
     assert c.returncode == 0, c.stderr
     assert np.array_equal(np.load(tmp_path / "c.npy"), probs.argmax(axis=1))
     # bad input: one line, nothing written

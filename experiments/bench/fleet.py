@@ -221,16 +221,22 @@ def _row(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from device_runtime.cli_args import HelpFormatter
     from device_runtime.units import parse_size
 
-    p = argparse.ArgumentParser(prog="nnfleet bench fleet", description=__doc__.split("\n\n")[0])
-    p.add_argument("--devices", type=int, default=1000)
-    p.add_argument("--rounds", type=int, default=3)
+    p = argparse.ArgumentParser(prog="nnfleet bench fleet", description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter,
+                                epilog="examples:\n  nnfleet bench fleet\n"
+                                       "  nnfleet bench fleet --devices 10000 --rounds 1 "
+                                       "--no-flower")
+    p.add_argument("--devices", type=int, default=1000, help="simulated devices")
+    p.add_argument("--rounds", type=int, default=3, help="federated rounds")
     p.add_argument("--cap", default="512MiB", help="RAM cap of every device on the fleet engine")
     p.add_argument("--workers", type=int, default=0, help="fleet engine workers (0 = CPUs)")
     p.add_argument("--no-flower", action="store_true", help="only the fleet engine")
-    p.add_argument("--flower-timeout", type=float, default=900.0)
-    p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--flower-timeout", type=float, default=900.0,
+                   help="seconds Flower's run may take")
+    p.add_argument("--json", help="also write the results to this file (None = not written)")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.devices < 2 or args.rounds < 1:
         print("nnfleet: error: need --devices >= 2 and --rounds >= 1", file=sys.stderr)

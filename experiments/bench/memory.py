@@ -311,27 +311,35 @@ def _names(text: str, known: tuple[str, ...], what: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     from device_runtime import BUILTINS
+    from device_runtime.cli_args import HelpFormatter
 
     p = argparse.ArgumentParser(
-        prog="nnfleet bench memory",
-        description="Planned vs measured training memory, nnfleet vs torch.")
+        prog="nnfleet bench memory", formatter_class=HelpFormatter,
+        description="Planned vs measured training memory, nnfleet vs torch.",
+        epilog="examples:\n  nnfleet bench memory --models lenet5 --optimizers sgd,adam\n"
+               "  nnfleet bench memory --models resnet18 --optimizers sgd,sgd-numpy")
     p.add_argument("--models", default="lenet5,alexnet,vgg16,resnet18",
-                   type=lambda s: _names(s, tuple(BUILTINS), "model"))
+                   type=lambda s: _names(s, tuple(BUILTINS), "model"),
+                   help=f"comma-separated built-in models, of: {', '.join(BUILTINS)}")
     p.add_argument("--optimizers", default="sgd,adam,sgd-swap,sgd-frozen",
-                   type=lambda s: _names(s, OPTIMIZERS, "optimizer"))
+                   type=lambda s: _names(s, OPTIMIZERS, "optimizer"),
+                   help=f"comma-separated training setups, of: {', '.join(OPTIMIZERS)}")
     p.add_argument("--frameworks", default="nnfleet,torch",
-                   type=lambda s: _names(s, tuple(WORKERS), "framework"))
-    p.add_argument("--batch-size", type=int, default=32)
+                   type=lambda s: _names(s, tuple(WORKERS), "framework"),
+                   help=f"comma-separated, of: {', '.join(WORKERS)}")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per step")
     p.add_argument("--steps", type=int, default=6,
                    help=f"training steps; step time is the median after the first {WARMUP}")
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--json", metavar="FILE",
+                   help="also write the results as JSON (None = not written)")
     p.add_argument("--no-warm", dest="warm", action="store_false",
                    help="skip the warm measurements (kernels loaded before the baseline)")
     p.add_argument("--footprint", default="numba,numpy",
                    type=lambda s: [] if s == "none" else _names(s, KINDS, "kernel kind"),
                    help="kernel kinds of the footprint rows (total RSS of `train`), or none")
     p.add_argument("--footprint-model", default="lenet5",
-                   type=lambda s: _names(s, tuple(BUILTINS), "model")[0])
+                   type=lambda s: _names(s, tuple(BUILTINS), "model")[0],
+                   help="the model of the footprint rows")
     p.add_argument("--footprint-cold", action="store_true",
                    help="also measure numba with an empty NUMBA_CACHE_DIR (compiles)")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)

@@ -149,19 +149,25 @@ def report(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from device_runtime.cli_args import HelpFormatter
     from device_runtime.units import parse_size
 
-    p = argparse.ArgumentParser(prog="nnfleet bench soak", description=__doc__.split("\n\n")[0])
-    p.add_argument("--devices", type=int, default=1000)
-    p.add_argument("--rounds", type=int, default=10)
+    p = argparse.ArgumentParser(prog="nnfleet bench soak", description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter,
+                                epilog="examples:\n  nnfleet bench soak\n"
+                                       "  nnfleet bench soak --devices 200 --rounds 5 --rate 0.1 "
+                                       "--isolation fork")
+    p.add_argument("--devices", type=int, default=1000, help="simulated devices")
+    p.add_argument("--rounds", type=int, default=10, help="federated rounds")
     p.add_argument("--rate", type=float, default=0.05, help="faults per device-round")
     p.add_argument("--cap", default="256MiB", help="RAM cap of every device")
     p.add_argument("--timeout", type=float, default=1.0, help="per-task timeout, seconds")
     p.add_argument("--workers", type=int, default=0, help="fleet engine workers (0 = CPUs)")
-    p.add_argument("--isolation", choices=["worker", "fork"], default="worker")
+    p.add_argument("--isolation", choices=["worker", "fork"], default="worker",
+                   help="a device in a warm worker, or in a child forked from it")
     p.add_argument("--warmup", type=int, default=2, help="rounds left out of the RSS figures")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--seed", type=int, default=0, help="seed of the faults and the fleet")
+    p.add_argument("--json", help="also write the results to this file (None = not written)")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.devices < 2 or args.rounds < 1 or not 0 <= args.rate <= 1 or args.timeout <= 0:
         print("nnfleet: error: need --devices >= 2, --rounds >= 1, --rate in [0, 1] and "

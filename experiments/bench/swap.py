@@ -107,14 +107,19 @@ def plot(results: list[dict[str, Any]], path: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="nnfleet bench swap", description=__doc__)
-    p.add_argument("--models", default="vgg16,resnet18")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=6)
+    from device_runtime.cli_args import HelpFormatter
+
+    p = argparse.ArgumentParser(prog="nnfleet bench swap", description=__doc__,
+                                formatter_class=HelpFormatter,
+                                epilog="example:\n  nnfleet bench swap --models vgg16 "
+                                       "--fractions 0.9,0.5 --png swap.png")
+    p.add_argument("--models", default="vgg16,resnet18", help="comma-separated built-in models")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per step")
+    p.add_argument("--steps", type=int, default=6, help="training steps per run")
     p.add_argument("--fractions", default="0.9,0.75,0.6,0.5,0.4,0.3,0.2",
                    help="caps as baseline + fraction x unswapped working set")
-    p.add_argument("--png", default="bench_swap.png")
-    p.add_argument("--json", help="also write the results here")
+    p.add_argument("--png", default="bench_swap.png", help="where the plot goes")
+    p.add_argument("--json", help="also write the results here (None = not written)")
     a = p.parse_args(argv)
     fractions = [float(f) for f in a.fractions.split(",")]
     results = []
