@@ -232,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="kernels of the processes that train (default: numba)")
     p.add_argument("--board-root", default=None, help="run the device's processes in this "
                    "emulated board's root file system (scripts/board-check makes it, with "
-                   "BOARD_FLOWER=1 Flower in /opt/nnfleet-flwr there)")
+                   "BOARD_FLOWER=1 Flower in /opt/nnfleet-flwr there; default: none, they "
+                   "run on this machine)")
     p.add_argument("--isolation", choices=["both", "subprocess", "process"], default="both",
                    help="Flower isolation modes to measure (default: both)")
     args = p.parse_args(argv)
