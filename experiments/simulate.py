@@ -209,6 +209,21 @@ def _main(argv: list[str]) -> int:
     return run_seeds(cfg, data, algorithms, out, args, seeds, run_one)
 
 
+def build_fleet(cfg: dict[str, Any], data: dict[str, Any]) -> tuple[Any, list[Any]]:
+    """The fleet's data and the devices' profiles: what ``data-seed`` drives."""
+    from experiments.data import make_fleet_data
+    from experiments.fleet import draw_profiles
+    from experiments.seeds import seed_roles
+
+    data, seed = dict(data), seed_roles(cfg)["data"]
+    kind = str(data.pop("kind", "synthetic_images"))
+    n = int(data.pop("devices", 100))
+    if "shape" in data:
+        data["shape"] = tuple(data["shape"])
+    fleet = make_fleet_data(kind, n, seed, **data)
+    return fleet, draw_profiles(len(fleet.devices), dict(cfg.get("fleet", {})), seed)
+
+
 def run_one(cfg: dict[str, Any], data: dict[str, Any], algorithms: list[str], out: str,
             args: argparse.Namespace, resume: bool, t_start: float | None = None
             ) -> dict[str, Any]:
@@ -231,8 +246,7 @@ def run_one(cfg: dict[str, Any], data: dict[str, Any], algorithms: list[str], ou
 
     import server
     from device_runtime.modelspec import load_model
-    from experiments.data import make_fleet_data
-    from experiments.fleet import FleetEngine, draw_profiles
+    from experiments.fleet import FleetEngine
     from experiments.fleet.grid import FleetGrid, run_serverapp
     from experiments.fleet.worker import PERSONAL_DIR
     from experiments.report import render, summarize, write_plots
@@ -241,14 +255,9 @@ def run_one(cfg: dict[str, Any], data: dict[str, Any], algorithms: list[str], ou
     logging.getLogger("flwr").setLevel(logging.WARNING)  # after import: flwr sets DEBUG
     from server.logs import plain_when_not_a_terminal
     plain_when_not_a_terminal()
-    kind = str(data.pop("kind", "synthetic_images"))
-    n = int(data.pop("devices", 100))
-    if "shape" in data:
-        data["shape"] = tuple(data["shape"])
-    fleet = make_fleet_data(kind, n, seeds["data"], **data)
+    fleet, profiles = build_fleet(cfg, data)
     ids = [d.device_id for d in fleet.devices]
     specs = load_model(model_text(cfg), seeds["model"])[0].specs
-    profiles = draw_profiles(len(fleet.devices), fleet_cfg, seeds["data"])
     records = log.records
     timing: dict[str, Any] = {"per_algorithm": log.meta["timing"]}
     sim: dict[str, float] = log.meta["sim"]

@@ -48,13 +48,19 @@ def betainc(a: float, b: float, x: float) -> float:
     """The regularized incomplete beta function I_x(a, b), for a, b > 0 and 0 <= x <= 1."""
     if not (a > 0 and b > 0 and 0.0 <= x <= 1.0):
         raise ValueError(f"betainc needs a, b > 0 and 0 <= x <= 1, got a={a}, b={b}, x={x}")
-    if x in (0.0, 1.0):
-        return x
+    return _betainc(a, b, x, 1.0 - x)
+
+
+def _betainc(a: float, b: float, x: float, y: float) -> float:
+    """I_x(a, b) given both x and y = 1 - x (each computed where it is exact enough: near
+    x = 1, 1 - x in floating point has lost the digits that matter)."""
+    if x <= 0.0 or y <= 0.0:
+        return 0.0 if x <= 0.0 else 1.0
     log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                 + a * math.log(x) + b * math.log1p(-x))
+                 + a * math.log(x) + b * math.log(y))
     if x < (a + 1.0) / (a + b + 2.0):
         return math.exp(log_front) * _beta_fraction(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _beta_fraction(b, a, 1.0 - x) / b
+    return 1.0 - math.exp(log_front) * _beta_fraction(b, a, y) / b
 
 
 def t_sf2(t: float, df: float) -> float:
@@ -63,7 +69,8 @@ def t_sf2(t: float, df: float) -> float:
         raise ValueError(f"degrees of freedom must be > 0, got {df}")
     if math.isinf(t):
         return 0.0
-    return betainc(df / 2.0, 0.5, df / (df + t * t))
+    tt = t * t
+    return _betainc(df / 2.0, 0.5, df / (df + tt), tt / (df + tt))
 
 
 def t_cdf(t: float, df: float) -> float:
