@@ -331,7 +331,7 @@ def run_one(cfg: dict[str, Any], data: dict[str, Any], algorithms: list[str], ou
     from experiments.algorithms import ALGORITHMS
     summary = summarize(records, algorithms, {
         "config": {"name": cfg.get("name", "simulate"), "rounds": int(cfg.get("rounds", 10)),
-                   "seed": int(cfg.get("seed", 0)), "seeds": seeds, "fingerprint": fp,
+                   "seed": int(cfg.get("seed", 0)), "seed_roles": seeds, "fingerprint": fp,
                    "model": model_text(cfg), "algorithms": algorithms,
                    "model_summary": ", ".join(f"{s.name}({s.type})" for s in specs[1:]),
                    "fraction_train": cfg.get("server", {}).get("fraction-train", 1.0),

@@ -51,6 +51,19 @@ ram_cap = {dist = "choice", values = ["24MiB", "1GiB"], weights = [0.3, 0.7]}
 """
 
 
+def _spelled(text: str) -> str:
+    """The config with the keys spelled as this checkout's schema spells them: the config
+    keys are being renamed to kebab-case (issue 15), ``ram_cap`` -> ``ram-cap``."""
+    from experiments.config import DATA_KINDS, FLEET
+
+    known = set(FLEET).union(*(set(k) for k in DATA_KINDS.values()))
+    for old in ("samples_per_device", "ram_cap"):
+        new = old.replace("_", "-")
+        if old not in known and new in known:
+            text = text.replace(f"{old} =", f"{new} =").replace(f'"{old}"', f'"{new}"')
+    return text
+
+
 def _forward(w: dict, x: np.ndarray) -> np.ndarray:
     """The MLP above in float64 numpy, apart from the runtime: predicted classes."""
     h = np.maximum(x.reshape(len(x), -1).astype(np.float64) @ w["fc1:weight"] + w["fc1:bias"],
@@ -66,7 +79,7 @@ def run(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("personal")
     cfg = tmp / "personal.toml"
-    cfg.write_text(CONFIG)
+    cfg.write_text(_spelled(CONFIG))
     out = tmp / "out"
     assert main([str(cfg), "--out", str(out), "--quiet"]) == 0
     with open(out / "summary.json") as f:

@@ -13,7 +13,7 @@ def _pct(x: float) -> str:
 
 def _seeds(cfg: dict[str, Any]) -> str:
     """The sub-seeds where one differs from ``seed`` (experiments/seeds.py)."""
-    roles = cfg.get("seeds") or {}
+    roles = cfg.get("seed_roles") or {}
     if all(v == cfg["seed"] for v in roles.values()):
         return ""
     return " (" + ", ".join(f"{k}-seed {v}" for k, v in roles.items()) + ")"

@@ -65,11 +65,12 @@ def aggregate(summaries: dict[int, dict[str, Any]], algorithms: list[str],
         entry["devices_trained"] = [r["devices_trained"] for r in runs]
         per[algo] = entry
     first = summaries[seeds[0]]
-    config = {k: v for k, v in first["config"].items() if k not in ("seed", "seeds",
+    config = {k: v for k, v in first["config"].items() if k not in ("seed", "seed_roles",
                                                                      "fingerprint")}
     return {
         "seeds": seeds, "baseline": base, "metrics": METRICS, "method": METHOD,
-        "runs": {str(s): {"folder": folders[s], "seeds": summaries[s]["config"].get("seeds"),
+        "runs": {str(s): {"folder": folders[s],
+                          "seed_roles": summaries[s]["config"].get("seed_roles"),
                           "fleet": summaries[s]["fleet"]["data"]["name"],
                           "total_seconds": summaries[s]["timing"]["total_seconds"]}
                  for s in seeds},
@@ -124,7 +125,7 @@ def render_seeds(agg: dict[str, Any], plots: list[str]) -> str:
              "| run | data-seed | model-seed | sampling-seed | fleet | wall time |",
              "|---|---:|---:|---:|---|---:|"]
     for s, r in agg["runs"].items():
-        sd = r["seeds"] or {}
+        sd = r["seed_roles"] or {}
         lines.append(f"| [{r['folder']}]({r['folder']}/report.md) | {sd.get('data', '-')} | "
                      f"{sd.get('model', '-')} | {sd.get('sampling', '-')} | {r['fleet']} | "
                      f"{r['total_seconds']:.1f} s |")
