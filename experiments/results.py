@@ -31,7 +31,7 @@ INDEX = "index.json"
 
 def write_json(path: str, obj: Any) -> None:
     """``obj`` as JSON at ``path``, atomically (a crash leaves the old file or the new)."""
-    text = json.dumps(obj, indent=1, allow_nan=False)
+    text = json.dumps(obj, indent=1)
     atomic_write(path, lambda f: f.write(text.encode()), ".json")
 
 
