@@ -7,8 +7,9 @@ error is one ``ConfigError`` line naming the file and the key::
     runs.toml: [fleet] ram_cap.sigma = -1 must be a number >= 0
 
 The sections (see experiments/configs/default.toml): top-level ``name``, ``seed``,
-``rounds``, ``algorithms`` (and ``seeds``, ``data-seed``, ``model-seed``,
-``sampling-seed``: experiments/seeds.py); ``[data]`` (experiments.data.make_fleet_data), ``[model]``
+``rounds``, ``algorithms`` (and ``seeds``, ``data-seed``, ``model-seed``, ``sampling-seed``:
+experiments/seeds.py; ``save-personal-models``: experiments/results.py); ``[data]``
+(experiments.data.make_fleet_data), ``[model]``
 (a layer list, a built-in or an INI/built-in name), ``[train]`` and ``[algorithm.<name>]``
 (device config keys, device_runtime.device), ``[server]`` (server/app.py, server/screen.py),
 ``[fleet]`` (experiments.fleet.profiles) and ``[faults]`` (checked by
@@ -147,6 +148,7 @@ def check_config(cfg: dict[str, Any]) -> None:
            "seed": integer(0, 2**32 - 1), "rounds": integer(1), "seeds": check_seeds,
            # what each seed drives: experiments/seeds.py
            **{f"{role}-seed": integer(0, 2**32 - 1) for role in SEED_ROLES},
+           "save-personal-models": boolean,  # weights/<algorithm>/<device id>.npz
            "algorithms": list_of(one_of(*ALGORITHMS), 1), "data": _data, "model": _model,
            "train": table(DEVICE), "server": _server, "fleet": table(FLEET),
            "algorithm": _algorithm, "faults": _faults})("", cfg)

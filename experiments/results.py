@@ -11,6 +11,8 @@ archive per algorithm: each is what that device keeps and loads alone (``nnfleet
 process gathers every device's weights), and a folder of them is swapped in whole: the
 workers write into ``weights/.<algorithm>.partial/``, which is renamed into place once
 every device is done, so a folder under its algorithm's name is always complete.
+``save-personal-models = false`` (top level of the config) saves none (the default model
+of ``experiments/configs/default.toml`` is 195 KiB: 100 devices x 7 algorithms, 140 MB).
 """
 
 from __future__ import annotations

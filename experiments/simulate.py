@@ -316,10 +316,13 @@ def run_one(cfg: dict[str, Any], data: dict[str, Any], algorithms: list[str], ou
                                 state=snap.server_state() if snap else RecordDict())
             final = {k: a.numpy() for k, a in ctx.state["final-arrays"].items()}
             # the final measurement; each device's worker saves the model it evaluated
-            stage = os.path.join(staging_dir(out, algo), "by-index")
+            save = bool(cfg.get("save-personal-models", True))
+            stage = os.path.join(staging_dir(out, algo), "by-index") if save else ""
             recs = grid.evaluate_all(final, {**rc, PERSONAL_DIR: stage},
                                      rnd=int(rc["num-rounds"]))
-            finish_personal(out, algo, ids, {r["device"] for r in recs if r["status"] == "ok"})
+            if save:
+                finish_personal(out, algo, ids,
+                                {r["device"] for r in recs if r["status"] == "ok"})
             eng.reset(algo)
             sim[algo] = sum(r["sim_seconds"] for r in grid.rounds)
             log.algorithm_done(algo, time.perf_counter() - t0, sim[algo])

@@ -186,3 +186,15 @@ def test_the_folder_of_models_is_swapped_in_whole(tmp_path):
     assert load_personal(out, "algo", "x/0")["w"].tolist() == [0.0, 0.0]
     assert load_personal(out, "algo", "x2")["w"].tolist() == [2.0, 2.0]
     assert sorted(os.listdir(os.path.join(out, "weights"))) == ["algo"]
+
+
+def test_the_switch_is_a_checked_key(tmp_path):
+    from device_runtime.errors import ConfigError
+    from experiments.config import load_config
+
+    path = tmp_path / "c.toml"
+    path.write_text("name = 'x'\nsave-personal-models = false\n")
+    assert load_config(str(path))["save-personal-models"] is False
+    path.write_text("name = 'x'\nsave-personal-models = 'no'\n")
+    with pytest.raises(ConfigError, match="save-personal-models = 'no' must be true or false"):
+        load_config(str(path))

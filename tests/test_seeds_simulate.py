@@ -15,6 +15,7 @@ CONFIG = """
 name = "seeds"
 rounds = 2
 data-seed = 5  # one fleet for every seed: the seeds vary the model init and the sampling
+save-personal-models = false  # (tests/test_personal_models.py saves them)
 algorithms = ["fedavg", "fedper", "local"]
 
 [data]
@@ -102,8 +103,10 @@ def test_each_seed_is_a_run_of_its_own_with_the_seeds_it_was_given(run):
     # the sampling seed differs: other devices picked in some round
     assert _sampled(os.path.join(out, "seed-0")) != _sampled(os.path.join(out, "seed-1"))
     for s in (0, 1):
-        for f in ("metrics.jsonl", "report.md", "weights/fedper/index.json"):
+        for f in ("metrics.jsonl", "report.md", "weights/fedper.npz"):
             assert os.path.getsize(os.path.join(out, f"seed-{s}", f)) > 0
+        assert sorted(os.listdir(os.path.join(out, f"seed-{s}", "weights"))) == sorted(
+            f"{a}.{x}" for a in ("fedavg", "fedper", "local") for x in ("npz", "json"))
 
 
 def test_the_figures_over_seeds_worked_out_by_hand(run):
