@@ -41,7 +41,7 @@ def run_seeds(cfg: dict[str, Any], data: dict[str, Any], algorithms: list[str], 
             print(f"seed {s} ({i + 1}/{len(seeds)}): {what} in {sub}", file=sys.stderr)
         if done is None:
             done = run_one(one, data, algorithms, sub, args,
-                           bool(args.resume and has_checkpoint(sub)))
+                           bool(args.resume and has_checkpoint(sub)), label=f"seed {s}: ")
             print(f"== seed {s} ==")
             print_table(done, sub)
         summaries[s] = done

@@ -225,10 +225,11 @@ def build_fleet(cfg: dict[str, Any], data: dict[str, Any]) -> tuple[Any, list[An
 
 
 def run_one(cfg: dict[str, Any], data: dict[str, Any], algorithms: list[str], out: str,
-            args: argparse.Namespace, resume: bool, t_start: float | None = None
-            ) -> dict[str, Any]:
+            args: argparse.Namespace, resume: bool, t_start: float | None = None,
+            label: str = "") -> dict[str, Any]:
     """One complete run of ``cfg`` into ``out`` (records, checkpoints, weights, personalized
-    models, summary.json, report.md, plots); returns its summary."""
+    models, summary.json, report.md, plots); returns its summary. ``label`` starts every
+    progress line (a multi-seed run's ``seed 1: ``)."""
     t_start = time.perf_counter() if t_start is None else t_start
     data = dict(data)
     fleet_cfg = dict(cfg.get("fleet", {}))
@@ -295,7 +296,8 @@ def run_one(cfg: dict[str, Any], data: dict[str, Any], algorithms: list[str], ou
                      rc: dict[str, Any] = rc) -> None:
                 if phase == "train" and done == 1:
                     rnd[0] += 1
-                progress.update(f"{algo} round {rnd[0]}/{rc['num-rounds']} {phase}", done, total)
+                progress.update(f"{label}{algo} round {rnd[0]}/{rc['num-rounds']} {phase}",
+                                done, total)
 
             rounds = list(snap.meta["grid_rounds"]) if snap else []  # the grid appends to it
 
@@ -326,7 +328,7 @@ def run_one(cfg: dict[str, Any], data: dict[str, Any], algorithms: list[str], ou
             eng.reset(algo)
             sim[algo] = sum(r["sim_seconds"] for r in grid.rounds)
             log.algorithm_done(algo, time.perf_counter() - t0, sim[algo])
-            progress.update(f"{algo} done", 1, 1)
+            progress.update(f"{label}{algo} done", 1, 1)
     log.close()
     from experiments.results import caps_text, device_results, failures, write_json, write_text
     devices = device_results(profiles, records, ids)
