@@ -44,7 +44,7 @@ batch-size = 8
 fraction-train = 1.0
 
 [fleet]
-isolation = "fork"  # the device's own child process writes its model
+isolation = "worker"
 workers = 2
 kernels = "numpy"
 ram_cap = {dist = "choice", values = ["24MiB", "1GiB"], weights = [0.3, 0.7]}
@@ -71,22 +71,36 @@ def _forward(w: dict, x: np.ndarray) -> np.ndarray:
     return np.argmax(h @ w["fc2:weight"] + w["fc2:bias"], axis=1)
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def _simulate(tmp_path_factory, name: str, text: str) -> tuple[str, str, dict]:
     if importlib.util.find_spec("flwr") is None:
         pytest.skip("needs flwr (pip install .[flower])")
     from experiments.simulate import main
 
-    tmp = tmp_path_factory.mktemp("personal")
-    cfg = tmp / "personal.toml"
-    cfg.write_text(_spelled(CONFIG))
+    tmp = tmp_path_factory.mktemp(name)
+    cfg = tmp / f"{name}.toml"
+    cfg.write_text(_spelled(text))
     out = tmp / "out"
     assert main([str(cfg), "--out", str(out), "--quiet"]) == 0
     with open(out / "summary.json") as f:
         return str(cfg), str(out), json.load(f)
 
 
-def test_a_saved_personal_model_reproduces_the_reported_accuracy(run):
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return _simulate(tmp_path_factory, "personal", CONFIG)
+
+
+@pytest.fixture(scope="module")
+def forked(tmp_path_factory):
+    """Fork isolation: each device's own child process writes its model."""
+    text = CONFIG.replace('isolation = "worker"', 'isolation = "fork"').replace(
+        'algorithms = ["local", "fedavg", "fedper", "ditto", "fedavg-ft"]',
+        'algorithms = ["ditto", "fedavg-ft"]')
+    return _simulate(tmp_path_factory, "forked", text)
+
+
+@pytest.mark.parametrize("which", ["run", "forked"])
+def test_a_saved_personal_model_reproduces_the_reported_accuracy(request, which):
     # Prepare: the run's own fleet, made again from its config
     from device_runtime.device import DeviceData
     from device_runtime.device.evaluation import evaluate
@@ -94,7 +108,7 @@ def test_a_saved_personal_model_reproduces_the_reported_accuracy(run):
     from experiments.config import load_config
     from experiments.simulate import build_fleet, model_text
 
-    path, out, summary = run
+    path, out, summary = request.getfixturevalue(which)
     cfg = load_config(path)
     fleet, _ = build_fleet(cfg, cfg["data"])
     ids = [d.device_id for d in fleet.devices]
