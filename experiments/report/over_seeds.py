@@ -11,6 +11,11 @@ of that run (``final_accuracy.mean``; also over the devices that trained,
 
 With one seed the interval and the p-value are None ("n/a"). p-values are per algorithm,
 not corrected for the number of algorithms compared.
+
+In ``summary.json``: ``algorithms.<name>.<metric>`` = ``{n, mean, std, values (per seed),
+level, ci [low, high], half_width}``, ``<metric>_vs_baseline`` = ``{n, mean_diff,
+std_diff, df, t, p_value}`` (``vs_baseline``: the one of ``final_accuracy``), and
+``accuracy_per_round`` (per round, the same as a metric).
 """
 
 from __future__ import annotations
