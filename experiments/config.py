@@ -7,7 +7,9 @@ error is one ``ConfigError`` line naming the file and the key::
     runs.toml: [fleet] ram_cap.sigma = -1 must be a number >= 0
 
 The sections (see experiments/configs/default.toml): top-level ``name``, ``seed``,
-``rounds``, ``algorithms``; ``[data]`` (experiments.data.make_fleet_data), ``[model]``
+``rounds``, ``algorithms`` (and ``seeds``, ``data-seed``, ``model-seed``, ``sampling-seed``:
+experiments/seeds.py; ``save-personal-models``: experiments/results.py); ``[data]``
+(experiments.data.make_fleet_data), ``[model]``
 (a layer list, a built-in or an INI/built-in name), ``[train]`` and ``[algorithm.<name>]``
 (device config keys, device_runtime.device), ``[server]`` (server/app.py, server/screen.py),
 ``[fleet]`` (experiments.fleet.profiles) and ``[faults]`` (checked by
@@ -45,6 +47,8 @@ from experiments.config_checks import (
     text,
 )
 from experiments.data import kinds as data_kinds
+from experiments.seeds import ROLES as SEED_ROLES
+from experiments.seeds import check_seeds
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.toml")
 MAX_BYTES = 1 << 20  # a config is a few KiB; a larger file is not one
@@ -141,7 +145,10 @@ def check_config(cfg: dict[str, Any]) -> None:
     """Raise a one-line ConfigError naming the first bad key of an experiment config."""
     table({"name": matches(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "a plain name (letters, digits, "
                                                            "_ . -): it names the output folder"),
-           "seed": integer(0, 2**32 - 1), "rounds": integer(1),
+           "seed": integer(0, 2**32 - 1), "rounds": integer(1), "seeds": check_seeds,
+           # what each seed drives: experiments/seeds.py
+           **{f"{role}-seed": integer(0, 2**32 - 1) for role in SEED_ROLES},
+           "save-personal-models": boolean,  # weights/<algorithm>/<device id>.npz
            "algorithms": list_of(one_of(*ALGORITHMS), 1), "data": _data, "model": _model,
            "train": table(DEVICE), "server": _server, "fleet": table(FLEET),
            "algorithm": _algorithm, "faults": _faults})("", cfg)

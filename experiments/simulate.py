@@ -1,10 +1,15 @@
-"""``nnfleet simulate [CONFIG.toml] [--devices N] [--rounds R] [--algorithm NAME ...] [--out DIR]``
+"""``nnfleet simulate [CONFIG.toml] [--devices N] [--rounds R] [--algorithm NAME ...] [--out DIR]
+[--seed N | --seeds A,B,...]``
 
 Runs each algorithm's Flower ServerApp (``server.app``) on the fleet engine, one after the
 other on the same fleet, devices and seeds, then measures every device's personalized
-accuracy on its own test split and writes ``metrics.jsonl``, ``summary.json`` and
-``report.md`` (with PNG plots when matplotlib is installed) to ``--out``.
-Without CONFIG, ``experiments/configs/default.toml`` runs.
+accuracy on its own test split and writes ``metrics.jsonl``, ``summary.json``,
+``report.md`` (with PNG plots when matplotlib is installed), the final shared weights and
+every device's personalized model (experiments/results.py) to ``--out``.
+With ``--seeds`` (or ``seeds = [...]`` in the config) the run is repeated once per seed,
+each in ``--out``/seed-<s>/, and ``--out`` gets the figures over seeds: mean, 95%
+confidence interval and a paired t-test against FedAvg (experiments/seeds.py,
+experiments/multiseed.py). Without CONFIG, ``experiments/configs/default.toml`` runs.
 """
 
 from __future__ import annotations
@@ -52,7 +57,6 @@ def model_text(cfg: dict[str, Any]) -> str:
     return spec_text(cfg.get("model", {}))
 
 
-NOT_FAILURES = ("ok", "offline", "dropped")  # train statuses that are not a device failure
 SERVER_KEYS = ("timeout", "screen-updates", "max-update-norm", "max-norm-over-median",
                "max-num-examples")
 
@@ -60,12 +64,15 @@ SERVER_KEYS = ("timeout", "screen-updates", "max-update-norm", "max-norm-over-me
 def run_config(cfg: dict[str, Any], algo_name: str, specs: list[Any]) -> dict[str, Any]:
     """The Flower run config of one algorithm (see server/app.py for the keys)."""
     from experiments.algorithms import device_config, get_algorithm
+    from experiments.seeds import seed_roles
 
     algo = get_algorithm(algo_name)
     server = cfg.get("server", {})
+    seeds = seed_roles(cfg)
     rc: dict[str, Any] = {
-        "model": model_text(cfg), "model-seed": int(cfg.get("seed", 0)),
-        "num-rounds": int(cfg.get("rounds", 10)), "seed": int(cfg.get("seed", 0)),
+        # "seed": the server's node sampling and, forwarded, the devices' batch order
+        "model": model_text(cfg), "model-seed": seeds["model"],
+        "num-rounds": int(cfg.get("rounds", 10)), "seed": seeds["sampling"],
         "strategy": (algo.strategy if algo.strategy != "fedavg"
                      else server.get("strategy", "fedavg")),
         "fraction-train": float(server.get("fraction-train", 1.0)),
@@ -104,8 +111,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--workers", type=int, help="worker processes (default: CPU count)")
     p.add_argument("--isolation", choices=["worker", "fork"], help="per-device isolation "
                    "(default: the config's [fleet] isolation, else worker)")
-    p.add_argument("--seed", type=int, help="seed of data, profiles, sampling and "
-                   "training (default: the config's seed)")
+    p.add_argument("--seed", type=int, help="one run with this seed (the default of data-seed, "
+                   "model-seed and sampling-seed; see experiments/seeds.py; default: the "
+                   "config's seed)")
+    p.add_argument("--seeds", metavar="A,B,...", help="one run per seed (e.g. 0,1,2), each "
+                   "in OUT/seed-<s>/, then mean, 95%% CI and a paired t-test against FedAvg "
+                   "over them in OUT (default: the config's seeds, else one run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its "
                    "last checkpoint (written after every round)")
@@ -143,20 +154,23 @@ def _resume_hint(argv: list[str]) -> str:
         out = args.out or os.path.join("runs", str(cfg.get("name", "simulate")))
     except Exception:  # noqa: BLE001 - a hint only
         return "nothing to resume"
-    from experiments.resume import PREFIX
+    from experiments.seeds import has_checkpoint
 
-    ckpt = os.path.join(out, "checkpoint")
-    if not os.path.isdir(ckpt) or not any(d.startswith(PREFIX) for d in os.listdir(ckpt)):
+    runs = [out] + sorted((os.path.join(out, d) for d in os.listdir(out)
+                           if d.startswith("seed-")), key=os.path.getmtime) \
+        if os.path.isdir(out) else []
+    runs = [r for r in runs if has_checkpoint(r)]
+    if not runs:
         return "no checkpoint was written yet"
+    ckpt = os.path.join(runs[-1], "checkpoint")
     cmd = " ".join(["nnfleet simulate", *[a for a in argv if a != "--resume"], "--resume"])
     return f"the last complete checkpoint is in {ckpt}; go on with: {cmd}"
 
 
-def _main(argv: list[str]) -> int:
+def prepare(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """The config with the command line's overrides, checked; its [data]; the algorithms."""
     from device_runtime.errors import ConfigError
 
-    t_start = time.perf_counter()
-    args = parse_args(argv)
     cfg = load_config(args.config)
     data = dict(cfg.get("data", {}))
     if args.devices is not None:
@@ -169,6 +183,7 @@ def _main(argv: list[str]) -> int:
         cfg["rounds"] = args.rounds
     if args.seed is not None:
         cfg["seed"] = args.seed
+        cfg.pop("seeds", None)  # --seed N: one run
     if args.devices is not None or args.rounds is not None or args.seed is not None:
         from experiments.config import check_config
         check_config({**cfg, "data": data})  # the same checks as the file's own values
@@ -176,14 +191,63 @@ def _main(argv: list[str]) -> int:
     from experiments.algorithms import get_algorithm
     for a in algorithms:
         get_algorithm(a)  # fail early on a typo
-    fleet_cfg = dict(cfg.get("fleet", {}))
+    return cfg, data, algorithms
+
+
+def run_fingerprint(cfg: dict[str, Any], data: dict[str, Any], algorithms: list[str],
+                    isolation: str) -> str:
+    """What a checkpoint (and a finished seed's summary) must match to be resumed."""
+    from experiments.resume import fingerprint
+    return fingerprint({"config": cfg, "data": data, "algorithms": algorithms,
+                        "isolation": isolation})
+
+
+def _main(argv: list[str]) -> int:
+    t_start = time.perf_counter()
+    args = parse_args(argv)
+    cfg, data, algorithms = prepare(args)
     out = args.out or os.path.join("runs", str(cfg.get("name", "simulate")))
+    from experiments.seeds import seed_list
+    seeds = seed_list(cfg, args.seeds, args.seed)
+    if seeds is None:
+        from experiments.results import print_table
+        print_table(run_one(cfg, data, algorithms, out, args, args.resume, t_start), out)
+        return 0
+    from experiments.multiseed import run_seeds
+    return run_seeds(cfg, data, algorithms, out, args, seeds, run_one)
+
+
+def build_fleet(cfg: dict[str, Any], data: dict[str, Any]) -> tuple[Any, list[Any]]:
+    """The fleet's data and the devices' profiles: what ``data-seed`` drives."""
+    from experiments.data import make_fleet_data
+    from experiments.fleet import draw_profiles
+    from experiments.seeds import seed_roles
+
+    data, seed = dict(data), seed_roles(cfg)["data"]
+    kind = str(data.pop("kind", "synthetic_images"))
+    n = int(data.pop("devices", 100))
+    if "shape" in data:
+        data["shape"] = tuple(data["shape"])
+    fleet = make_fleet_data(kind, n, seed, **data)
+    return fleet, draw_profiles(len(fleet.devices), dict(cfg.get("fleet", {})), seed)
+
+
+def run_one(cfg: dict[str, Any], data: dict[str, Any], algorithms: list[str], out: str,
+            args: argparse.Namespace, resume: bool, t_start: float | None = None,
+            label: str = "") -> dict[str, Any]:
+    """One complete run of ``cfg`` into ``out`` (records, checkpoints, weights, personalized
+    models, summary.json, report.md, plots); returns its summary. ``label`` starts every
+    progress line (a multi-seed run's ``seed 1: ``)."""
+    t_start = time.perf_counter() if t_start is None else t_start
+    data = dict(data)
+    fleet_cfg = dict(cfg.get("fleet", {}))
     os.makedirs(out, exist_ok=True)
-    seed = int(cfg.get("seed", 0))
+    from experiments.seeds import seed_roles
+    seeds = seed_roles(cfg)  # data, model and sampling seeds
     isolation = args.isolation or fleet_cfg.get("isolation", "worker")
-    from experiments.resume import RunLog, fingerprint
-    log = RunLog(out, fingerprint({"config": cfg, "data": data, "algorithms": algorithms,
-                                   "isolation": isolation}), resume=args.resume)
+    from experiments.resume import RunLog
+    fp = run_fingerprint(cfg, data, algorithms, isolation)
+    log = RunLog(out, fp, resume=resume)
     progress = Progress(quiet=args.quiet)
 
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -191,21 +255,18 @@ def _main(argv: list[str]) -> int:
 
     import server
     from device_runtime.modelspec import load_model
-    from experiments.data import make_fleet_data
-    from experiments.fleet import FleetEngine, draw_profiles
+    from experiments.fleet import FleetEngine
     from experiments.fleet.grid import FleetGrid, run_serverapp
+    from experiments.fleet.worker import PERSONAL_DIR
     from experiments.report import render, summarize, write_plots
+    from experiments.results import finish_personal, staging_dir
 
     logging.getLogger("flwr").setLevel(logging.WARNING)  # after import: flwr sets DEBUG
     from server.logs import plain_when_not_a_terminal
     plain_when_not_a_terminal()
-    kind = str(data.pop("kind", "synthetic_images"))
-    n = int(data.pop("devices", 100))
-    if "shape" in data:
-        data["shape"] = tuple(data["shape"])
-    fleet = make_fleet_data(kind, n, seed, **data)
-    specs = load_model(model_text(cfg), seed)[0].specs
-    profiles = draw_profiles(len(fleet.devices), fleet_cfg, seed)
+    fleet, profiles = build_fleet(cfg, data)
+    ids = [d.device_id for d in fleet.devices]
+    specs = load_model(model_text(cfg), seeds["model"])[0].specs
     records = log.records
     timing: dict[str, Any] = {"per_algorithm": log.meta["timing"]}
     sim: dict[str, float] = log.meta["sim"]
@@ -213,7 +274,7 @@ def _main(argv: list[str]) -> int:
     from device_runtime.units import parse_size
     from experiments.fleet.kernels import NUMBA_MIN_CAP
     with FleetEngine(fleet, profiles, workers=int(args.workers or fleet_cfg.get("workers", 0)),
-                     isolation=isolation, faults=cfg.get("faults"), seed=seed,
+                     isolation=isolation, faults=cfg.get("faults"), seed=seeds["sampling"],
                      workdir=log.ckpt.work, state_dir=log.ckpt.live,
                      kernels=str(fleet_cfg.get("kernels", "auto")).strip().lower(),
                      numba_min_cap=parse_size(fleet_cfg.get("numba_min_cap", NUMBA_MIN_CAP)),
@@ -243,7 +304,8 @@ def _main(argv: list[str]) -> int:
                      rc: dict[str, Any] = rc) -> None:
                 if phase == "train" and done == 1:
                     rnd[0] += 1
-                progress.update(f"{algo} round {rnd[0]}/{rc['num-rounds']} {phase}", done, total)
+                progress.update(f"{label}{algo} round {rnd[0]}/{rc['num-rounds']} {phase}",
+                                done, total)
 
             rounds = list(snap.meta["grid_rounds"]) if snap else []  # the grid appends to it
 
@@ -252,117 +314,53 @@ def _main(argv: list[str]) -> int:
                 for r in json.loads(str(context.state["server-state"]["rejected"])):
                     if r["round"] == server_round:  # node i + 1 is device i
                         record({"run": algo, "phase": "rejected", "round": server_round,
-                                "device": r["node"] - 1, "status": "rejected",
-                                "kind": r["kind"], "reason": r["reason"]}, algo)
+                                "device": r["node"] - 1, "device_id": ids[r["node"] - 1],
+                                "status": "rejected", "kind": r["kind"],
+                                "reason": r["reason"]}, algo)
                 log.round_done(algo, server_round, context.state, rounds,
                                time.perf_counter() - t0)
 
-            grid = FleetGrid(eng, run_key=algo, seed=seed, on_record=record, on_progress=show,
-                             on_round_end=round_end, rounds=rounds)
+            grid = FleetGrid(eng, run_key=algo, seed=seeds["sampling"], on_record=record,
+                             on_progress=show, on_round_end=round_end, rounds=rounds)
             ctx = run_serverapp(server.app, grid, rc,
                                 state=snap.server_state() if snap else RecordDict())
             final = {k: a.numpy() for k, a in ctx.state["final-arrays"].items()}
-            grid.evaluate_all(final, rc, rnd=int(rc["num-rounds"]))
+            # the final measurement; each device's worker saves the model it evaluated
+            save = bool(cfg.get("save-personal-models", True))
+            stage = os.path.join(staging_dir(out, algo), "by-index") if save else ""
+            recs = grid.evaluate_all(final, {**rc, PERSONAL_DIR: stage},
+                                     rnd=int(rc["num-rounds"]))
+            if save:
+                finish_personal(out, algo, ids,
+                                {r["device"] for r in recs if r["status"] == "ok"})
             eng.reset(algo)
             sim[algo] = sum(r["sim_seconds"] for r in grid.rounds)
             log.algorithm_done(algo, time.perf_counter() - t0, sim[algo])
-            progress.update(f"{algo} done", 1, 1)
+            progress.update(f"{label}{algo} done", 1, 1)
     log.close()
-    devices = _devices(profiles, records)
+    from experiments.results import caps_text, device_results, failures, write_json, write_text
+    devices = device_results(profiles, records, ids)
     timing["total_seconds"] = time.perf_counter() - t_start
     from experiments.algorithms import ALGORITHMS
     summary = summarize(records, algorithms, {
         "config": {"name": cfg.get("name", "simulate"), "rounds": int(cfg.get("rounds", 10)),
-                   "seed": seed, "model": model_text(cfg), "algorithms": algorithms,
+                   "seed": int(cfg.get("seed", 0)), "seed_roles": seeds, "fingerprint": fp,
+                   "model": model_text(cfg), "algorithms": algorithms,
                    "model_summary": ", ".join(f"{s.name}({s.type})" for s in specs[1:]),
                    "fraction_train": cfg.get("server", {}).get("fraction-train", 1.0),
                    "local_epochs": cfg.get("train", {}).get("local-epochs", 1)},
         "fleet": {"data": fleet.stats(), "profiles": [p.as_dict() for p in profiles],
-                  "caps": _caps(profiles), "kernels": kernels,
+                  "caps": caps_text(profiles), "kernels": kernels,
                   "unable_to_train": sum(1 for d in devices
                                          if d["cap_failures"] and not d["trained"]),
-                  "failures": _failures(devices)},
+                  "failures": failures(devices)},
         "algorithm_info": {a: {"summary": ALGORITHMS[a].summary,
                                "reference": ALGORITHMS[a].reference} for a in algorithms},
         "simulated_seconds": sim, "timing": timing, "devices": devices})
     plots = write_plots(summary, devices, out)
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(render(summary, plots))
-    _print_table(summary, out)
-    return 0
-
-
-def _devices(profiles: list[Any], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per device: cap, largest measured peak RSS, whether it ever trained."""
-    out = [{"device": p.index, "ram_cap": p.ram_cap, "kernels": p.kernels, "peak_rss": 0.0,
-            "trained": False,
-            "cap_failures": 0, "rounds_trained": 0, "speed": p.speed,
-            "availability": p.availability, "failures": {}} for p in profiles]
-    for r in records:
-        if r["phase"] != "train":
-            continue
-        d = out[r["device"]]
-        if r.get("peak-rss", -1) > 0:
-            d["peak_rss"] = max(d["peak_rss"], float(r["peak-rss"]))
-        if r["status"] == "ok":
-            d["trained"] = True
-            d["rounds_trained"] += 1
-        if r["status"] == "cap-exceeded":
-            d["needed_bytes"] = r.get("needed-bytes")
-            d["cap_failures"] += 1
-        if r["status"] not in NOT_FAILURES:  # killed, timeout, raised, crashed, cap-exceeded...
-            d["failures"][r["status"]] = d["failures"].get(r["status"], 0) + 1
-    return out
-
-
-def _failures(devices: list[dict[str, Any]]) -> dict[str, int]:
-    """Train tasks that failed, by status, over every device and algorithm."""
-    total: dict[str, int] = {}
-    for d in devices:
-        for status, n in d["failures"].items():
-            total[status] = total.get(status, 0) + n
-    return dict(sorted(total.items()))
-
-
-def _caps(profiles: list[Any]) -> str:
-    from device_runtime.units import fmt_bytes
-    caps = sorted(p.ram_cap for p in profiles if p.ram_cap)
-    if not caps:
-        return "none"
-    median = fmt_bytes(caps[len(caps) // 2])
-    return f"{fmt_bytes(caps[0])} .. {fmt_bytes(caps[-1])} (median {median})"
-
-
-def _print_table(summary: dict[str, Any], out: str) -> None:
-    """Accuracy over every device, and over the devices that could train ('acc trained')."""
-    print(f"{'algorithm':12s} {'mean acc':>9s} {'std':>6s} {'p10':>6s} {'acc trained':>13s} "
-          f"{'better than fedavg':>19s}")
-    for algo, s in summary["algorithms"].items():
-        f, vs = s["final_accuracy"], s.get("vs_fedavg_trained_devices")
-        ft = s["final_accuracy_trained_devices"]
-        better = f"{100 * vs['better']:.0f}% of devices" if vs else "-"
-        print(f"{algo:12s} {100 * f['mean']:8.1f}% {100 * f['std']:5.1f} {100 * f['p10']:6.1f} "
-              f"{100 * ft['mean']:12.1f}% {better:>19s}")
-    rejected = {a: s["rejected_updates"]["total"] for a, s in summary["algorithms"].items()}
-    if any(rejected.values()):
-        print("updates rejected by the server: " + ", ".join(
-            f"{a} {n}" for a, n in rejected.items() if n) + " (see report)")
-    t = summary["timing"]
-    failures = summary["fleet"]["failures"]
-    if failures:
-        print("device train tasks that failed: " + ", ".join(
-            f"{n} {status}" for status, n in failures.items()) + " (per device: summary.json)")
-    kernels = summary["fleet"].get("kernels", {}).get("per_kind", {})
-    if kernels:
-        from device_runtime.units import fmt_bytes
-        print("kernels: " + ", ".join(
-            f"{kind} {k['devices']} devices (worker RSS {fmt_bytes(k['worker_rss'][0])})"
-            for kind, k in kernels.items() if k["worker_rss"]) + "; accuracy per RAM cap: report")
-    print(f"devices unable to train within their cap: {summary['fleet']['unable_to_train']}; "
-          f"total {t['total_seconds']:.1f} s (engine start-up {t['startup_seconds']:.2f} s); "
-          f"report: {os.path.join(out, 'report.md')}")
+    write_text(os.path.join(out, "report.md"), render(summary, plots))
+    write_json(os.path.join(out, "summary.json"), summary)  # last: it marks the run complete
+    return summary
 
 
 if __name__ == "__main__":

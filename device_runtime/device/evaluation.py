@@ -40,9 +40,12 @@ def personal_model(state: DeviceState, like: Arrays) -> Arrays:
 
 
 def evaluate_device(state: DeviceState, shared: Arrays,
-                    config: Mapping[str, Any] | DeviceConfig) -> dict[str, float]:
+                    config: Mapping[str, Any] | DeviceConfig,
+                    keep: Arrays | None = None) -> dict[str, float]:
     """The personalized model on the device's own test split: ``num-examples`` (test
     samples), ``loss``, ``accuracy``. FedAvg + fine-tuning trains a throw-away copy first.
+    ``keep``: a dict that receives the weights evaluated (every parameter of the model:
+    the device's personalized model), e.g. to save them.
 
     Raises :class:`MemoryCapExceeded` when the process is already larger than the cap."""
     cfg = config if isinstance(config, DeviceConfig) else DeviceConfig.from_mapping(config)
@@ -70,5 +73,7 @@ def evaluate_device(state: DeviceState, shared: Arrays,
                           phase_seed(cfg, state.device_id, "finetune"))
         except MemoryCapExceeded:
             pass  # cannot fine-tune here: evaluate the model as received
+    if keep is not None:
+        keep.update(full)
     loss, acc = evaluate(inference_model(cfg), full, data)
     return {"num-examples": float(data.y_test.shape[0]), "loss": loss, "accuracy": acc}

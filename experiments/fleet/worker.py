@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 KILL_POLL_SECONDS = 0.002
 ORPHAN_POLL_SECONDS = 0.5
+PERSONAL_DIR = "personal-model-dir"  # evaluate config key: where to save the evaluated model
 _child = [0]  # the device process forked by this worker (fork isolation), while it runs
 
 
@@ -99,7 +100,16 @@ def _run_one(kind: str, state: Any, shared: dict, config: dict, fault: str | Non
     from device_runtime.device import evaluate_device, run_device
 
     if kind != "train":
-        return None, evaluate_device(state, shared, config), state
+        # the experiment's final evaluation names a folder: the weights evaluated (the
+        # device's personalized model) are saved there as <device index>.npz
+        keep: dict[str, Any] | None = {} if config.get(PERSONAL_DIR) else None
+        metrics = evaluate_device(state, shared, config, keep)
+        if keep:
+            from device_runtime.weights import save_npz_atomic
+
+            save_npz_atomic(os.path.join(str(config[PERSONAL_DIR]), f"{state.device_id}.npz"),
+                            keep, fsync=False)  # the experiment syncs the folder once
+        return None, metrics, state
     if fault is None:
         return run_device(state, shared, config)
     from experiments.fleet.faults import corrupt, striking

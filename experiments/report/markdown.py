@@ -11,6 +11,14 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def _seeds(cfg: dict[str, Any]) -> str:
+    """The sub-seeds where one differs from ``seed`` (experiments/seeds.py)."""
+    roles = cfg.get("seed_roles") or {}
+    if all(v == cfg["seed"] for v in roles.values()):
+        return ""
+    return " (" + ", ".join(f"{k}-seed {v}" for k, v in roles.items()) + ")"
+
+
 def accuracy_table(summary: dict[str, Any]) -> list[str]:
     rows = ["| algorithm | mean | std | p10 | median | p90 | mean, devices that trained | "
             "better than FedAvg on | mean gain vs FedAvg | devices trained |",
@@ -88,7 +96,8 @@ def render(summary: dict[str, Any], plots: list[str]) -> str:
               f"{fleet['data']['label_tv_to_global']['median']:.2f}",
               f"- model: {cfg['model_summary']}",
               f"- rounds: {cfg['rounds']}, fraction of devices trained per round: "
-              f"{cfg['fraction_train']}, local epochs: {cfg['local_epochs']}, seed {cfg['seed']}",
+              f"{cfg['fraction_train']}, local epochs: {cfg['local_epochs']}, seed {cfg['seed']}"
+              + _seeds(cfg),
               f"- fleet engine: {timing['workers']} warm workers "
               f"({timing['isolation']} isolation), "
               f"start-up {timing['startup_seconds']:.2f} s, total {timing['total_seconds']:.1f} s",
@@ -134,9 +143,12 @@ def render(summary: dict[str, Any], plots: list[str]) -> str:
     lines += ["", "## Files", "", "- `metrics.jsonl`: one line per device and message "
               "(train, evaluate, final), with the device's metrics and status; one line per "
               "update the server rejected (rejected, with its kind and reason)",
-              "- `summary.json`: these numbers",
+              "- `summary.json`: these numbers (per-device figures keyed by device id)",
               "- `weights/<algorithm>.npz`: the final shared weights; `.json` beside them: the "
               "server's aggregated metrics per round and the updates it rejected",
+              "- `weights/<algorithm>/<device id>.npz`: each device's personalized model, "
+              "the weights its final accuracy above was measured with (`index.json`: device "
+              "id -> file)",
               "- `checkpoint/`: the last round's checkpoint (`nnfleet simulate ... --resume` "
               "continues a run that was stopped)", ""]
     return "\n".join(lines)

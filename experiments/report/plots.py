@@ -34,8 +34,10 @@ def _save(plt: Any, fig: Any, ax: Any, path: str, xlabel: str | None, ylabel: st
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}")
+    fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+    os.replace(tmp, path)  # no half-written plot under its name
     return path
 
 
@@ -100,7 +102,7 @@ def accuracy_vs_cap(summary: dict[str, Any], path: str) -> str:
     rows = [r for r in summary.get("accuracy_by_cap", []) if r["cap_low"]]
     for i, (algo, s) in enumerate(summary["algorithms"].items()):
         color = f"C{i % 10}"
-        acc = {int(d): v for d, v in s["final_accuracy_by_device"].items()}
+        acc = s["final_accuracy_by_device"]  # by device id
         jitter = 1.0 + 0.015 * (i - len(summary["algorithms"]) / 2)  # algorithms side by side
         for hollow in (False, True):
             sel = [(caps[d] * jitter, v) for d, v in acc.items()

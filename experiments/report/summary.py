@@ -1,4 +1,7 @@
-"""Numbers of a simulate run, from its per-device records (``metrics.jsonl`` rows)."""
+"""Numbers of a simulate run, from its per-device records (``metrics.jsonl`` rows).
+
+Per-device figures are keyed by device id (``d07``, a file's or a LEAF user's name) in
+fleet order; records carry both the id and the device's index in the fleet."""
 
 from __future__ import annotations
 
@@ -20,33 +23,40 @@ def spread(values: Iterable[float]) -> dict[str, float]:
             "max": float(v.max())}
 
 
+def _id(r: dict[str, Any]) -> str:
+    """A record's device id (records also carry the device's index in the fleet)."""
+    return str(r.get("device_id", r["device"]))
+
+
 def summarize_algorithm(records: list[dict[str, Any]]) -> dict[str, Any]:
     """One algorithm's records -> final accuracy spread, curves, participation, memory."""
     # devices finish in any order: sort, so that means are summed in the same order always
     records = sorted(records, key=lambda r: (r["phase"], r["round"], r["device"]))
-    final = {r["device"]: r.get("accuracy", -1.0) for r in records
+    final = {_id(r): r.get("accuracy", -1.0) for r in records
              if r["phase"] == "final" and r["status"] == "ok"}
     train = [r for r in records if r["phase"] == "train"]
     evals = [r for r in records if r["phase"] == "evaluate" and r["status"] == "ok"]
     by_round: dict[int, list[float]] = defaultdict(list)
     for r in evals:
         by_round[int(r["round"])].append(r.get("accuracy", -1.0))
-    trained = {r["device"] for r in train if r["status"] == "ok"}
-    tried = {r["device"] for r in train if r["status"] not in ("offline", "dropped", "no-data")}
-    unable = sorted({r["device"] for r in train if r["status"] == "cap-exceeded"} - trained)
+    trained = {_id(r) for r in train if r["status"] == "ok"}
+    tried = {_id(r) for r in train if r["status"] not in ("offline", "dropped", "no-data")}
+    order = {_id(r): r["device"] for r in train}  # fleet order (ids need not sort so)
+    unable = sorted({_id(r) for r in train if r["status"] == "cap-exceeded"} - trained,
+                    key=order.__getitem__)
     status: dict[str, int] = defaultdict(int)
     for r in train:
         status[r["status"]] += 1
-    peak: dict[int, float] = {}
+    peak: dict[str, float] = {}
     for r in train:
         if r.get("peak-rss", -1) and r.get("peak-rss", -1) > 0:
-            peak[r["device"]] = max(peak.get(r["device"], 0.0), float(r["peak-rss"]))
+            peak[_id(r)] = max(peak.get(_id(r), 0.0), float(r["peak-rss"]))
     before = [r.get("accuracy-before", -1.0) for r in train if r["status"] == "ok"]
     after = [r.get("accuracy-after", -1.0) for r in train if r["status"] == "ok"]
     return {
         "final_accuracy": spread(final.values()),
         "final_accuracy_trained_devices": spread(v for d, v in final.items() if d in trained),
-        "final_accuracy_by_device": {int(d): float(v) for d, v in sorted(final.items())},
+        "final_accuracy_by_device": {d: float(v) for d, v in final.items()},  # fleet order
         "accuracy_per_round": {int(k): float(np.mean([x for x in v if x >= 0] or [0.0]))
                                for k, v in sorted(by_round.items())},
         "train_status": dict(status),
@@ -55,7 +65,8 @@ def summarize_algorithm(records: list[dict[str, Any]]) -> dict[str, Any]:
         "devices_unable_to_train": unable,
         "accuracy_before_training": spread(before),
         "accuracy_after_training": spread(after),
-        "peak_rss_by_device": {int(d): v for d, v in sorted(peak.items())},
+        "peak_rss_by_device": {d: v for d, v in sorted(peak.items(), key=lambda kv:
+                                                       order.get(kv[0], 0))},
         "peak_rss": spread(peak.values()),
         "rejected_updates": rejections(records),
     }
@@ -65,15 +76,15 @@ def rejections(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Updates the server rejected (``rejected`` records): counts per round, kind and device,
     and each device's reasons."""
     rej = [r for r in records if r["phase"] == "rejected"]
-    per_device: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for r in rej:
-        per_device[int(r["device"])].append({k: r[k] for k in ("round", "kind", "reason")})
+    per_device: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in sorted(rej, key=lambda r: (r["device"], r["round"])):  # fleet order
+        per_device[_id(r)].append({k: r[k] for k in ("round", "kind", "reason")})
     return {"total": len(rej), "per_round": dict(Counter(int(r["round"]) for r in rej)),
             "per_kind": dict(Counter(r["kind"] for r in rej)),
-            "per_device": dict(sorted(per_device.items()))}
+            "per_device": dict(per_device)}
 
 
-def wins(a: dict[int, float], b: dict[int, float]) -> dict[str, float]:
+def wins(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
     """Per-device comparison of two final-accuracy maps: how often a beats, ties, loses."""
     common = sorted(set(a) & set(b))
     d = np.array([a[k] - b[k] for k in common])
@@ -91,7 +102,7 @@ def summarize(records: list[dict[str, Any]], algorithms: list[str],
     for algo in algorithms:
         per[algo] = summarize_algorithm([r for r in records if r.get("algorithm") == algo])
     # devices that could not train under any algorithm (their cap is below the runtime)
-    unable: set[int] = set().union(*[set(per[a]["devices_unable_to_train"]) for a in algorithms])
+    unable: set[str] = set().union(*[set(per[a]["devices_unable_to_train"]) for a in algorithms])
     for algo in algorithms:
         for base in ("fedavg", "local"):
             if base in per and base != algo:
@@ -121,9 +132,7 @@ def accuracy_by_cap(devices: list[dict[str, Any]],
         groups = [list(g) for g in np.array_split(np.array(capped, dtype=object),
                                                   MAX_CAP_GROUPS) if len(g)]
     uncapped = [d for d in devices if not d.get("ram_cap")]
-    # device ids are ints in a run, strings in a summary.json read back
-    final = {a: {int(d): v for d, v in s["final_accuracy_by_device"].items()}
-             for a, s in per.items()}
+    final = {a: s["final_accuracy_by_device"] for a, s in per.items()}  # by device id
     rows = []
     for g in groups + ([uncapped] if uncapped else []):
         ids = [d["device"] for d in g]
