@@ -97,6 +97,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", help="output folder (default: runs/<config name>)")
     p.add_argument("--workers", type=int, help="worker processes (default: CPU count)")
     p.add_argument("--isolation", choices=["worker", "fork"], help="per-device isolation")
+    p.add_argument("--backend", choices=["local", "ray"], help="fleet engine: this machine "
+                   "(default) or a Ray cluster ([fleet] backend)")
+    p.add_argument("--ray-address", help="Ray cluster to join (default: [fleet] ray-address, "
+                   "else a local Ray on this machine)")
     p.add_argument("--seed", type=int, help="seed of data, profiles, sampling and training")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its "
@@ -169,12 +173,19 @@ def _main(argv: list[str]) -> int:
     for a in algorithms:
         get_algorithm(a)  # fail early on a typo
     fleet_cfg = dict(cfg.get("fleet", {}))
+    backend = args.backend or fleet_cfg.get("backend", "local")
+    if backend == "ray":  # before anything is written: Ray is an extra
+        from experiments.fleet.ray_backend import need_ray
+        need_ray()
     out = args.out or os.path.join("runs", str(cfg.get("name", "simulate")))
     os.makedirs(out, exist_ok=True)
     seed = int(cfg.get("seed", 0))
     isolation = args.isolation or fleet_cfg.get("isolation", "worker")
     from experiments.resume import RunLog, fingerprint
-    log = RunLog(out, fingerprint({"config": cfg, "data": data, "algorithms": algorithms,
+    # where the fleet runs is not part of a run's identity: a run goes on on either backend
+    same = {**cfg, "fleet": {k: v for k, v in fleet_cfg.items()
+                             if k not in ("backend", "ray-address")}}
+    log = RunLog(out, fingerprint({"config": same, "data": data, "algorithms": algorithms,
                                    "isolation": isolation}), resume=args.resume)
     progress = Progress(quiet=args.quiet)
 
@@ -184,7 +195,8 @@ def _main(argv: list[str]) -> int:
     import server
     from device_runtime.modelspec import load_model
     from experiments.data import make_fleet_data
-    from experiments.fleet import FleetEngine, draw_profiles
+    from experiments.fleet import draw_profiles
+    from experiments.fleet.ray_backend import open_engine
     from experiments.fleet.grid import FleetGrid, run_serverapp
     from experiments.report import render, summarize, write_plots
 
@@ -204,7 +216,8 @@ def _main(argv: list[str]) -> int:
     os.makedirs(os.path.join(out, "weights"), exist_ok=True)
     from device_runtime.units import parse_size
     from experiments.fleet.kernels import NUMBA_MIN_CAP
-    with FleetEngine(fleet, profiles, workers=int(args.workers or fleet_cfg.get("workers", 0)),
+    with open_engine(backend, args.ray_address or fleet_cfg.get("ray-address"), fleet=fleet,
+                     profiles=profiles, workers=int(args.workers or fleet_cfg.get("workers", 0)),
                      isolation=isolation, faults=cfg.get("faults"), seed=seed,
                      workdir=log.ckpt.work, state_dir=log.ckpt.live,
                      kernels=str(fleet_cfg.get("kernels", "auto")).strip().lower(),
