@@ -196,8 +196,8 @@ def _main(argv: list[str]) -> int:
     from device_runtime.modelspec import load_model
     from experiments.data import make_fleet_data
     from experiments.fleet import draw_profiles
-    from experiments.fleet.ray_backend import open_engine
     from experiments.fleet.grid import FleetGrid, run_serverapp
+    from experiments.fleet.ray_backend import open_engine
     from experiments.report import render, summarize, write_plots
 
     logging.getLogger("flwr").setLevel(logging.WARNING)  # after import: flwr sets DEBUG

@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Self
+from typing import Any, Self, cast
 
 from device_runtime.errors import ConfigError
 
@@ -47,13 +47,14 @@ CHUNK = 32  # at most this many tasks per call to a worker (results stream back 
 
 
 def open_engine(backend: str = "local", ray_address: str | None = None,
-                **kwargs: Any) -> FleetEngine | RayEngine:
+                **kwargs: Any) -> FleetEngine:
     """The fleet engine of ``backend`` ("local" or "ray"), with FleetEngine's arguments."""
     if backend == "local":
         return FleetEngine(**kwargs)
     if backend != "ray":
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    return RayEngine(address=ray_address, **kwargs)
+    # not a subclass: RayEngine has the interface that FleetGrid and simulate use
+    return cast(FleetEngine, RayEngine(address=ray_address, **kwargs))
 
 
 def need_ray() -> Any:
@@ -121,7 +122,7 @@ class RayEngine:
                kernels: str, numba_min_cap: int, workdir: str | None,
                state_dir: str | None) -> None:
         ray = need_ray()
-        caps = [p.ram_cap for p in profiles] if profiles else [None]
+        caps: list[int | None] = [p.ram_cap for p in profiles] if profiles else [None]
         kinds = device_kernels(caps, kernels, numba_min_cap)
         nodes = [n for n in ray.nodes() if n["Alive"]]
         n = workers or int(sum(n["Resources"].get("CPU", 0) for n in nodes)) or 1
@@ -211,7 +212,8 @@ class RayEngine:
             if s.alive and s.node in rooms:
                 rooms[s.node].memory -= s.reserve
                 rooms[s.node].cpus -= 1
-        fresh, grown = [], {}
+        fresh: list[_Slot] = []
+        grown: dict[int, tuple[_Slot, list[int]]] = {}
         for s in dead:
             self.slots.remove(s)  # the states it held are gone with it
             self.holder = {k: v for k, v in self.holder.items() if v[0] != s.index}
@@ -354,7 +356,8 @@ class RayEngine:
             out[kind] = {"devices": self.kernels.count(kind), "workers": len(mine),
                          "worker_rss": sorted(int(s.info.get("worker_rss", 0)) for s in mine),
                          "in_use": sorted({s.info.get("kernels", kind) for s in mine})}
-        compile_info = next((s.info["compile"] for s in self.slots if s.info.get("compile")), {})
+        compile_info: dict[str, Any] = next(
+            (s.info["compile"] for s in self.slots if s.info.get("compile")), {})
         return {"per_kind": out, "compile": compile_info, "placement": self.placement()}
 
     def placement(self) -> dict[str, dict[str, Any]]:
