@@ -175,7 +175,7 @@ def _main(argv: list[str]) -> int:
     fleet_cfg = dict(cfg.get("fleet", {}))
     backend = args.backend or fleet_cfg.get("backend", "local")
     if backend == "ray":  # before anything is written: Ray is an extra
-        from experiments.fleet.ray_backend import need_ray
+        from experiments.fleet.backends import need_ray
         need_ray()
     out = args.out or os.path.join("runs", str(cfg.get("name", "simulate")))
     os.makedirs(out, exist_ok=True)
@@ -196,8 +196,8 @@ def _main(argv: list[str]) -> int:
     from device_runtime.modelspec import load_model
     from experiments.data import make_fleet_data
     from experiments.fleet import draw_profiles
+    from experiments.fleet.backends import open_engine
     from experiments.fleet.grid import FleetGrid, run_serverapp
-    from experiments.fleet.ray_backend import open_engine
     from experiments.report import render, summarize, write_plots
 
     logging.getLogger("flwr").setLevel(logging.WARNING)  # after import: flwr sets DEBUG

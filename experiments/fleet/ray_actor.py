@@ -65,6 +65,9 @@ class NodeWorker:
                  node_dir: str | None = None) -> None:
         import psutil
 
+        # set for this actor only (its runtime is imported without numba by now): the
+        # worker processes get their kind's own environment (procs.worker_env)
+        os.environ.pop("NNFLEET_NO_NUMBA", None)
         self.kind, self.isolation, self.options = kind, isolation, options
         root = node_dir or os.environ.get("NNFLEET_RAY_DIR") or tempfile.gettempdir()
         os.makedirs(root, exist_ok=True)

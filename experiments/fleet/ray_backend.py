@@ -27,11 +27,12 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Self, cast
+from typing import Any, Self
 
 from device_runtime.errors import ConfigError
 
-from .engine import FleetEngine, Payloads
+from .backends import need_ray
+from .engine import Payloads
 from .faults import FaultPlan
 from .kernels import NUMBA_MIN_CAP, device_kernels, split_workers
 from .procs import READY_TIMEOUT
@@ -40,29 +41,7 @@ from .protocol import Job, Options, Task, TaskResult
 from .ray_actor import NodeWorker, Shard, States, _stamp, write_private
 from .ray_place import Room, place, reservation
 
-BACKENDS = ("local", "ray")
-RAY_MISSING = ("the ray backend needs Ray, which this install does not have: "
-               "pip install 'nnfleet[flower]' (Flower's simulation extra brings Ray)")
 CHUNK = 32  # at most this many tasks per call to a worker (results stream back per call)
-
-
-def open_engine(backend: str = "local", ray_address: str | None = None,
-                **kwargs: Any) -> FleetEngine:
-    """The fleet engine of ``backend`` ("local" or "ray"), with FleetEngine's arguments."""
-    if backend == "local":
-        return FleetEngine(**kwargs)
-    if backend != "ray":
-        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    # not a subclass: RayEngine has the interface that FleetGrid and simulate use
-    return cast(FleetEngine, RayEngine(address=ray_address, **kwargs))
-
-
-def need_ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError(RAY_MISSING) from None
-    return ray
 
 
 class _Slot:
@@ -104,6 +83,7 @@ class RayEngine:
         self.moved = {"data_to_nodes": 0, "states_to_nodes": 0, "states_to_head": 0,
                       "updates_to_head": 0}
         self._own_ray = not ray.is_initialized()
+        self.ray_start_seconds = 0.0  # joining (or starting) Ray, part of startup_seconds
         if self._own_ray:
             if address:
                 ray.init(address=address, logging_level="WARNING", log_to_driver=False)
@@ -111,6 +91,7 @@ class RayEngine:
                 ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False,
                          object_store_memory=256 << 20, logging_level="WARNING",
                          log_to_driver=False)
+            self.ray_start_seconds = time.perf_counter() - self.t_start
         self.slots: list[_Slot] = []
         try:
             self._start(fleet, profiles, workers, kernels, numba_min_cap, workdir, state_dir)
@@ -169,6 +150,9 @@ class RayEngine:
 
         actor = ray.remote(NodeWorker).options(
             num_cpus=1, memory=s.reserve, max_restarts=0, max_concurrency=1,
+            # the actor unpickles device settings, which imports the runtime: without numba
+            # (~75 MiB); NodeWorker gives its numba workers their numba back
+            runtime_env={"env_vars": {"NNFLEET_NO_NUMBA": "1"}},
             scheduling_strategy=NodeAffinitySchedulingStrategy(s.node, soft=False))
         s.actor = actor.remote(s.kind, self.isolation, self._options(), self.warm_models,
                                self.node_dir)
