@@ -174,6 +174,8 @@ def _main(argv: list[str]) -> int:
         get_algorithm(a)  # fail early on a typo
     fleet_cfg = dict(cfg.get("fleet", {}))
     backend = args.backend or fleet_cfg.get("backend", "local")
+    if args.ray_address and backend != "ray":
+        raise ConfigError("--ray-address needs --backend ray (or [fleet] backend = \"ray\")")
     if backend == "ray":  # before anything is written: Ray is an extra
         from experiments.fleet.backends import need_ray
         need_ray()

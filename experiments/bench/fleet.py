@@ -94,6 +94,8 @@ def run_fleet(devices: int, rounds: int, cap: int, workers: int,
     with TreeSampler(os.getpid()) as mem:
         import logging
 
+        import psutil
+
         from experiments.fleet import DeviceProfile
         from experiments.fleet.backends import open_engine
         from experiments.fleet.flower_data import fleet_from_run_config
@@ -119,9 +121,11 @@ def run_fleet(devices: int, rounds: int, cap: int, workers: int,
             plain_when_not_a_terminal()
             before = mem.now()
             grid = FleetGrid(eng, "bench")
-            t1 = time.perf_counter()
+            t1, cpu1 = time.perf_counter(), sum(psutil.Process().cpu_times()[:2])
             ctx = run_serverapp(server.app, grid, rc)
             rounds_s = time.perf_counter() - t1
+            # this process only (ServerApp, grid, engine): the part no worker can take over
+            head_cpu = sum(psutil.Process().cpu_times()[:2]) - cpu1
             ok = sum(r["ok"] for r in grid.rounds)
             n_workers = len(eng.procs)
             kernels = {k: v["devices"] for k, v in eng.kernel_summary()["per_kind"].items()}
@@ -129,6 +133,7 @@ def run_fleet(devices: int, rounds: int, cap: int, workers: int,
         assert ctx.state["final-arrays"]
     name = "nnfleet fleet engine" + (" on Ray" if backend == "ray" else "")
     return {**extra, "runtime": name, "startup_s": startup, "rounds_s": rounds_s,
+            "head_cpu_ms_per_device_round": 1000 * head_cpu / (devices * rounds),
             "device_rounds": devices * rounds, "ok_device_rounds": ok,
             "device_rounds_per_s": devices * rounds / rounds_s, "peak_tree_bytes": mem.peak,
             "before_first_round_bytes": before, "workers": n_workers, "kernels": kernels,
@@ -288,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"start-up {r['startup']:.2f}x faster, peak memory {r['peak_memory']:.2f}x "
                   f"smaller")
     summary["ratios"] = ratios
+    for key in ("local", "ray"):
+        if key in rows:
+            print(f"{key}: head (this process) CPU "
+                  f"{rows[key]['head_cpu_ms_per_device_round']:.2f} ms per device-round")
     if "ray" in rows:
         r = rows["ray"]
         per = r["rounds_s"] * r["workers"] / r["device_rounds"]

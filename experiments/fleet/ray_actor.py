@@ -69,7 +69,7 @@ class NodeWorker:
         # worker processes get their kind's own environment (procs.worker_env)
         os.environ.pop("NNFLEET_NO_NUMBA", None)
         self.kind, self.isolation, self.options = kind, isolation, options
-        root = node_dir or os.environ.get("NNFLEET_RAY_DIR") or tempfile.gettempdir()
+        root = node_dir or tempfile.gettempdir()  # the node's $TMPDIR by default
         os.makedirs(root, exist_ok=True)
         self.dir = tempfile.mkdtemp(prefix="nnfleet-ray-", dir=root)  # this node's disk
         self.state_dir = os.path.join(self.dir, "states")

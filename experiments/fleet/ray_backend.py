@@ -69,8 +69,8 @@ class RayEngine:
         """FleetEngine's arguments (``zygote`` has no meaning here), plus ``address``: the
         Ray cluster to join (None: the one this process is connected to, else a local Ray
         of ``workers`` CPUs started here and stopped by :meth:`close`); ``node_dir``:
-        where workers keep data and states on their nodes (default ``$NNFLEET_RAY_DIR`` or
-        the node's temporary folder)."""
+        where workers keep data and states on their nodes (default: the node's ``$TMPDIR``
+        or ``/tmp``)."""
         ray = need_ray()
         self.t_start = time.perf_counter()
         if isolation not in ("worker", "fork"):
