@@ -2,8 +2,8 @@
 cluster on 127.0.0.1 (``ray.cluster_utils.Cluster``, one per module: Ray takes ~10-20 s to
 start), the same ServerApp on both backends.
 
-- ``nnfleet simulate`` of a small config with caps, faults (a device killed, one raising,
-  one over its cap, a NaN update the server screens out) and FedPer's personal states gives
+- ``nnfleet simulate`` of a small config with caps, faults (a device killed, one hanging
+  past the timeout, one raising, one over its cap, a NaN update the server screens out) and FedPer's personal states gives
   the same records, accuracies and final weights, bit for bit, on the local engine and on
   Ray, the Ray run interrupted after round 1 and resumed from its checkpoint;
 - killing one node mid-round loses that round's tasks of that node's devices only (status
@@ -57,7 +57,11 @@ batch-size = 10
 kernels = "numpy"  # no numba compile in CI
 ram_cap = "256MiB"
 
+[faults]
+timeout = 3.0
+
 [faults.at]
+hang = {devices = [5], rounds = [1]}
 raise = {devices = [2], rounds = [1]}
 kill = {devices = [1], rounds = [2]}
 nan = {devices = [3], rounds = [2]}
@@ -125,6 +129,7 @@ def test_same_records_weights_and_resume_as_local(cluster, tmp_path, monkeypatch
     assert a == b
     status = {(r["phase"], r["round"], r["device"]): r["status"] for r in a}
     assert status[("train", 1, 2)] == "raised" and status[("train", 2, 1)] == "killed"
+    assert status[("train", 1, 5)] == "timeout"
     assert status[("train", 3, 4)] == "cap-exceeded"
     assert status[("rejected", 2, 3)] == "rejected"  # the NaN update, screened out
     assert sum(s == "ok" for (p, _, _), s in status.items() if p == "final") == 6

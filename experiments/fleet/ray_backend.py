@@ -139,6 +139,7 @@ class RayEngine:
         self._ready(self.slots)
         self.procs = self.slots  # FleetEngine's name for its workers
         self.holder: dict[tuple[str, int], tuple[int, Any]] = {}  # state: worker, head stamp
+        self._running = False
         self._ids = itertools.count()
         self.startup_seconds = time.perf_counter() - self.t_start
 
@@ -234,6 +235,7 @@ class RayEngine:
         """Run ``jobs`` on the workers; every job gets exactly one result (FleetEngine.run)."""
         ray = need_ray()
         self._heal()
+        self._running = True  # until every result is in (close() then need not wait)
         out: list[TaskResult] = []
 
         def report(r: TaskResult) -> None:
@@ -279,6 +281,7 @@ class RayEngine:
                 for res, state in results:
                     self._took(s, run_key, res, state)
                     report(res)
+        self._running = False
         return out
 
     def _lost(self, task: Task, status: str, why: str, s: _Slot | None = None) -> TaskResult:
@@ -362,7 +365,9 @@ class RayEngine:
         """Stop every worker (and the local Ray this engine started); remove its folder."""
         ray = need_ray()
         live = [s for s in getattr(self, "slots", []) if s.actor is not None and s.alive]
-        if live and ray.is_initialized():
+        # stopped mid-run (Ctrl-C): the actors are busy, so they are killed at once (their
+        # worker processes end by themselves, their folders stay in the nodes' $TMPDIR)
+        if live and ray.is_initialized() and not getattr(self, "_running", False):
             ray.wait([s.actor.close.remote() for s in live], num_returns=len(live),
                      timeout=30)
             for s in live:
