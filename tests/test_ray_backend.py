@@ -3,9 +3,10 @@ cluster on 127.0.0.1 (``ray.cluster_utils.Cluster``, one per module: Ray takes ~
 start), the same ServerApp on both backends.
 
 - ``nnfleet simulate`` of a small config with caps, faults (a device killed, one hanging
-  past the timeout, one raising, one over its cap, a NaN update the server screens out) and FedPer's personal states gives
-  the same records, accuracies and final weights, bit for bit, on the local engine and on
-  Ray, the Ray run interrupted after round 1 and resumed from its checkpoint;
+  past the timeout, one raising, one over its cap, a NaN update the server screens out)
+  and FedPer's personal states gives the same records, accuracies and final weights, bit
+  for bit, on the local engine and on Ray, the Ray run interrupted after round 1 and
+  resumed from its checkpoint;
 - killing one node mid-round loses that round's tasks of that node's devices only (status
   ``node-lost``), and the next round goes on with every device, their states moved;
 - placement never puts more caps on a node than its memory (random cases), a cap no node
@@ -146,7 +147,7 @@ def test_same_records_weights_and_resume_as_local(cluster, tmp_path, monkeypatch
                <= NODE_MEMORY for p in placement.values())
 
 
-def test_node_killed_mid_round_loses_only_its_devices(cluster):
+def test_node_killed_mid_round_loses_only_its_devices(cluster, tmp_path):
     # Prepare: a third node, which the test kills; its devices hang in round 2 (until the
     # kill: the 600 s timeout is never reached), so the kill surely lands mid-round
     import tomllib
@@ -171,7 +172,8 @@ def test_node_killed_mid_round_loses_only_its_devices(cluster):
     rc = run_config(cfg, "fedper", specs)
     records: list[dict] = []
     rnd = [0]
-    with RayEngine(fleet, profiles, workers=3, kernels="numpy") as eng:
+    # node_dir: the killed node's folder (never cleaned up by its worker) stays in tmp_path
+    with RayEngine(fleet, profiles, workers=3, kernels="numpy", node_dir=str(tmp_path)) as eng:
         gone = [d for d in range(6) if eng.node_of(d) == victim.node_id]
         assert gone and len(gone) < 6
         eng.faults = FaultPlan.from_config({"timeout": 600.0, "at": {
