@@ -177,8 +177,9 @@ def _main(argv: list[str]) -> int:
     if args.ray_address and backend != "ray":
         raise ConfigError("--ray-address needs --backend ray (or [fleet] backend = \"ray\")")
     if backend == "ray":  # before anything is written: Ray is an extra
-        from experiments.fleet.backends import need_ray
+        from experiments.fleet.backends import check_address, need_ray
         need_ray()
+        check_address(args.ray_address or fleet_cfg.get("ray-address"))
     out = args.out or os.path.join("runs", str(cfg.get("name", "simulate")))
     os.makedirs(out, exist_ok=True)
     seed = int(cfg.get("seed", 0))

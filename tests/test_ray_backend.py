@@ -10,7 +10,8 @@ start), the same ServerApp on both backends.
 - killing one node mid-round loses that round's tasks of that node's devices only (status
   ``node-lost``), and the next round goes on with every device, their states moved;
 - placement never puts more caps on a node than its memory (random cases), a cap no node
-  can hold is a one-line error, and without Ray ``--backend ray`` is a one-line error.
+  can hold is a one-line error, and so are ``--backend ray`` without Ray and an address
+  where no Ray cluster listens.
 """
 
 from __future__ import annotations
@@ -249,3 +250,23 @@ def test_without_ray_backend_ray_is_one_line(tmp_path):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "nnfleet[flower]" in lines[0] and "Ray" in lines[0]
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_no_cluster_at_the_address_is_one_line(tmp_path, capsys):
+    pytest.importorskip("ray")
+    pytest.importorskip("flwr")
+    import socket
+
+    from experiments import simulate
+
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "ray.toml"
+    cfg.write_text(CONFIG)
+    out = tmp_path / "out"
+    assert simulate.main([str(cfg), "--backend", "ray", "--ray-address", f"127.0.0.1:{port}",
+                          "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"no Ray cluster at 127.0.0.1:{port}" in err[0]
+    assert not out.exists()

@@ -16,6 +16,11 @@ the fleet engine every device runs under a RAM cap (``--cap``) that the runtime 
 
     python -m experiments.bench.fleet                       # 1,000 devices, both sides
     python -m experiments.bench.fleet --devices 10000 --rounds 1 --no-flower
+    python -m experiments.bench.fleet --backend ray         # + the fleet engine on Ray
+
+With ``--backend ray`` the fleet engine also runs on a Ray started in this process (its
+start, its processes and its memory counted like the rest), and the bench prints what the
+Ray backend costs per device-round: worker time, the head's CPU, the bytes it moves.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ backend`` or ``--backend``. Ray is imported only for the ray backend (it is an e
 
 from __future__ import annotations
 
+import socket
 from typing import Any, cast
 
 from device_runtime.errors import ConfigError
@@ -35,3 +36,20 @@ def need_ray() -> Any:
     except ImportError:
         raise ConfigError(RAY_MISSING) from None
     return ray
+
+
+def check_address(address: str | None, timeout: float = 10.0) -> None:
+    """A one-line ConfigError when nothing listens at a Ray head's ``HOST:PORT`` (Ray
+    itself retries for minutes); other forms (``auto``, ``ray://...``) are Ray's to check."""
+    if not address or "://" in address or address.count(":") != 1:
+        return
+    host, port = address.rsplit(":", 1)
+    if not port.isdigit():
+        raise ConfigError(f"--ray-address {address!r} must be HOST:PORT (the head's GCS port, "
+                          f"6379 by default)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise ConfigError(f"no Ray cluster at {address} ({e.strerror or e}): start its head "
+                          f"with 'ray start --head --port {port}'") from None
