@@ -16,7 +16,8 @@ BENCHES = {"memory": "experiments.bench.memory", "swap": "experiments.bench.swap
            "board": "experiments.bench.board"}
 BENCH_HELP = {"memory": "working set, step time and footprint against PyTorch",
               "swap": "swapped training under shrinking RAM caps",
-              "fleet": "device-rounds per second: the fleet engine against Flower's simulation",
+              "fleet": "device-rounds per second: the fleet engine against Flower's simulation "
+                       "(--backend ray: on Ray too)",
               "soak": "1,000 devices x rounds with faults: every outcome accounted for",
               "board": "what Flower costs a device: isolation modes x ClientApp kinds"}
 

@@ -111,6 +111,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--workers", type=int, help="worker processes (default: CPU count)")
     p.add_argument("--isolation", choices=["worker", "fork"], help="per-device isolation "
                    "(default: the config's [fleet] isolation, else worker)")
+    p.add_argument("--backend", choices=["local", "ray"], help="fleet engine: this machine "
+                   "(default) or a Ray cluster ([fleet] backend)")
+    p.add_argument("--ray-address", help="Ray cluster to join (default: [fleet] ray-address, "
+                   "else a local Ray on this machine)")
     p.add_argument("--seed", type=int, help="one run with this seed (the default of data-seed, "
                    "model-seed and sampling-seed; see experiments/seeds.py; default: the "
                    "config's seed)")
@@ -191,14 +195,25 @@ def prepare(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], l
     from experiments.algorithms import get_algorithm
     for a in algorithms:
         get_algorithm(a)  # fail early on a typo
+    fleet_cfg = dict(cfg.get("fleet", {}))
+    backend = args.backend or fleet_cfg.get("backend", "local")
+    if args.ray_address and backend != "ray":
+        raise ConfigError("--ray-address needs --backend ray (or [fleet] backend = \"ray\")")
+    if backend == "ray":  # before anything is written: Ray is an extra
+        from experiments.fleet.backends import check_address, need_ray
+        need_ray()
+        check_address(args.ray_address or fleet_cfg.get("ray-address"))
     return cfg, data, algorithms
 
 
 def run_fingerprint(cfg: dict[str, Any], data: dict[str, Any], algorithms: list[str],
                     isolation: str) -> str:
-    """What a checkpoint (and a finished seed's summary) must match to be resumed."""
+    """What a checkpoint (and a finished seed's summary) must match to be resumed; where
+    the fleet runs is not part of a run's identity: a run goes on on either backend."""
     from experiments.resume import fingerprint
-    return fingerprint({"config": cfg, "data": data, "algorithms": algorithms,
+    same = {**cfg, "fleet": {k: v for k, v in dict(cfg.get("fleet", {})).items()
+                             if k not in ("backend", "ray-address")}}
+    return fingerprint({"config": same, "data": data, "algorithms": algorithms,
                         "isolation": isolation})
 
 
@@ -245,6 +260,7 @@ def run_one(cfg: dict[str, Any], data: dict[str, Any], algorithms: list[str], ou
     from experiments.seeds import seed_roles
     seeds = seed_roles(cfg)  # data, model and sampling seeds
     isolation = args.isolation or fleet_cfg.get("isolation", "worker")
+    backend = args.backend or fleet_cfg.get("backend", "local")
     from experiments.resume import RunLog
     fp = run_fingerprint(cfg, data, algorithms, isolation)
     log = RunLog(out, fp, resume=resume)
@@ -255,7 +271,7 @@ def run_one(cfg: dict[str, Any], data: dict[str, Any], algorithms: list[str], ou
 
     import server
     from device_runtime.modelspec import load_model
-    from experiments.fleet import FleetEngine
+    from experiments.fleet.backends import open_engine
     from experiments.fleet.grid import FleetGrid, run_serverapp
     from experiments.fleet.worker import PERSONAL_DIR
     from experiments.report import render, summarize, write_plots
@@ -273,7 +289,8 @@ def run_one(cfg: dict[str, Any], data: dict[str, Any], algorithms: list[str], ou
     os.makedirs(os.path.join(out, "weights"), exist_ok=True)
     from device_runtime.units import parse_size
     from experiments.fleet.kernels import NUMBA_MIN_CAP
-    with FleetEngine(fleet, profiles, workers=int(args.workers or fleet_cfg.get("workers", 0)),
+    with open_engine(backend, args.ray_address or fleet_cfg.get("ray-address"), fleet=fleet,
+                     profiles=profiles, workers=int(args.workers or fleet_cfg.get("workers", 0)),
                      isolation=isolation, faults=cfg.get("faults"), seed=seeds["sampling"],
                      workdir=log.ckpt.work, state_dir=log.ckpt.live,
                      kernels=str(fleet_cfg.get("kernels", "auto")).strip().lower(),
