@@ -145,9 +145,9 @@ def check_config(cfg: dict[str, Any]) -> None:
            "algorithms": list_of(one_of(*ALGORITHMS), 1), "data": _data, "model": _model,
            "train": table(DEVICE), "server": _server, "fleet": table(FLEET),
            "algorithm": _algorithm, "faults": _faults})("", cfg)
-    devices = cfg.get("data", {}).get("devices", 100)
+    devices = data_kinds.fleet_size(cfg.get("data", {}))
     need = cfg.get("server", {}).get("min-nodes", 2)
-    if need > devices:
+    if devices is not None and need > devices:
         raise ConfigError(f"[server] min-nodes = {need} but the fleet has {devices} devices: the "
                           f"server would wait for ever (lower min-nodes or add devices)")
 
@@ -169,13 +169,16 @@ def _data(where: str, d: Any) -> None:
            **_checks(data_kinds.PARTITIONS.get(partition, {}))})("[data]", d)
     if kind.on_disk and "path" not in d:
         raise ConfigError(f"[data] kind = {name!r} needs path = FOLDER")
-    devices = d.get("devices", 100)
+    devices = data_kinds.fleet_size(d)
+    if devices is None and partition != "natural":
+        raise ConfigError(f"[data] partition = {partition!r} needs devices = N (without it, "
+                          f"partition natural makes one device per file or user)")
     params = kind.resolve(d)
     if kind.check is not None:
         kind.check(params, devices)
     # generated data lives in memory: refuse a fleet that cannot fit before making it
     per_device = kind.elements(params) if kind.elements is not None else 0
-    need, avail = 4 * devices * per_device, memory_available()
+    need, avail = 4 * (devices or 0) * per_device, memory_available()
     if need > avail:
         raise ConfigError(f"[data] {devices} devices of generated data need {need:,} bytes, more "
                           f"than the {avail:,} bytes of memory available")

@@ -192,10 +192,13 @@ def _main(argv: list[str]) -> int:
     from server.logs import plain_when_not_a_terminal
     plain_when_not_a_terminal()
     kind = str(data.pop("kind", "synthetic_images"))
-    n = int(data.pop("devices", 100))
+    n = data.pop("devices", None)  # None: the kind's default (every device of a folder)
     if "shape" in data:
         data["shape"] = tuple(data["shape"])
     fleet = make_fleet_data(kind, n, seed, **data)
+    if int(cfg.get("server", {}).get("min-nodes", 2)) > len(fleet.devices):
+        raise ConfigError(f"[server] min-nodes = {cfg['server']['min-nodes']} but the fleet has "
+                          f"{len(fleet.devices)} devices: the server would wait for ever")
     specs = load_model(model_text(cfg), seed)[0].specs
     profiles = draw_profiles(len(fleet.devices), fleet_cfg, seed)
     records = log.records
