@@ -53,6 +53,7 @@ class Executor:
         self.guard: Any = None
         self.last_grad_norm: float | None = None
         self._owns_swap = swap_device is None
+        self.tails: dict[int, Executor] = {}  # device_runtime.tail: partial batches, this pool
         if pool is None:
             self._allocate(POISON if poison is None else poison)
         else:

@@ -50,7 +50,7 @@ def tail_executor(model: Model, r: int) -> Executor:
     """An executor for a training step on ``r`` samples (fewer than the planned batch),
     sharing the training executor's pool and plan; kept with that executor."""
     main = model.train_executor
-    tails: dict[int, Executor] = main.__dict__.setdefault("tails", {})
+    tails = main.tails
     if r in tails:
         return tails[r]
     assert 0 < r < main.graph.batch

@@ -108,6 +108,17 @@ DATA_COMMON: dict[str, Check] = {"kind": _kind, "devices": integer(2),
                                  "stratify": boolean}
 
 
+# the top-level keys besides the sections
+TOP: dict[str, Check] = {
+    "name": matches(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "a plain name (letters, digits, _ . -): it "
+                                                   "names the output folder"),
+    "seed": integer(0, 2**32 - 1), "rounds": integer(1),
+    "algorithms": list_of(one_of(*ALGORITHMS), 1)}
+MODEL: dict[str, Check] = {"layers": list_of(lambda w, v: _layer(w, v), 1),
+                           "builtin": one_of(*BUILTINS), "args": any_table, "name": text,
+                           "head": list_of(text, 1)}
+
+
 def load_config(path: str | None) -> dict[str, Any]:
     """The parsed and checked experiment config at ``path`` (default: ``configs/default.toml``)."""
     path = path or DEFAULT_CONFIG
@@ -139,12 +150,8 @@ def load_config(path: str | None) -> dict[str, Any]:
 
 def check_config(cfg: dict[str, Any]) -> None:
     """Raise a one-line ConfigError naming the first bad key of an experiment config."""
-    table({"name": matches(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "a plain name (letters, digits, "
-                                                           "_ . -): it names the output folder"),
-           "seed": integer(0, 2**32 - 1), "rounds": integer(1),
-           "algorithms": list_of(one_of(*ALGORITHMS), 1), "data": _data, "model": _model,
-           "train": table(DEVICE), "server": _server, "fleet": table(FLEET),
-           "algorithm": _algorithm, "faults": _faults})("", cfg)
+    table({**TOP, "data": _data, "model": _model, "train": table(DEVICE), "server": _server,
+           "fleet": table(FLEET), "algorithm": _algorithm, "faults": _faults})("", cfg)
     devices = data_kinds.fleet_size(cfg.get("data", {}))
     need = cfg.get("server", {}).get("min-nodes", 2)
     if devices is not None and need > devices:
@@ -185,8 +192,7 @@ def _data(where: str, d: Any) -> None:
 
 
 def _model(where: str, m: Any) -> None:
-    table({"layers": list_of(_layer, 1), "builtin": one_of(*BUILTINS), "args": any_table,
-           "name": text, "head": list_of(text, 1)})("[model]", m)
+    table(MODEL)("[model]", m)
     given = [k for k in ("layers", "builtin", "name") if k in m]
     if len(given) > 1:
         raise ConfigError(f"[model] gives {' and '.join(given)}: give one")
