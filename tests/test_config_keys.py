@@ -114,3 +114,42 @@ def test_own_data_defaults_and_their_errors(tmp_path):
                                                                    "y": [0, 1]}}}))
     with pytest.raises(Exception, match="x must be numbers, one list of equal shape"):
         make_fleet_data("leaf", None, 0, path=str(bad), dataset="features")
+
+
+def _shakespeare(root) -> None:
+    rng = np.random.default_rng(2)
+    text = "To be, or not to be, that is the question: Whether 'tis nobler in the mind. " * 4
+    for split in ("train", "test"):
+        os.makedirs(os.path.join(root, split))
+        users = ["HAMLET", "OPHELIA"]
+        data = {}
+        for u in users:
+            starts = rng.integers(0, len(text) - 81, 5)
+            data[u] = {"x": [text[s:s + 80] for s in starts], "y": [text[s + 80] for s in starts]}
+        with open(os.path.join(root, split, "all.json"), "w") as f:
+            json.dump({"users": users, "num_samples": [5, 5], "user_data": data}, f)
+
+
+@pytest.mark.parametrize("name", ["leaf_femnist", "leaf_shakespeare"])
+def test_shipped_leaf_configs_build_their_fleet_and_model(name, tmp_path):
+    # the shipped config copied next to LEAF-layout files at its relative path
+    from device_runtime.modelspec import load_model
+    from experiments.simulate import model_text
+
+    src = os.path.join(os.path.dirname(config_doc.DOC), "..", "experiments", "configs",
+                       f"{name}.toml")
+    text = open(src, encoding="utf-8").read()
+    (tmp_path / f"{name}.toml").write_text(text)
+    root = tmp_path / "leaf" / "data" / name.split("_")[1] / "data"
+    (_femnist if name == "leaf_femnist" else _shakespeare)(root)
+    cfg = load_config(str(tmp_path / f"{name}.toml"))
+    data = dict(cfg["data"])
+    data.pop("devices")  # the files here hold fewer users than the config's subset
+    fleet = make_fleet_data(data.pop("kind"), None, 0, **data)
+    model = load_model(model_text(cfg), 0)[0]
+    # the model takes any sample shape with its input's element count
+    assert np.prod(model.input_shape) == np.prod(fleet.input_shape)
+    assert model.output_shape[-1] == fleet.num_classes
+    d = fleet.devices[0]
+    model.compile(batch_size=2, optimizer="sgd", lr=0.01)
+    assert np.isfinite(model.fit(d.x_train, d.y_train, steps=1).losses[0])
