@@ -140,3 +140,23 @@ def test_fewer_samples_than_a_batch_is_one_partial_batch():
 def test_the_device_config_keeps_the_last_batch_unless_told():
     assert DeviceConfig().drop_last is False
     assert DeviceConfig.from_mapping({"drop-last": True}).drop_last is True
+
+
+def test_a_device_round_keeps_or_drops_the_last_batch_as_its_config_says():
+    import json
+
+    from device_runtime.device import DeviceData, DeviceSettings, DeviceState, run_device
+    from device_runtime.device.trainers import initial_weights
+
+    model = json.dumps([{"type": "input", "name": "in", "input_shape": "12"},
+                        {"type": "fully_connected", "name": "fc", "unit": 3}])
+    x, y = synthetic_classification((12,), 3, 30, seed=3)
+    state = DeviceState(0, DeviceData(x[:21], y[:21], x[21:], y[21:]), DeviceSettings())
+    out = {}
+    for drop in (False, True):
+        cfg = {"model": model, "lr": 0.1, "batch-size": 8, "local-epochs": 2,
+               "server-round": 1, "drop-last": drop}
+        w, metrics, _ = run_device(state, initial_weights(model, 0), cfg)
+        out[drop] = w
+        assert metrics["steps"] == (4 if drop else 6)  # 21 = 2 x 8 + 5, two epochs
+    assert not np.allclose(out[False]["fc:weight"], out[True]["fc:weight"])
