@@ -4,7 +4,7 @@ Every section and key the experiment code reads is checked here, before anything
 its type and range, and unknown keys (a typo would otherwise be silently ignored). An
 error is one ``ConfigError`` line naming the file and the key::
 
-    runs.toml: [fleet] ram_cap.sigma = -1 must be a number >= 0
+    runs.toml: [fleet] ram-cap.sigma = -1 must be a number >= 0
 
 The sections (see experiments/configs/default.toml): top-level ``name``, ``seed``,
 ``rounds``, ``algorithms``; ``[data]`` (experiments.data.make_fleet_data), ``[model]``
@@ -40,6 +40,7 @@ from experiments.config_checks import (
     number,
     one_of,
     plain_keys,
+    renamed,
     size,
     table,
     text,
@@ -79,11 +80,11 @@ SERVER: dict[str, Check] = {
 }
 FLEET: dict[str, Check] = {
     "isolation": one_of("worker", "fork"), "workers": integer(0),
-    "ram_cap": distribution(size, lambda v: parse_size(v)),
+    "ram-cap": distribution(size, lambda v: parse_size(v)),
     "speed": distribution(number(0, lo_open=True)), "availability": distribution(number(0, 1)),
-    "dropout": distribution(number(0, 1)), "small_below": size, "small_batch_size": integer(1),
-    "small_freeze": text, "swap": one_of("off", "auto", "on"),
-    "kernels": one_of("auto", "numba", "numpy"), "numba_min_cap": size,
+    "dropout": distribution(number(0, 1)), "small-below": size, "small-batch-size": integer(1),
+    "small-freeze": text, "swap": one_of("off", "auto", "on"),
+    "kernels": one_of("auto", "numba", "numpy"), "numba-min-cap": size,
     "fallbacks": matches(r"((swap|batch:[1-9][0-9]*|freeze:[^;]+)\s*(;\s*|$))*",
                          "';'-separated fallbacks: swap, batch:N, freeze:PATTERNS"),
 }
@@ -104,7 +105,7 @@ DATA_KINDS: dict[str, dict[str, Check]] = {
 PARTITIONS: dict[str, dict[str, Check]] = {
     name: _checks(params) for name, params in data_kinds.PARTITIONS.items() if params}
 DATA_COMMON: dict[str, Check] = {"kind": _kind, "devices": integer(2),
-                                 "partition": text, "test_fraction": number(0, 1, hi_open=True),
+                                 "partition": text, "test-fraction": number(0, 1, hi_open=True),
                                  "stratify": boolean}
 
 
@@ -242,4 +243,7 @@ def _faults(where: str, f: Any) -> None:
 
     any_table("[faults]", f)
     plain_keys("[faults]", f)
+    from experiments.fleet.faults import KEYS
+    for k in f:
+        renamed("[faults]", k, KEYS)
     FaultPlan.from_config(f, 0)  # its own checks; messages name faults.<key>

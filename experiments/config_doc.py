@@ -139,7 +139,7 @@ def render() -> str:
     out += ["## `[server]`", ""] + _table(_rows("server", C.SERVER))
     out += ["## `[fleet]`", "", "Device profiles, drawn per device from the experiment's seed.",
             ""]
-    dist = {"ram_cap", "speed", "availability", "dropout"}
+    dist = {"ram-cap", "speed", "availability", "dropout"}
     out += _table([(k, v + (" (or a distribution)" if k in dist else ""), d, t)
                    for k, v, d, t in _rows("fleet", C.FLEET)])
     out += ["## `[faults]`", "", "Faults on purpose (`experiments/fleet/faults.py` checks "

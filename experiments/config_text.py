@@ -20,7 +20,7 @@ TEXT: dict[str, tuple[str, str]] = {
                      "devices in the fleet (for own data with partition natural: a seeded "
                      "subset of the files or users)"),
     "data partition": ("the kind's first", "how samples are dealt to devices (partitions below)"),
-    "data test_fraction": ("0.2", "each device's local test split, for devices without their "
+    "data test-fraction": ("0.2", "each device's local test split, for devices without their "
                                   "own test set"),
     "data stratify": ("true", "the test split keeps each device's label mix"),
     # [model]
@@ -70,24 +70,24 @@ TEXT: dict[str, tuple[str, str]] = {
     "fleet isolation": ("worker", "worker: warm worker processes; fork: a fresh child per "
                                   "device, killed if it goes over its cap"),
     "fleet workers": ("0 (one per core)", "worker processes"),
-    "fleet ram_cap": ("uncapped", "each device's RAM cap for its whole process: a size or a "
+    "fleet ram-cap": ("uncapped", "each device's RAM cap for its whole process: a size or a "
                                   "distribution"),
     "fleet speed": ("1.0", "relative compute speed (a number or a distribution)"),
     "fleet availability": ("1.0", "probability a device is online in a round"),
     "fleet dropout": ("0.0", "probability a device drops out mid-round"),
-    "fleet small_below": ("", "devices with a cap below this use the small-device settings"),
-    "fleet small_batch_size": ("", "batch size of small devices"),
-    "fleet small_freeze": ("", "layer patterns small devices never train"),
+    "fleet small-below": ("", "devices with a cap below this use the small-device settings"),
+    "fleet small-batch-size": ("", "batch size of small devices"),
+    "fleet small-freeze": ("", "layer patterns small devices never train"),
     "fleet swap": ("auto", "swap tensors to storage when the plan does not fit the cap"),
-    "fleet kernels": ("auto", "auto: numba's kernels for caps >= numba_min_cap, numpy's below"),
-    "fleet numba_min_cap": ("224MiB", "the smallest cap that gets numba's kernels"),
+    "fleet kernels": ("auto", "auto: numba's kernels for caps >= numba-min-cap, numpy's below"),
+    "fleet numba-min-cap": ("224MiB", "the smallest cap that gets numba's kernels"),
     "fleet fallbacks": ("", "what a device tries when its cap is too small for the step"),
     # [faults] (experiments/fleet/faults.py checks them)
     "faults rate": ("0.0", "probability that a device's train task of a round gets a fault"),
     "faults kinds": ("every kind", "the kinds the rate draws from, or a table of weights"),
     "faults seed": ("the experiment's", "seed of the fault draws"),
     "faults timeout": ("none", "seconds a device task may run before it is killed"),
-    "faults min_replies": ("0", "a round with fewer successful replies is not aggregated"),
+    "faults min-replies": ("0", "a round with fewer successful replies is not aggregated"),
     "faults scale": ("100.0", "the factor of a `scale` fault's update"),
     "faults dtype": ("float64", "the dtype of a `dtype` fault's first array"),
     "faults at": ("", "explicit faults: `kind = {devices = [...], rounds = [...]}`"),
@@ -110,7 +110,7 @@ KIND_TEXT = {
 PARTITION_TEXT = {
     "natural": "as the data comes: one device per generated device, file or user; file-order "
                "blocks for scikit-learn's data",
-    "skew": "the generator's own label skew (`label_skew`)",
+    "skew": "the generator's own label skew (`label-skew`)",
     "iid": "shuffled and cut into near-equal parts",
     "dirichlet": "per-class Dirichlet(alpha) shares; small alpha = strong label skew",
     "k_classes": "each device holds exactly k classes",

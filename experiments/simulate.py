@@ -211,7 +211,7 @@ def _main(argv: list[str]) -> int:
                      isolation=isolation, faults=cfg.get("faults"), seed=seed,
                      workdir=log.ckpt.work, state_dir=log.ckpt.live,
                      kernels=str(fleet_cfg.get("kernels", "auto")).strip().lower(),
-                     numba_min_cap=parse_size(fleet_cfg.get("numba_min_cap", NUMBA_MIN_CAP)),
+                     numba_min_cap=parse_size(fleet_cfg.get("numba-min-cap", NUMBA_MIN_CAP)),
                      warm_models=[model_text(cfg)], quiet=args.quiet) as eng:
         timing.update(startup_seconds=eng.startup_seconds, workers=len(eng.procs),
                       isolation=eng.isolation)

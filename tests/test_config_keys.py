@@ -153,3 +153,61 @@ def test_shipped_leaf_configs_build_their_fleet_and_model(name, tmp_path):
     d = fleet.devices[0]
     model.compile(batch_size=2, optimizer="sgd", lr=0.01)
     assert np.isfinite(model.fit(d.x_train, d.y_train, steps=1).losses[0])
+
+
+# every key renamed to kebab-case, old spelling -> new (the list the README gives)
+RENAMED = {
+    "data": {"samples_per_device": "samples-per-device", "max_samples": "max-samples",
+             "feature_shift": "feature-shift", "label_skew": "label-skew",
+             "pixel_noise": "pixel-noise", "test_fraction": "test-fraction",
+             "min_size": "min-size", "vocab_size": "vocab-size", "num_classes": "num-classes"},
+    "fleet": {"ram_cap": "ram-cap", "small_below": "small-below",
+              "small_batch_size": "small-batch-size", "small_freeze": "small-freeze",
+              "numba_min_cap": "numba-min-cap"},
+    "faults": {"min_replies": "min-replies"},
+}
+DATA_OF = {"samples_per_device": {"kind": "synthetic_images"},
+           "max_samples": {"kind": "synthetic_fedprox"}, "label_skew": {},
+           "feature_shift": {}, "pixel_noise": {}, "test_fraction": {},
+           "min_size": {"partition": "dirichlet"}, "vocab_size": {"kind": "leaf", "path": "x"},
+           "num_classes": {"kind": "npz_dir", "path": "x"}}
+
+
+def test_every_key_is_kebab_case():
+    from experiments.config import DATA_COMMON, DEVICE, FLEET, MODEL, SERVER, TOP
+    from experiments.fleet.faults import KEYS
+
+    keys = [*TOP, *DATA_COMMON, *MODEL, *DEVICE, *SERVER, *FLEET, *KEYS]
+    keys += [k for kind in KINDS.values() for k in kind.params]
+    keys += [k for p in PARTITIONS.values() for k in p]
+    assert all(re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", k) for k in keys), \
+        [k for k in keys if "_" in k or k != k.lower()]
+
+
+@pytest.mark.parametrize("section,old,new", [(s, o, n) for s, m in RENAMED.items()
+                                             for o, n in m.items()])
+def test_old_spellings_are_refused_with_a_hint_naming_the_new_one(section, old, new):
+    from experiments.config import check_config
+
+    values = {"ram_cap": "1GiB", "small_below": "1GiB", "numba_min_cap": "1GiB",
+              "small_freeze": "fc1", "num_classes": 3}
+    table = {**(DATA_OF.get(old, {}) if section == "data" else {}), old: values.get(old, 1)}
+    with pytest.raises(ConfigError) as e:
+        check_config({section: table})
+    msg = str(e.value)
+    assert "\n" not in msg and f"renamed to '{new}'" in msg and old in msg, msg
+    # and the new spelling is the key the loader knows
+    table[new] = table.pop(old)
+    try:
+        check_config({section: table})
+    except ConfigError as e2:
+        assert "renamed" not in str(e2) and "unknown key" not in str(e2), str(e2)
+
+
+def test_old_spellings_in_other_sections_get_the_hint_too():
+    from experiments.config import check_config
+
+    with pytest.raises(ConfigError, match=r"\[train\] batch_size: renamed to 'batch-size'"):
+        check_config({"train": {"batch_size": 8}})
+    with pytest.raises(ConfigError, match=r"\[data\] num_classes: renamed to 'num-classes'"):
+        check_config({"data": {"kind": "npz_dir", "path": "x", "num_classes": 3}})

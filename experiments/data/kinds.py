@@ -53,8 +53,20 @@ class DataKind:
     default_devices: int | None = 100
 
     def resolve(self, given: dict[str, Any]) -> dict[str, Any]:
-        """The kind's parameters in ``given``, with the defaults of those not given."""
-        return {k: given.get(k, p.default) for k, p in self.params.items()}
+        """The kind's parameters in ``given`` (config keys, kebab-case), with the defaults of
+        those not given, by their Python names (``samples-per-device`` ->
+        ``samples_per_device``)."""
+        return {py(k): given.get(k, p.default) for k, p in self.params.items()}
+
+
+def py(key: str) -> str:
+    """A config key's Python name: ``min-size`` -> ``min_size``."""
+    return key.replace("-", "_")
+
+
+def kebab(key: str) -> str:
+    """A Python name's config key: ``min_size`` -> ``min-size``."""
+    return key.replace("_", "-")
 
 
 def _from_signature(fn: Callable[..., Any], checks: dict[str, Check],
@@ -64,8 +76,8 @@ def _from_signature(fn: Callable[..., Any], checks: dict[str, Check],
     sig = inspect.signature(fn).parameters
     names = set(sig) - {"num_devices", "seed", *skip}
     assert names == set(checks), f"{fn.__name__}: checks of {sorted(checks)} for {sorted(names)}"
-    return {k: Param(c, None if sig[k].default is inspect.Parameter.empty else sig[k].default)
-            for k, c in checks.items()}
+    return {kebab(k): Param(c, None if sig[k].default is inspect.Parameter.empty
+                            else sig[k].default) for k, c in checks.items()}
 
 
 # ---------------------------------------------------------------- partitions
@@ -74,7 +86,7 @@ def _from_signature(fn: Callable[..., Any], checks: dict[str, Check],
 PARTITIONS: dict[str, dict[str, Param]] = {
     "natural": {}, "skew": {}, "iid": {},
     "dirichlet": {"alpha": Param(number(0, lo_open=True), 0.3),
-                  "min_size": Param(integer(0), 10)},
+                  "min-size": Param(integer(0), 10)},
     "k_classes": {"k": Param(integer(1), 2)},
 }
 
@@ -149,7 +161,7 @@ KINDS: dict[str, DataKind] = {
         DISK_PARTITIONS, on_disk=True, default_devices=None),
     "npz_dir": DataKind(
         lambda r: on_disk(r, *npz_users(r)),
-        {"path": Param(text), "num_classes": Param(integer(2))}, DISK_PARTITIONS, on_disk=True,
+        {"path": Param(text), "num-classes": Param(integer(2))}, DISK_PARTITIONS, on_disk=True,
         default_devices=None),
     # scikit-learn's shipped data (experiments/data/real.py; the "data" extra)
     "digits": DataKind(build_digits, {}, DISK_PARTITIONS, check=check_digits,
@@ -175,8 +187,8 @@ def fleet_size(d: dict[str, Any]) -> int | None:
     if d.get("partition", "natural") != "natural":
         return None
     path = str(d.get("path", ""))
-    if d.get("kind") == "npz_dir" and os.path.isdir(path):
-        return sum(1 for f in os.listdir(path) if f.endswith(".npz"))
+    if d.get("kind") == "npz_dir" and os.path.isdir(path):  # none: the loader's error says so
+        return sum(1 for f in os.listdir(path) if f.endswith(".npz")) or None
     return None
 
 
@@ -196,17 +208,18 @@ def make_fleet_data(kind: str, num_devices: int | None = None, seed: int = 0,
     images these set each device's labels (default: the generator's ``label_skew``), for
     files they re-partition the pooled samples. Devices without their own test set get a
     ``test_fraction`` (0.2) split of their data, stratified by label unless
-    ``stratify=False``.
+    ``stratify=False``. Parameters are taken in their config spelling (``min-size``, as
+    ``[data]`` has them) or as Python names (``min_size``).
     """
     if kind not in KINDS:
         raise ConfigError(f"unknown data kind '{kind}' (known: {', '.join(KINDS)})")
     entry = KINDS[kind]
-    p = dict(params)
+    p = {kebab(k): v for k, v in params.items()}  # config keys; Python names are taken too
     partition = str(p.pop("partition", None) or entry.partitions[0])
     if partition not in entry.partitions:
         raise ConfigError(f"partition '{partition}' does not apply to {kind} (use one of: "
                           f"{', '.join(entry.partitions)})")
-    test_fraction = float(p.pop("test_fraction", 0.2))
+    test_fraction = float(p.pop("test-fraction", 0.2))
     stratify = bool(p.pop("stratify", True))
     allowed = set(entry.params) | set(PARTITIONS[partition])
     unknown = sorted(set(p) - allowed)
@@ -218,9 +231,9 @@ def make_fleet_data(kind: str, num_devices: int | None = None, seed: int = 0,
     if num_devices is None and (not entry.on_disk or partition != "natural"):
         raise ConfigError(f"{kind} data with partition {partition} needs num_devices")
     meta = {"kind": kind, "partition": partition, "seed": seed, "test_fraction": test_fraction,
-            "params": dict(params)}
+            "params": {kebab(k): v for k, v in params.items()}}
     req = Request(num_devices, seed, partition, test_fraction, stratify, entry.resolve(p),
-                  {k: p.get(k, q.default) for k, q in PARTITIONS[partition].items()}, meta)
+                  {py(k): p.get(k, q.default) for k, q in PARTITIONS[partition].items()}, meta)
     try:
         if entry.on_disk and "path" not in p:
             raise ConfigError(f"{kind} data needs path= (a folder or file on this machine)")
