@@ -39,7 +39,10 @@ class Executor:
     go to ``swap_dir`` (default: see :func:`swap.default_swap_dir`)."""
 
     def __init__(self, step: StepPlan, weights: WeightStore, optimizer: Any = None,
-                 poison: bool | None = None, swap_dir: str | None = None) -> None:
+                 poison: bool | None = None, swap_dir: str | None = None,
+                 pool: np.ndarray | None = None, swap_device: SwapDevice | None = None) -> None:
+        # ``pool``/``swap_device``: another executor's, for a step laid out inside its plan
+        # (device_runtime.tail: the last partial batch); they stay that executor's
         self.step = step
         self.graph = step.graph
         self.training = step.training
@@ -49,14 +52,20 @@ class Executor:
         self.swap_device: SwapDevice | None = None
         self.guard: Any = None
         self.last_grad_norm: float | None = None
-        self._allocate(POISON if poison is None else poison)
+        self._owns_swap = swap_device is None
+        self.tails: dict[int, Executor] = {}  # device_runtime.tail: partial batches, this pool
+        if pool is None:
+            self._allocate(POISON if poison is None else poison)
+        else:
+            assert pool.size >= step.plan.pool_bytes, "a shared pool must hold the plan"
+            self.pool = pool
         if self.slots:
             off = 0
             for slot in self.slots:
                 slot.nbytes = P.align(step.sizes[slot.group], PAGE)
                 slot.file_offset = off
                 off += slot.nbytes
-            self.swap_device = SwapDevice(off, swap_dir)
+            self.swap_device = swap_device or SwapDevice(off, swap_dir)
         self._bind()
         self._build_program()
 
@@ -240,5 +249,5 @@ class Executor:
 
     def close(self) -> None:
         """Release the swap file and its thread."""
-        if self.swap_device is not None:
+        if self.swap_device is not None and self._owns_swap:
             self.swap_device.close()

@@ -211,15 +211,18 @@ class Model:
     def fit(self, x: np.ndarray, y: np.ndarray, epochs: int = 1, steps: int | None = None,
             shuffle: bool = True, seed: int = 0,
             callback: Callable[[int, float], None] | None = None,
-            start_epoch: int = 0) -> History:
-        """Train; batches of ``batch_size`` (a last partial batch is dropped).
+            start_epoch: int = 0, drop_last: bool = True) -> History:
+        """Train; batches of ``batch_size``. ``drop_last`` (the default here) drops an
+        epoch's last partial batch; ``drop_last=False`` trains on it too, as PyTorch's
+        DataLoader does, inside the full batch's memory plan (device_runtime.tail).
 
         ``start_epoch`` resumes a run that used the same ``seed``: the shuffles of the
         epochs already trained are replayed so batches are the same as uninterrupted."""
         xs = self.prepare_x(x)
         ys, kind = self.prepare_y(y, xs.shape[0])
         self._use_labels(kind)
-        return training.fit(self, xs, ys, epochs, steps, shuffle, seed, callback, start_epoch)
+        return training.fit(self, xs, ys, epochs, steps, shuffle, seed, callback, start_epoch,
+                            drop_last)
 
     def train_step(self, idx: np.ndarray) -> float:
         """One step on rows ``idx`` of the source set by ``fit`` (or ``Executor.set_source``)."""

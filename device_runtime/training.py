@@ -26,20 +26,21 @@ class History:
     losses: list[float] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
     correct: list[int] = field(default_factory=list)  # per step, with class-id labels
+    sizes: list[int] = field(default_factory=list)  # samples per step (the last may be fewer)
     examples: int = 0
 
 
 def fit(model: Model, xs: np.ndarray, ys: np.ndarray, epochs: int, steps: int | None,
         shuffle: bool, seed: int, callback: Callable[[int, float], None] | None,
-        start_epoch: int) -> History:
+        start_epoch: int, drop_last: bool = True) -> History:
     """Train ``model`` on prepared ``xs``/``ys`` (see :meth:`Model.fit`)."""
     b = model.batch_size or 0
     if b == 0:
         raise ConfigError("compile() the model before training")
     n = xs.shape[0]
-    if n < b:
+    if n < b and (drop_last or n == 0):
         raise DataError(f"data has {n} samples, fewer than one batch of {b}")
-    per_epoch = n // b
+    per_epoch = n // b if drop_last else -(-n // b)  # with the last, partial batch
     total = steps if steps is not None else epochs * per_epoch
     if total < 0:
         raise ConfigError(f"steps/epochs must be >= 0, got {total}")
@@ -56,7 +57,7 @@ def fit(model: Model, xs: np.ndarray, ys: np.ndarray, epochs: int, steps: int | 
             j = step % per_epoch
             if j == 0 and shuffle:
                 rng.shuffle(perm)
-            idx = perm[j * b:(j + 1) * b]
+            idx = perm[j * b:min((j + 1) * b, n)]
             t0 = time.perf_counter()
             loss = model.train_step(idx)
             hist.step_seconds.append(time.perf_counter() - t0)
@@ -66,7 +67,8 @@ def fit(model: Model, xs: np.ndarray, ys: np.ndarray, epochs: int, steps: int | 
                                        f"diverged (lower the learning rate); nothing saved")
             if ex.loss is not None and ex.loss.correct >= 0:
                 hist.correct.append(ex.loss.correct)
-            hist.examples += b
+            hist.examples += idx.size
+            hist.sizes.append(int(idx.size))
             if callback is not None:
                 callback(step, loss)
     if total:
@@ -95,7 +97,10 @@ def train_step(model: Model, idx: np.ndarray) -> float:
     ex = model.train_executor
     opt.begin_step()
     mb = model.micro_batch
-    if mb == model.batch_size:
+    if idx.size < model.batch_size:  # the last, partial batch of an epoch
+        from .tail import partial_step
+        loss = partial_step(model, idx)
+    elif mb == model.batch_size:
         loss = ex.run(idx)
     else:  # gradient accumulation over micro-batches, then one update
         k = model.batch_size // mb

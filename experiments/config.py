@@ -4,7 +4,7 @@ Every section and key the experiment code reads is checked here, before anything
 its type and range, and unknown keys (a typo would otherwise be silently ignored). An
 error is one ``ConfigError`` line naming the file and the key::
 
-    runs.toml: [fleet] ram_cap.sigma = -1 must be a number >= 0
+    runs.toml: [fleet] ram-cap.sigma = -1 must be a number >= 0
 
 The sections (see experiments/configs/default.toml): top-level ``name``, ``seed``,
 ``rounds``, ``algorithms`` (and ``seeds``, ``data-seed``, ``model-seed``, ``sampling-seed``:
@@ -42,6 +42,7 @@ from experiments.config_checks import (
     number,
     one_of,
     plain_keys,
+    renamed,
     size,
     table,
     text,
@@ -83,11 +84,11 @@ SERVER: dict[str, Check] = {
 }
 FLEET: dict[str, Check] = {
     "isolation": one_of("worker", "fork"), "workers": integer(0),
-    "ram_cap": distribution(size, lambda v: parse_size(v)),
+    "ram-cap": distribution(size, lambda v: parse_size(v)),
     "speed": distribution(number(0, lo_open=True)), "availability": distribution(number(0, 1)),
-    "dropout": distribution(number(0, 1)), "small_below": size, "small_batch_size": integer(1),
-    "small_freeze": text, "swap": one_of("off", "auto", "on"),
-    "kernels": one_of("auto", "numba", "numpy"), "numba_min_cap": size,
+    "dropout": distribution(number(0, 1)), "small-below": size, "small-batch-size": integer(1),
+    "small-freeze": text, "swap": one_of("off", "auto", "on"),
+    "kernels": one_of("auto", "numba", "numpy"), "numba-min-cap": size,
     "backend": one_of("local", "ray"), "ray-address": text,  # experiments/fleet/ray_backend.py
     "fallbacks": matches(r"((swap|batch:[1-9][0-9]*|freeze:[^;]+)\s*(;\s*|$))*",
                          "';'-separated fallbacks: swap, batch:N, freeze:PATTERNS"),
@@ -109,8 +110,22 @@ DATA_KINDS: dict[str, dict[str, Check]] = {
 PARTITIONS: dict[str, dict[str, Check]] = {
     name: _checks(params) for name, params in data_kinds.PARTITIONS.items() if params}
 DATA_COMMON: dict[str, Check] = {"kind": _kind, "devices": integer(2),
-                                 "partition": text, "test_fraction": number(0, 1, hi_open=True),
+                                 "partition": text, "test-fraction": number(0, 1, hi_open=True),
                                  "stratify": boolean}
+
+
+# the top-level keys besides the sections
+TOP: dict[str, Check] = {
+    "name": matches(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "a plain name (letters, digits, _ . -): it "
+                                                   "names the output folder"),
+    "seed": integer(0, 2**32 - 1), "rounds": integer(1), "seeds": check_seeds,
+    # what each seed drives: experiments/seeds.py
+    **{f"{role}-seed": integer(0, 2**32 - 1) for role in SEED_ROLES},
+    "save-personal-models": boolean,  # weights/<algorithm>/<device id>.npz
+    "algorithms": list_of(one_of(*ALGORITHMS), 1)}
+MODEL: dict[str, Check] = {"layers": list_of(lambda w, v: _layer(w, v), 1),
+                           "builtin": one_of(*BUILTINS), "args": any_table, "name": text,
+                           "head": list_of(text, 1)}
 
 
 def load_config(path: str | None) -> dict[str, Any]:
@@ -144,18 +159,11 @@ def load_config(path: str | None) -> dict[str, Any]:
 
 def check_config(cfg: dict[str, Any]) -> None:
     """Raise a one-line ConfigError naming the first bad key of an experiment config."""
-    table({"name": matches(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "a plain name (letters, digits, "
-                                                           "_ . -): it names the output folder"),
-           "seed": integer(0, 2**32 - 1), "rounds": integer(1), "seeds": check_seeds,
-           # what each seed drives: experiments/seeds.py
-           **{f"{role}-seed": integer(0, 2**32 - 1) for role in SEED_ROLES},
-           "save-personal-models": boolean,  # weights/<algorithm>/<device id>.npz
-           "algorithms": list_of(one_of(*ALGORITHMS), 1), "data": _data, "model": _model,
-           "train": table(DEVICE), "server": _server, "fleet": table(FLEET),
-           "algorithm": _algorithm, "faults": _faults})("", cfg)
-    devices = cfg.get("data", {}).get("devices", 100)
+    table({**TOP, "data": _data, "model": _model, "train": table(DEVICE), "server": _server,
+           "fleet": table(FLEET), "algorithm": _algorithm, "faults": _faults})("", cfg)
+    devices = data_kinds.fleet_size(cfg.get("data", {}))
     need = cfg.get("server", {}).get("min-nodes", 2)
-    if need > devices:
+    if devices is not None and need > devices:
         raise ConfigError(f"[server] min-nodes = {need} but the fleet has {devices} devices: the "
                           f"server would wait for ever (lower min-nodes or add devices)")
 
@@ -177,21 +185,23 @@ def _data(where: str, d: Any) -> None:
            **_checks(data_kinds.PARTITIONS.get(partition, {}))})("[data]", d)
     if kind.on_disk and "path" not in d:
         raise ConfigError(f"[data] kind = {name!r} needs path = FOLDER")
-    devices = d.get("devices", 100)
+    devices = data_kinds.fleet_size(d)
+    if devices is None and partition != "natural":
+        raise ConfigError(f"[data] partition = {partition!r} needs devices = N (without it, "
+                          f"partition natural makes one device per file or user)")
     params = kind.resolve(d)
     if kind.check is not None:
         kind.check(params, devices)
     # generated data lives in memory: refuse a fleet that cannot fit before making it
     per_device = kind.elements(params) if kind.elements is not None else 0
-    need, avail = 4 * devices * per_device, memory_available()
+    need, avail = 4 * (devices or 0) * per_device, memory_available()
     if need > avail:
         raise ConfigError(f"[data] {devices} devices of generated data need {need:,} bytes, more "
                           f"than the {avail:,} bytes of memory available")
 
 
 def _model(where: str, m: Any) -> None:
-    table({"layers": list_of(_layer, 1), "builtin": one_of(*BUILTINS), "args": any_table,
-           "name": text, "head": list_of(text, 1)})("[model]", m)
+    table(MODEL)("[model]", m)
     given = [k for k in ("layers", "builtin", "name") if k in m]
     if len(given) > 1:
         raise ConfigError(f"[model] gives {' and '.join(given)}: give one")
@@ -241,4 +251,7 @@ def _faults(where: str, f: Any) -> None:
 
     any_table("[faults]", f)
     plain_keys("[faults]", f)
+    from experiments.fleet.faults import KEYS
+    for k in f:
+        renamed("[faults]", k, KEYS)
     FaultPlan.from_config(f, 0)  # its own checks; messages name faults.<key>

@@ -1,5 +1,5 @@
 """Checks of config values: each is ``check(where, value)`` and raises a one-line
-ConfigError naming ``where`` (``[fleet] ram_cap.sigma``) and the value, or returns None.
+ConfigError naming ``where`` (``[fleet] ram-cap.sigma``) and the value, or returns None.
 Used by :mod:`experiments.config`.
 """
 
@@ -97,6 +97,7 @@ def table(schema: dict[str, Check], required: tuple[str, ...] = ()) -> Check:
             raise fail(where, v, "a table")
         unknown = [k for k in v if k not in schema]
         if unknown:
+            renamed(where, unknown[0], schema)
             raise ConfigError(f"{join(where, unknown[0])}: unknown key (known: "
                               f"{', '.join(schema) or 'none'})")
         for k in required:
@@ -105,6 +106,14 @@ def table(schema: dict[str, Check], required: tuple[str, ...] = ()) -> Check:
         for k, x in v.items():  # top-level tables are sections: [train] lr, not train.lr
             schema[k](f"[{_key(k)}]" if not where and isinstance(x, dict) else join(where, k), x)
     return check
+
+
+def renamed(where: str, key: Any, known: Any) -> None:
+    """Refuse a key in its old snake_case spelling with a hint naming the new one."""
+    new = key.replace("_", "-") if isinstance(key, str) else key
+    if new != key and new in known:
+        raise ConfigError(f"{join(where, key)}: renamed to {new!r} (config keys are kebab-case, "
+                          f"as Flower's run config)")
 
 
 def join(where: str, key: Any) -> str:

@@ -240,7 +240,7 @@ def build_fleet(cfg: dict[str, Any], data: dict[str, Any]) -> tuple[Any, list[An
 
     data, seed = dict(data), seed_roles(cfg)["data"]
     kind = str(data.pop("kind", "synthetic_images"))
-    n = int(data.pop("devices", 100))
+    n = data.pop("devices", None)  # None: the kind's default (every device of a folder)
     if "shape" in data:
         data["shape"] = tuple(data["shape"])
     fleet = make_fleet_data(kind, n, seed, **data)
@@ -281,6 +281,10 @@ def run_one(cfg: dict[str, Any], data: dict[str, Any], algorithms: list[str], ou
     from server.logs import plain_when_not_a_terminal
     plain_when_not_a_terminal()
     fleet, profiles = build_fleet(cfg, data)
+    from device_runtime.errors import ConfigError
+    if int(cfg.get("server", {}).get("min-nodes", 2)) > len(fleet.devices):
+        raise ConfigError(f"[server] min-nodes = {cfg['server']['min-nodes']} but the fleet has "
+                          f"{len(fleet.devices)} devices: the server would wait for ever")
     ids = [d.device_id for d in fleet.devices]
     specs = load_model(model_text(cfg), seeds["model"])[0].specs
     records = log.records
@@ -294,7 +298,7 @@ def run_one(cfg: dict[str, Any], data: dict[str, Any], algorithms: list[str], ou
                      isolation=isolation, faults=cfg.get("faults"), seed=seeds["sampling"],
                      workdir=log.ckpt.work, state_dir=log.ckpt.live,
                      kernels=str(fleet_cfg.get("kernels", "auto")).strip().lower(),
-                     numba_min_cap=parse_size(fleet_cfg.get("numba_min_cap", NUMBA_MIN_CAP)),
+                     numba_min_cap=parse_size(fleet_cfg.get("numba-min-cap", NUMBA_MIN_CAP)),
                      warm_models=[model_text(cfg)], quiet=args.quiet) as eng:
         timing.update(startup_seconds=eng.startup_seconds, workers=len(eng.procs),
                       isolation=eng.isolation)

@@ -29,7 +29,7 @@ devices = 6
 shape = [3, 16, 16]
 partition = "k_classes"
 k = 2
-samples_per_device = 60
+samples-per-device = 60
 
 [model]
 layers = [
@@ -48,7 +48,7 @@ batch-size = 16
 fraction-train = 1.0
 
 [fleet]  # both kinds: 96 MiB devices run the numpy kernels, the others numba's
-ram_cap = {dist = "choice", values = ["96MiB", "224MiB", "1GiB"]}
+ram-cap = {dist = "choice", values = ["96MiB", "224MiB", "1GiB"]}
 """
 
 

@@ -131,8 +131,8 @@ def test_a_task_carries_the_settings_a_device_would_parse_from_its_node_config()
     from device_runtime.device import parse_settings
     from experiments.fleet import draw_profiles
 
-    cfg = {"ram_cap": {"dist": "choice", "values": ["96MiB", "300MB", "1GiB"]},
-           "small_below": "256MiB", "small_batch_size": 4, "small_freeze": "conv*",
+    cfg = {"ram-cap": {"dist": "choice", "values": ["96MiB", "300MB", "1GiB"]},
+           "small-below": "256MiB", "small-batch-size": 4, "small-freeze": "conv*",
            "fallbacks": " batch:2; swap ;freeze:fc1", "swap": "on"}
     profiles = draw_profiles(30, cfg, seed=1) + [DeviceProfile(30, None, 1.0, 1.0, 0.0)]
     # Execute / Assert: what the engine sends is what a real device reads from node_config

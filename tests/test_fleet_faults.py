@@ -220,7 +220,7 @@ def test_fault_draws_are_reproducible_and_at_the_rate():
 @pytest.mark.parametrize("cfg,key", [
     ({"rate": 2}, "faults.rate"), ({"rate": "lots"}, "faults.rate"),
     ({"kinds": ["boom"]}, "faults.kinds"), ({"timeout": -1}, "faults.timeout"),
-    ({"min_replies": 1.5}, "faults.min_replies"), ({"dtype": "complex"}, "faults.dtype"),
+    ({"min-replies": 1.5}, "faults.min-replies"), ({"dtype": "complex"}, "faults.dtype"),
     ({"rate": 0.1, "kinds": ["hang"]}, "faults.timeout"), ({"bogus": 1}, "bogus"),
     ({"at": {"kill": {"devices": ["x"]}}}, "faults.at.kill.devices"),
     ({"at": {"kill": {"rounds": [0]}}}, "faults.at.kill.rounds"),

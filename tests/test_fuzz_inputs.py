@@ -69,8 +69,8 @@ def test_valid_sizes_round_trip(n, unit, space):
 ])
 def test_size_errors_name_the_value(text, needle):
     with pytest.raises(ConfigError) as e:
-        parse_size(text, "[fleet] ram_cap")
-    assert str(e.value).startswith("[fleet] ram_cap: ") and needle in str(e.value), str(e.value)
+        parse_size(text, "[fleet] ram-cap")
+    assert str(e.value).startswith("[fleet] ram-cap: ") and needle in str(e.value), str(e.value)
 
 
 def test_sizes_exact():

@@ -40,10 +40,10 @@ def test_every_algorithm_has_a_device_config():
 
 
 def test_profiles_are_drawn_reproducibly_from_distributions():
-    cfg = {"ram_cap": {"dist": "choice", "values": ["128MiB", "1GiB"], "weights": [1, 3]},
+    cfg = {"ram-cap": {"dist": "choice", "values": ["128MiB", "1GiB"], "weights": [1, 3]},
            "speed": {"dist": "lognormal", "median": 2.0, "sigma": 0.5, "min": 0.5},
            "availability": {"dist": "uniform", "low": 0.5, "high": 1.0}, "dropout": 0.1,
-           "small_below": "256MiB", "small_batch_size": 4, "fallbacks": "batch:2;swap"}
+           "small-below": "256MiB", "small-batch-size": 4, "fallbacks": "batch:2;swap"}
     a, b = draw_profiles(400, cfg, seed=3), draw_profiles(400, cfg, seed=3)
     assert [p.as_dict() for p in a] == [p.as_dict() for p in b]
     caps = np.array([p.ram_cap for p in a])
@@ -68,7 +68,7 @@ devices = 16
 shape = [3, 8, 8]
 partition = "k_classes"
 k = 2
-samples_per_device = 60
+samples-per-device = 60
 noise = 6.0
 
 [model]
@@ -88,7 +88,7 @@ local-epochs = 2
 fraction-train = 1.0
 
 [fleet]
-ram_cap = {dist = "choice", values = ["24MiB", "96MiB", "1GiB"], weights = [0.15, 0.25, 0.6]}
+ram-cap = {dist = "choice", values = ["24MiB", "96MiB", "1GiB"], weights = [0.15, 0.25, 0.6]}
 """
 
 

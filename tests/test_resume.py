@@ -34,7 +34,7 @@ devices = 6
 shape = [3, 8, 8]
 partition = "k_classes"
 k = 2
-samples_per_device = 40
+samples-per-device = 40
 noise = 6.0
 
 [model]

@@ -69,6 +69,9 @@ class DeviceConfig:
     momentum: float = _key(0.0, lo=0, hi=1, hi_open=True)  # SGD only
     weight_decay: float = _key(0.0, lo=0)
     batch_size: int = _key(32, lo=1)  # a device's own DeviceSettings.batch_size wins
+    # drop each epoch's last partial batch; off (the default, as PyTorch's DataLoader):
+    # train on it too
+    drop_last: bool = _key(False)
     optimizer_state: str = _key("reset", choices=("reset", "keep"))  # keep: across rounds
     seed: int = _key(0, set_by="run", lo=0)  # with server-round: reproducible shuffles
     server_round: int = _key(0, set_by="flower", lo=0)

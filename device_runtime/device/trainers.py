@@ -133,6 +133,6 @@ def fit(m: Model, weights: Arrays, data: DeviceData, cfg: DeviceConfig, epochs: 
         opt.anchor = {k: np.ascontiguousarray(a, np.float32).reshape(-1) for k, a in anchor.items()}
     m.cap_exceeded = False  # the trainer is shared by devices: only this run's verdict counts
     hist = m.fit(data.x_train, data.y_train, epochs=epochs, steps=cfg.local_steps or None,
-                 shuffle=True, seed=seed)
+                 shuffle=True, seed=seed, drop_last=cfg.drop_last)
     opt.mu, opt.anchor = 0.0, {}
     return m.get_weights(), hist.losses

@@ -27,7 +27,7 @@ def leaf_users(r: Request) -> tuple[Users, tuple[int, ...], int, str]:
     """LEAF JSON at ``path``: its users, input shape, class count and name."""
     p, pick = r.params, _pick(r)
     leaf = load_leaf(str(p["path"]), p["dataset"], int(p["vocab_size"]), max_users=pick,
-                     seed=r.seed)
+                     seed=r.seed, num_classes=p["num_classes"])
     if pick is not None and pick > len(leaf.train):
         raise ConfigError(f"asked for {pick} devices but {p['path']} has "
                           f"{len(leaf.train)} users")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from .dataset import FleetData
 from .disk import leaf_users, npz_users, on_disk
 from .generators import synthetic_fedprox, synthetic_images
 from .loaders import load_leaf
+from .real import TABULAR, build_digits, build_tabular, check_digits, check_tabular
 
 
 @dataclass(frozen=True)
@@ -44,12 +46,27 @@ class DataKind:
     on_disk: bool = False  # read from path= (else generated, for num_devices devices)
     # float32 elements per generated device, from the parameters (the config's memory check)
     elements: Callable[[dict[str, Any]], int] | None = None
-    # checks of a [data] table across its values: (the kind's parameters, devices)
-    check: Callable[[dict[str, Any], int], None] | None = None
+    # checks of a [data] table across its values: (the kind's parameters, devices or None)
+    check: Callable[[dict[str, Any], int | None], None] | None = None
+    # the fleet's size when [data] devices is not given; None = every device the data has
+    # (each file or user of a folder, partition natural)
+    default_devices: int | None = 100
 
     def resolve(self, given: dict[str, Any]) -> dict[str, Any]:
-        """The kind's parameters in ``given``, with the defaults of those not given."""
-        return {k: given.get(k, p.default) for k, p in self.params.items()}
+        """The kind's parameters in ``given`` (config keys, kebab-case), with the defaults of
+        those not given, by their Python names (``samples-per-device`` ->
+        ``samples_per_device``)."""
+        return {py(k): given.get(k, p.default) for k, p in self.params.items()}
+
+
+def py(key: str) -> str:
+    """A config key's Python name: ``min-size`` -> ``min_size``."""
+    return key.replace("-", "_")
+
+
+def kebab(key: str) -> str:
+    """A Python name's config key: ``min_size`` -> ``min-size``."""
+    return key.replace("_", "-")
 
 
 def _from_signature(fn: Callable[..., Any], checks: dict[str, Check],
@@ -59,8 +76,8 @@ def _from_signature(fn: Callable[..., Any], checks: dict[str, Check],
     sig = inspect.signature(fn).parameters
     names = set(sig) - {"num_devices", "seed", *skip}
     assert names == set(checks), f"{fn.__name__}: checks of {sorted(checks)} for {sorted(names)}"
-    return {k: Param(c, None if sig[k].default is inspect.Parameter.empty else sig[k].default)
-            for k, c in checks.items()}
+    return {kebab(k): Param(c, None if sig[k].default is inspect.Parameter.empty
+                            else sig[k].default) for k, c in checks.items()}
 
 
 # ---------------------------------------------------------------- partitions
@@ -69,7 +86,7 @@ def _from_signature(fn: Callable[..., Any], checks: dict[str, Check],
 PARTITIONS: dict[str, dict[str, Param]] = {
     "natural": {}, "skew": {}, "iid": {},
     "dirichlet": {"alpha": Param(number(0, lo_open=True), 0.3),
-                  "min_size": Param(integer(0), 10)},
+                  "min-size": Param(integer(0), 10)},
     "k_classes": {"k": Param(integer(1), 2)},
 }
 
@@ -100,12 +117,12 @@ def _images(r: Request) -> FleetData:
     return FleetData(devices, shape, classes, "synthetic_images", r.meta)
 
 
-def _check_images(p: dict[str, Any], devices: int) -> None:
+def _check_images(p: dict[str, Any], devices: int | None) -> None:
     if len(p["shape"]) not in (1, 3):
         raise fail("[data] shape", p["shape"], "[C, H, W] or [F]")
 
 
-def _check_fedprox(p: dict[str, Any], devices: int) -> None:
+def _check_fedprox(p: dict[str, Any], devices: int | None) -> None:
     if isinstance(p["samples"], list) and len(p["samples"]) != devices:
         raise ConfigError(f"[data] samples has {len(p['samples'])} counts for {devices} devices")
 
@@ -139,12 +156,18 @@ KINDS: dict[str, DataKind] = {
         check=_check_images),
     "leaf": DataKind(
         lambda r: on_disk(r, *leaf_users(r)), _from_signature(load_leaf, {
-            "path": text, "dataset": one_of("femnist", "shakespeare", "sent140"),
-            "vocab_size": integer(1)}, "max_users"),
-        DISK_PARTITIONS, on_disk=True),
+            "path": text, "dataset": one_of("femnist", "shakespeare", "sent140", "features"),
+            "vocab_size": integer(1), "num_classes": integer(2)}, "max_users"),
+        DISK_PARTITIONS, on_disk=True, default_devices=None),
     "npz_dir": DataKind(
         lambda r: on_disk(r, *npz_users(r)),
-        {"path": Param(text), "num_classes": Param(integer(2))}, DISK_PARTITIONS, on_disk=True),
+        {"path": Param(text), "num-classes": Param(integer(2))}, DISK_PARTITIONS, on_disk=True,
+        default_devices=None),
+    # scikit-learn's shipped data (experiments/data/real.py; the "data" extra)
+    "digits": DataKind(build_digits, {}, DISK_PARTITIONS, check=check_digits,
+                       default_devices=13),
+    "sklearn": DataKind(build_tabular, {"dataset": Param(one_of(*TABULAR), "wine")},
+                        DISK_PARTITIONS, check=check_tabular, default_devices=10),
 }
 DEFAULT_KIND = "synthetic_images"
 # the parameter names alone (what make_fleet_data accepts)
@@ -152,42 +175,65 @@ KIND_PARAMS: dict[str, set[str]] = {name: set(k.params) for name, k in KINDS.ite
 PARTITION_PARAMS: dict[str, set[str]] = {name: set(p) for name, p in PARTITIONS.items() if p}
 
 
+def fleet_size(d: dict[str, Any]) -> int | None:
+    """The device count of a ``[data]`` table: ``devices`` if given, else the kind's default;
+    for a folder of ``.npz`` files (partition natural) the number of files; None where only
+    reading the data tells (LEAF users)."""
+    if "devices" in d:
+        return int(d["devices"])
+    kind = KINDS[str(d.get("kind", DEFAULT_KIND))]
+    if kind.default_devices is not None or not kind.on_disk:
+        return kind.default_devices
+    if d.get("partition", "natural") != "natural":
+        return None
+    path = str(d.get("path", ""))
+    if d.get("kind") == "npz_dir" and os.path.isdir(path):  # none: the loader's error says so
+        return sum(1 for f in os.listdir(path) if f.endswith(".npz")) or None
+    return None
+
+
 def make_fleet_data(kind: str, num_devices: int | None = None, seed: int = 0,
                     **params: Any) -> FleetData:
     """Build :class:`FleetData` from a config (e.g. a TOML table).
 
     ``kind``: a name of :data:`KINDS` (``synthetic_images``, ``synthetic_fedprox``, ``leaf``
-    or ``npz_dir``, these two with ``path=``), with its own parameters (those of
-    :func:`synthetic_images`, :func:`synthetic_fedprox`, :func:`load_leaf`, and
-    ``num_classes`` of ``npz_dir``). ``partition``: ``natural`` (one device per generated
-    device, LEAF user or file; ``num_devices`` picks a seeded subset, None = all), ``iid``,
+    or ``npz_dir``, these two with ``path=``; ``digits`` and ``sklearn``, scikit-learn's
+    shipped data), with its own parameters (those of :func:`synthetic_images`,
+    :func:`synthetic_fedprox`, :func:`load_leaf`, ``num_classes`` of ``npz_dir``,
+    ``dataset`` of ``sklearn``). ``num_devices`` None: the kind's default (every file or
+    user on disk; 13 for digits). ``partition``: ``natural`` (one device per generated
+    device, LEAF user or file; ``num_devices`` picks a seeded subset; for scikit-learn's
+    data, contiguous blocks of file order), ``iid``,
     ``dirichlet`` (``alpha=0.3``, ``min_size=10``) or ``k_classes`` (``k=2``); for synthetic
     images these set each device's labels (default: the generator's ``label_skew``), for
     files they re-partition the pooled samples. Devices without their own test set get a
     ``test_fraction`` (0.2) split of their data, stratified by label unless
-    ``stratify=False``.
+    ``stratify=False``. Parameters are taken in their config spelling (``min-size``, as
+    ``[data]`` has them) or as Python names (``min_size``).
     """
     if kind not in KINDS:
         raise ConfigError(f"unknown data kind '{kind}' (known: {', '.join(KINDS)})")
     entry = KINDS[kind]
-    p = dict(params)
+    p = {kebab(k): v for k, v in params.items()}  # config keys; Python names are taken too
     partition = str(p.pop("partition", None) or entry.partitions[0])
     if partition not in entry.partitions:
         raise ConfigError(f"partition '{partition}' does not apply to {kind} (use one of: "
                           f"{', '.join(entry.partitions)})")
-    test_fraction = float(p.pop("test_fraction", 0.2))
+    test_fraction = float(p.pop("test-fraction", 0.2))
     stratify = bool(p.pop("stratify", True))
     allowed = set(entry.params) | set(PARTITIONS[partition])
     unknown = sorted(set(p) - allowed)
     if unknown:
         raise ConfigError(f"unknown {kind} data parameter(s) {', '.join(unknown)} with partition "
                           f"{partition} (known: {', '.join(sorted(allowed))})")
+    if num_devices is None:
+        num_devices = entry.default_devices
     if num_devices is None and (not entry.on_disk or partition != "natural"):
         raise ConfigError(f"{kind} data with partition {partition} needs num_devices")
     meta = {"kind": kind, "partition": partition, "seed": seed, "test_fraction": test_fraction,
-            "params": dict(params)}
+            "params": {kebab(k): v for k, v in params.items()}}
     req = Request(num_devices, seed, partition, test_fraction, stratify, entry.resolve(p),
-                  {k: p.get(k, q.default) for k, q in PARTITIONS[partition].items()}, meta)
+                  {py(k): p.get(k, q.default) for k, q in PARTITIONS[partition].items()}, meta)
     try:
         if entry.on_disk and "path" not in p:
             raise ConfigError(f"{kind} data needs path= (a folder or file on this machine)")

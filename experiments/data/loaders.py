@@ -126,8 +126,10 @@ def _detect(x0: Any, where: str) -> str:
         return "sent140"
     if isinstance(x0, list) and len(x0) == 784:
         return "femnist"
+    if isinstance(x0, (list, int, float)) and not isinstance(x0, bool):
+        return "features"  # any other numbers: a generic feature vector (or nested lists)
     raise DataError(f"{where}: cannot tell which LEAF dataset a sample like {str(x0)[:40]!r} "
-                    "is (pass dataset='femnist', 'shakespeare' or 'sent140')")
+                    "is (pass dataset='femnist', 'shakespeare', 'sent140' or 'features')")
 
 
 def _short(v: Any) -> str:
@@ -160,6 +162,23 @@ def _femnist(path: str, user: str, rec: dict[str, list[Any]]) -> Shard:
         raise DataError(f"{path}: user {user!r}: FEMNIST x contains NaN, Inf or a number too "
                         "large for float32")
     return x.reshape(-1, 1, 28, 28), _int_labels(path, user, rec["y"], FEMNIST_CLASSES)
+
+
+def _features(path: str, user: str, rec: dict[str, list[Any]], classes: int) -> Shard:
+    """A generic LEAF-style record: x a list of numbers (or of equal nested lists) per
+    sample, any length; y integer class ids."""
+    try:
+        x = np.asarray(rec["x"], dtype=np.float64) if rec["x"] else np.zeros((0, 1))
+    except (ValueError, TypeError):
+        raise DataError(f"{path}: user {user!r}: x must be numbers, one list of equal shape "
+                        "per sample") from None
+    if x.ndim == 1:
+        x = x.reshape(-1, 1)
+    x32 = x.astype(np.float32)
+    if not np.all(np.isfinite(x32)):
+        raise DataError(f"{path}: user {user!r}: x contains NaN, Inf or a number too large "
+                        "for float32")
+    return x32, _int_labels(path, user, rec["y"], classes)
 
 
 def _chars(s: str, counter: list[int]) -> list[int]:
@@ -206,8 +225,10 @@ def _bag_of_words(tokens: list[list[str]], col: dict[str, int]) -> np.ndarray:
 
 
 def load_leaf(path: str, dataset: str | None = None, vocab_size: int = 1000,
-              max_users: int | None = None, seed: int = 0) -> LeafData:
-    """Read LEAF JSON (FEMNIST, Shakespeare, Sent140) into per-user arrays.
+              max_users: int | None = None, seed: int = 0,
+              num_classes: int | None = None) -> LeafData:
+    """Read LEAF JSON (FEMNIST, Shakespeare, Sent140 or any feature vector) into per-user
+    arrays.
 
     ``path``: one JSON file, a folder of them, or a folder with ``train/`` and ``test/``
     (also ``<path>/data/train``). Users spread over several files are concatenated.
@@ -222,6 +243,10 @@ def load_leaf(path: str, dataset: str | None = None, vocab_size: int = 1000,
     - Sent140: bag of words over the ``vocab_size`` most frequent words of the *training*
       users' texts (``x[4]``, lower-cased, tokens ``[a-z0-9']+``, ties broken by word);
       x is ``(vocab,)`` word counts, unknown words are dropped; y is 0/1; 2 classes.
+    - ``features`` (any other data in LEAF's layout, ``{"users": [...], "num_samples":
+      [...], "user_data": {user: {"x": [[...], ...], "y": [...]}}}``): x one list of
+      numbers per sample (any length, or nested lists of one shape), y integer class ids;
+      ``num_classes`` classes (default: the largest training or test label + 1).
     """
     train_files, test_files = _leaf_files(path)
 
@@ -245,8 +270,12 @@ def load_leaf(path: str, dataset: str | None = None, vocab_size: int = 1000,
     if found is None:
         raise DataError(f"{path}: the LEAF training data has no samples")
     name = (dataset or _detect(*found)).lower()
-    if name not in ("femnist", "shakespeare", "sent140"):
-        raise DataError(f"unknown LEAF dataset '{dataset}' (known: femnist, shakespeare, sent140)")
+    if name not in ("femnist", "shakespeare", "sent140", "features"):
+        raise DataError(f"unknown LEAF dataset '{dataset}' (known: femnist, shakespeare, "
+                        f"sent140, features)")
+    n_feat = int(num_classes) if num_classes is not None else 1 + max(
+        (v for _, rec in [*(train_raw[u] for u in keep), *test_raw.values()] for v in rec["y"]
+         if isinstance(v, int) and not isinstance(v, bool)), default=0)
 
     unknown = [0]
     vocab: list[str] = []
@@ -263,6 +292,8 @@ def load_leaf(path: str, dataset: str | None = None, vocab_size: int = 1000,
             return _femnist(f, u, rec)
         if name == "shakespeare":
             return _shakespeare(f, u, rec, unknown)
+        if name == "features":
+            return _features(f, u, rec, n_feat)
         tokens = cached if cached is not None else _tokens(f, u, rec)
         return _bag_of_words(tokens, col), _int_labels(f, u, rec["y"], 2)
 
@@ -274,7 +305,8 @@ def load_leaf(path: str, dataset: str | None = None, vocab_size: int = 1000,
             if x.shape[1:] != shape:
                 raise DataError(f"{path}: {split} user {u!r} has samples of shape "
                                 f"{x.shape[1:]}, others {shape}")
-    classes = {"femnist": FEMNIST_CLASSES, "shakespeare": len(LEAF_CHARS), "sent140": 2}[name]
+    classes = {"femnist": FEMNIST_CLASSES, "shakespeare": len(LEAF_CHARS), "sent140": 2,
+               "features": n_feat}[name]
     return LeafData(name, train, test, shape, classes, vocab, unknown[0])
 
 

@@ -71,7 +71,7 @@ class FleetEngine:
         ``faults``: a :class:`FaultPlan` or the ``[faults]`` table of the experiment config
         (drawn from ``seed`` unless it has its own). ``state_dir``: where the workers keep
         device states, ``<state_dir>/<run_key>/<device>.npz`` (default: in ``workdir``).
-        ``kernels``, ``numba_min_cap``: the ``[fleet]`` keys of the same names (see
+        ``kernels``, ``numba_min_cap``: the ``[fleet]`` keys kernels and numba-min-cap (see
         :func:`~.kernels.device_kernels`). ``warm_models``: model specs whose own kernel
         specialisations are compiled with the rest. ``quiet``: no progress line."""
         self.state_dir = state_dir or ""

@@ -8,7 +8,7 @@ The ``[faults]`` table of an experiment config (every key optional; see
                               # table of weights: {kill = 2, nan = 1}
     seed = 0             # default: the experiment's seed
     timeout = 60.0       # seconds a device task may run before it is killed ("timeout")
-    min_replies = 0      # a train round with fewer successful replies is not aggregated
+    min-replies = 0      # a train round with fewer successful replies is not aggregated
     scale = 100.0        # "scale": the update (returned - received weights) times this
     dtype = "float64"    # "dtype": the first returned array in this dtype
     [faults.at]          # explicit faults: an absent list means every device / round
@@ -65,7 +65,7 @@ __all__ = ["DEVICE_FAULTS", "DTYPES", "EXPECTED_STATUS", "FAULTS", "HOSTILE", "K
            "DeviceFailure", "FaultPlan", "InjectedFault", "corrupt", "striking"]
 
 DTYPES = ("float64", "float16", "int64", "int32")
-KEYS = ("rate", "kinds", "seed", "timeout", "min_replies", "scale", "dtype", "at")
+KEYS = ("rate", "kinds", "seed", "timeout", "min-replies", "scale", "dtype", "at")
 
 
 class DeviceFailure(Exception):
@@ -141,13 +141,13 @@ class FaultPlan:
                               f"got {kinds!r}")
         for k in plan.kinds:
             if k not in KINDS:
-                raise ConfigError(f"faults.kinds: unknown fault kind '{k}' (known: "
+                raise ConfigError(f"faults.kinds: unknown fault kind {k!r} (known: "
                                   f"{', '.join(KINDS)})")
         if plan.rate > 0 and not plan.kinds:
             raise ConfigError("faults.kinds is empty but faults.rate > 0")
         if cfg.get("timeout") is not None:
             plan.timeout = _num(cfg, "timeout", 0.0, 1e-3, math.inf)
-        plan.min_replies = _int(cfg, "min_replies", 0, 0)
+        plan.min_replies = _int(cfg, "min-replies", 0, 0)
         plan.scale = _num(cfg, "scale", 100.0, -math.inf, math.inf)
         plan.dtype = str(cfg.get("dtype", "float64"))
         if plan.dtype not in DTYPES:
@@ -159,7 +159,7 @@ class FaultPlan:
                               f"got {at!r}")
         for kind, spec in at.items():
             if kind not in KINDS:
-                raise ConfigError(f"faults.at: unknown fault kind '{kind}' (known: "
+                raise ConfigError(f"faults.at: unknown fault kind {kind!r} (known: "
                                   f"{', '.join(KINDS)})")
             plan.explicit[kind] = _where(spec, kind)
         for kind, fault in FAULTS.items():

@@ -226,7 +226,7 @@ class FleetGrid(Grid):
             for m in ok_train:
                 self._reply_error(m, ErrorCode.UNKNOWN,
                                   f"round {rnd} not aggregated: {len(ok_train)} successful "
-                                  f"replies, fewer than faults.min_replies = {need}")
+                                  f"replies, fewer than [faults] min-replies = {need}")
         if phase == "train":
             self.rounds.append({"round": rnd, "devices": total, "wall_seconds": wall,
                                 "sim_seconds": sim[0], "aggregated": aggregated,

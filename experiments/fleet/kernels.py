@@ -8,7 +8,7 @@ the device's cap, the config and what is installed — never of machine load, th
 cache or the number of workers — so a device keeps its kind for a whole run.
 
 ``[fleet] kernels``: ``"auto"`` (default: numba for devices whose cap is at least
-``numba_min_cap`` or uncapped, numpy for smaller ones, and numpy everywhere when numba is
+``[fleet] numba-min-cap`` or uncapped, numpy for smaller ones, and numpy everywhere when numba is
 not installed or ``NNFLEET_NO_NUMBA`` is set), ``"numba"`` or ``"numpy"`` (every device).
 """
 

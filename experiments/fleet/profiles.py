@@ -97,18 +97,18 @@ def draw(spec: Any, n: int, rng: np.random.Generator, size: bool = False) -> np.
 def draw_profiles(n: int, cfg: dict[str, Any] | None = None, seed: int = 0) -> list[DeviceProfile]:
     """Profiles for ``n`` devices from the ``[fleet]`` table of an experiment config.
 
-    Keys: ``ram_cap`` (size distribution, absent = uncapped), ``speed`` (1.0),
+    Keys: ``ram-cap`` (size distribution, absent = uncapped), ``speed`` (1.0),
     ``availability`` (1.0), ``dropout`` (0.0), and for devices whose cap is below
-    ``small_below`` (a size): ``small_batch_size``, ``small_freeze``, and ``fallbacks``
+    ``small-below`` (a size): ``small-batch-size``, ``small-freeze``, and ``fallbacks``
     (every device).
     """
     cfg = dict(cfg or {})
     rng = np.random.default_rng([seed, 7])
-    caps = draw(cfg.get("ram_cap"), n, rng, size=True)
+    caps = draw(cfg.get("ram-cap"), n, rng, size=True)
     speed = draw(cfg.get("speed", 1.0), n, rng)
     avail = np.clip(draw(cfg.get("availability", 1.0), n, rng), 0.0, 1.0)
     drop = np.clip(draw(cfg.get("dropout", 0.0), n, rng), 0.0, 1.0)
-    small = parse_size(cfg["small_below"]) if cfg.get("small_below") else 0
+    small = parse_size(cfg["small-below"]) if cfg.get("small-below") else 0
     out = []
     for i in range(n):
         cap = None if math.isnan(caps[i]) else int(caps[i])
@@ -116,8 +116,8 @@ def draw_profiles(n: int, cfg: dict[str, Any] | None = None, seed: int = 0) -> l
         out.append(DeviceProfile(
             index=i, ram_cap=cap, speed=float(max(speed[i], 1e-3)), availability=float(avail[i]),
             dropout=float(drop[i]),
-            batch_size=(int(cfg["small_batch_size"])
-                        if is_small and cfg.get("small_batch_size") else None),
-            freeze=str(cfg.get("small_freeze", "")) if is_small else "",
+            batch_size=(int(cfg["small-batch-size"])
+                        if is_small and cfg.get("small-batch-size") else None),
+            freeze=str(cfg.get("small-freeze", "")) if is_small else "",
             fallbacks=str(cfg.get("fallbacks", "")), swap=str(cfg.get("swap", "auto"))))
     return out
