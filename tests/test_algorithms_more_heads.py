@@ -180,7 +180,7 @@ devices = 4
 shape = [3, 8, 8]
 partition = "k_classes"
 k = 2
-samples_per_device = 60
+samples-per-device = 60
 noise = 6.0
 
 [model]

@@ -57,7 +57,7 @@ batch-size = 10
 
 [fleet]
 kernels = "numpy"  # no numba compile in CI
-ram_cap = "256MiB"
+ram-cap = "256MiB"
 
 [faults]
 timeout = 3.0
