@@ -12,11 +12,13 @@ from device_runtime.cli import main as device_main
 from device_runtime.errors import ConfigError
 
 BENCHES = {"memory": "experiments.bench.memory", "swap": "experiments.bench.swap",
-           "fleet": "experiments.bench.fleet", "soak": "experiments.bench.soak"}
+           "fleet": "experiments.bench.fleet", "soak": "experiments.bench.soak",
+           "speed": "experiments.bench.speed"}
 BENCH_HELP = {"memory": "working set, step time and footprint against PyTorch",
               "swap": "swapped training under shrinking RAM caps",
               "fleet": "device-rounds per second: the fleet engine against Flower's simulation",
-              "soak": "1,000 devices x rounds with faults: every outcome accounted for"}
+              "soak": "1,000 devices x rounds with faults: every outcome accounted for",
+              "speed": "step time against PyTorch, and where a step's time goes"}
 
 
 def bench(argv: list[str]) -> int:
@@ -53,7 +55,7 @@ def simulate(argv: list[str]) -> int:
 COMMANDS: dict[str, Command] = {
     "simulate": ("simulate a fleet of RAM-capped devices (see 'nnfleet simulate --help')",
                  simulate),
-    "bench": ("benchmarks: memory, swap, fleet, soak", bench),
+    "bench": ("benchmarks: memory, swap, fleet, soak, speed", bench),
 }
 
 

@@ -1,0 +1,159 @@
+"""The step's threads, chosen on purpose: BLAS, numba and the swap thread.
+
+:func:`configure` (called once when the kernels load, again whenever asked) gives BLAS
+as many threads as this process has cores (``os.sched_getaffinity``: a cgroup's or
+taskset's CPU set, not the machine's count), or ``NNFLEET_THREADS`` when set (``1`` is
+what a busy board wants). The swap I/O thread is one thread, mostly blocked in
+``pread``/``pwrite``; it is not counted. Numba's parallel loops (off unless
+``NNFLEET_NUMBA_PARALLEL``) get the same count.
+
+How the BLAS count is set, in order: threadpoolctl when installed; else OpenBLAS's own
+``openblas_set_num_threads`` through ctypes, found in this process's mapped libraries
+(numpy's wheel names it ``scipy_openblas_set_num_threads64_``); else nothing (the
+reference BLAS has no threads). An explicit ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS``
+in the environment is the user's choice and is kept unless ``NNFLEET_THREADS`` is set.
+Nothing here fails: a library that cannot be reached is reported as such by
+:func:`describe`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Any
+
+from . import switches
+
+_SETTERS = ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
+            "openblas_set_num_threads64_", "scipy_openblas_set_num_threads")
+_GETTERS = ("openblas_get_num_threads", "scipy_openblas_get_num_threads64_",
+            "openblas_get_num_threads64_", "scipy_openblas_get_num_threads")
+_CORES = ("openblas_get_corename", "scipy_openblas_get_corename64_",
+          "openblas_get_corename64_", "scipy_openblas_get_corename")
+_USER_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+_state: dict[str, Any] = {}
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def wanted_threads() -> tuple[int, str]:
+    """(threads for BLAS and numba, why): ``NNFLEET_THREADS``, the user's BLAS variables,
+    or the available cores."""
+    n = switches.integer("NNFLEET_THREADS")
+    if n < 0:
+        raise ValueError(f"NNFLEET_THREADS={n}: must be >= 0 (0 = one per available core)")
+    if n:
+        return n, "NNFLEET_THREADS"
+    for var in _USER_VARS:
+        raw = os.environ.get(var, "").strip()
+        if raw.isdigit() and int(raw) > 0:
+            return int(raw), var
+    return available_cores(), "cores"
+
+
+def _openblas() -> ctypes.CDLL | None:
+    """The OpenBLAS library numpy loaded, if any (from /proc/self/maps)."""
+    if "lib" in _state:
+        return _state["lib"]  # type: ignore[no-any-return]
+    lib = None
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower()
+                            and ln.split()[-1].startswith("/")})
+        for path in paths:
+            cand = ctypes.CDLL(path)
+            if any(hasattr(cand, s) for s in _SETTERS):
+                lib = cand
+                break
+    except OSError:
+        lib = None
+    _state["lib"] = lib
+    return lib
+
+
+def _call(lib: ctypes.CDLL, names: tuple[str, ...], *args: int) -> Any:
+    for name in names:
+        fn = getattr(lib, name, None)
+        if fn is not None:
+            if names is _CORES:
+                fn.restype = ctypes.c_char_p
+            return fn(*args)
+    return None
+
+
+def _set_blas(n: int) -> str:
+    """Set BLAS threads to ``n``; the means used ("threadpoolctl", "ctypes" or "none")."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        threadpool_limits = None
+    if threadpool_limits is not None:
+        threadpool_limits(limits=n, user_api="blas")
+        return "threadpoolctl"
+    lib = _openblas()
+    if lib is None:
+        return "none"
+    _call(lib, _SETTERS, n)
+    return "ctypes"
+
+
+def blas_threads() -> int | None:
+    """The BLAS thread count now in force (None when it cannot be read)."""
+    lib = _openblas()
+    if lib is None:
+        return None
+    n = _call(lib, _GETTERS)
+    return int(n) if n is not None else None
+
+
+def blas_core() -> str | None:
+    """OpenBLAS's kernel family (``SkylakeX``, ``Haswell``, ...), None if not OpenBLAS."""
+    lib = _openblas()
+    if lib is None:
+        return None
+    name = _call(lib, _CORES)
+    return name.decode() if isinstance(name, bytes) else None
+
+
+def _set_numba(n: int) -> bool:
+    """Numba's parallel loops get ``n`` threads, only when they are in use (setting the
+    count starts numba's pool; a serial build never needs it)."""
+    from .kernels import _jit
+
+    if not (_jit.USE_NUMBA and _jit.PARALLEL):
+        return False
+    import numba
+
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    return True
+
+
+def configure(force: bool = False) -> dict[str, Any]:
+    """Set the threads (once per process unless ``force``); returns :func:`describe`."""
+    if force or "configured" not in _state:
+        n, why = wanted_threads()
+        _state["configured"] = {"threads": n, "why": why, "means": _set_blas(n),
+                                "numba_set": _set_numba(n)}
+    return describe()
+
+
+def describe() -> dict[str, Any]:
+    """What the step runs with: cores, BLAS threads and kernel, numba threads, swap."""
+    from .kernels import _jit
+
+    conf = _state.get("configured", {})
+    numba_threads = 1
+    if _jit.USE_NUMBA and _jit.PARALLEL:
+        import numba
+        numba_threads = numba.get_num_threads()
+    return {"cores": available_cores(), "blas_threads": blas_threads() or conf.get("threads"),
+            "blas": blas_core(), "set_by": conf.get("why"), "means": conf.get("means"),
+            "numba_threads": numba_threads, "swap_threads": 1,
+            "env": {k: v for k, v in os.environ.items()
+                    if k.startswith(("OPENBLAS_", "OMP_", "MKL_", "NUMBA_NUM", "NNFLEET_THR"))}}
