@@ -7,6 +7,17 @@ what a busy board wants). The swap I/O thread is one thread, mostly blocked in
 ``pread``/``pwrite``; it is not counted. Numba's parallel loops (off unless
 ``NNFLEET_NUMBA_PARALLEL``) get the same count.
 
+On a loaded machine more BLAS threads are slower, not faster: OpenBLAS splits every GEMM
+between its threads and waits for the slowest, and a descheduled thread stalls the call
+for a time slice (measured here at load ~19: one conv layer's GEMMs 8x slower with 2
+threads than with 1). So when the count is the runtime's own choice (no
+``NNFLEET_THREADS``, no ``OPENBLAS_NUM_THREADS``), a :class:`Tuner` runs before each
+training step: training steps repeat the same work, so it times a few steps with each
+candidate count (all cores, then 1), keeps the faster, and probes again every
+:data:`HOLD` steps, as the load changes. The count never changes the numbers: OpenBLAS
+splits a GEMM by rows and columns of the result, never along the summed dimension
+(tests/test_threads.py checks training is bit-identical with 1 and 2 threads).
+
 How the BLAS count is set, in order: threadpoolctl when installed; else OpenBLAS's own
 ``openblas_set_num_threads`` through ctypes, found in this process's mapped libraries
 (numpy's wheel names it ``scipy_openblas_set_num_threads64_``); else nothing (the
@@ -134,12 +145,90 @@ def _set_numba(n: int) -> bool:
     return True
 
 
+WARM = 2  # first steps left out (page faults, JIT, BLAS buffers)
+PROBE = 2  # steps timed per candidate
+HOLD, MAX_HOLD = 40, 640  # steps on the chosen count before probing again (doubled, up to
+# MAX_HOLD, each time a probe confirms the choice: a steady machine is probed rarely)
+
+
+class Tuner:
+    """Before-step hook: picks the faster of ``candidates`` BLAS thread counts by timing
+    steps (the time from one step's start to the next's), and re-probes every HOLD steps.
+
+    ``clock`` and ``setter`` are injectable so the state machine can be tested alone."""
+
+    def __init__(self, candidates: list[int], setter: Any = None, clock: Any = None) -> None:
+        import time
+
+        self.candidates = candidates
+        self.setter = setter or _set_blas
+        self.clock = clock or time.perf_counter
+        self.current = candidates[0]
+        self.samples: dict[int, list[float]] = {c: [] for c in candidates}
+        self.queue: list[int] = []  # counts still to probe
+        self.skip = WARM
+        self.hold = 0
+        self.hold_len = HOLD
+        self.last: float | None = None
+        self.choices: list[int] = []  # history of decisions, for describe()
+        self.setter(self.current)
+        self._start_probe()
+
+    def _start_probe(self) -> None:
+        # the current count first: no switch, so its samples are steady-state ones
+        self.queue = [self.current] + [c for c in self.candidates if c != self.current]
+        self.samples = {c: [] for c in self.candidates}
+
+    def _switch(self, n: int) -> None:
+        if n != self.current:
+            self.setter(n)
+        self.current = n
+
+    def __call__(self) -> None:
+        now = self.clock()
+        dt, self.last = (None if self.last is None else now - self.last), now
+        if dt is None:
+            return
+        if self.skip:
+            self.skip -= 1
+            return
+        if self.queue:
+            done = self.samples[self.current]
+            done.append(dt)  # the min of PROBE samples: a gap (evaluation) spoils one at most
+            if len(done) >= PROBE:
+                self.queue.pop(0)
+                if self.queue:
+                    self._switch(self.queue[0])
+                else:
+                    best = min(self.candidates, key=lambda c: min(self.samples[c]))
+                    same = bool(self.choices) and self.choices[-1] == best
+                    self.hold_len = min(MAX_HOLD, 2 * self.hold_len) if same else HOLD
+                    self.choices.append(best)
+                    self._switch(best)
+                    self.hold = self.hold_len
+            return
+        self.hold -= 1
+        if self.hold <= 0:
+            self._start_probe()
+
+
 def configure(force: bool = False) -> dict[str, Any]:
-    """Set the threads (once per process unless ``force``); returns :func:`describe`."""
+    """Set the threads (once per process unless ``force``); returns :func:`describe`.
+    With the count the runtime's own choice and more than one core, a :class:`Tuner`
+    joins the process's before-step hooks."""
     if force or "configured" not in _state:
         n, why = wanted_threads()
         _state["configured"] = {"threads": n, "why": why, "means": _set_blas(n),
                                 "numba_set": _set_numba(n)}
+        from . import hooks
+
+        old = _state.pop("tuner", None)
+        if old is not None and old in hooks._BEFORE_STEP:
+            hooks._BEFORE_STEP.remove(old)
+        if why == "cores" and n > 1 and _state["configured"]["means"] != "none":
+            tuner = Tuner([n, 1])
+            _state["tuner"] = tuner
+            hooks._BEFORE_STEP.append(tuner)  # process-wide, as the profilers' hooks are
     return describe()
 
 
@@ -155,5 +244,6 @@ def describe() -> dict[str, Any]:
     return {"cores": available_cores(), "blas_threads": blas_threads() or conf.get("threads"),
             "blas": blas_core(), "set_by": conf.get("why"), "means": conf.get("means"),
             "numba_threads": numba_threads, "swap_threads": 1,
+            "tuned": [] if "tuner" not in _state else list(_state["tuner"].choices),
             "env": {k: v for k, v in os.environ.items()
                     if k.startswith(("OPENBLAS_", "OMP_", "MKL_", "NUMBA_NUM", "NNFLEET_THR"))}}
