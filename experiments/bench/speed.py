@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="built-in models, NAME-frozen trains the last layer only "
                    f"(default: {' '.join(DEFAULT_MODELS)})")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--warmup", type=int, default=8,
+                   help="untimed steps first (the thread tuner decides within 7)")
     p.add_argument("--steps", type=int, default=6, help="timed steps per process")
     p.add_argument("--repeats", type=int, default=3, help="process pairs per model")
     p.add_argument("--profile-steps", type=int, default=2,
