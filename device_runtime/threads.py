@@ -71,7 +71,7 @@ def wanted_threads() -> tuple[int, str]:
 def _openblas() -> ctypes.CDLL | None:
     """The OpenBLAS library numpy loaded, if any (from /proc/self/maps)."""
     if "lib" in _state:
-        return _state["lib"]  # type: ignore[no-any-return]
+        return _state["lib"]
     lib = None
     try:
         with open("/proc/self/maps") as f:
@@ -100,12 +100,14 @@ def _call(lib: ctypes.CDLL, names: tuple[str, ...], *args: int) -> Any:
 
 def _set_blas(n: int) -> str:
     """Set BLAS threads to ``n``; the means used ("threadpoolctl", "ctypes" or "none")."""
+    import importlib
+
     try:
-        from threadpoolctl import threadpool_limits
+        tpc: Any = importlib.import_module("threadpoolctl")
     except ImportError:
-        threadpool_limits = None
-    if threadpool_limits is not None:
-        threadpool_limits(limits=n, user_api="blas")
+        tpc = None
+    if tpc is not None:
+        tpc.threadpool_limits(limits=n, user_api="blas")
         return "threadpoolctl"
     lib = _openblas()
     if lib is None:
@@ -141,7 +143,7 @@ def _set_numba(n: int) -> bool:
         return False
     import numba
 
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(min(n, getattr(numba.config, "NUMBA_NUM_THREADS")))
     return True
 
 

@@ -42,7 +42,7 @@ class Timer:
 
         def timed(*args: Any, **kwargs: Any) -> Any:
             name = label if isinstance(label, str) else label()
-            frame = [name, clock(), 0]
+            frame: list[Any] = [name, clock(), 0]
             stack.append(frame)
             try:
                 return fn(*args, **kwargs)
@@ -113,9 +113,9 @@ def _patch_kernels(timer: Timer) -> None:
             part = {"chunk_to_nchw": "layout", "chunk_to_nchw_bias": "layout+bias",
                     "nchw_to_chunk": "layout", "bias_grad_nchw": "bias grad"}.get(name, name)
             setattr(ktimed, name, timer.wrap(sub(part), getattr(kmod, name)))
-    lconv.K = ktimed  # type: ignore[attr-defined]
+    setattr(lconv, "K", ktimed)
     if hasattr(lconv, "add_col_bias"):
-        lconv.add_col_bias = timer.wrap(sub("bias"), lconv.add_col_bias)  # type: ignore
+        setattr(lconv, "add_col_bias", timer.wrap(sub("bias"), lconv.add_col_bias))
 
 
 def instrument(model: Any, timer: Timer) -> None:
