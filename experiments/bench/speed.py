@@ -256,15 +256,22 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"repeat {rep + 1}/{args.repeats}: {fw} {model} ...", file=sys.stderr,
                       flush=True)
                 results.append(run_worker(fw, model, args))
+                if args.json:  # after every run: a long run stopped early keeps its figures
+                    _write_json(args.json, args.batch_size, summarize(results, args.models),
+                                results)
     rows = summarize(results, args.models)
     print(report(rows, results, args.batch_size))
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"batch_size": args.batch_size, "rows": rows, "results": results}, f,
-                      indent=1)
-        os.replace(tmp, args.json)
+        _write_json(args.json, args.batch_size, rows, results)
     return 1 if any("error" in r for r in results) else 0
+
+
+def _write_json(path: str, batch: int, rows: list[dict[str, Any]],
+                results: list[dict[str, Any]]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"batch_size": batch, "rows": rows, "results": results}, f, indent=1)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
