@@ -9,22 +9,16 @@ what a busy board wants). The swap I/O thread is one thread, mostly blocked in
 
 On a loaded machine more BLAS threads are slower, not faster: OpenBLAS splits every GEMM
 between its threads and waits for the slowest, and a descheduled thread stalls the call
-for a time slice (measured here at load ~19: one conv layer's GEMMs 8x slower with 2
-threads than with 1). So when the count is the runtime's own choice (no
-``NNFLEET_THREADS``, no ``OPENBLAS_NUM_THREADS``), a :class:`Tuner` runs before each
-training step: training steps repeat the same work, so it times a few steps with each
-candidate count (all cores, then 1), keeps the faster, and probes again every
-:data:`HOLD` steps, as the load changes. The count never changes the numbers: OpenBLAS
-splits a GEMM by rows and columns of the result, never along the summed dimension
-(tests/test_threads.py checks training is bit-identical with 1 and 2 threads).
-
-How the BLAS count is set, in order: threadpoolctl when installed; else OpenBLAS's own
-``openblas_set_num_threads`` through ctypes, found in this process's mapped libraries
-(numpy's wheel names it ``scipy_openblas_set_num_threads64_``); else nothing (the
-reference BLAS has no threads). An explicit ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS``
-in the environment is the user's choice and is kept unless ``NNFLEET_THREADS`` is set.
-Nothing here fails: a library that cannot be reached is reported as such by
-:func:`describe`.
+for a time slice (measured here at load ~20-30: one conv layer's GEMMs 8-12x slower with
+2 threads than with 1). ``NNFLEET_THREADS=1`` fixes one thread; ``NNFLEET_THREADS=auto``
+adds a :class:`Tuner` before each training step: training steps repeat the same work,
+so it times a few steps with each candidate count (all cores, then 1), keeps the faster,
+and probes again every :data:`HOLD` steps (doubling while the choice holds), as the load
+changes. Auto is not the default because the count can move the last bits of a result
+(OpenBLAS's edge tiles of a split GEMM round differently: measured, mlp's weights after
+20 steps differ between 1 and 2 threads; the conv models' did not), and a run must
+compute the same numbers whatever the load; a fixed count (the default) keeps every run
+on a machine bit-identical.
 """
 
 from __future__ import annotations
@@ -55,10 +49,17 @@ def available_cores() -> int:
 
 def wanted_threads() -> tuple[int, str]:
     """(threads for BLAS and numba, why): ``NNFLEET_THREADS``, the user's BLAS variables,
-    or the available cores."""
-    n = switches.integer("NNFLEET_THREADS")
+    or the available cores (why = "auto" when the tuner is asked for)."""
+    raw = switches.text("NNFLEET_THREADS").strip().lower()
+    if raw == "auto":
+        return available_cores(), "auto"
+    try:
+        n = int(raw)
+    except ValueError:
+        n = -1
     if n < 0:
-        raise ValueError(f"NNFLEET_THREADS={n}: must be >= 0 (0 = one per available core)")
+        raise ValueError(f"NNFLEET_THREADS={raw!r}: must be a count >= 0 (0 = one per "
+                         f"available core) or auto")
     if n:
         return n, "NNFLEET_THREADS"
     for var in _USER_VARS:
@@ -216,8 +217,8 @@ class Tuner:
 
 def configure(force: bool = False) -> dict[str, Any]:
     """Set the threads (once per process unless ``force``); returns :func:`describe`.
-    With the count the runtime's own choice and more than one core, a :class:`Tuner`
-    joins the process's before-step hooks."""
+    With ``NNFLEET_THREADS=auto`` and more than one core, a :class:`Tuner` joins the
+    process's before-step hooks."""
     if force or "configured" not in _state:
         n, why = wanted_threads()
         _state["configured"] = {"threads": n, "why": why, "means": _set_blas(n),
@@ -227,7 +228,7 @@ def configure(force: bool = False) -> dict[str, Any]:
         old = _state.pop("tuner", None)
         if old is not None and old in hooks._BEFORE_STEP:
             hooks._BEFORE_STEP.remove(old)
-        if why == "cores" and n > 1 and _state["configured"]["means"] != "none":
+        if why == "auto" and n > 1 and _state["configured"]["means"] != "none":
             tuner = Tuner([n, 1])
             _state["tuner"] = tuner
             hooks._BEFORE_STEP.append(tuner)  # process-wide, as the profilers' hooks are
@@ -246,6 +247,7 @@ def describe() -> dict[str, Any]:
     return {"cores": available_cores(), "blas_threads": blas_threads() or conf.get("threads"),
             "blas": blas_core(), "set_by": conf.get("why"), "means": conf.get("means"),
             "numba_threads": numba_threads, "swap_threads": 1,
+            "tuner": "tuner" in _state,
             "tuned": [] if "tuner" not in _state else list(_state["tuner"].choices),
             "env": {k: v for k, v in os.environ.items()
                     if k.startswith(("OPENBLAS_", "OMP_", "MKL_", "NUMBA_NUM", "NNFLEET_THR"))}}
