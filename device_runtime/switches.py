@@ -25,6 +25,10 @@ SWITCHES: dict[str, Switch] = {s.name: s for s in (
     Switch("NNFLEET_NO_NUMBA", "", "use the plain-numpy kernels even with numba installed"),
     Switch("NNFLEET_NUMBA_PARALLEL", "", "allow numba parallel loops (off by default: they "
            "fight OpenBLAS's threads)"),
+    Switch("NNFLEET_THREADS", "0", "BLAS (and numba parallel) threads of a step; 0 = one "
+           "per core of this process's CPU affinity (or OPENBLAS_NUM_THREADS when set); auto "
+           "= timed steps pick all cores or 1 (faster on a loaded machine; the count can "
+           "change the last bits)"),
     Switch("NNFLEET_CONV_COLUMNS", "1024", "output positions per im2col chunk"),
     Switch("NNFLEET_POISON", "", "fill the pool with NaN at allocation, so a read of an "
            "unwritten tensor shows"),

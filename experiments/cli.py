@@ -13,13 +13,14 @@ from device_runtime.errors import ConfigError
 
 BENCHES = {"memory": "experiments.bench.memory", "swap": "experiments.bench.swap",
            "fleet": "experiments.bench.fleet", "soak": "experiments.bench.soak",
-           "board": "experiments.bench.board"}
+           "board": "experiments.bench.board", "speed": "experiments.bench.speed"}
 BENCH_HELP = {"memory": "working set, step time and footprint against PyTorch",
               "swap": "swapped training under shrinking RAM caps",
               "fleet": "device-rounds per second: the fleet engine against Flower's simulation "
                        "(--backend ray: on Ray too)",
               "soak": "1,000 devices x rounds with faults: every outcome accounted for",
-              "board": "what Flower costs a device: isolation modes x ClientApp kinds"}
+              "board": "what Flower costs a device: isolation modes x ClientApp kinds",
+              "speed": "step time against PyTorch, and where a step's time goes"}
 
 
 def bench(argv: list[str]) -> int:
@@ -56,7 +57,7 @@ def simulate(argv: list[str]) -> int:
 COMMANDS: dict[str, Command] = {
     "simulate": ("simulate a fleet of RAM-capped devices (see 'nnfleet simulate --help')",
                  simulate),
-    "bench": ("benchmarks: memory, swap, fleet, soak, board", bench),
+    "bench": ("benchmarks: memory, swap, fleet, soak, board, speed", bench),
 }
 
 

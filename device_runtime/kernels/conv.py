@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import threads
 from . import lean, lean_bias
 from ._jit import njit, pick, prange
+
+threads.configure()  # the GEMMs below run on BLAS threads chosen from the cores (threads.py)
 
 Array = np.ndarray
 
