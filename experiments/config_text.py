@@ -11,6 +11,14 @@ TEXT: dict[str, tuple[str, str]] = {
     # top level
     "top name": ("the file's name", "names the run; output goes to `runs/<name>/`"),
     "top seed": ("0", "the experiment's seed (model init, shuffles, device sampling, data)"),
+    "top seeds": ("one run", "one run per seed (e.g. [0, 1, 2]): mean, 95% CI and a paired "
+                  "t-test against FedAvg over them"),
+    "top data-seed": ("seed", "the fleet: data, partition, train/test cut, device profiles"),
+    "top model-seed": ("seed", "the initial weights"),
+    "top sampling-seed": ("seed", "devices picked each round, availability, dropouts, faults, "
+                          "batch order"),
+    "top save-personal-models": ("true", "save each device's personalized model in "
+                                 "`weights/<algorithm>/<device id>.npz`"),
     "top rounds": ("10", "federated rounds per algorithm"),
     "top algorithms": ('["local", "fedavg", "fedper"]',
                        "the algorithms compared on the same fleet (experiments/algorithms)"),
@@ -35,6 +43,17 @@ TEXT: dict[str, tuple[str, str]] = {
     "train local-epochs": ("", "epochs on the device's train split each round"),
     "train local-steps": ("", "> 0: this many steps instead of local-epochs"),
     "train head-epochs": ("", "FedRep: epochs on the personal head with the body frozen"),
+    "train apfl-alpha": ("0.25", "APFL: the initial weight alpha of the personal model in the "
+                         "mix (then adapted each step)"),
+    "train pfedme-lambda": ("15.0", "pFedMe: lambda of the Moreau envelope"),
+    "train pfedme-k": ("5", "pFedMe: inner steps on the personal model per batch"),
+    "train pfedme-lr": ("0 (= lr)", "pFedMe: the inner steps' learning rate"),
+    "train pfedme-beta": ("1.0", "pFedMe: the server's beta, applied on the device"),
+    "train perfedavg-beta": ("0 (= lr)", "Per-FedAvg: the meta step beta (lr is the "
+                             "adaptation step alpha)"),
+    "train perfedavg-variant": ("hf", "Per-FedAvg: hf (Hessian-free) or fo (first-order)"),
+    "train perfedavg-delta": ("0.001", "Per-FedAvg HF: the finite-difference step of the "
+                              "Hessian-vector product"),
     "train prox-mu": ("", "FedProx: mu of the proximal term (Flower sends proximal-mu)"),
     "train ditto-lambda": ("", "Ditto: pull of the personal model towards the global one"),
     "train personal-epochs": ("local-epochs", "Ditto: epochs of the personal model"),
@@ -81,6 +100,8 @@ TEXT: dict[str, tuple[str, str]] = {
     "fleet swap": ("auto", "swap tensors to storage when the plan does not fit the cap"),
     "fleet kernels": ("auto", "auto: numba's kernels for caps >= numba-min-cap, numpy's below"),
     "fleet numba-min-cap": ("224MiB", "the smallest cap that gets numba's kernels"),
+    "fleet backend": ("local", "local: this machine's fleet engine; ray: a Ray cluster"),
+    "fleet ray-address": ("a local Ray", "the Ray cluster to join (with backend = ray)"),
     "fleet fallbacks": ("", "what a device tries when its cap is too small for the step"),
     # [faults] (experiments/fleet/faults.py checks them)
     "faults rate": ("0.0", "probability that a device's train task of a round gets a fault"),
