@@ -84,6 +84,7 @@ FLEET: dict[str, Check] = {
     "dropout": distribution(number(0, 1)), "small_below": size, "small_batch_size": integer(1),
     "small_freeze": text, "swap": one_of("off", "auto", "on"),
     "kernels": one_of("auto", "numba", "numpy"), "numba_min_cap": size,
+    "cgroups": one_of("auto", "off", "require"),  # experiments.fleet.cgroup
     "fallbacks": matches(r"((swap|batch:[1-9][0-9]*|freeze:[^;]+)\s*(;\s*|$))*",
                          "';'-separated fallbacks: swap, batch:N, freeze:PATTERNS"),
 }

@@ -48,7 +48,7 @@ def run_forked(run_one: Any, kind: str, state: Any, shared: dict, config: dict,
     import psutil
 
     from device_runtime import rss
-    from experiments.fleet.cgroup import over_cap_metrics
+    from experiments.fleet.cgroup import HEADROOM, over_cap_metrics
     from experiments.fleet.faults import DeviceFailure
 
     parent_rss = rss.current_rss()
@@ -69,6 +69,7 @@ def run_forked(run_one: Any, kind: str, state: Any, shared: dict, config: dict,
                 assert conf is not None
                 conf.cg.enter(conf.path)
             unseen = max(0, parent_rss - rss.current_rss())
+            win = rss.open_window()  # the child's whole life, as worker isolation's
             if state.settings.ram_cap:
                 state.settings.ram_cap -= unseen
             res = run_one(kind, state, shared, config, fault, options)
@@ -77,6 +78,15 @@ def run_forked(run_one: Any, kind: str, state: Any, shared: dict, config: dict,
                 if m.get(k, -1) > 0:
                     m[k] += unseen
             data = pickle.dumps(("ok", res[0], m, res[2].arrays, res[2].meta, unseen))
+            peak = rss.window_peak(win) + unseen
+            if cap and peak > cap and (kind != "train" or m.get("trained")):
+                # over its cap after training (evaluation, the reply's pickling): as a
+                # worker does, drop the update and the new state
+                m.update({"cap-exceeded": 1.0, "ram-cap": float(cap)})
+                if kind == "train":
+                    m.update({"trained": 0.0, "needed-bytes": float(peak),
+                              "peak-rss": float(peak)})
+                data = pickle.dumps(("ok", None, m, None, None, unseen))
         except BaseException as e:  # noqa: BLE001 - the parent reports it
             data = pickle.dumps(("error", f"{type(e).__name__}: {e}"))
             code = 1
@@ -89,6 +99,9 @@ def run_forked(run_one: Any, kind: str, state: Any, shared: dict, config: dict,
     chunks: list[bytes] = []
     killed_rss = 0
     unseen = 0
+    # with a cgroup, the kernel stops a fast overshoot at the cap + its headroom; the
+    # child's own window a slow one; this watchdog is left as the last resort
+    kill_at = (cap or 0) + (2 * HEADROOM if limit is not None else 0)
     timed_out = False
     with os.fdopen(r, "rb") as f:
         t_fork = time.perf_counter()
@@ -110,7 +123,7 @@ def run_forked(run_one: Any, kind: str, state: Any, shared: dict, config: dict,
                     continue
                 if time.perf_counter() - t_fork < 0.01:
                     unseen = max(unseen, parent_rss - child)  # as the child measured it
-                if child + unseen > cap:
+                if child + unseen > kill_at:
                     killed_rss = child + unseen
                     os.kill(pid, signal.SIGKILL)
     _, wstatus = os.waitpid(pid, 0)
@@ -140,5 +153,7 @@ def run_forked(run_one: Any, kind: str, state: Any, shared: dict, config: dict,
     msg = pickle.loads(b"".join(chunks))
     if msg[0] != "ok":
         raise DeviceFailure("raised", msg[1])
+    if msg[1] is None and msg[2].get("cap-exceeded"):
+        return None, msg[2], None
     state.arrays, state.meta = msg[3], msg[4]
     return msg[1], msg[2], state
