@@ -127,7 +127,9 @@ def test_cgroups_key_is_checked_and_named():
 
 
 ENGINE = """
-import sys, time
+import signal, sys, time
+# as in a terminal (a shell's background job would start with Ctrl-C ignored)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from experiments.data import make_fleet_data
 from experiments.fleet import DeviceProfile, FleetEngine
 fleet = make_fleet_data("synthetic_fedprox", 4, seed=1, dim=20, samples=40)
@@ -164,3 +166,18 @@ def test_no_cgroup_folder_is_left_after_ctrl_c_or_a_killed_engine():
     assert cg is not None
     cg.close()
     assert not os.path.exists(run_dir) and not os.path.exists(cg.run)
+
+
+def test_where_no_cgroup_can_be_made_the_run_says_so_once_and_falls_back(monkeypatch, capfd):
+    import experiments.fleet.cgroup as cgroup
+    monkeypatch.setattr(cgroup, "_mounts", lambda: [])  # a machine without cgroup mounts
+    monkeypatch.setattr(cgroup, "_NOTED", [])
+    with pytest.raises(ConfigError) as e:
+        open_run("require")
+    assert "no memory cgroup can be made" in str(e.value) and "\n" not in str(e.value)
+    cg, why = open_run("auto")
+    assert cg is None and "runtime's own guard" in why
+    for _ in range(2):
+        cgroup.note_once(why)
+    err = capfd.readouterr().err
+    assert err.count("no memory cgroup can be made") == 1 and len(err.splitlines()) == 1

@@ -2,19 +2,22 @@
 
 Where this process may make memory cgroups (cgroup v2's ``memory.max``, or cgroup v1's
 memory controller, ``memory.limit_in_bytes``), the engine makes one folder for its run under
-its own cgroup (``<own>/nnfleet-<pid>-<tag>``) and every device task gets a child of it,
-``t<task id>``, made fresh before the task and removed after it: in ``worker`` isolation the
-worker moves itself in for the task and back out after it; in ``fork`` isolation the device's
-child moves itself in right after the fork. A fresh cgroup is charged only what the task
-allocates from then on (pages charged before stay with the cgroup that first touched them),
-so its limit is the device's cap minus the RSS the process already had at task start (the
-part of the cap the runtime's guard counts that this cgroup never sees), plus
-:data:`HEADROOM`: the runtime's own guard still stops a device cleanly when it crosses its cap
-between two operations; what jumps past it by more than the headroom within one operation
-(one native call the 5 ms sampler cannot interrupt) is killed by the kernel, as a real
-device's OS would kill it. Swap is kept out: v1 ``memory.memsw.limit_in_bytes`` = the limit
-where the kernel has swap accounting, else ``memory.swappiness`` = 0; v2 ``memory.swap.max``
-= 0. A kernel kill is told by the task cgroup's OOM-kill counter (v1 ``memory.oom_control``
+its own cgroup (``<own>/nnfleet-<pid>-<tag>``), named to its workers in their environment
+(:data:`ENV`). In ``worker`` isolation each worker moves into a child of its own,
+``w<pid>``, limited before each device task and unlimited between tasks; in ``fork``
+isolation each forked device enters its worker's ``f<pid>`` first thing, limited for it
+(:mod:`.cgroup_task`). One cgroup per worker, not per task: a removed cgroup whose pages are
+still cached lingers in the kernel, and 20,000 device-rounds would leave 20,000 of them.
+A cgroup is charged only what is allocated after a process entered it (pages charged before
+stay with the cgroup that first touched them), so a task's limit is what the cgroup holds
+at task start plus the device's cap less the RSS its process already had (the part of the
+cap the runtime's guard counts that this cgroup never sees), plus :data:`HEADROOM`: the
+runtime's own guard still stops a device cleanly when it crosses its cap between two
+operations; what jumps past it by more than the headroom within one operation (one native
+call the 5 ms sampler cannot interrupt) is killed by the kernel, as a real device's OS
+would kill it. Swap is kept out: v1 ``memory.memsw.limit_in_bytes`` = the limit where the
+kernel has swap accounting, else ``memory.swappiness`` = 0; v2 ``memory.swap.max`` = 0. A
+kernel kill is told by the cgroup's OOM-kill counter (v1 ``memory.oom_control``
 ``oom_kill``, v2 ``memory.events``) and reported as ``cap-exceeded`` with ``oom`` in the
 reason.
 
@@ -102,8 +105,9 @@ class Cgroups:
                 "memory.swappiness = 0 (no swap accounting in this kernel)",
                 "swap.max": "memory.swap.max = 0"}[self.swap]
         limit = "memory.limit_in_bytes" if self.version == 1 else "memory.max"
-        return (f"cgroup v{self.version}: one memory cgroup per device task under {self.run} "
-                f"({limit} = cap - RSS at task start + {HEADROOM >> 20} MiB; no swap: {what})")
+        return (f"cgroup v{self.version}: device processes in memory cgroups under {self.run} "
+                f"({limit}: a task may charge its cap - RSS at task start + "
+                f"{HEADROOM >> 20} MiB; no swap: {what})")
 
     def info(self) -> dict[str, object]:
         return {"mode": "on", "version": self.version, "swap": self.swap, "run": self.run,
@@ -203,6 +207,8 @@ class Cgroups:
         path = self.path(f"w{pid}")
         if not cap or not os.path.isdir(path) or self.oom_kills(path) == 0:
             return None
+        from .cgroup_task import over_cap_metrics
+
         limit = self.limit(path)  # still the task's: it died armed
         return self.oom_reason(device, cap, path, limit), over_cap_metrics(cap, limit)
 
@@ -359,68 +365,3 @@ def note_once(line: str) -> None:
         return
     _NOTED.append(line)
     print(f"nnfleet: {line}", file=sys.stderr, flush=True)
-
-
-def over_cap_metrics(cap: int | None, limit: int | None) -> dict[str, float]:
-    """The metrics of a device task the kernel killed at its cgroup limit."""
-    return {"trained": 0.0, "cap-exceeded": 1.0, "ram-cap": float(cap or -1),
-            "cgroup-limit": float(limit if limit is not None else -1), "oom-killed": 1.0}
-
-
-class Confinement:
-    """A cgroup of the run limited for one device task at a time: a worker's own
-    (``w<pid>``, worker isolation: the worker is in it) or the one its forked device
-    children enter (``f<pid>``). Its limit, set before each task, lets the task charge
-    ``cap - RSS at task start + HEADROOM`` more than the cgroup holds then (memory the
-    worker charged before, page cache included, stays counted but never counts against the
-    task); between tasks it has none."""
-
-    def __init__(self, cg: Cgroups, name: str, enter: bool) -> None:
-        self.cg, self.entered = cg, enter
-        self.path = cg.make(name)
-        self.kills = 0
-        self.limit = -1  # the limit set for the current task; -1 between tasks
-        self.last = -1  # that of the last task
-        if enter:
-            cg.enter(self.path)
-
-    def arm(self, cap: int, base: int) -> int:
-        """Limit the cgroup for a task of a device capped at ``cap`` whose process holds
-        ``base`` bytes of RSS now; the limit set (bytes)."""
-        allowance = max(int(cap) - int(base), 0) + HEADROOM
-        self.limit = self.last = self.cg.usage(self.path) + allowance
-        self.cg.set_limit(self.path, self.limit)
-        self.cg.reset_peak(self.path)
-        self.kills = self.cg.oom_kills(self.path)
-        return allowance
-
-    def disarm(self) -> None:
-        self.cg.set_limit(self.path, None)
-        self.limit = -1
-
-    def killed(self) -> bool:
-        """Whether the kernel killed a process in it since :meth:`arm`."""
-        return self.cg.oom_kills(self.path) > self.kills
-
-    def close(self) -> None:
-        """Leave (v1: back to the engine's own cgroup) and remove it; v2 leaves a worker's
-        own cgroup to the engine, which removes it after the worker is gone."""
-        if self.entered and self.cg.version == 2:
-            return
-        if self.entered:
-            Cgroups.enter(os.path.dirname(self.cg.run))
-        self.cg.remove(self.path)
-
-
-def worker_confinement(isolation: str) -> tuple[Confinement | None, Confinement | None]:
-    """A worker's (limited cgroup, own leaf) in the run the engine named in ``ENV``:
-    worker isolation limits the worker's own cgroup; fork isolation limits its children's
-    (and, under v2, puts the worker in a leaf of its own). (None, None) without cgroups."""
-    cg = Cgroups.from_env(os.environ.get(ENV))
-    if cg is None:
-        return None, None
-    me = os.getpid()
-    if isolation != "fork":
-        return Confinement(cg, f"w{me}", True), None
-    home = Confinement(cg, f"w{me}", True) if cg.version == 2 else None
-    return Confinement(cg, f"f{me}", False), home

@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from experiments.fleet.cgroup import Confinement
+    from experiments.fleet.cgroup_task import Confinement
     from experiments.fleet.protocol import Options
 
 KILL_POLL_SECONDS = 0.002
@@ -48,7 +48,8 @@ def run_forked(run_one: Any, kind: str, state: Any, shared: dict, config: dict,
     import psutil
 
     from device_runtime import rss
-    from experiments.fleet.cgroup import HEADROOM, over_cap_metrics
+    from experiments.fleet.cgroup import HEADROOM
+    from experiments.fleet.cgroup_task import over_cap_metrics
     from experiments.fleet.faults import DeviceFailure
 
     parent_rss = rss.current_rss()

@@ -13,6 +13,10 @@ child forked from this warm process and kills it if its RSS goes over the device
 watchdog on top of the runtime's own cap checks). ``Tasks`` get one ``Result`` each, the
 shared arrays already serialized as Flower stores them (see :func:`npy_bytes`); a task's
 ``fault`` is None or a kind of :mod:`experiments.fleet.faults` to inject on purpose.
+Where the engine made memory cgroups for its run (:mod:`experiments.fleet.cgroup`, named in
+the worker's environment), the kernel holds each task to its cap too: worker isolation
+limits the worker's own cgroup for the task, fork isolation the cgroup its child enters
+(:mod:`experiments.fleet.forking`).
 
 Device state (personal layers, Ditto's model, optimizer state) is kept in one file per
 run and device (the device's own storage, ``<state_dir>/<run_key>/``), read before the device
@@ -50,7 +54,7 @@ from experiments.fleet.protocol import (
 
 if TYPE_CHECKING:
     from device_runtime.device import DeviceSettings
-    from experiments.fleet.cgroup import Confinement
+    from experiments.fleet.cgroup_task import Confinement
 
 ORPHAN_POLL_SECONDS = 0.5
 
@@ -229,7 +233,7 @@ class Worker:
                     self.state_dir = msg.state_dir
                     self.payloads.clear()
                     if self.conf is None:
-                        from experiments.fleet.cgroup import worker_confinement
+                        from experiments.fleet.cgroup_task import worker_confinement
                         self.conf, self.home = worker_confinement(self.isolation)
                 case Options():
                     self.options = msg
