@@ -151,8 +151,9 @@ def report(r: dict[str, Any]) -> str:
         lines.append("hostile updates at the server: " + (", ".join(
             f"{k} {n}" for k, n in r["hostile_at_server"].items()) or "none sent"))
     cg = r["cgroups"]
-    lines.append(f"cgroups: cgroup v{cg['version']}, one per device process, {cg['swap']} "
-                 f"against swap; {r['os_kills']} device-rounds killed by the kernel (oom)"
+    lines.append(f"cgroups: device processes in cgroup v{cg['version']} memory cgroups "
+                 f"({cg['swap']} against swap); {r['os_kills']} device-rounds killed by the "
+                 f"kernel (oom)"
                  if cg["mode"] == "on" else f"cgroups: none ({cg['note']})")
     lines.append(f"workers respawned: {r['respawned_workers']}")
     mib = [f"{x / MIB:.0f}" for x in r["rss_per_round"]]
