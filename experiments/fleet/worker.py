@@ -157,7 +157,9 @@ class Worker:
                 rss.close_window(win)
             if limit is not None and self.conf is not None:
                 self.conf.disarm()
-        if self.conf is not None and cap and res.metrics is not None:
+        # in train records (an evaluate reply carries all its metrics, and every reply
+        # must have the same keys, capped or not)
+        if self.conf is not None and cap and res.metrics is not None and task.kind == "train":
             res.metrics.setdefault("cgroup-limit", float(limit if limit is not None else
                                                          self.conf.last))
         return res
