@@ -38,7 +38,8 @@ from device_runtime.errors import ConfigError
 
 MODES = ("auto", "off", "require")
 HEADROOM = 16 << 20  # bytes past its cap a device may jump within one operation
-ENV = "NNFLEET_CGROUP"  # how a worker finds the run's cgroup: "v1|v2 SWAP PATH"
+# internal, not a user switch: set by the engine for its workers ("v1|v2 SWAP PATH")
+ENV = "_NNFLEET_CGROUP_RUN"
 PREFIX = "nnfleet-"
 _NOTED: list[str] = []  # the one-line fallback note, said once per process
 
