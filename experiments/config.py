@@ -90,6 +90,7 @@ FLEET: dict[str, Check] = {
     "small-freeze": text, "swap": one_of("off", "auto", "on"),
     "kernels": one_of("auto", "numba", "numpy"), "numba-min-cap": size,
     "backend": one_of("local", "ray"), "ray-address": text,  # experiments/fleet/ray_backend.py
+    "cgroups": one_of("auto", "off", "require"),  # experiments.fleet.cgroup
     "fallbacks": matches(r"((swap|batch:[1-9][0-9]*|freeze:[^;]+)\s*(;\s*|$))*",
                          "';'-separated fallbacks: swap, batch:N, freeze:PATTERNS"),
 }

@@ -100,6 +100,8 @@ TEXT: dict[str, tuple[str, str]] = {
     "fleet swap": ("auto", "swap tensors to storage when the plan does not fit the cap"),
     "fleet kernels": ("auto", "auto: numba's kernels for caps >= numba-min-cap, numpy's below"),
     "fleet numba-min-cap": ("224MiB", "the smallest cap that gets numba's kernels"),
+    "fleet cgroups": ("auto", "auto: each device process in a memory cgroup limited at its "
+                      "cap where one can be made (else the runtime's guard alone); off; require"),
     "fleet backend": ("local", "local: this machine's fleet engine; ray: a Ray cluster"),
     "fleet ray-address": ("a local Ray", "the Ray cluster to join (with backend = ray)"),
     "fleet fallbacks": ("", "what a device tries when its cap is too small for the step"),

@@ -299,7 +299,8 @@ def run_one(cfg: dict[str, Any], data: dict[str, Any], algorithms: list[str], ou
                      workdir=log.ckpt.work, state_dir=log.ckpt.live,
                      kernels=str(fleet_cfg.get("kernels", "auto")).strip().lower(),
                      numba_min_cap=parse_size(fleet_cfg.get("numba-min-cap", NUMBA_MIN_CAP)),
-                     warm_models=[model_text(cfg)], quiet=args.quiet) as eng:
+                     warm_models=[model_text(cfg)], quiet=args.quiet,
+                     cgroups=str(fleet_cfg.get("cgroups", "auto"))) as eng:
         timing.update(startup_seconds=eng.startup_seconds, workers=len(eng.procs),
                       isolation=eng.isolation)
         kernels = eng.kernel_summary()

@@ -11,13 +11,15 @@ the hostile updates). It prints:
 - the outcomes: each status with its count, which must add up to the device-rounds run,
   and for each injected kind what became of it (a device fault must end with its status,
   a hostile update with a normal reply);
+- whether devices ran in memory cgroups (``--cgroups``, :mod:`experiments.fleet.cgroup`) and
+  how many device-rounds the kernel killed at their cgroup's limit;
 - what the server did with the hostile updates: rejected before aggregation or not
   (``context.state["server-state"]["rejected"]`` of ``server/``, matched by round and node);
 - the summed RSS of this process and all its descendants (engine, workers, forked
   devices; psutil) after each round, with the pool whole again (respawned workers warm):
   first, last and max after ``--warmup`` rounds, and the least-squares slope per round.
 
-    python -m experiments.bench.soak                     # 10,000 device-rounds
+    python -m experiments.bench.soak                     # 20,000 device-rounds
     python -m experiments.bench.soak --devices 50 --rounds 4 --rate 0.1
 """
 
@@ -37,9 +39,10 @@ import numpy as np
 MIB = 1024 * 1024
 
 
-def soak(devices: int = 1000, rounds: int = 10, rate: float = 0.05, cap: int = 256 * MIB,
+def soak(devices: int = 1000, rounds: int = 20, rate: float = 0.05, cap: int = 256 * MIB,
          timeout: float = 1.0, workers: int = 0, isolation: str = "worker", seed: int = 0,
-         warmup: int = 2, progress: bool = False) -> dict[str, Any]:
+         warmup: int = 2, progress: bool = False, kinds: list[str] | None = None,
+         cgroups: str = "auto") -> dict[str, Any]:
     """Run the soak; returns outcome counts and RSS samples (see the module docstring)."""
     from experiments.bench.fleet import TreeSampler, workload
     from experiments.fleet import DeviceProfile, FleetEngine
@@ -48,10 +51,12 @@ def soak(devices: int = 1000, rounds: int = 10, rate: float = 0.05, cap: int = 2
 
     rc = workload(devices, rounds)
     rc["seed"] = seed
-    plan = FaultPlan.from_config({"rate": rate, "timeout": timeout}, seed)
+    plan = FaultPlan.from_config({"rate": rate, "timeout": timeout,
+                                  **({"kinds": kinds} if kinds is not None else {})}, seed)
     profiles = [DeviceProfile(i, cap, 1.0, 1.0, 0.0) for i in range(devices)]
     status: Counter[str] = Counter()
     by_fault: Counter[tuple[str, str]] = Counter()
+    os_kills = [0]  # device-rounds the kernel killed at their cgroup's limit
     hostile: dict[tuple[int, int], str] = {}  # (round, node) -> kind, for the server's verdict
     tree = TreeSampler(os.getpid())
     rss: list[int] = []
@@ -61,10 +66,14 @@ def soak(devices: int = 1000, rounds: int = 10, rate: float = 0.05, cap: int = 2
         os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
         import experiments.fleet.grid  # noqa: F401
         import server  # noqa: F401
-        return fleet_from_run_config(rc)
+        fleet = fleet_from_run_config(rc)
+        # the server trusts no claim above the largest training split (server/screen.py)
+        rc["max-num-examples"] = float(max(d.y_train.shape[0] for d in fleet.devices))
+        return fleet
 
     with FleetEngine(prepare, profiles, workers=workers, isolation=isolation,
-                     faults=plan) as eng:
+                     faults=plan, cgroups=cgroups) as eng:
+        cgroup = eng.kernel_summary()["cgroups"]
         import server
         from experiments.fleet.grid import FleetGrid, run_serverapp
 
@@ -73,6 +82,8 @@ def soak(devices: int = 1000, rounds: int = 10, rate: float = 0.05, cap: int = 2
         def record(rec: dict[str, Any]) -> None:  # counted, not kept: memory must stay flat
             if rec["phase"] == "train":
                 status[rec["status"]] += 1
+                if "killed by the kernel (oom)" in rec.get("error", ""):
+                    os_kills[0] += 1
                 if "fault" in rec:
                     by_fault[(rec["fault"], rec["status"])] += 1
                     if rec["fault"] in HOSTILE and rec["status"] == "ok":
@@ -111,6 +122,7 @@ def soak(devices: int = 1000, rounds: int = 10, rate: float = 0.05, cap: int = 2
         "mismatched": mismatched, "hostile_at_server": rejected,
         "respawned_workers": respawned, "workers": n_workers,
         "isolation": isolation, "rate": rate, "timeout_s": timeout, "ram_cap": cap,
+        "cgroups": cgroup, "os_kills": os_kills[0],
         "rss_per_round": rss, "warmup_rounds": warmup,
         "rss_first": int(after[0]) if after.size else 0,
         "rss_last": int(after[-1]) if after.size else 0,
@@ -138,6 +150,11 @@ def report(r: dict[str, Any]) -> str:
     if r["hostile_at_server"] is not None:
         lines.append("hostile updates at the server: " + (", ".join(
             f"{k} {n}" for k, n in r["hostile_at_server"].items()) or "none sent"))
+    cg = r["cgroups"]
+    lines.append(f"cgroups: device processes in cgroup v{cg['version']} memory cgroups "
+                 f"({cg['swap']} against swap); {r['os_kills']} device-rounds killed by the "
+                 f"kernel (oom)"
+                 if cg["mode"] == "on" else f"cgroups: none ({cg['note']})")
     lines.append(f"workers respawned: {r['respawned_workers']}")
     mib = [f"{x / MIB:.0f}" for x in r["rss_per_round"]]
     lines.append(f"process-tree RSS per round (MiB): {' '.join(mib)}")
@@ -158,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "  nnfleet bench soak --devices 200 --rounds 5 --rate 0.1 "
                                        "--isolation fork")
     p.add_argument("--devices", type=int, default=1000, help="simulated devices")
-    p.add_argument("--rounds", type=int, default=10, help="federated rounds")
+    p.add_argument("--rounds", type=int, default=20, help="federated rounds")
     p.add_argument("--rate", type=float, default=0.05, help="faults per device-round")
     p.add_argument("--cap", default="256MiB", help="RAM cap of every device")
     p.add_argument("--timeout", type=float, default=1.0, help="per-task timeout, seconds")
@@ -167,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="a device in a warm worker, or in a child forked from it")
     p.add_argument("--warmup", type=int, default=2, help="rounds left out of the RSS figures")
     p.add_argument("--seed", type=int, default=0, help="seed of the faults and the fleet")
+    p.add_argument("--cgroups", choices=["auto", "off", "require"], default="auto",
+                   help="devices in memory cgroups limited at their cap (where they can be made)")
     p.add_argument("--json", help="also write the results to this file (None = not written)")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.devices < 2 or args.rounds < 1 or not 0 <= args.rate <= 1 or args.timeout <= 0:
@@ -174,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
               "--timeout > 0", file=sys.stderr)
         return 2
     r = soak(args.devices, args.rounds, args.rate, parse_size(args.cap), args.timeout,
-             args.workers, args.isolation, args.seed, args.warmup, progress=True)
+             args.workers, args.isolation, args.seed, args.warmup, progress=True,
+             cgroups=args.cgroups)
     print(report(r))
     if args.json:
         with open(args.json, "w") as f:

@@ -35,6 +35,8 @@ import numpy as np
 
 from device_runtime.errors import ConfigError
 
+from .cgroup import ENV as CGROUP_ENV
+from .cgroup import note_once, open_run
 from .faults import FaultPlan
 from .kernels import NUMBA_MIN_CAP, device_kernels, split_workers
 from .procs import READY_TIMEOUT, WorkerProc, finish_precompile, spawn_workers, start_precompile
@@ -65,7 +67,7 @@ class FleetEngine:
                  zygote: bool = False, faults: FaultPlan | dict[str, Any] | None = None,
                  seed: int = 0, state_dir: str | None = None, kernels: str = "auto",
                  numba_min_cap: int = NUMBA_MIN_CAP, warm_models: list[str] | None = None,
-                 quiet: bool = False) -> None:
+                 quiet: bool = False, cgroups: str = "auto") -> None:
         """``fleet``: ``experiments.data.FleetData``, or a function returning it, called
         while the workers start (so making the data overlaps with their warm-up).
         ``faults``: a :class:`FaultPlan` or the ``[faults]`` table of the experiment config
@@ -73,13 +75,19 @@ class FleetEngine:
         device states, ``<state_dir>/<run_key>/<device>.npz`` (default: in ``workdir``).
         ``kernels``, ``numba_min_cap``: the ``[fleet]`` keys kernels and numba-min-cap (see
         :func:`~.kernels.device_kernels`). ``warm_models``: model specs whose own kernel
-        specialisations are compiled with the rest. ``quiet``: no progress line."""
+        specialisations are compiled with the rest. ``quiet``: no progress line.
+        ``cgroups``: the ``[fleet]`` key, ``auto`` / ``off`` / ``require``: each device
+        process in a memory cgroup limited at its cap (:mod:`.cgroup`)."""
         self.state_dir = state_dir or ""
         if isolation not in ("worker", "fork"):
             raise ConfigError(f"isolation must be worker or fork, got {isolation!r}")
         self.faults = faults if isinstance(faults, FaultPlan) else \
             FaultPlan.from_config(faults, seed)
         self.respawned = 0  # workers replaced after they died
+        self.cgroups, self.cgroup_note = open_run(cgroups)
+        if self.cgroups is None and cgroups != "off":
+            note_once(self.cgroup_note)  # the fallback, said once
+        self._env = {CGROUP_ENV: self.cgroups.env()} if self.cgroups is not None else {}
         self.t_start = time.perf_counter()
         if workers < 0:
             raise ConfigError(f"workers must be >= 0, got {workers}")
@@ -110,12 +118,12 @@ class FleetEngine:
     def _spawn(self, kind: str, n: int, zygote: bool, isolation: str) -> None:
         if not n:
             return
-        self.procs += spawn_workers(n, len(self.procs), zygote, kind)
+        self.procs += spawn_workers(n, len(self.procs), zygote, kind, self._env)
         # a warm spare takes a dead worker's place at once (a fresh one takes ~0.5 s to
         # warm up): kept from the start when injected faults will kill workers (worker
         # isolation; in fork isolation only the device's child dies), else after a death
         if self.faults.active and isolation == "worker":
-            self.spares[kind] = spawn_workers(1, -1, kernels=kind)[0]
+            self.spares[kind] = spawn_workers(1, -1, kernels=kind, extra_env=self._env)[0]
 
     def _setup(self, fleet: Any, profiles: list[DeviceProfile] | None, isolation: str,
                workdir: str | None) -> None:
@@ -161,7 +169,9 @@ class FleetEngine:
             out[kind] = {"devices": self.kernels.count(kind),
                          "workers": len(rss), "worker_rss": rss,
                          "in_use": sorted({p.kernels for p in self.procs if p.kind == kind})}
-        return {"per_kind": out, "compile": self.compile_info}
+        return {"per_kind": out, "compile": self.compile_info,
+                "cgroups": {**(self.cgroups.info() if self.cgroups else {"mode": "off"}),
+                            "note": self.cgroup_note}}
 
     def _attach(self, p: WorkerProc) -> None:
         """A worker that is ready: tell it where the data is, then what waited for it."""
@@ -282,7 +292,12 @@ class FleetEngine:
             heads[p.index] += 1
             device = task.device
             how = " (injected fault)" if task.fault else ""
-            if p.timed_out:
+            metrics: dict[str, float] = {}
+            oom = None if self.cgroups is None or self.isolation == "fork" else \
+                self.cgroups.worker_oom(p.pid, device, task.settings.ram_cap)
+            if oom is not None:
+                status, reason, metrics = "cap-exceeded", oom[0] + how, oom[1]
+            elif p.timed_out:
                 status = "timeout"
                 reason = (f"device {device} did not answer within {self.faults.timeout:g} s "
                           f"(faults.timeout): its worker process was killed{how}")
@@ -293,13 +308,16 @@ class FleetEngine:
             else:
                 status = "crashed"
                 reason = f"device {device}'s worker process died (exit {code}){how}"
-            report(TaskResult(task.task_id, device, task.kind, None, {}, reason, None, status,
-                              task.fault, p.kernels, p.baseline_rss))
+            report(TaskResult(task.task_id, device, task.kind, None, metrics, reason, None,
+                              status, task.fault, p.kernels, p.baseline_rss))
+        if self.cgroups is not None:
+            self.cgroups.drop_worker(p.pid)
         # replace it so the experiment can go on (the spare, or a fresh one that warms up
         # while the others work)
-        fresh = self.spares.get(p.kind) or spawn_workers(1, kernels=p.kind)[0]
+        fresh = self.spares.get(p.kind) or spawn_workers(1, kernels=p.kind,
+                                                         extra_env=self._env)[0]
         fresh.index = p.index
-        self.spares[p.kind] = spawn_workers(1, -1, kernels=p.kind)[0]
+        self.spares[p.kind] = spawn_workers(1, -1, kernels=p.kind, extra_env=self._env)[0]
         self.respawned += 1
         fresh.outbox = list(_payload_messages(payloads))
         rest = mine[heads[p.index]:]
@@ -345,6 +363,9 @@ class FleetEngine:
         for p in getattr(self, "procs", []) + list(getattr(self, "spares", {}).values()):
             p.close()
         self.procs, self.spares = [], {}
+        cg = getattr(self, "cgroups", None)
+        if cg is not None:
+            cg.close()
         if getattr(self, "_own_dir", False):
             shutil.rmtree(self.workdir, ignore_errors=True)
 

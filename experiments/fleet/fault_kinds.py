@@ -25,7 +25,11 @@ from .protocol import Options
 Arrays = dict[str, np.ndarray]
 STRIKE_STEP = 1  # kill/hang/raise strike before this training step (0-based): mid-training
 UNCAPPED_HEADROOM = 256 << 20  # the cap a "cap" fault gives a device that has none
-OVERSHOOT = 64 << 20  # how far past its cap a "cap" fault goes
+# how far past its cap a "cap" fault goes: less than a memory cgroup's headroom over the cap
+# (experiments.fleet.cgroup.HEADROOM), so that the runtime's own guard stops it cleanly
+OVERSHOOT = 4 << 20
+OOM_OVERSHOOT = 64 << 20  # an "oom" fault's one allocation: the whole cap and this much more
+CLAIM = 1e9  # the num-examples a "claim" fault reports
 
 
 class InjectedFault(RuntimeError):
@@ -51,6 +55,7 @@ class HostileUpdate:
 
     corrupt: Callable[[Arrays, Arrays, Options], None]  # (a copy of the returned shared
     # weights, changed in place; the received weights; the plan's options)
+    metrics: Callable[[dict[str, float]], None] | None = None  # changes the reply's metrics
 
 
 # ---------------------------------------------------------------- device faults
@@ -80,6 +85,14 @@ def _overshoot(settings: Any, hold: list[np.ndarray]) -> None:
 
     # touched pages, so the RSS really grows past the cap
     hold.append(np.ones(max(settings.ram_cap - rss.current_rss(), 0) + OVERSHOOT, np.uint8))
+
+
+def _oom(settings: Any, hold: list[np.ndarray]) -> None:
+    # one native call that touches more than the whole cap: no sampler between two
+    # operations can stop it, only the kernel (a memory cgroup) or, after it, the guard
+    a = np.empty((settings.ram_cap + OOM_OVERSHOOT) // 8)
+    a.fill(1)
+    hold.append(a)
 
 
 # ---------------------------------------------------------------- hostile updates
@@ -116,6 +129,14 @@ def _extra(out: Arrays, received: Arrays, options: Options) -> None:
     out["injected:extra"] = np.zeros(4, np.float32)
 
 
+def _same(out: Arrays, received: Arrays, options: Options) -> None:
+    pass
+
+
+def _claim(metrics: dict[str, float]) -> None:
+    metrics["num-examples"] = CLAIM
+
+
 FAULTS: dict[str, DeviceFault | HostileUpdate] = {
     "kill": DeviceFault("killed", _kill),
     "cap": DeviceFault("cap-exceeded", _overshoot, step=0, late=False, prepare=_give_cap),
@@ -129,6 +150,10 @@ FAULTS: dict[str, DeviceFault | HostileUpdate] = {
     "dtype": HostileUpdate(_dtype),
     "missing": HostileUpdate(_missing),
     "extra": HostileUpdate(_extra),
+    # a native over-allocation past the cap (the kernel kills it where the device runs
+    # in a memory cgroup), and an inflated num-examples claim (the server rejects it)
+    "oom": DeviceFault("cap-exceeded", _oom, step=0, late=False, prepare=_give_cap),
+    "claim": HostileUpdate(_same, _claim),
 }
 DEVICE_FAULTS = tuple(k for k, f in FAULTS.items() if isinstance(f, DeviceFault))
 HOSTILE = tuple(k for k, f in FAULTS.items() if isinstance(f, HostileUpdate))
@@ -173,6 +198,14 @@ def striking(kind: str | None, settings: Any) -> Iterator[None]:
             strike()
     finally:
         hold.clear()
+
+
+def corrupt_metrics(kind: str | None, metrics: dict[str, float]) -> dict[str, float]:
+    """The reply's metrics made hostile by ``kind`` (in place), if it changes them."""
+    fault = FAULTS.get(kind) if kind is not None else None
+    if isinstance(fault, HostileUpdate) and fault.metrics is not None and metrics.get("trained"):
+        fault.metrics(metrics)
+    return metrics
 
 
 def corrupt(kind: str, out: Arrays, received: Arrays, options: Options) -> Arrays:

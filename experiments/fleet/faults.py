@@ -25,9 +25,14 @@ Device faults (the device gives no update; the status its record gets):
 
 - ``kill``: the device's process is SIGKILLed at its second training step: in ``worker``
   isolation the worker process itself dies and the engine respawns it ("killed");
-- ``cap``: the device allocates past its RAM cap at its first training step; the
-  runtime's own guard (or the fork watchdog) catches it ("cap-exceeded"). A device
-  without a cap gets one for that round: its RSS + 256 MiB;
+- ``cap``: the device allocates past its RAM cap (by 4 MiB, less than a memory cgroup's
+  headroom) at its first training step; the runtime's own guard (or the fork watchdog)
+  catches it ("cap-exceeded"). A device without a cap gets one for that round: its RSS +
+  256 MiB;
+- ``oom``: the same, but in one native call (``np.empty(n).fill(1)``) of more than the
+  whole cap: where devices run in memory cgroups (:mod:`.cgroup`) the kernel kills the
+  process, reported "cap-exceeded" with ``oom`` in the reason; elsewhere the guard catches
+  it after the call;
 - ``hang``: the device stops responding at its second training step; the per-task
   ``timeout`` kills it ("timeout");
 - ``raise``: the device raises at its second training step ("raised").
@@ -35,7 +40,8 @@ Device faults (the device gives no update; the status its record gets):
 Hostile updates (the device trains and replies normally; the server must reject them):
 ``nan`` / ``inf`` (one such value in every returned array), ``scale``, ``shape`` (the first
 array one element longer, flattened), ``dtype``, ``missing`` (the last key dropped),
-``extra`` (an unknown key ``injected:extra``).
+``extra`` (an unknown key ``injected:extra``), ``claim`` (the update untouched, its
+``num-examples`` claimed as 1e9: the server's screening rejects it).
 """
 
 from __future__ import annotations
@@ -57,12 +63,14 @@ from .fault_kinds import (
     DeviceFault,
     InjectedFault,
     corrupt,
+    corrupt_metrics,
     striking,
 )
 from .protocol import Options
 
 __all__ = ["DEVICE_FAULTS", "DTYPES", "EXPECTED_STATUS", "FAULTS", "HOSTILE", "KEYS", "KINDS",
-           "DeviceFailure", "FaultPlan", "InjectedFault", "corrupt", "striking"]
+           "DeviceFailure", "FaultPlan", "InjectedFault", "corrupt", "corrupt_metrics",
+           "striking"]
 
 DTYPES = ("float64", "float16", "int64", "int32")
 KEYS = ("rate", "kinds", "seed", "timeout", "min-replies", "scale", "dtype", "at")
@@ -71,9 +79,11 @@ KEYS = ("rate", "kinds", "seed", "timeout", "min-replies", "scale", "dtype", "at
 class DeviceFailure(Exception):
     """A device task that ended without any reply: ``status`` ("killed", "timeout")."""
 
-    def __init__(self, status: str, reason: str) -> None:
+    def __init__(self, status: str, reason: str,
+                 metrics: dict[str, float] | None = None) -> None:
         super().__init__(reason)
         self.status, self.reason = status, reason
+        self.metrics = dict(metrics or {})  # what is known of the task (its cap, ...)
 
 
 @dataclass

@@ -114,7 +114,8 @@ class WorkerProc:
 
 
 def spawn_workers(n: int, first_index: int = 0, zygote: bool = False,
-                  kernels: str = "numba") -> list[WorkerProc]:
+                  kernels: str = "numba", extra_env: dict[str, str] | None = None
+                  ) -> list[WorkerProc]:
     """Start ``n`` worker processes with the ``kernels`` kind.
 
     By default each is a fresh interpreter that imports and warms up by itself, so its
@@ -122,8 +123,9 @@ def spawn_workers(n: int, first_index: int = 0, zygote: bool = False,
     With ``zygote=True`` one process warms up and forks the others: faster to start and
     lighter, but a forked worker's RSS leaves out the parent's file-backed pages it has
     not touched yet (tens of MiB), so per-device peaks read lower than on a real device.
+    ``extra_env``: more environment (the run's cgroups, :mod:`.cgroup`).
     """
-    env = worker_env(kernels)
+    env = {**worker_env(kernels), **(extra_env or {})}
     pairs = [socket.socketpair() for _ in range(n)]
     groups = [list(range(n))] if zygote else [[i] for i in range(n)]
     procs: list[WorkerProc] = []

@@ -13,6 +13,10 @@ child forked from this warm process and kills it if its RSS goes over the device
 watchdog on top of the runtime's own cap checks). ``Tasks`` get one ``Result`` each, the
 shared arrays already serialized as Flower stores them (see :func:`npy_bytes`); a task's
 ``fault`` is None or a kind of :mod:`experiments.fleet.faults` to inject on purpose.
+Where the engine made memory cgroups for its run (:mod:`experiments.fleet.cgroup`, named in
+the worker's environment), the kernel holds each task to its cap too: worker isolation
+limits the worker's own cgroup for the task, fork isolation the cgroup its child enters
+(:mod:`experiments.fleet.forking`).
 
 Device state (personal layers, Ditto's model, optimizer state) is kept in one file per
 run and device (the device's own storage, ``<state_dir>/<run_key>/``), read before the device
@@ -23,8 +27,6 @@ metrics do), and one device's state never sits in the memory of the next device.
 from __future__ import annotations
 
 import os
-import pickle
-import select
 import shutil
 import signal
 import sys
@@ -35,6 +37,7 @@ from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from experiments.fleet.forking import CHILD, run_forked
 from experiments.fleet.protocol import (
     Drop,
     NpyArrays,
@@ -51,23 +54,10 @@ from experiments.fleet.protocol import (
 
 if TYPE_CHECKING:
     from device_runtime.device import DeviceSettings
+    from experiments.fleet.cgroup_task import Confinement
 
-KILL_POLL_SECONDS = 0.002
 ORPHAN_POLL_SECONDS = 0.5
 PERSONAL_DIR = "personal-model-dir"  # evaluate config key: where to save the evaluated model
-_child = [0]  # the device process forked by this worker (fork isolation), while it runs
-
-
-def _after_fork_in_child() -> None:
-    # device_runtime.rss keeps a psutil.Process made at import time, i.e. of the parent:
-    # point it at this process so current_rss() measures the device, not the zygote.
-    import psutil
-
-    from device_runtime import rss
-    rss._PROC = psutil.Process()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _OverCap(Exception):
@@ -112,11 +102,12 @@ def _run_one(kind: str, state: Any, shared: dict, config: dict, fault: str | Non
         return None, metrics, state
     if fault is None:
         return run_device(state, shared, config)
-    from experiments.fleet.faults import corrupt, striking
+    from experiments.fleet.faults import corrupt, corrupt_metrics, striking
 
     with striking(fault, state.settings):
         out, metrics, new_state = run_device(state, shared, config)
-    return corrupt(fault, out, shared, options or Options()), metrics, new_state
+    return (corrupt(fault, out, shared, options or Options()), corrupt_metrics(fault, metrics),
+            new_state)
 
 
 class Worker:
@@ -127,6 +118,10 @@ class Worker:
         self.payloads: dict[int, tuple[dict, dict]] = {}
         self.state_dir = ""
         self.options = Options()  # FaultPlan.options()
+        # the run's memory cgroups (experiments.fleet.cgroup): the one limited for each
+        # task (the worker's own, or its fork children's), and a v2 fork worker's own leaf
+        self.conf: Confinement | None = None
+        self.home: Confinement | None = None
 
     def _state_path(self, run_key: str, device: int) -> str:
         return os.path.join(self.state_dir, run_key, f"{device}.npz")
@@ -161,11 +156,23 @@ class Worker:
         # reply's serialization and the state's saving too), as fork isolation's watchdog
         # holds it over the child's; a fork child is measured by that watchdog
         win = rss.open_window() if self.isolation != "fork" else None
+        cap = task.settings.ram_cap
+        # the kernel's limit too, where the run has cgroups (fork: set for the child)
+        limit = self.conf.arm(cap, rss.current_rss()) \
+            if self.conf is not None and cap and self.isolation != "fork" else None
         try:
-            return self._task(task, win)
+            res = self._task(task, win)
         finally:
             if win is not None:
                 rss.close_window(win)
+            if limit is not None and self.conf is not None:
+                self.conf.disarm()
+        # in train records (an evaluate reply carries all its metrics, and every reply
+        # must have the same keys, capped or not)
+        if self.conf is not None and cap and res.metrics is not None and task.kind == "train":
+            res.metrics.setdefault("cgroup-limit", float(limit if limit is not None else
+                                                         self.conf.last))
+        return res
 
     def _task(self, task: Task, win: list[int] | None) -> Result:
         from device_runtime import rss
@@ -175,7 +182,8 @@ class Worker:
         try:
             state = self.state_for(task.run_key, device, task.settings)
             if self.isolation == "fork":
-                out, metrics, new_state = self._forked(kind, state, shared, config, fault)
+                out, metrics, new_state = run_forked(_run_one, kind, state, shared, config,
+                                                     fault, self.options, self.conf)
             else:
                 out, metrics, new_state = _run_one(kind, state, shared, config, fault,
                                                    self.options)
@@ -183,7 +191,7 @@ class Worker:
             from experiments.fleet.faults import DeviceFailure
 
             if isinstance(e, DeviceFailure):
-                return Result(task_id, None, {}, e.reason, None, e.status)
+                return Result(task_id, None, e.metrics, e.reason, None, e.status)
             return Result(task_id, None, {}, f"{type(e).__name__}: {e}",
                           traceback.format_exc(limit=4), "raised")
         cap = task.settings.ram_cap
@@ -214,98 +222,12 @@ class Worker:
         rss.release_heap(collect=False)
         return Result(task_id, payload, metrics)
 
-    def _forked(self, kind: str, state: Any, shared: dict, config: dict,
-                fault: str | None = None) -> tuple[Any, dict, Any]:
-        """Run in a child forked from this warm process; kill it if it goes over its cap.
-
-        A forked child does not yet map the file-backed pages it shares with this process
-        (libraries, JIT caches), so its RSS reads tens of MiB lower than a fresh device
-        process would. The difference at fork time is charged to the child: its cap is
-        lowered by it, and its reported RSS figures are raised by it, so that caps mean the
-        same in both isolation modes.
-        """
-        import psutil
-
-        from device_runtime import rss
-        from experiments.fleet.faults import DeviceFailure
-
-        parent_rss = rss.current_rss()
-        r, w = os.pipe()
-        pipe_w = w
-        pid = os.fork()
-        if pid:
-            _child[0] = pid
-        if pid == 0:  # child: run, send the result, exit without cleanup handlers
-            os.close(r)
-            code = 0
-            unseen = max(0, parent_rss - rss.current_rss())
-            try:
-                if state.settings.ram_cap:
-                    state.settings.ram_cap -= unseen
-                res = _run_one(kind, state, shared, config, fault, self.options)
-                m = res[1]
-                for k in ("peak-rss", "baseline-rss", "ram-cap", "needed-bytes"):
-                    if m.get(k, -1) > 0:
-                        m[k] += unseen
-                data = pickle.dumps(("ok", res[0], m, res[2].arrays, res[2].meta, unseen))
-            except BaseException as e:  # noqa: BLE001 - the parent reports it
-                data = pickle.dumps(("error", f"{type(e).__name__}: {e}"))
-                code = 1
-            with os.fdopen(pipe_w, "wb") as f:
-                f.write(data)
-            os._exit(code)
-        os.close(w)
-        cap = state.settings.ram_cap
-        timeout = self.options.timeout
-        proc = psutil.Process(pid)
-        chunks: list[bytes] = []
-        killed_rss = 0
-        unseen = 0
-        timed_out = False
-        with os.fdopen(r, "rb") as f:
-            t_fork = time.perf_counter()
-            while True:
-                ready, _, _ = select.select([f], [], [], KILL_POLL_SECONDS)
-                if ready:
-                    b = os.read(f.fileno(), 1 << 20)
-                    if not b:
-                        break
-                    chunks.append(b)
-                    continue
-                if timeout and not timed_out and time.perf_counter() - t_fork > timeout:
-                    timed_out = True
-                    os.kill(pid, signal.SIGKILL)
-                if cap and not killed_rss:
-                    try:
-                        child = proc.memory_info().rss
-                    except psutil.Error:
-                        continue
-                    if time.perf_counter() - t_fork < 0.01:
-                        unseen = max(unseen, parent_rss - child)  # as the child measured it
-                    if child + unseen > cap:
-                        killed_rss = child + unseen
-                        os.kill(pid, signal.SIGKILL)
-        _, wstatus = os.waitpid(pid, 0)
-        _child[0] = 0
-        if timed_out and not killed_rss:
-            raise DeviceFailure("timeout", f"device {state.device_id} did not answer within "
-                                f"{timeout:g} s (faults.timeout): its process was killed")
-        if killed_rss:
-            from device_runtime.device import METRIC_KEYS
-            metrics = {k: -1.0 for k in METRIC_KEYS}
-            metrics.update({"trained": 0.0, "cap-exceeded": 1.0, "needed-bytes": float(killed_rss),
-                            "peak-rss": float(killed_rss), "ram-cap": float(cap or -1),
-                            "num-examples": float(state.data.y_train.shape[0]), "steps": 0.0})
-            return None, metrics, None
-        if os.WIFSIGNALED(wstatus):
-            name = signal.Signals(os.WTERMSIG(wstatus)).name
-            raise DeviceFailure("killed", f"device {state.device_id}'s process was killed by "
-                                f"{name} mid-task")
-        msg = pickle.loads(b"".join(chunks))
-        if msg[0] != "ok":
-            raise DeviceFailure("raised", msg[1])
-        state.arrays, state.meta = msg[3], msg[4]
-        return msg[1], msg[2], state
+    def leave(self) -> None:
+        """Out of the run's cgroups (the engine removes what is left)."""
+        for c in (self.conf, self.home):
+            if c is not None:
+                c.close()
+        self.conf = self.home = None
 
     def serve(self) -> None:
         """Answer the engine's messages until Stop (or the engine's end of the socket closes)."""
@@ -322,6 +244,9 @@ class Worker:
                     self.isolation = msg.isolation
                     self.state_dir = msg.state_dir
                     self.payloads.clear()
+                    if self.conf is None:
+                        from experiments.fleet.cgroup_task import worker_confinement
+                        self.conf, self.home = worker_confinement(self.isolation)
                 case Options():
                     self.options = msg
                 case Payload():
@@ -334,6 +259,7 @@ class Worker:
                 case Reset():
                     shutil.rmtree(os.path.join(self.state_dir, msg.run_key), ignore_errors=True)
                 case Stop():
+                    self.leave()
                     return
                 case _:
                     raise AssertionError(f"fleet worker: unknown message {msg!r}")
@@ -348,9 +274,9 @@ def _exit_when_orphaned(parent: int) -> None:
     """
     while os.getppid() == parent:
         time.sleep(ORPHAN_POLL_SECONDS)
-    if _child[0]:
+    if CHILD[0]:
         try:
-            os.kill(_child[0], signal.SIGKILL)
+            os.kill(CHILD[0], signal.SIGKILL)
         except OSError:
             pass
     os._exit(1)
