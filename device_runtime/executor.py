@@ -239,6 +239,9 @@ class Executor:
         return rows
 
     def close(self) -> None:
-        """Release the swap file and its thread."""
+        """Release the swap file and its thread (and a swapped accumulator's file)."""
         if self.swap_device is not None:
             self.swap_device.close()
+        close = getattr(self.optimizer, "close", None)
+        if close is not None:
+            close()

@@ -34,6 +34,7 @@ def memory(model: Model) -> dict[str, Any]:
     """RAM cap outcome and swap traffic of the training executor (if built)."""
     ex = model._train
     dev = ex.swap_device if ex is not None else None
+    opt = ex.optimizer if ex is not None else None
     return {
         "ram_cap_bytes": model.ram_cap,
         "baseline_rss_bytes": model.baseline_rss,
@@ -46,4 +47,10 @@ def memory(model: Model) -> dict[str, Any]:
         "swap_wait_seconds": dev.wait_seconds if dev else 0.0,
         "swap_direct_io": bool(dev.direct) if dev else None,
         "guard_seconds": model.guard_overhead,
+        # micro-batches: "ram" (one resident sum), "swapped" (accumulate.py) or "none"
+        "accumulate": model.decision.accumulate if model.decision is not None else (
+            "ram" if model.micro_batch < model.batch_size else "none"),
+        "accum_swap_bytes_written": getattr(opt, "bytes_written", 0),
+        "accum_swap_bytes_read": getattr(opt, "bytes_read", 0),
+        "cap_margin_bytes": model.decision.margin_bytes if model.decision is not None else None,
     }

@@ -100,7 +100,9 @@ def train_step(model: Model, idx: np.ndarray) -> float:
     else:  # gradient accumulation over micro-batches, then one update
         k = model.batch_size // mb
         loss = 0.0
+        acc = ex.optimizer
         for i in range(k):
+            acc.micro = i  # a swapped accumulator applies the sums on the last one
             loss += ex.run(idx[i * mb:(i + 1) * mb]) / k
         ex.optimizer.flush(model.trainable_views())
     opt.end_step()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import rss, switches
+from ..accumulate import BUFFER_BYTES, accumulator_bytes
 from ..errors import MemoryCapExceeded
 from ..graph import Graph
 from ..stepplan import StepPlan
@@ -38,8 +39,11 @@ class Decision:
     slots: list[SwapSlot] = field(default_factory=list)
     lookahead: int = 3  # swap prefetch distance that fits (less prefetch when tight)
     pool_bytes: int = 0
-    extra_bytes: int = 0  # optimizer state + accumulation buffer
+    extra_bytes: int = 0  # optimizer state + accumulation buffer (its resident part)
     tried: list[dict[str, Any]] = field(default_factory=list)
+    accumulate: str = "none"  # none | ram (one resident sum) | swapped (accumulate.py)
+    resident_accum_bytes: int = 0  # swapped: the part of the sum kept in RAM
+    margin_bytes: int = MARGIN_BYTES  # kept free under the cap beyond plan and baseline
 
 
 def _divisors_desc(n: int) -> list[int]:
@@ -48,13 +52,18 @@ def _divisors_desc(n: int) -> list[int]:
 
 def fit_to_cap(make_graph: Callable[[int], Graph], planner: str, batch: int,
                cap: int, baseline: int, state_bytes: int, accum_bytes: int, swap: str,
-               lookahead: int = 3, margin: int = MARGIN_BYTES) -> Decision:
-    """Choose micro-batch and swap set so the planned step fits; raise if nothing does."""
+               lookahead: int = 3, margin: int = MARGIN_BYTES,
+               params: list[tuple[str, int]] | None = None) -> Decision:
+    """Choose micro-batch, swap set and accumulation so the planned step fits; raise if
+    nothing does. With ``params`` (trainable (key, size) pairs) and swap allowed, micro-
+    batches may accumulate into a mostly swapped sum (:mod:`device_runtime.accumulate`)
+    when the resident one (``accum_bytes``) does not fit."""
     tried: list[dict[str, Any]] = []
     best_need = None
     for b in _divisors_desc(batch):
-        extra = state_bytes + (accum_bytes if b < batch else 0)
-        budget = cap - baseline - extra - margin
+        modes = [("none", state_bytes)] if b == batch else [("ram", state_bytes + accum_bytes)]
+        if b < batch and params and swap != "off":
+            modes.append(("swapped", state_bytes + BUFFER_BYTES))
         # with swap, a shorter prefetch (fewer blocks read back early) is tried before
         # smaller micro-batches: it costs some stall time, not different numbers
         ahead = [lookahead] if swap == "off" else sorted({lookahead, min(lookahead, 1), 0},
@@ -70,17 +79,26 @@ def fit_to_cap(make_graph: Callable[[int], Graph], planner: str, batch: int,
             for slots in choices:
                 laid_out = ex.layout(slots)
                 pool = laid_out[0].pool_bytes
-                tried.append({"micro_batch": b, "lookahead": la, "swapped_blocks": len(slots),
-                              "pool_bytes": pool, "budget_bytes": budget})
-                need = baseline + extra + margin + pool
-                best_need = need if best_need is None else min(best_need, need)
-                if pool > budget:
-                    continue
-                if slots and swap == "auto":
-                    slots = _fewest_slots(ex, slots, budget)
-                    laid_out = ex.layout(slots)
-                ex.use(slots, laid_out)
-                return Decision(b, ex, ex.slots, la, ex.plan.pool_bytes, extra, tried)
+                for mode, extra in modes:
+                    budget = cap - baseline - extra - margin
+                    tried.append({"micro_batch": b, "lookahead": la, "accumulate": mode,
+                                  "swapped_blocks": len(slots), "pool_bytes": pool,
+                                  "budget_bytes": budget})
+                    need = baseline + extra + margin + pool
+                    best_need = need if best_need is None else min(best_need, need)
+                    if pool > budget:
+                        continue
+                    if slots and swap == "auto":
+                        slots = _fewest_slots(ex, slots, budget)
+                        laid_out = ex.layout(slots)
+                    ex.use(slots, laid_out)
+                    resident = 0
+                    if mode == "swapped":  # what the cap leaves over keeps part of the sum
+                        assert params is not None
+                        resident = budget - ex.plan.pool_bytes
+                        extra += accumulator_bytes(params, resident) - BUFFER_BYTES
+                    return Decision(b, ex, ex.slots, la, ex.plan.pool_bytes, extra, tried,
+                                    mode, resident, margin)
     raise MemoryCapExceeded(
         needed=best_need or 0, cap=cap,
         detail=f"no plan fits (baseline {baseline:,} bytes, tried batch {batch} down to 1, "
@@ -127,7 +145,7 @@ def fit_step(model: Model, cap: int, baseline: int) -> Decision:
     trainable = sum(p.size for p in model.weights.params.values() if p.trainable)
     return fit_to_cap(lambda b: model._graph(b, backward=True, with_loss=True), model.planner,
                       model.batch_size, cap, baseline, opt.state_bytes, 4 * trainable,
-                      model.swap, model.lookahead)
+                      model.swap, model.lookahead, params=model._trainable_sizes())
 
 
 def take_plan(model: Model) -> StepPlan:
