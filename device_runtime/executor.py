@@ -49,6 +49,7 @@ class Executor:
         self.swap_device: SwapDevice | None = None
         self.guard: Any = None
         self.last_grad_norm: float | None = None
+        self.runs = 0  # steps run (a fresh executor's pool is still untouched)
         self._allocate(POISON if poison is None else poison)
         if self.slots:
             off = 0
@@ -210,6 +211,7 @@ class Executor:
     def run(self, idx: np.ndarray) -> float:
         """One step (training: forward+backward+updates; inference: forward) on rows ``idx``."""
         self._idx = idx
+        self.runs += 1
         guard = self.guard
         if guard is None:
             for fn, args in self.program:

@@ -81,10 +81,13 @@ def warm_kernels(model_cls: type[Model], force: bool = False) -> None:
     _DONE = True
 
 
-def warm_up_model(model: Model) -> None:
+def warm_up_model(model: Model, measure: bool = False) -> int:
     """Run one step of ``model`` at batch 1 that changes nothing, so every one-time cost
     of its kernels (JIT specialisations, BLAS buffers for its shapes: ~4 MiB measured for
-    vgg16) is paid before a baseline RSS is taken."""
+    vgg16) is paid before a baseline RSS is taken. With ``measure``, a second such step
+    measures what a step adds beyond its (then touched) pool: the RSS no plan describes
+    (returned in bytes, else 0)."""
+    from .. import rss
     from ..executor import Executor
     from ..optimizers import NullOptimizer
     from ..stepplan import StepPlan
@@ -100,6 +103,15 @@ def warm_up_model(model: Model) -> None:
         np.zeros((1, int(math.prod(model.output_shape))), np.float32)
     ex.set_source(x, y)
     ex.run(np.zeros(1, np.int64))
+    unplanned = 0
+    if measure and rss.can_measure():
+        rss.release_heap()
+        before = rss.current_rss()
+        window = rss.open_window()
+        ex.run(np.zeros(1, np.int64))
+        unplanned = max(0, rss.window_peak(window) - before, rss.current_rss() - before)
+        rss.close_window(window)
     ex.close()
     del ex
     w.load_state(saved, strict=False)
+    return unplanned
