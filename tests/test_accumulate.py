@@ -104,3 +104,47 @@ def test_cap_fit_chooses_the_swapped_sum_when_the_resident_one_does_not_fit():
     # without swap only a resident sum may be used, and it fits at no micro-batch
     with pytest.raises(dr.MemoryCapExceeded):
         fit_to_cap(make, m.planner, 32, cap, base, 0, trainable, "off", params=params)
+
+
+def test_baseline_that_moves_before_training_is_measured_again_and_refitted():
+    # Issue 13, item 4: a plan that fitted by kilobytes at compile time would go over the
+    # cap once the baseline moved (here: 1.5 MB allocated between compile and fit). The
+    # first fit measures the baseline again and fits the step again over it.
+    m = dr.build("lenet5")
+    x, y = synthetic_classification(m.input_shape, 10, 128)
+    m.warm_up()
+    dr.rss.release_heap()
+    base = dr.rss.current_rss()
+    pool64 = StepPlan(m._graph(64, True, True), m.planner).plan.pool_bytes
+    cap = base + MARGIN_BYTES + pool64 + 64 * 1024
+    m.compile(batch_size=64, optimizer="sgd", lr=0.05, ram_cap=cap, baseline_rss=base)
+    first = m.decision
+    assert first.batch == 64 and not first.slots and first.margin_bytes >= MARGIN_BYTES
+    moved = np.ones(1_500_000, np.uint8)  # touched: the baseline grows by 1.5 MB
+    h = m.fit(x, y, steps=2, shuffle=False)
+    d = m.decision
+    assert d.refitted and d.baseline_drift_bytes >= 1_400_000
+    assert d.pool_bytes + d.extra_bytes < first.pool_bytes  # it fits in what is left
+    assert np.isfinite(h.losses).all() and not m.cap_exceeded
+    assert m.peak_rss <= cap
+    r = m.memory_report()
+    assert r["refitted"] and r["cap_margin_bytes"] == d.margin_bytes
+    del moved
+    m.close()
+
+
+def test_baseline_moved_beyond_any_plan_is_refused_before_training():
+    m = dr.build("mlp")
+    x, y = synthetic_classification(m.input_shape, 10, 128)
+    m.warm_up()
+    dr.rss.release_heap()
+    base = dr.rss.current_rss()
+    cap = base + MARGIN_BYTES + (2 << 20)
+    m.compile(batch_size=64, optimizer="sgd", lr=0.05, ram_cap=cap, baseline_rss=base)
+    before = m.get_weights()
+    moved = np.ones(4 << 20, np.uint8)
+    with pytest.raises(dr.MemoryCapExceeded, match="no plan fits"):
+        m.fit(x, y, steps=2)
+    for k, v in m.get_weights().items():
+        assert np.array_equal(before[k], v), k  # nothing trained
+    del moved
