@@ -148,3 +148,28 @@ def test_baseline_moved_beyond_any_plan_is_refused_before_training():
     for k, v in m.get_weights().items():
         assert np.array_equal(before[k], v), k  # nothing trained
     del moved
+
+
+def test_swapped_sum_with_every_block_swapped_on_a_poisoned_pool(monkeypatch, tmp_path):
+    # the two swaps together (activations and the sum), pool poisoned: a block read back
+    # late, or a sum page lost, shows up as NaN or as other weights
+    monkeypatch.setattr("device_runtime.executor.POISON", True)
+    x, y = synthetic_classification((3, 32, 32), 10, 16, seed=4)
+    out = {}
+    for mode, swap in (("ram", "off"), ("swapped", "on")):
+        m = dr.build("lenet5", seed=3)
+        m.compile(batch_size=8, optimizer="sgd", lr=0.05, momentum=0.9, swap=swap,
+                  lookahead=1, swap_dir=str(tmp_path))
+        m.micro_batch = 4  # conv1's output (75 KB at 4 samples) is a swap candidate
+        m.decision = Decision(4, None, accumulate=mode, resident_accum_bytes=4096)
+        h = m.fit(x, y, steps=3, seed=5)
+        assert np.all(np.isfinite(h.losses))
+        if swap == "on":
+            r = m.memory_report()
+            assert r["swap_bytes_read"] == r["swap_bytes_written"] > 0
+            assert r["accumulate"] == "swapped" and r["accum_swap_bytes_written"] > 0
+        out[mode] = m.get_weights()
+        m.close()
+    for k in out["ram"]:
+        assert np.array_equal(out["ram"][k], out["swapped"][k]), k
+    assert os.listdir(tmp_path) == []  # both swap files had no name
