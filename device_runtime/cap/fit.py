@@ -98,8 +98,8 @@ def fit_to_cap(make_graph: Callable[[int], Graph], planner: str, batch: int,
                     ex.use(slots, laid_out)
                     resident = 0
                     if mode == "swapped":  # what the cap leaves over keeps part of the sum
-                        assert params is not None
-                        resident = budget - ex.plan.pool_bytes
+                        assert params is not None  # (less a second margin: never all of it)
+                        resident = max(0, budget - ex.plan.pool_bytes - margin)
                         extra += accumulator_bytes(params, resident) - BUFFER_BYTES
                     return Decision(b, ex, ex.slots, la, ex.plan.pool_bytes, extra, tried,
                                     mode, resident, margin)
