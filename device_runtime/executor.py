@@ -54,6 +54,7 @@ class Executor:
         self.last_grad_norm: float | None = None
         self._owns_swap = swap_device is None
         self.tails: dict[int, Executor] = {}  # device_runtime.tail: partial batches, this pool
+        self.runs = 0  # steps run (a fresh executor's pool is still untouched)
         if pool is None:
             self._allocate(POISON if poison is None else poison)
         else:
@@ -219,6 +220,7 @@ class Executor:
     def run(self, idx: np.ndarray) -> float:
         """One step (training: forward+backward+updates; inference: forward) on rows ``idx``."""
         self._idx = idx
+        self.runs += 1
         guard = self.guard
         if guard is None:
             for fn, args in self.program:
@@ -248,6 +250,9 @@ class Executor:
         return rows
 
     def close(self) -> None:
-        """Release the swap file and its thread."""
+        """Release the swap file and its thread (and a swapped accumulator's file)."""
         if self.swap_device is not None and self._owns_swap:
             self.swap_device.close()
+        close = getattr(self.optimizer, "close", None)
+        if close is not None:
+            close()

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import report, switches, training
+from .accumulate import make_accumulator
 from .cap import Decision, fit_model, take_plan, warm_up_model
 from .errors import ConfigError, MemoryCapExceeded, ModelError
 from .executor import Executor
@@ -22,7 +23,7 @@ from .layers import create_layer, create_loss, resolve_loss
 from .layers.base import FinalizeContext
 from .layers.core import Input
 from .layers.loss import CrossEntropySoftmax, apply_folded
-from .optimizers import Accumulator, Optimizer, create_optimizer
+from .optimizers import Optimizer, create_optimizer
 from .planner import DEFAULT_STRATEGY
 from .spec import LayerSpec, layer
 from .stepplan import StepPlan
@@ -161,8 +162,9 @@ class Model:
             step = self._train_plan()
             opt: Optimizer = self.optimizer
             if self.micro_batch < self.batch_size:
-                opt = Accumulator(self.optimizer, self._trainable_sizes(),
-                                  self.batch_size // self.micro_batch)
+                opt = make_accumulator(self.optimizer, self._trainable_sizes(),
+                                       self.batch_size // self.micro_batch,
+                                       self.decision, self.swap_dir)
             self._train = Executor(step, self.weights, opt, swap_dir=self.swap_dir)
         return self._train
 

@@ -34,6 +34,8 @@ def memory(model: Model) -> dict[str, Any]:
     """RAM cap outcome and swap traffic of the training executor (if built)."""
     ex = model._train
     dev = ex.swap_device if ex is not None else None
+    opt = ex.optimizer if ex is not None else None
+    d = model.decision
     return {
         "ram_cap_bytes": model.ram_cap,
         "baseline_rss_bytes": model.baseline_rss,
@@ -46,4 +48,14 @@ def memory(model: Model) -> dict[str, Any]:
         "swap_wait_seconds": dev.wait_seconds if dev else 0.0,
         "swap_direct_io": bool(dev.direct) if dev else None,
         "guard_seconds": model.guard_overhead,
+        # micro-batches: "ram" (one resident sum), "swapped" (accumulate.py) or "none"
+        "accumulate": d.accumulate if d is not None else (
+            "ram" if model.micro_batch < model.batch_size else "none"),
+        "accum_swap_bytes_written": getattr(opt, "bytes_written", 0),
+        "accum_swap_bytes_read": getattr(opt, "bytes_read", 0),
+        # the fit's margin, and what it measured: a warm-up step's RSS beyond its pool, and
+        # how far the baseline moved between compile and the first step (refit if needed)
+        **({"cap_margin_bytes": d.margin_bytes, "unplanned_step_bytes": d.unplanned_bytes,
+            "baseline_drift_bytes": d.baseline_drift_bytes, "refitted": d.refitted}
+           if d is not None else {}),
     }

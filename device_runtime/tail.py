@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import rss
+from .accumulate import SwappedAccumulator
 from .errors import MemoryCapExceeded
 from .executor import Executor
 from .optimizers import Accumulator
@@ -88,15 +89,20 @@ def partial_step(model: Model, idx: np.ndarray) -> float:
     main = model.train_executor
     n, mb = int(idx.size), model.micro_batch
     pieces = [(a, min(a + mb, n)) for a in range(0, n, mb)]
-    acc = main.optimizer if isinstance(main.optimizer, Accumulator) else None
+    acc = main.optimizer if isinstance(main.optimizer, (Accumulator, SwappedAccumulator)) \
+        else None
+    if isinstance(acc, SwappedAccumulator):
+        acc.count = len(pieces)  # it applies the sums on the last piece
     loss = 0.0
-    for a, b in pieces:
+    for i, (a, b) in enumerate(pieces):
         ex = main if b - a == mb else tail_executor(model, b - a)
         if ex is not main:
             ex.guard = main.guard
             ex.set_source(main._x, main._y)
         if acc is not None:
             acc.scale = (b - a) / n
+            if isinstance(acc, SwappedAccumulator):
+                acc.micro = i
         loss += ex.run(idx[a:b]) * ((b - a) / n)
     if acc is not None:
         acc.flush(model.trainable_views())

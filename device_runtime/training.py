@@ -13,6 +13,7 @@ import numpy as np
 
 from . import hooks
 from .cap import guard_training
+from .cap.fit import refit_before_training
 from .errors import ConfigError, DataError, TrainingDiverged
 
 if TYPE_CHECKING:
@@ -45,6 +46,10 @@ def fit(model: Model, xs: np.ndarray, ys: np.ndarray, epochs: int, steps: int | 
     if total < 0:
         raise ConfigError(f"steps/epochs must be >= 0, got {total}")
     ex = model.train_executor
+    if model.ram_cap is not None and ex.runs == 0 and refit_before_training(model):
+        ex.close()  # the baseline moved: the step was fitted again over the new one
+        model._train = None
+        ex = model.train_executor
     ex.set_source(xs, ys)
     rng = np.random.default_rng(seed)
     perm = np.arange(n, dtype=np.int64)
@@ -105,7 +110,9 @@ def train_step(model: Model, idx: np.ndarray) -> float:
     else:  # gradient accumulation over micro-batches, then one update
         k = model.batch_size // mb
         loss = 0.0
+        acc = ex.optimizer
         for i in range(k):
+            acc.micro = i  # a swapped accumulator applies the sums on the last one
             loss += ex.run(idx[i * mb:(i + 1) * mb]) / k
         ex.optimizer.flush(model.trainable_views())
     opt.end_step()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import rss, switches
+from ..accumulate import BUFFER_BYTES, accumulator_bytes
 from ..errors import MemoryCapExceeded
 from ..graph import Graph
 from ..stepplan import StepPlan
@@ -22,7 +23,8 @@ from .warmup import warm_up_model
 if TYPE_CHECKING:
     from ..model import Model
 
-__all__ = ["MARGIN_BYTES", "Decision", "fit_model", "fit_step", "fit_to_cap", "take_plan"]
+__all__ = ["MARGIN_BYTES", "Decision", "fit_model", "fit_step", "fit_to_cap",
+           "refit_before_training", "take_plan"]
 
 # What no plan describes once the model is warmed up (Python objects, allocator slack):
 # measured +0.0 to +0.7 MiB over the plan on every row of the memory benchmark.
@@ -38,8 +40,14 @@ class Decision:
     slots: list[SwapSlot] = field(default_factory=list)
     lookahead: int = 3  # swap prefetch distance that fits (less prefetch when tight)
     pool_bytes: int = 0
-    extra_bytes: int = 0  # optimizer state + accumulation buffer
+    extra_bytes: int = 0  # optimizer state + accumulation buffer (its resident part)
     tried: list[dict[str, Any]] = field(default_factory=list)
+    accumulate: str = "none"  # none | ram (one resident sum) | swapped (accumulate.py)
+    resident_accum_bytes: int = 0  # swapped: the part of the sum kept in RAM
+    margin_bytes: int = MARGIN_BYTES  # kept free under the cap beyond plan and baseline
+    unplanned_bytes: int = 0  # measured: what a warm-up step added beyond its pool
+    baseline_drift_bytes: int = 0  # measured: RSS right before training - the baseline
+    refitted: bool = False  # fitted again before training because the baseline moved
 
 
 def _divisors_desc(n: int) -> list[int]:
@@ -48,13 +56,18 @@ def _divisors_desc(n: int) -> list[int]:
 
 def fit_to_cap(make_graph: Callable[[int], Graph], planner: str, batch: int,
                cap: int, baseline: int, state_bytes: int, accum_bytes: int, swap: str,
-               lookahead: int = 3, margin: int = MARGIN_BYTES) -> Decision:
-    """Choose micro-batch and swap set so the planned step fits; raise if nothing does."""
+               lookahead: int = 3, margin: int = MARGIN_BYTES,
+               params: list[tuple[str, int]] | None = None) -> Decision:
+    """Choose micro-batch, swap set and accumulation so the planned step fits; raise if
+    nothing does. With ``params`` (trainable (key, size) pairs) and swap allowed, micro-
+    batches may accumulate into a mostly swapped sum (:mod:`device_runtime.accumulate`)
+    when the resident one (``accum_bytes``) does not fit."""
     tried: list[dict[str, Any]] = []
     best_need = None
     for b in _divisors_desc(batch):
-        extra = state_bytes + (accum_bytes if b < batch else 0)
-        budget = cap - baseline - extra - margin
+        modes = [("none", state_bytes)] if b == batch else [("ram", state_bytes + accum_bytes)]
+        if b < batch and params and swap != "off":
+            modes.append(("swapped", state_bytes + BUFFER_BYTES))
         # with swap, a shorter prefetch (fewer blocks read back early) is tried before
         # smaller micro-batches: it costs some stall time, not different numbers
         ahead = [lookahead] if swap == "off" else sorted({lookahead, min(lookahead, 1), 0},
@@ -70,17 +83,26 @@ def fit_to_cap(make_graph: Callable[[int], Graph], planner: str, batch: int,
             for slots in choices:
                 laid_out = ex.layout(slots)
                 pool = laid_out[0].pool_bytes
-                tried.append({"micro_batch": b, "lookahead": la, "swapped_blocks": len(slots),
-                              "pool_bytes": pool, "budget_bytes": budget})
-                need = baseline + extra + margin + pool
-                best_need = need if best_need is None else min(best_need, need)
-                if pool > budget:
-                    continue
-                if slots and swap == "auto":
-                    slots = _fewest_slots(ex, slots, budget)
-                    laid_out = ex.layout(slots)
-                ex.use(slots, laid_out)
-                return Decision(b, ex, ex.slots, la, ex.plan.pool_bytes, extra, tried)
+                for mode, extra in modes:
+                    budget = cap - baseline - extra - margin
+                    tried.append({"micro_batch": b, "lookahead": la, "accumulate": mode,
+                                  "swapped_blocks": len(slots), "pool_bytes": pool,
+                                  "budget_bytes": budget})
+                    need = baseline + extra + margin + pool
+                    best_need = need if best_need is None else min(best_need, need)
+                    if pool > budget:
+                        continue
+                    if slots and swap == "auto":
+                        slots = _fewest_slots(ex, slots, budget)
+                        laid_out = ex.layout(slots)
+                    ex.use(slots, laid_out)
+                    resident = 0
+                    if mode == "swapped":  # what the cap leaves over keeps part of the sum
+                        assert params is not None  # (less a second margin: never all of it)
+                        resident = max(0, budget - ex.plan.pool_bytes - margin)
+                        extra += accumulator_bytes(params, resident) - BUFFER_BYTES
+                    return Decision(b, ex, ex.slots, la, ex.plan.pool_bytes, extra, tried,
+                                    mode, resident, margin)
     raise MemoryCapExceeded(
         needed=best_need or 0, cap=cap,
         detail=f"no plan fits (baseline {baseline:,} bytes, tried batch {batch} down to 1, "
@@ -102,32 +124,60 @@ def _fewest_slots(ex: StepPlan, cands: list[SwapSlot], budget: int) -> list[Swap
 def fit_model(model: Model, cap: int, baseline_rss: int | None = None) -> tuple[int, Decision]:
     """Warm ``model`` up, measure the baseline RSS (unless given) and fit its compiled
     training step into ``cap``: ``(baseline, decision)``; raise if nothing fits."""
-    warm_up_model(model)  # JIT code is part of the baseline, and must be loaded before it
+    # JIT code is part of the baseline, and must be loaded before it; a second warm-up step
+    # measures the RSS a step adds beyond its pool (the margin is never below that)
+    unplanned = warm_up_model(model, measure=True)
+    margin = max(MARGIN_BYTES, 2 * unplanned)
     rss.release_heap()
     baseline = baseline_rss if baseline_rss is not None else rss.current_rss()
     # Planning itself leaves heap behind (about 1 MiB for resnet18, less once freed pages
     # are given back), and the kept plan is part of the process from now on: the baseline
     # is measured again with the plan made, and the step fitted again only when the plan
     # no longer fits over it (one planning pass in the common case).
-    decision = fit_step(model, cap, baseline)
+    decision = fit_step(model, cap, baseline, margin)
     rss.release_heap()
     after = rss.current_rss()
     if after > baseline:
         baseline = after
-        if baseline + decision.extra_bytes + MARGIN_BYTES + decision.pool_bytes > cap:
-            decision = fit_step(model, cap, baseline)
+        if baseline + decision.extra_bytes + margin + decision.pool_bytes > cap:
+            decision = fit_step(model, cap, baseline, margin)
+    decision.unplanned_bytes = unplanned
     return baseline, decision
 
 
-def fit_step(model: Model, cap: int, baseline: int) -> Decision:
+def refit_before_training(model: Model) -> bool:
+    """Measure the baseline again right before the first step (the executor built, its
+    pool mapped but untouched) and fit the step again over it when the chosen plan no
+    longer fits: the baseline moves between compile and training (data, executor objects,
+    heap), and a plan that fitted by kilobytes would then go over the cap. True when it
+    refitted (the caller builds a new executor); raises when nothing fits any more."""
+    d, cap = model.decision, model.ram_cap
+    if d is None or cap is None or model.baseline_rss is None:
+        return False
+    rss.release_heap()
+    now = rss.current_rss()
+    d.baseline_drift_bytes = now - model.baseline_rss
+    if now + d.pool_bytes + d.extra_bytes + d.margin_bytes <= cap:
+        return False
+    new = fit_step(model, cap, now, d.margin_bytes)
+    new.unplanned_bytes, new.baseline_drift_bytes = d.unplanned_bytes, d.baseline_drift_bytes
+    new.refitted = True
+    model.decision, model.baseline_rss, model.micro_batch = new, now, new.batch
+    return True
+
+
+def fit_step(model: Model, cap: int, baseline: int, margin: int | None = None) -> Decision:
     """Fit ``model``'s training step at its compiled batch size, swap setting and
-    lookahead into ``cap`` bytes over ``baseline``."""
+    lookahead into ``cap`` bytes over ``baseline``, keeping ``margin`` bytes free (the
+    model's last decision's margin, else :data:`MARGIN_BYTES`)."""
+    if margin is None:
+        margin = model.decision.margin_bytes if model.decision is not None else MARGIN_BYTES
     opt = model.optimizer
     assert opt is not None, "compile() the model before fitting it to a cap"
     trainable = sum(p.size for p in model.weights.params.values() if p.trainable)
     return fit_to_cap(lambda b: model._graph(b, backward=True, with_loss=True), model.planner,
                       model.batch_size, cap, baseline, opt.state_bytes, 4 * trainable,
-                      model.swap, model.lookahead)
+                      model.swap, model.lookahead, margin, params=model._trainable_sizes())
 
 
 def take_plan(model: Model) -> StepPlan:

@@ -81,10 +81,14 @@ def warm_kernels(model_cls: type[Model], force: bool = False) -> None:
     _DONE = True
 
 
-def warm_up_model(model: Model) -> None:
+def warm_up_model(model: Model, measure: bool = False) -> int:
     """Run one step of ``model`` at batch 1 that changes nothing, so every one-time cost
     of its kernels (JIT specialisations, BLAS buffers for its shapes: ~4 MiB measured for
-    vgg16) is paid before a baseline RSS is taken."""
+    vgg16) is paid before a baseline RSS is taken. With ``measure``, a second plan,
+    executor and step measure what they add beyond the step's pool: the RSS no plan
+    describes (Python objects of the plan and bindings, transients; returned in bytes,
+    else 0)."""
+    from .. import rss
     from ..executor import Executor
     from ..optimizers import NullOptimizer
     from ..stepplan import StepPlan
@@ -102,4 +106,20 @@ def warm_up_model(model: Model) -> None:
     ex.run(np.zeros(1, np.int64))
     ex.close()
     del ex
+    unplanned = 0
+    if measure and rss.can_measure():
+        # one-time costs are paid now: a second plan, executor and step measure what a
+        # step's objects and transients add beyond its pool (drawn once more at batch 1)
+        rss.release_heap()
+        before = rss.current_rss()
+        window = rss.open_window()
+        step = StepPlan(model._graph(1, backward=True, with_loss=True), model.planner)
+        ex = Executor(step, w, NullOptimizer())
+        ex.set_source(x, y)
+        ex.run(np.zeros(1, np.int64))
+        unplanned = max(0, rss.window_peak(window) - before - step.plan.pool_bytes)
+        rss.close_window(window)
+        ex.close()
+        del ex, step
     w.load_state(saved, strict=False)
+    return unplanned

@@ -43,14 +43,15 @@ MIB = 1024 * 1024
 # "sgd-frozen" (everything but the last layer frozen, torch: requires_grad=False), or
 # "sgd-frozen-numpy": frozen, and nnfleet runs without numba (NNFLEET_NO_NUMBA=1: its
 # allocation-free numpy kernels, kernels/lean.py), which saves the ~130 MiB that numba,
-# LLVM and the compiled kernels keep resident; "sgd-numpy": all layers train, no numba.
+# LLVM and the compiled kernels keep resident; "sgd-numpy": all layers train, no numba;
+# "sgd-floor": nnfleet under the smallest RAM cap it fits (torch runs plain beside it).
 HP: dict[str, dict[str, Any]] = {
     "sgd": {"lr": 0.01},
     "sgdm": {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4},
     "adam": {"lr": 1e-3, "weight_decay": 5e-4},
     "adamw": {"lr": 1e-3, "weight_decay": 0.01},
 }
-VARIANTS = ("swap", "frozen", "frozen-numpy", "numpy")
+VARIANTS = ("swap", "frozen", "frozen-numpy", "numpy", "floor")
 OPTIMIZERS = tuple(HP) + tuple(f"{o}-{v}" for o in HP for v in VARIANTS)
 WARMUP = 2  # steps left out of the step-time median
 # Targets (see the issue): checked per row and printed as MET / NOT MET with the figure.
@@ -77,9 +78,17 @@ def worker_nnfleet(model: str, optimizer: str, batch: int, steps: int,
     m = dr.build(model)
     if variant.startswith("frozen"):
         m.freeze(m.specs[-2].name)
-    m.compile(batch_size=batch, optimizer=opt.replace("sgdm", "sgd"), **HP[opt],
-              swap="on" if variant == "swap" else "off")
     x, y = synthetic_classification(m.input_shape, n=batch * steps, seed=0)
+    kw = {"batch_size": batch, "optimizer": opt.replace("sgdm", "sgd"), **HP[opt]}
+    cap = None
+    if variant == "floor":  # under the smallest cap it fits (experiments/bench/floor.py)
+        from experiments.bench.floor import compile_at_floor
+
+        m.warm_up()
+        rss.release_heap()
+        cap = compile_at_floor(m, kw, rss.current_rss())
+    else:
+        m.compile(**kw, swap="on" if variant == "swap" else "off")
     if warm:  # the runtime's own warm-up, as a RAM-capped device runs it before its baseline
         m.warm_up()
     plan = m.plan()  # plans and creates the pool (no page of it touched yet)
@@ -94,7 +103,8 @@ def worker_nnfleet(model: str, optimizer: str, batch: int, steps: int,
             "optimizer_state_bytes", "planned_working_set_bytes")
     return {"rss_after_build": base, "peak_rss": peak, "working_set": peak - base,
             "peak_reset": reset, "step_ms": _step_ms(hist.step_seconds),
-            "step_rss": step_rss, "losses": hist.losses, **{k: plan[k] for k in keys}}
+            "step_rss": step_rss, "losses": hist.losses, "ram_cap": cap,
+            "micro_batch": m.micro_batch, **{k: plan[k] for k in keys}}
 
 
 def worker_torch(model: str, optimizer: str, batch: int, steps: int,
@@ -230,6 +240,11 @@ def check_targets(row: dict[str, Any]) -> list[tuple[str, str, str]]:
                         verdict(ws <= WS_VS_TORCH) if target_row else "n/a",
                         f"{ws:.2f}x" + ("" if target_row else " (not a target row)")))
     n, t = row.get("nnfleet"), row.get("torch")
+    if n is not None and n.get("ram_cap"):  # -floor rows: under the smallest cap it fits
+        over = n["peak_rss"] - n["ram_cap"]
+        out.append(("peak RSS <= the smallest cap it fits", verdict(over <= 0),
+                    f"cap = build RSS + {_mib(n['ram_cap'] - n['rss_after_build'])} MiB, "
+                    f"micro-batch {n['micro_batch']}, peak {over / MIB:+.2f} MiB vs cap"))
     if "frozen" in row["optimizer"]:
         for tag in ("", "_warm"):
             a, b = row.get("nnfleet" + tag), row.get("torch" + tag)

@@ -1,9 +1,13 @@
 """``nnfleet bench swap``: RAM cap vs measured peak RSS vs step time, with proactive swap.
 
 For each model (batch 32 by default) it first trains unswapped to measure the baseline
-RSS and working set, then sweeps the cap from "fits without swap" down by steps of the
-working set until the run is refused, each run in a fresh process (``nnfleet train
---ram-cap``). Then the run with every swap candidate swapped is repeated with prefetch lookahead 0
+RSS and working set, then sweeps the cap (baseline + a fraction of that working set, down
+to 0.05) each run in a fresh process (``nnfleet train --ram-cap``), ``--repeat`` times
+per cap (a cap that fits must fit every time); with ``--torch`` also at baseline + 5% of
+PyTorch's working set, measured side by side (issue 13's target). Below the floor of
+batch 32 the cap fit chooses micro-batches whose gradients accumulate into a mostly
+swapped sum (device_runtime/accumulate.py).
+Then the run with every swap candidate swapped is repeated with prefetch lookahead 0
 (read when needed, no overlap), the default 3, and 8, side by side, with the time the
 training thread spent blocked on swap I/O.
 Prints a table with ratios and writes a PNG plot.
@@ -38,27 +42,39 @@ def _train(model: str, steps: int, batch: int, extra: list[str]) -> dict[str, An
     return out
 
 
-def sweep(model: str, steps: int, batch: int, fractions: list[float]) -> dict[str, Any]:
+def torch_working_set(model: str, steps: int, batch: int) -> int | None:
+    """PyTorch's working set for the same model and batch (the memory benchmark's worker)."""
+    from experiments.bench.memory import run_worker
+
+    r = run_worker("torch", model, "sgd", batch, steps)
+    return None if "error" in r else int(r["working_set"])
+
+
+def sweep(model: str, steps: int, batch: int, fractions: list[float], repeat: int = 1,
+          torch: bool = False, prefetch_runs: bool = True) -> dict[str, Any]:
     ref = _train(model, steps, batch, ["--swap", "off"])
     if ref["returncode"] != 0:
         raise SystemExit(f"unswapped {model} failed: {ref.get('error')}")
     base, ws = ref["baseline_rss_bytes"], ref["working_set_bytes"]
     rows = [{"fraction": None, "cap": None, **ref}]
+    caps = [(f, "ws", int(base + f * ws)) for f in fractions]
+    tws = torch_working_set(model, steps, batch) if torch else None
+    if tws:
+        caps.append((0.05, "torch ws", int(base + 0.05 * tws)))
     smallest = None
-    for f in fractions:
-        cap = int(base + f * ws)
-        r = _train(model, steps, batch, ["--ram-cap", str(cap)])
-        rows.append({"fraction": f, "cap": cap, **r})
-        if r["returncode"] != 0:
-            break
-        smallest = cap
+    for f, of, cap in caps:
+        for i in range(repeat):
+            r = _train(model, steps, batch, ["--ram-cap", str(cap)])
+            rows.append({"fraction": f, "of": of, "cap": cap, "run": i + 1, **r})
+            if r["returncode"] == 0:
+                smallest = cap if smallest is None else min(smallest, cap)
     prefetch = []
-    if smallest is not None:
+    if smallest is not None and prefetch_runs:
         for la in (0, 3, 8):
             r = _train(model, steps, batch, ["--swap", "on", "--lookahead", str(la)])
             prefetch.append({"lookahead": la, **r})
     return {"model": model, "baseline": base, "working_set": ws, "ref": ref, "rows": rows,
-            "prefetch": prefetch}
+            "prefetch": prefetch, "torch_working_set": tws, "smallest_cap": smallest}
 
 
 def _fmt(r: dict[str, Any], ref: dict[str, Any]) -> str:
@@ -73,10 +89,19 @@ def _fmt(r: dict[str, Any], ref: dict[str, Any]) -> str:
     return (f"  cap {cap} MiB  peak {r['peak_rss_bytes'] / MiB:8.1f} MiB  under cap {under:3s}  "
             f"pool {r['pool_bytes'] / MiB:6.1f}  "
             f"swap/step {r.get('swap_bytes_written', 0) / steps / MiB:6.1f} MiB  "
-            f"micro {r.get('micro_batch', '-')}  step {step:7.1f} ms  "
+            f"micro {r.get('micro_batch', '-')}{_acc(r)}  step {step:7.1f} ms  "
             f"x{step / (ref['step_seconds_median'] * 1e3):.2f} of unswapped  "
             f"guard {guard:.2f}% of wall  "
             f"I/O stall {1e3 * r.get('swap_wait_seconds', 0) / steps:6.1f} ms/step")
+
+
+def _acc(r: dict[str, Any]) -> str:
+    """Accumulation mode and its swap traffic per step, when micro-batches accumulate."""
+    mode = r.get("accumulate", "none")
+    if mode in (None, "none"):
+        return ""
+    per = r.get("accum_swap_bytes_written", 0) / max(r["steps"], 1) / MiB
+    return f" ({mode} sum, {per:.0f} MiB/step written)"
 
 
 def plot(results: list[dict[str, Any]], path: str) -> str | None:
@@ -116,22 +141,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="vgg16,resnet18", help="comma-separated built-in models")
     p.add_argument("--batch-size", type=int, default=32, help="samples per step")
     p.add_argument("--steps", type=int, default=6, help="training steps per run")
-    p.add_argument("--fractions", default="0.9,0.75,0.6,0.5,0.4,0.3,0.2",
+    p.add_argument("--fractions", default="0.9,0.75,0.5,0.4,0.25,0.2,0.1,0.05",
                    help="caps as baseline + fraction x unswapped working set")
+    p.add_argument("--repeat", type=int, default=1, help="runs per cap (fresh processes)")
+    p.add_argument("--torch", action="store_true",
+                   help="also a cap at baseline + 5%% of PyTorch's working set (measured; "
+                        "default: not)")
+    p.add_argument("--no-prefetch", dest="prefetch", action="store_false",
+                   help="skip the lookahead 0/3/8 runs (default: run them)")
     p.add_argument("--png", default="bench_swap.png", help="where the plot goes")
     p.add_argument("--json", help="also write the results here (None = not written)")
     a = p.parse_args(argv)
     fractions = [float(f) for f in a.fractions.split(",")]
     results = []
     for model in a.models.split(","):
-        res = sweep(model, a.steps, a.batch_size, fractions)
+        res = sweep(model, a.steps, a.batch_size, fractions, a.repeat, a.torch, a.prefetch)
         results.append(res)
         ref = res["ref"]
         print(f"{model} batch {a.batch_size}: baseline {res['baseline'] / MiB:.1f} MiB, unswapped "
               f"working set {res['working_set'] / MiB:.1f} MiB, "
-              f"step {ref['step_seconds_median'] * 1e3:.1f} ms")
+              f"step {ref['step_seconds_median'] * 1e3:.1f} ms" + (
+                  f"; torch working set {res['torch_working_set'] / MiB:.1f} MiB"
+                  if res["torch_working_set"] else ""))
         for r in res["rows"][1:]:
-            print(f"  {r['fraction']:.2f} x ws" + _fmt(r, ref))
+            print(f"  {r['fraction']:.2f} x {r['of']:<8}" + _fmt(r, ref))
+        for f, of in dict.fromkeys((r["fraction"], r["of"]) for r in res["rows"][1:]):
+            runs = [r for r in res["rows"][1:] if (r["fraction"], r["of"]) == (f, of)]
+            ok = sum(r["returncode"] == 0 and r["peak_rss_bytes"] <= r["cap"] for r in runs)
+            print(f"  {f:.2f} x {of:<8} trained under the cap {ok}/{len(runs)}")
         for r in res["prefetch"]:
             print(f"  lookahead {r['lookahead']}      " + _fmt(r, ref))
         pf = {r["lookahead"]: r for r in res["prefetch"] if r["returncode"] == 0}
