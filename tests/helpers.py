@@ -94,3 +94,12 @@ def peak_alloc_during_steps(m, x, y, steps=3) -> int:
     finally:
         tracemalloc.stop()
     return peak - base
+
+
+def load_scaled(seconds: float) -> float:
+    """``seconds`` stretched by how loaded this machine is now (the 1-minute load average
+    per core, at least 1): a timeout that an honest task must never meet keeps its margin on
+    a busy CI machine, and stays short on a quiet one."""
+    import os
+
+    return seconds * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))

@@ -19,6 +19,7 @@ from device_runtime.errors import ConfigError
 from experiments.data import make_fleet_data
 from experiments.fleet import DeviceProfile, FleetEngine, Job
 from experiments.fleet.faults import KINDS, FaultPlan
+from tests.helpers import load_scaled
 
 MODEL = json.dumps([
     {"type": "input", "name": "in", "input_shape": "20"},
@@ -30,8 +31,9 @@ VICTIM = 2  # on worker 0, after device 0 and before devices 4 and 6
 CAP = 400 << 20
 # Long enough that an honest device (a tiny MLP, milliseconds) or one stopped by its cap never
 # meets it however loaded the machine is (1.5 s did, at load 6); a hang waits it out
-TIMEOUT = 8.0
-SLACK = 4.0  # how late after the timeout a hung device may be reported (kill + respawn)
+# (and stretched by the machine's load: tests.helpers.load_scaled)
+TIMEOUT = load_scaled(8.0)
+SLACK = load_scaled(4.0)  # how late after the timeout a hung device may be reported
 CONFIG = {"model": MODEL, "lr": 0.1, "batch-size": 8, "local-epochs": 1, "seed": 3,
           "server-round": 1}
 # what a device computes (the rest are its own timings and memory readings)
@@ -271,7 +273,7 @@ def test_short_soak_accounts_for_every_outcome_with_flat_memory():
     pytest.importorskip("flwr")
     from experiments.bench.soak import soak
 
-    r = soak(devices=50, rounds=4, rate=0.1, timeout=1.0, workers=2, warmup=1)
+    r = soak(devices=50, rounds=4, rate=0.1, timeout=load_scaled(2.0), workers=2, warmup=1)
     assert r["accounted"] == r["device_rounds"] == 200
     assert not r["mismatched"], r["mismatched"]
     assert sum(r["injected"].values()) >= 10  # faults did happen (20 expected at 10%)
