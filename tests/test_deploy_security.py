@@ -32,14 +32,16 @@ pytest.importorskip("flwr")
 pytest.importorskip("cryptography")
 psutil = pytest.importorskip("psutil")
 
-# test_flower's helpers, and its mark: skipped without flower-superlink
-from tests.test_flower import (  # noqa: E402, F401 (after the skips above)
-    _app_config,
-    _exe,
-    _free_port,
-    _wait_port,
-    pytestmark,
+# the Flower test harness, and its mark: skipped without flower-superlink
+from tests.flower_harness import (  # noqa: E402 (after the skips above)
+    NEEDS_FLOWER,
+    app_config,
+    exe,
+    free_port,
+    wait_port,
 )
+
+pytestmark = NEEDS_FLOWER
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAG = "NNFLEET_DEPLOY_TEST"  # environment tag of every process this test starts
@@ -122,11 +124,11 @@ def test_tls_and_supernode_auth_admit_only_the_registered_node(tmp_path):
     from experiments.fleet.flower_data import partition
     from server import initial_shared
 
-    cfg = _app_config()
+    cfg = app_config()
     data = tmp_path / "device0.npz"
     partition(0, cfg).save(str(data))
     result = tmp_path / "final.npz"
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "production"\n\n'
@@ -135,16 +137,16 @@ def test_tls_and_supernode_auth_admit_only_the_registered_node(tmp_path):
         f'[superlink.other-ca]\naddress = "{address}"\n'
         f'root-certificates = "{evil / "ca.crt"}"\n\n'
         f'[superlink.plain]\naddress = "{address}"\ninsecure = true\n')
-    flwr = _exe("flwr")
+    flwr = exe("flwr")
 
     with _processes(home) as h:
         # Execute: the SuperLink with TLS and SuperNode authentication...
-        sl = h["start"]([_exe("flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
+        sl = h["start"]([exe("flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
                          "--ssl-certfile", str(certs / "server.pem"),
                          "--ssl-keyfile", str(certs / "server.key"), "--enable-supernode-auth",
                          "--disable-runtime-dependency-installation",
                          "--host", "127.0.0.1", "--port", str(port)], "superlink.log")
-        _wait_port(port, sl)
+        wait_port(port, sl)
         # ...one registered device key...
         r = h["run"]([flwr, "supernode", "register", str(tmp_path / "device.pub"), "production",
                       "--format", "json"], 60)
@@ -152,8 +154,8 @@ def test_tls_and_supernode_auth_admit_only_the_registered_node(tmp_path):
         node_id = _json(r.stdout)["node-id"]
 
         def supernode(name: str, *tls: str) -> subprocess.Popen:
-            return h["start"]([_exe("flower-supernode"), "--superlink", address, *tls,
-                               "--host", "127.0.0.1", "--port", str(_free_port()),
+            return h["start"]([exe("flower-supernode"), "--superlink", address, *tls,
+                               "--host", "127.0.0.1", "--port", str(free_port()),
                                "--max-wait-time", "60" if name == "good" else "5",
                                "--node-config", f"data-path='{data}'"], f"{name}.log")
 

@@ -101,22 +101,6 @@ def _app_config() -> dict[str, Any]:
         return dict(tomllib.load(f)["tool"]["flwr"]["app"]["config"])
 
 
-def _kill_all(procs: list[subprocess.Popen]) -> None:
-    import psutil
-
-    for p in procs:
-        try:
-            kids = psutil.Process(p.pid).children(recursive=True)
-        except psutil.Error:
-            kids = []
-        for q in kids + ([psutil.Process(p.pid)] if p.poll() is None else []):
-            try:
-                q.kill()
-            except psutil.Error:
-                pass
-        p.wait(timeout=30)
-
-
 class Board:
     """Where the device's processes run: here, or in an emulated board's root file system
     (``--board-root``: chroot + qemu, with Flower and nnfleet installed in ``venv`` there)."""
@@ -146,6 +130,7 @@ def run_setup(isolation: str, service: bool, rounds: int, kernels: str,
               board: Board | None = None) -> dict[str, Any]:
     """One SuperLink + one SuperNode (+ SuperExec, + device service): ``rounds`` rounds."""
     from experiments.fleet.flower_data import partition
+    from experiments.fleet.procs import kill_trees
 
     board = board or Board(None)
     tmp, dev_tmp = board.tmp()  # the device's files (data, socket, state, FLWR_HOME)
@@ -208,7 +193,7 @@ def run_setup(isolation: str, service: bool, rounds: int, kernels: str,
         if r.returncode != 0:
             raise RuntimeError(f"flwr run failed: {(r.stdout + r.stderr)[-500:]}")
     finally:
-        _kill_all(procs)
+        kill_trees(procs)
         shutil.rmtree(tmp, ignore_errors=True)
     apps = s.of("flwr-clientapp")
 

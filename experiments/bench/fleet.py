@@ -163,7 +163,6 @@ def _free_port() -> int:
 
 def run_flower(devices: int, rounds: int, timeout: float) -> dict[str, Any]:
     """The workload on Flower's simulation runtime (``flwr run``, local SuperLink)."""
-    import psutil
 
     bindir = os.path.dirname(sys.executable)
     exe = {n: shutil.which(n, path=bindir + os.pathsep + os.environ.get("PATH", "")) or n
@@ -229,20 +228,8 @@ def run_flower(devices: int, rounds: int, timeout: float) -> dict[str, Any]:
                    device_rounds_per_s=devices * rounds / finished, peak_tree_bytes=mem.peak,
                    before_first_round_bytes=before)
     finally:
-        for p in procs:
-            try:
-                kids = psutil.Process(p.pid).children(recursive=True)
-            except psutil.Error:
-                kids = []
-            for q in kids + ([psutil.Process(p.pid)] if p.poll() is None else []):
-                try:
-                    q.kill()
-                except psutil.Error:
-                    pass
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
+        from experiments.fleet.procs import kill_trees
+        kill_trees(procs, 10)
         shutil.rmtree(home, ignore_errors=True)
     return out
 

@@ -39,7 +39,14 @@ from .cgroup import ENV as CGROUP_ENV
 from .cgroup import note_once, open_run
 from .faults import FaultPlan
 from .kernels import NUMBA_MIN_CAP, device_kernels, split_workers
-from .procs import READY_TIMEOUT, WorkerProc, finish_precompile, spawn_workers, start_precompile
+from .procs import (
+    READY_TIMEOUT,
+    WorkerProc,
+    death_of,
+    finish_precompile,
+    spawn_workers,
+    start_precompile,
+)
 from .profiles import DeviceProfile
 from .protocol import Drop, Job, Payload, Ready, Reset, Result, Setup, Task, TaskResult, Tasks
 from .store import write_store
@@ -297,17 +304,8 @@ class FleetEngine:
                 self.cgroups.worker_oom(p.pid, device, task.settings.ram_cap)
             if oom is not None:
                 status, reason, metrics = "cap-exceeded", oom[0] + how, oom[1]
-            elif p.timed_out:
-                status = "timeout"
-                reason = (f"device {device} did not answer within {self.faults.timeout:g} s "
-                          f"(faults.timeout): its worker process was killed{how}")
-            elif isinstance(code, int) and code < 0:
-                status = "killed"
-                reason = (f"device {device}'s process was killed by "
-                          f"{signal.Signals(-code).name} mid-task{how}")
             else:
-                status = "crashed"
-                reason = f"device {device}'s worker process died (exit {code}){how}"
+                status, reason = death_of(device, code, p.timed_out, self.faults.timeout, how)
             report(TaskResult(task.task_id, device, task.kind, None, metrics, reason, None,
                               status, task.fault, p.kernels, p.baseline_rss))
         if self.cgroups is not None:

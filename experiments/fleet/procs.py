@@ -139,3 +139,38 @@ def spawn_workers(n: int, first_index: int = 0, zygote: bool = False,
             procs.append(WorkerProc(first_index + i, Connection(pairs[i][0].detach()),
                                     popen if j == 0 else None, kernels))
     return procs
+
+
+def death_of(device: int, code: object, timed_out: bool, timeout: float | None,
+             how: str = "") -> tuple[str, str]:
+    """(status, reason) of a device whose worker process died mid-task (exit ``code``): the
+    words both backends report, so that their records match."""
+    import signal
+
+    if timed_out:
+        return "timeout", (f"device {device} did not answer within {float(timeout or 0):g} s "
+                           f"(faults.timeout): its worker process was killed{how}")
+    if isinstance(code, int) and code < 0:
+        return "killed", (f"device {device}'s process was killed by "
+                          f"{signal.Signals(-code).name} mid-task{how}")
+    return "crashed", f"device {device}'s worker process died (exit {code}){how}"
+
+
+def kill_trees(procs: list[subprocess.Popen[Any]], timeout: float = 30.0) -> None:
+    """Kill each process and everything it started (even in new sessions); reap them."""
+    import psutil
+
+    for p in procs:
+        try:
+            kids = psutil.Process(p.pid).children(recursive=True)
+        except psutil.Error:
+            kids = []
+        for q in kids + ([psutil.Process(p.pid)] if p.poll() is None else []):
+            try:
+                q.kill()
+            except psutil.Error:
+                pass
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass

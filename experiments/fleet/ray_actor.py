@@ -29,7 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from .procs import READY_TIMEOUT, WorkerProc, finish_precompile, spawn_workers, start_precompile
+from .procs import (
+    READY_TIMEOUT,
+    WorkerProc,
+    death_of,
+    finish_precompile,
+    spawn_workers,
+    start_precompile,
+)
 from .protocol import Drop, Options, Payload, Reset, Result, Setup, Task, TaskResult, Tasks
 from .store import SPLITS, StoreReader, write_store
 
@@ -227,17 +234,8 @@ class NodeWorker:
         p.conn.close()
         device = task.device
         how = " (injected fault)" if task.fault else ""
-        if p.timed_out:  # the local engine's words, so records match on both backends
-            status = "timeout"
-            reason = (f"device {device} did not answer within {self.options.timeout:g} s "
-                      f"(faults.timeout): its worker process was killed{how}")
-        elif isinstance(code, int) and code < 0:
-            status = "killed"
-            reason = (f"device {device}'s process was killed by "
-                      f"{signal.Signals(-code).name} mid-task{how}")
-        else:
-            status = "crashed"
-            reason = f"device {device}'s worker process died (exit {code}){how}"
+        # the local engine's words, so records match on both backends
+        status, reason = death_of(device, code, p.timed_out, self.options.timeout, how)
         self.proc = self._spawn()
         self.respawned += 1
         self._attach(self.proc)
