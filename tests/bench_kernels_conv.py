@@ -15,9 +15,10 @@ neighbour spoils single timings, rarely all of them).
 2-core board, where an idle thread pool spins on the cores the other pool needs:
 ``OPENBLAS_THREAD_TIMEOUT=4`` (OpenBLAS workers sleep at once instead of spinning),
 ``OMP_WAIT_POLICY=PASSIVE`` (OpenMP workers likewise) and, when the CPU has AVX-512,
-``OPENBLAS_CORETYPE=SkylakeX`` (OpenBLAS's AVX-512 kernels, about 1.4x faster here than
-the AVX2 ``Haswell`` ones that a preset ``OPENBLAS_CORETYPE=Haswell`` forces; this one
-overrides a preset value). The other variables, if already set, are left alone.
+``OPENBLAS_CORETYPE=SkylakeX`` (OpenBLAS's AVX-512 kernels; this one overrides a preset
+``OPENBLAS_CORETYPE=Haswell``). Measured 1.4x faster than the AVX2 ``Haswell`` kernels on
+2026-11-22, but on 2026-12-03 the conv GEMMs took 0.80x the CPU time with ``Haswell``
+(README, "Speed"): measure on the machine at hand before relying on either. The other variables, if already set, are left alone.
 Not collected by pytest (no ``test_`` names).
 """
 
