@@ -18,7 +18,8 @@ neighbour spoils single timings, rarely all of them).
 ``OPENBLAS_CORETYPE=SkylakeX`` (OpenBLAS's AVX-512 kernels; this one overrides a preset
 ``OPENBLAS_CORETYPE=Haswell``). Measured 1.4x faster than the AVX2 ``Haswell`` kernels on
 2026-11-22, but on 2026-12-03 the conv GEMMs took 0.80x the CPU time with ``Haswell``
-(README, "Speed"): measure on the machine at hand before relying on either. The other variables, if already set, are left alone.
+(README, "Speed"): measure on the machine at hand before relying on either. The other
+variables, if already set, are left alone.
 Not collected by pytest (no ``test_`` names).
 """
 

@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -148,7 +149,11 @@ def _engine_process() -> tuple[subprocess.Popen, str]:
     assert p.stdout is not None
     run_dir = p.stdout.readline().strip()
     assert os.path.isdir(run_dir), run_dir
-    assert [n for n in os.listdir(run_dir) if n.startswith("w")]  # the worker's cgroup
+    # the worker makes its cgroup when its Setup message arrives, after it is ready: wait
+    end = time.monotonic() + 120
+    while not [n for n in os.listdir(run_dir) if n.startswith("w")]:  # the worker's cgroup
+        assert time.monotonic() < end, f"no worker cgroup in {run_dir} after 120 s"
+        time.sleep(0.05)
     return p, run_dir
 
 

@@ -71,8 +71,9 @@ cap = {devices = [4], rounds = [3]}
 """
 # measured, so they vary from run to run (a "cap" fault's needed-bytes is the RSS at which
 # the runtime's guard stopped it)
+# (and the local engine's cgroup limit, set from the RSS at task start; Ray's workers have none)
 MEASURED = {"peak-rss", "baseline-rss", "worker-rss", "train-seconds", "sim_seconds",
-            "needed-bytes"}
+            "needed-bytes", "cgroup-limit"}
 
 
 def _records(out: str) -> list[dict]:

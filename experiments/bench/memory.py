@@ -35,6 +35,7 @@ import sys
 import time
 from typing import Any
 
+from experiments.bench.fmt import mib, ratio
 from experiments.bench.footprint import KINDS, footprint_rows, format_footprint
 
 MIB = 1024 * 1024
@@ -187,14 +188,6 @@ def run_worker(framework: str, model: str, optimizer: str, batch: int, steps: in
 
 
 # ----------------------------------------------------------------------------- report
-def _mib(b: float | None) -> str:
-    return "-" if b is None else f"{b / MIB:.1f}"
-
-
-def _ratio(a: float | None, b: float | None) -> str:
-    return "-" if a is None or not b else f"{a / b:.2f}"
-
-
 def build_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (model, optimizer); runs keyed "nnfleet", "nnfleet_warm", "torch", ..."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
@@ -229,7 +222,7 @@ def check_targets(row: dict[str, Any]) -> list[tuple[str, str, str]]:
                 diff = row[key]["working_set"] - plan
                 out.append((f"measured WS within 10% (or 8 MiB) of planned [{tag}]",
                             verdict(abs(diff) <= allowed),
-                            f"{_mib(row[key]['working_set'])} vs {_mib(plan)} MiB "
+                            f"{mib(row[key]['working_set'])} vs {mib(plan)} MiB "
                             f"({diff / MIB:+.1f}, allowed +-{allowed / MIB:.1f})"))
     target_row = row["model"] in WS_VS_TORCH_MODELS and row["optimizer"] == "sgd"
     for tag in ("cold", "warm"):
@@ -243,7 +236,7 @@ def check_targets(row: dict[str, Any]) -> list[tuple[str, str, str]]:
     if n is not None and n.get("ram_cap"):  # -floor rows: under the smallest cap it fits
         over = n["peak_rss"] - n["ram_cap"]
         out.append(("peak RSS <= the smallest cap it fits", verdict(over <= 0),
-                    f"cap = build RSS + {_mib(n['ram_cap'] - n['rss_after_build'])} MiB, "
+                    f"cap = build RSS + {mib(n['ram_cap'] - n['rss_after_build'])} MiB, "
                     f"micro-batch {n['micro_batch']}, peak {over / MIB:+.2f} MiB vs cap"))
     if "frozen" in row["optimizer"]:
         for tag in ("", "_warm"):
@@ -252,7 +245,7 @@ def check_targets(row: dict[str, Any]) -> list[tuple[str, str, str]]:
                 r = a["peak_rss"] / max(b["peak_rss"], 1)
                 out.append((f"total peak <= 1/4 of torch's [{'warm' if tag else 'cold'}]",
                             verdict(r <= PEAK_VS_TORCH_FROZEN),
-                            f"{r:.2f}x ({_mib(a['peak_rss'])} vs {_mib(b['peak_rss'])} MiB)"))
+                            f"{r:.2f}x ({mib(a['peak_rss'])} vs {mib(b['peak_rss'])} MiB)"))
     if n is not None and t is not None:
         st = n["step_ms"] / t["step_ms"]
         out.append((f"step time <= {TIME_VS_TORCH} x torch", verdict(st <= TIME_VS_TORCH),
@@ -274,15 +267,15 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         nw, tw = _ws(row, "nnfleet"), _ws(row, "torch")
         nww, tww = _ws(row, "nnfleet_warm"), _ws(row, "torch_warm")
         body.append([
-            row["model"], row["optimizer"], _mib(n.get("pool_bytes")),
-            _mib(n.get("lower_bound_bytes")), _mib(n.get("naive_bytes")), _mib(plan),
-            _mib(nw), _mib(nww), _mib(row.get("nnfleet", {}).get("peak_rss")),
+            row["model"], row["optimizer"], mib(n.get("pool_bytes")),
+            mib(n.get("lower_bound_bytes")), mib(n.get("naive_bytes")), mib(plan),
+            mib(nw), mib(nww), mib(row.get("nnfleet", {}).get("peak_rss")),
             "-" if "nnfleet" not in row else f"{row['nnfleet']['step_ms']:.1f}",
-            _mib(tw), _mib(tww), _mib(t.get("peak_rss")),
+            mib(tw), mib(tww), mib(t.get("peak_rss")),
             "-" if not t else f"{t['step_ms']:.1f}",
-            _ratio(n.get("pool_bytes"), n.get("lower_bound_bytes")),
-            _ratio(nw, plan), _ratio(nww, plan), _ratio(nw, tw), _ratio(nww, tww),
-            _ratio(row.get("nnfleet", {}).get("step_ms"), t.get("step_ms")),
+            ratio(n.get("pool_bytes"), n.get("lower_bound_bytes")),
+            ratio(nw, plan), ratio(nww, plan), ratio(nw, tw), ratio(nww, tww),
+            ratio(row.get("nnfleet", {}).get("step_ms"), t.get("step_ms")),
         ])
     widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
 

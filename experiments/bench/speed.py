@@ -197,19 +197,26 @@ def report(rows: list[dict[str, Any]], results: list[dict[str, Any]], batch: int
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from device_runtime.cli_args import HelpFormatter
+
     p = argparse.ArgumentParser(prog="nnfleet bench speed",
-                                description="Step time against PyTorch, and a profile.")
+                                description="Step time against PyTorch, and a profile.",
+                                formatter_class=HelpFormatter,
+                                epilog="examples:\n  nnfleet bench speed lenet5 vgg16\n"
+                                       "  NNFLEET_THREADS=1 nnfleet bench speed resnet18 "
+                                       "--repeats 5 --json speed.json")
     p.add_argument("models", nargs="*", default=list(DEFAULT_MODELS),
                    help="built-in models, NAME-frozen trains the last layer only "
                    f"(default: {' '.join(DEFAULT_MODELS)})")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="samples per step (default: 32)")
     p.add_argument("--warmup", type=int, default=8,
-                   help="untimed steps first (the thread tuner decides within 7)")
-    p.add_argument("--steps", type=int, default=6, help="timed steps per process")
-    p.add_argument("--repeats", type=int, default=3, help="process pairs per model")
+                   help="untimed steps first (the thread tuner decides within 7; default: 8)")
+    p.add_argument("--steps", type=int, default=6, help="timed steps per process (default: 6)")
+    p.add_argument("--repeats", type=int, default=3, help="process pairs per model (default: 3)")
     p.add_argument("--profile-steps", type=int, default=2,
-                   help="profiled nnfleet steps after the timed ones (0: no profile)")
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+                   help="profiled nnfleet steps after the timed ones (0: no profile; default: 2)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON (default: "
+                   "not written)")
     p.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "MODEL"), help=argparse.SUPPRESS)
     return p
 

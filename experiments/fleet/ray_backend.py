@@ -65,12 +65,21 @@ class RayEngine:
                  seed: int = 0, state_dir: str | None = None, kernels: str = "auto",
                  numba_min_cap: int = NUMBA_MIN_CAP, warm_models: list[str] | None = None,
                  quiet: bool = False, address: str | None = None,
-                 node_dir: str | None = None) -> None:
-        """FleetEngine's arguments (``zygote`` has no meaning here), plus ``address``: the
+                 node_dir: str | None = None, cgroups: str = "auto") -> None:
+        """FleetEngine's arguments (``zygote`` has no meaning here; ``cgroups``: Ray's
+        workers are not confined in memory cgroups yet, the runtime's guard holds each cap,
+        so ``require`` is refused and ``auto`` says so once), plus ``address``: the
         Ray cluster to join (None: the one this process is connected to, else a local Ray
         of ``workers`` CPUs started here and stopped by :meth:`close`); ``node_dir``:
         where workers keep data and states on their nodes (default: the node's ``$TMPDIR``
         or ``/tmp``)."""
+        if cgroups == "require":
+            raise ConfigError("[fleet] cgroups = \"require\" is not available on the Ray "
+                              "backend (its workers are held by the runtime's guard): use "
+                              "auto or off, or the local backend")
+        if cgroups == "auto":
+            from .cgroup import note_once
+            note_once("cgroups: not on the Ray backend; the runtime's guard holds each cap")
         ray = need_ray()
         self.t_start = time.perf_counter()
         if isolation not in ("worker", "fork"):
