@@ -35,7 +35,7 @@ SWITCHES: dict[str, Switch] = {s.name: s for s in (
     Switch("NNFLEET_GRAD_BLOCK", str(1 << 20), "gradient block size in bytes of fully "
            "connected and conv layers"),
     Switch("NNFLEET_SWAP_DIR", "", "where swap files go (default ~/.cache/nnfleet/swap)"),
-    Switch("NNFLEET_CAP_MARGIN", str(1 << 20), "slack in bytes kept under a RAM cap beyond "
+    Switch("NNFLEET_CAP_MARGIN", str(2 << 20), "slack in bytes kept under a RAM cap beyond "
            "the plan"),
     Switch("NNFLEET_NO_RECOMPUTE", "", "keep batch-norm + activation outputs instead of "
            "recomputing them before backward (results are bit-identical either way)"),

@@ -72,11 +72,13 @@ def test_guard_stops_python_api_run():
 # masks as bits) + 1 MiB margin, against 25.4 MiB for half its working set. Both runs give
 # freed heap back before they measure their baseline (rss.release_heap), so the capped
 # run's baseline no longer carries its planner's garbage: 0.12 MiB to spare, every run.
-# vgg16 at exactly 0.5 fits or misses by chance: its floor (24.25 MiB pool + 1 MiB margin) is
-# 0.15 MiB under half its working set (25.4 MiB), and the baseline moves by up to 0.33 MiB
-# between runs (measured 230,043,648 to 230,383,616 bytes; one miss needed 256,745,472 bytes
-# for a 256,684,032 cap). 0.52 until the floor comes down (issue 13: tiling, recompute).
-@pytest.mark.parametrize("name,fraction", [("vgg16", 0.52), ("resnet18", 0.5)])
+# vgg16's floor is a 24.25 MiB pool + the 2 MiB margin (NNFLEET_CAP_MARGIN: 1 MiB let a
+# resnet18 full-batch step go 0.5 MiB over it in CI: memory the batch-1 measurement of the
+# unplanned bytes does not see), over half its working set (25.4 MiB), and the baseline moves
+# by up to 0.33 MiB between runs: so vgg16 is capped at 0.55 of it, until the floor comes
+# down (issue 13: tiling, recompute); at less the fit takes micro-batches (within 1e-5 of
+# the full batch, not bit-identical, which this test checks).
+@pytest.mark.parametrize("name,fraction", [("vgg16", 0.55), ("resnet18", 0.5)])
 def test_half_working_set_cap_trains_under_cap_bit_identical(name, fraction, tmp_path):
     # Prepare: the unswapped run measures its working set and saves its weights.
     rng = np.random.default_rng(0)
