@@ -24,7 +24,6 @@ import itertools
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -44,6 +43,7 @@ from .procs import (
     WorkerProc,
     death_of,
     finish_precompile,
+    reap,
     spawn_workers,
     start_precompile,
 )
@@ -285,14 +285,7 @@ class FleetEngine:
     def _worker_died(self, p: WorkerProc, queue: dict[int, list[Task]], heads: dict[int, int],
                      payloads: Payloads, report: Callable[[TaskResult], None]) -> None:
         """Report the task the dead worker was running; respawn it for the rest."""
-        code: int | str = "unknown"
-        if p.popen is not None:
-            try:
-                code = p.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(p.pid, signal.SIGKILL)
-                code = p.popen.wait()
-        p.conn.close()
+        code = reap(p)
         mine = queue[p.index]
         if heads[p.index] < len(mine):
             task = mine[heads[p.index]]

@@ -141,6 +141,22 @@ def spawn_workers(n: int, first_index: int = 0, zygote: bool = False,
     return procs
 
 
+def reap(p: WorkerProc) -> int | str:
+    """The exit code of a worker process that died (killed if it has not exited within
+    10 s); its pipe closed. ``"unknown"`` where it is not this process's child."""
+    import signal
+
+    code: int | str = "unknown"
+    if p.popen is not None:
+        try:
+            code = p.popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(p.pid, signal.SIGKILL)
+            code = p.popen.wait()
+    p.conn.close()
+    return code
+
+
 def death_of(device: int, code: object, timed_out: bool, timeout: float | None,
              how: str = "") -> tuple[str, str]:
     """(status, reason) of a device whose worker process died mid-task (exit ``code``): the

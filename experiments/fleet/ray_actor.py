@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from types import SimpleNamespace
@@ -34,6 +33,7 @@ from .procs import (
     WorkerProc,
     death_of,
     finish_precompile,
+    reap,
     spawn_workers,
     start_precompile,
 )
@@ -224,14 +224,7 @@ class NodeWorker:
 
     def _died(self, p: WorkerProc, task: Task) -> TaskResult:
         """The failure of the task a dead worker was running; a fresh worker takes over."""
-        code: int | str = "unknown"
-        if p.popen is not None:
-            try:
-                code = p.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(p.pid, signal.SIGKILL)
-                code = p.popen.wait()
-        p.conn.close()
+        code = reap(p)
         device = task.device
         how = " (injected fault)" if task.fault else ""
         # the local engine's words, so records match on both backends
