@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+from device_runtime.cap.fit import MARGIN_BYTES
 from device_runtime.device import initial_weights
 from experiments.data import make_fleet_data
 from experiments.fleet import DeviceProfile, FleetEngine, Job
@@ -25,7 +26,10 @@ CONFIG = {"model": MODEL, "lr": 0.1, "batch-size": 8, "local-epochs": 1, "seed":
           "server-round": 1}
 MIB = 1 << 20
 OTHERS = {1: 1 << 30, 2: 300 * MIB, 3: None}  # devices run before device 0, their caps
-DELTAS = (-2 * MIB, MIB // 2, 3 * MIB, 8 * MIB)  # device 0's caps over its baseline
+# device 0's caps over its baseline. It needs the cap margin plus ~0.75 MiB (fork) to ~1.5 MiB
+# (worker) over it (measured with a 2 MiB margin); each cap stays >= 1.5 MiB from that edge, so
+# only a baseline that creeps by more than that can flip a verdict
+DELTAS = (-2 * MIB, MIB // 2, MARGIN_BYTES + 3 * MIB, MARGIN_BYTES + 8 * MIB)
 
 
 def _verdict(r) -> str:

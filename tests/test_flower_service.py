@@ -86,8 +86,11 @@ def test_a_device_service_pays_its_imports_once_and_each_message_stays_thin(tmp_
     thin, fat = peaks.by_owner("service"), peaks.by_owner("in-process")
     print(f"ClientApp peaks: forwarding {[r >> 20 for r in thin]} MiB, training in the "
           f"process {[r >> 20 for r in fat]} MiB; device service {peaks.peak} B")
-    assert len(thin) >= ROUNDS and len(fat) >= ROUNDS, (thin, fat)
+    messages = 2 * ROUNDS  # a train and an evaluate message per round on each node
+    assert len(thin) >= messages and len(fat) >= messages, (thin, fat)
     # each forwarding process imports neither the runtime nor numba: every one is lighter
-    # than every process that trains itself (measured: ~105 vs ~240 MiB)
-    assert max(thin) < min(fat), (thin, fat)
+    # than every process that trains itself (measured: ~187 vs ~259 MiB). Flower may also
+    # start a ClientApp that finds no message and exits before it loads the app (seen in CI:
+    # one ~122 MiB process on each node), so the heaviest `messages` of each are compared
+    assert max(thin) < min(fat[-messages:]), (thin, fat)
     assert peaks.peak["device-service"] < 1 << 30
