@@ -113,8 +113,10 @@ def with_fallbacks(cfg: DeviceConfig, settings: DeviceSettings, batch: int,
 
 
 def phase_seed(cfg: DeviceConfig, device_id: int, phase: str) -> int:
-    """The shuffling seed of one training phase of one device in one round."""
-    return zlib.crc32(f"{cfg.seed}/{device_id}/{cfg.server_round}/{phase}".encode())
+    """The shuffling seed of one training phase of one device in one round: from the
+    config's ``shuffle-seed``, else its ``seed`` (the same seeds when both are equal)."""
+    seed = cfg.seed if cfg.shuffle_seed is None else cfg.shuffle_seed
+    return zlib.crc32(f"{seed}/{device_id}/{cfg.server_round}/{phase}".encode())
 
 
 def fit(m: Model, weights: Arrays, data: DeviceData, cfg: DeviceConfig, epochs: int,
