@@ -27,17 +27,14 @@ from .config import DeviceConfig, patterns, split_keys
 from .gradients import Gradients, axpy
 from .localrun import LocalRun, layers_of
 from .registry import local_update
-from .trainers import initial_weights
+from .trainers import initial_weights, model_specs
 
 ABSENT = -1e4  # the shift of a class with no example (log 0): exp underflows to 0
 
 
 @functools.lru_cache(maxsize=8)
 def _heads_of(model: str, seed: int) -> tuple[str, tuple[str, ...]]:
-    from ..modelspec import load_model
-
-    specs = load_model(model, seed)[0].specs
-    last = specs[-1]
+    last = model_specs(model, seed)[-1]
     ins = last.props.get("input_layers", "")
     names = tuple(s.strip() for s in (ins.split(",") if isinstance(ins, str) else ins)
                   if str(s).strip())
