@@ -7,9 +7,9 @@ error is one ``ConfigError`` line naming the file and the key::
     runs.toml: [fleet] ram-cap.sigma = -1 must be a number >= 0
 
 The sections (see experiments/configs/default.toml): top-level ``name``, ``seed``,
-``rounds``, ``algorithms`` (and ``seeds``, ``data-seed``, ``model-seed``, ``sampling-seed``:
-experiments/seeds.py; ``save-personal-models``: experiments/results.py); ``[data]``
-(experiments.data.make_fleet_data), ``[model]``
+``rounds``, ``algorithms`` (and ``seeds``, ``data-seed``, ``model-seed``, ``sampling-seed``,
+``shuffle-seed``: experiments/seeds.py; ``save-personal-models``: experiments/results.py);
+``[data]`` (experiments.data.make_fleet_data), ``[model]``
 (a layer list, a built-in or an INI/built-in name), ``[train]`` and ``[algorithm.<name>]``
 (device config keys, device_runtime.device), ``[server]`` (server/app.py, server/screen.py),
 ``[fleet]`` (experiments.fleet.profiles) and ``[faults]`` (checked by

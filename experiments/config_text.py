@@ -10,13 +10,14 @@ from __future__ import annotations
 TEXT: dict[str, tuple[str, str]] = {
     # top level
     "top name": ("the file's name", "names the run; output goes to `runs/<name>/`"),
-    "top seed": ("0", "the experiment's seed (model init, shuffles, device sampling, data)"),
+    "top seed": ("0", "the experiment's seed (the default of the four below: data, model "
+                 "init, device sampling, batch order)"),
     "top seeds": ("one run", "one run per seed (e.g. [0, 1, 2]): mean, 95% CI and a paired "
                   "t-test against FedAvg over them"),
     "top data-seed": ("seed", "the fleet: data, partition, train/test cut, device profiles"),
     "top model-seed": ("seed", "the initial weights"),
-    "top sampling-seed": ("seed", "devices picked each round, availability, dropouts, faults, "
-                          "batch order"),
+    "top sampling-seed": ("seed", "devices picked each round, availability, dropouts, faults"),
+    "top shuffle-seed": ("seed", "each device's batch order"),
     "top save-personal-models": ("true", "save each device's personalized model in "
                                  "`weights/<algorithm>/<device id>.npz`"),
     "top rounds": ("10", "federated rounds per algorithm"),
@@ -51,9 +52,11 @@ TEXT: dict[str, tuple[str, str]] = {
     "train pfedme-beta": ("1.0", "pFedMe: the server's beta, applied on the device"),
     "train perfedavg-beta": ("0 (= lr)", "Per-FedAvg: the meta step beta (lr is the "
                              "adaptation step alpha)"),
-    "train perfedavg-variant": ("hf", "Per-FedAvg: hf (Hessian-free) or fo (first-order)"),
+    "train perfedavg-variant": ('"hf"', "Per-FedAvg: hf (Hessian-free) or fo (first-order)"),
     "train perfedavg-delta": ("0.001", "Per-FedAvg HF: the finite-difference step of the "
                               "Hessian-vector product"),
+    "train fixed-head": ("false", "FedBABU: the personal head stays at its initialization; "
+                         "local-update auto then picks fedbabu"),
     "train prox-mu": ("", "FedProx: mu of the proximal term (Flower sends proximal-mu)"),
     "train ditto-lambda": ("", "Ditto: pull of the personal model towards the global one"),
     "train personal-epochs": ("local-epochs", "Ditto: epochs of the personal model"),

@@ -1,15 +1,18 @@
 """Seeds of a simulate run: what each one drives, and repeating a run over several.
 
-Three seeds, each ``seed`` unless the config sets it (top-level keys, beside ``seed``):
+Four seeds, each ``seed`` unless the config sets it (top-level keys, beside ``seed``):
 
 - ``data-seed``: the fleet: the data each device gets (generation, partition, train/test
   cut) and the devices' profiles (RAM cap, speed, availability, dropout).
 - ``model-seed``: the model's initial weights (the server's and every device's).
 - ``sampling-seed``: what is drawn while the run goes: which devices the server picks each
   round (Flower samples nodes with Python's ``random``), who is offline or drops out,
-  injected faults, and each device's batch order (the server forwards this one seed to the
-  devices as their ``seed``, so batch order cannot be set apart from node sampling
-  without a server key of its own).
+  injected faults.
+- ``shuffle-seed``: each device's batch order (and the batch of Per-FedAvg's adaptation
+  step); the server forwards it to the devices as ``shuffle-seed``. A config that sets
+  none of the sub-seeds gives the batch order it gave when one seed drove sampling and
+  shuffling (both are ``seed``); one that sets ``sampling-seed`` alone now keeps its batch
+  order at ``seed``.
 
 Changing one leaves what the others drive unchanged (tests/test_seeds_roles.py).
 
@@ -30,12 +33,13 @@ from typing import Any
 
 from device_runtime.errors import ConfigError
 
-ROLES = ("data", "model", "sampling")
+ROLES = ("data", "model", "sampling", "shuffle")
 MAX_SEED = 2**32 - 1
 
 
 def seed_roles(cfg: dict[str, Any]) -> dict[str, int]:
-    """``{"data": .., "model": .., "sampling": ..}``: each ``<role>-seed`` or ``seed``."""
+    """``{"data": .., "model": .., "sampling": .., "shuffle": ..}``: each ``<role>-seed``
+    or ``seed``."""
     base = int(cfg.get("seed", 0))
     return {role: int(cfg.get(f"{role}-seed", base)) for role in ROLES}
 

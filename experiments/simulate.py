@@ -70,9 +70,10 @@ def run_config(cfg: dict[str, Any], algo_name: str, specs: list[Any]) -> dict[st
     server = cfg.get("server", {})
     seeds = seed_roles(cfg)
     rc: dict[str, Any] = {
-        # "seed": the server's node sampling and, forwarded, the devices' batch order
+        # "seed": the server's node sampling; "shuffle-seed", forwarded: the batch order
         "model": model_text(cfg), "model-seed": seeds["model"],
         "num-rounds": int(cfg.get("rounds", 10)), "seed": seeds["sampling"],
+        "shuffle-seed": seeds["shuffle"],
         "strategy": (algo.strategy if algo.strategy != "fedavg"
                      else server.get("strategy", "fedavg")),
         "fraction-train": float(server.get("fraction-train", 1.0)),
@@ -116,8 +117,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--ray-address", help="Ray cluster to join (default: [fleet] ray-address, "
                    "else a local Ray on this machine)")
     p.add_argument("--seed", type=int, help="one run with this seed (the default of data-seed, "
-                   "model-seed and sampling-seed; see experiments/seeds.py; default: the "
-                   "config's seed)")
+                   "model-seed, sampling-seed and shuffle-seed; see experiments/seeds.py; "
+                   "default: the config's seed)")
     p.add_argument("--seeds", metavar="A,B,...", help="one run per seed (e.g. 0,1,2), each "
                    "in OUT/seed-<s>/, then mean, 95%% CI and a paired t-test against FedAvg "
                    "over them in OUT (default: the config's seeds, else one run)")

@@ -164,7 +164,8 @@ def test_the_device_keys_exist_in_one_place():
     # all but what its other sections set
     flower = {k for k, s in key_specs().items() if s["set_by"] == "flower"}
     run = {k for k, s in key_specs().items() if s["set_by"] == "run"}
-    assert flower == {"server-round"} and run == {"model", "model-seed", "personal", "seed"}
+    assert flower == {"server-round"} and run == {"model", "model-seed", "personal", "seed",
+                                                  "shuffle-seed"}
     assert set(forwarded_keys()) == every - flower
     assert set(DEVICE) == every - flower - run
     try:
@@ -179,8 +180,10 @@ def test_the_config_loader_accepts_exactly_the_device_config_keys(tmp_path):
     from device_runtime.errors import ConfigError
     from experiments.config import load_config
 
-    train = {k: s["default"] for k, s in key_specs().items()
-             if s["set_by"] == "train" and s["default"] is not None}
+    # a key unset by default (None) is given the value its rule uses when it is unset
+    train = {k: s["unset"] if s["default"] is None else s["default"]
+             for k, s in key_specs().items()
+             if s["set_by"] == "train" and (s["default"], s["unset"]) != (None, None)}
     train["personal-epochs"] = 1  # its default (None: as local-epochs) has no TOML form
 
     def config(extra: str) -> str:
@@ -192,6 +195,6 @@ def test_the_config_loader_accepts_exactly_the_device_config_keys(tmp_path):
 
     cfg = load_config(config(""))
     assert set(cfg["train"]) == set(key_specs()) - {"server-round", "model", "model-seed",
-                                                    "personal", "seed"}
+                                                    "personal", "seed", "shuffle-seed"}
     with pytest.raises(ConfigError, match="server-round"):
         load_config(config("server-round = 1\n"))

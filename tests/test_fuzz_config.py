@@ -102,7 +102,8 @@ def test_the_tables_know_what_the_code_reads():
         assert set(DATA_KINDS[kind]) == params, kind
     assert {k: set(v) for k, v in PARTITIONS.items()} == PARTITION_PARAMS
     server = pytest.importorskip("server")  # the device keys the server forwards, no other
-    assert set(DEVICE) | {"model", "model-seed", "personal", "seed"} == set(server.DEVICE_KEYS)
+    assert set(DEVICE) | {"model", "model-seed", "personal", "seed", "shuffle-seed"} == \
+        set(server.DEVICE_KEYS)
 
 
 # ---------------------------------------------------------------- mutations

@@ -68,9 +68,10 @@ def _init(cfg: dict) -> dict:
 
 
 def test_every_seed_defaults_to_seed():
-    assert seed_roles({}) == {"data": 0, "model": 0, "sampling": 0}
-    assert seed_roles({"seed": 7}) == {"data": 7, "model": 7, "sampling": 7}
-    assert seed_roles({"seed": 7, "model-seed": 2}) == {"data": 7, "model": 2, "sampling": 7}
+    assert seed_roles({}) == {"data": 0, "model": 0, "sampling": 0, "shuffle": 0}
+    assert seed_roles({"seed": 7}) == {"data": 7, "model": 7, "sampling": 7, "shuffle": 7}
+    assert seed_roles({"seed": 7, "model-seed": 2}) == {"data": 7, "model": 2, "sampling": 7,
+                                                        "shuffle": 7}
 
 
 def test_a_new_model_seed_keeps_the_fleet_and_the_sampling():
@@ -100,7 +101,7 @@ def test_a_new_sampling_seed_keeps_the_fleet_and_the_model():
     a, b = _cfg(), _cfg(**{"sampling-seed": 11})
     assert _same_fleet(_fleet(a), _fleet(b))
     ra, rb = _rc(a, "fedavg"), _rc(b, "fedavg")
-    # "seed" is what the server samples nodes with (and the devices shuffle with)
+    # "seed" is what the server samples nodes with (the devices shuffle with shuffle-seed)
     assert (ra["seed"], rb["seed"]) == (3, 11)
     assert {k: v for k, v in ra.items() if k != "seed"} == \
         {k: v for k, v in rb.items() if k != "seed"}
@@ -147,7 +148,7 @@ def test_bad_seed_keys_are_one_line_errors(tmp_path, line, msg):
 def test_good_seed_keys_load(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("name = 'x'\nseeds = [0, 1, 2]\ndata-seed = 4\nmodel-seed = 5\n"
-                    "sampling-seed = 6\n")
+                    "sampling-seed = 6\nshuffle-seed = 8\n")
     cfg = load_config(str(path))
     assert cfg["seeds"] == [0, 1, 2]
-    assert seed_roles(cfg) == {"data": 4, "model": 5, "sampling": 6}
+    assert seed_roles(cfg) == {"data": 4, "model": 5, "sampling": 6, "shuffle": 8}

@@ -95,8 +95,8 @@ def run(tmp_path_factory):
 def test_each_seed_is_a_run_of_its_own_with_the_seeds_it_was_given(run):
     _, out = run
     a, b = (_json(os.path.join(out, f"seed-{s}", "summary.json")) for s in (0, 1))
-    assert a["config"]["seed_roles"] == {"data": 5, "model": 0, "sampling": 0}
-    assert b["config"]["seed_roles"] == {"data": 5, "model": 1, "sampling": 1}
+    assert a["config"]["seed_roles"] == {"data": 5, "model": 0, "sampling": 0, "shuffle": 0}
+    assert b["config"]["seed_roles"] == {"data": 5, "model": 1, "sampling": 1, "shuffle": 1}
     # the fixed data-seed: the same fleet (data and profiles) in both runs
     assert a["fleet"]["data"] == b["fleet"]["data"]
     assert a["fleet"]["profiles"] == b["fleet"]["profiles"]

@@ -25,10 +25,12 @@ SET_BY = ("train", "run", "flower")
 
 def _key(default: Any, set_by: str = "train", lo: float | None = None, hi: float | None = None,
          lo_open: bool = False, hi_open: bool = False,
-         choices: tuple[str, ...] | Callable[[], tuple[str, ...]] = (), alias: str = "") -> Any:
-    """A config field: its default and what a value must be (checked by ``from_mapping``)."""
+         choices: tuple[str, ...] | Callable[[], tuple[str, ...]] = (), alias: str = "",
+         unset: Any = None) -> Any:
+    """A config field: its default and what a value must be (checked by ``from_mapping``);
+    ``unset``: for a key whose default is None (not set), the value its rule then uses."""
     meta = {"set_by": set_by, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open,
-            "choices": choices, "alias": alias}
+            "choices": choices, "alias": alias, "unset": unset}
     return field(default=default, metadata=meta)
 
 
@@ -51,19 +53,25 @@ class DeviceConfig:
     ditto_lambda: float = _key(0.0, lo=0)  # Ditto: pull of the personal model to w_global
     personal_epochs: int | None = _key(None, lo=0)  # Ditto: epochs of v; None = local-epochs
     finetune_epochs: int = _key(0, lo=0)  # evaluation fine-tunes a throw-away copy first
+    # The keys of APFL, pFedMe, Per-FedAvg and FedBABU are unset (None) unless given, so
+    # that local-update = auto picks the rule whose keys are set; unset, a rule uses the
+    # value in ``unset=`` (read with DeviceConfig.value).
     # APFL (local-update = apfl): the initial weight alpha of the personal model in the mix
-    apfl_alpha: float = _key(0.25, lo=0, hi=1)
+    apfl_alpha: float | None = _key(None, lo=0, hi=1, unset=0.25)
     # pFedMe (local-update = pfedme): the Moreau envelope's lambda, K inner steps of the
     # personal model at pfedme-lr (0 = lr), the server's beta (applied on the device)
-    pfedme_lambda: float = _key(15.0, lo=0, lo_open=True)
-    pfedme_k: int = _key(5, lo=1)
-    pfedme_lr: float = _key(0.0, lo=0)
-    pfedme_beta: float = _key(1.0, lo=0, lo_open=True)
+    pfedme_lambda: float | None = _key(None, lo=0, lo_open=True, unset=15.0)
+    pfedme_k: int | None = _key(None, lo=1, unset=5)
+    pfedme_lr: float | None = _key(None, lo=0, unset=0.0)
+    pfedme_beta: float | None = _key(None, lo=0, lo_open=True, unset=1.0)
     # Per-FedAvg (local-update = perfedavg): lr is the adaptation step alpha, this the meta
     # step beta (0 = lr); "fo" first-order or "hf" Hessian-free (finite differences of delta)
-    perfedavg_beta: float = _key(0.0, lo=0)
-    perfedavg_variant: str = _key("hf", choices=("fo", "hf"))
-    perfedavg_delta: float = _key(1e-3, lo=0, lo_open=True)
+    perfedavg_beta: float | None = _key(None, lo=0, unset=0.0)
+    perfedavg_variant: str | None = _key(None, choices=("fo", "hf"), unset="hf")
+    perfedavg_delta: float | None = _key(None, lo=0, lo_open=True, unset=1e-3)
+    # FedBABU (local-update = fedbabu, or auto with this set): the personal head stays at
+    # its initialization during training, only the body is trained and shared
+    fixed_head: bool = _key(False)
     optimizer: str = _key("sgd", choices=("sgd", "adam", "adamw"))
     lr: float = _key(0.05, lo=0, lo_open=True)
     momentum: float = _key(0.0, lo=0, hi=1, hi_open=True)  # SGD only
@@ -74,6 +82,8 @@ class DeviceConfig:
     drop_last: bool = _key(False)
     optimizer_state: str = _key("reset", choices=("reset", "keep"))  # keep: across rounds
     seed: int = _key(0, set_by="run", lo=0)  # with server-round: reproducible shuffles
+    # the batch order's own seed (the experiment's shuffle-seed); None: ``seed``
+    shuffle_seed: int | None = _key(None, set_by="run", lo=0)
     server_round: int = _key(0, set_by="flower", lo=0)
     eval_before: bool = _key(True)  # evaluate the personalized model before training
     eval_after: bool = _key(True)  # ... and after
@@ -89,8 +99,13 @@ class DeviceConfig:
             if f.metadata["alias"] and (_unset(raw) or raw == 0):  # as Flower's FedProx sends it
                 raw = config.get(f.metadata["alias"])
             if not _unset(raw):
-                values[f.name] = _convert(name, raw, f.default, f.metadata)
+                values[f.name] = _convert(name, raw, _type(f), f.metadata)
         return cls(**values)
+
+    def value(self, name: str) -> Any:
+        """The value of field ``name``, or the one its rule uses when it is unset (None)."""
+        v = getattr(self, name)
+        return self.__dataclass_fields__[name].metadata["unset"] if v is None else v
 
     def epochs_of_personal_model(self) -> int:
         """Ditto's personal-model epochs (local-epochs unless given)."""
@@ -99,10 +114,14 @@ class DeviceConfig:
 
 def key_specs() -> dict[str, dict[str, Any]]:
     """Each config key (hyphenated) -> its default, type name and checks."""
-    hints = {"int": int, "float": float, "str": str, "bool": bool, "int | None": int}
     return {f.name.replace("_", "-"): {**f.metadata, "default": f.default,
-                                       "type": hints[str(f.type)], "choices": _choices(f.metadata)}
+                                       "type": _type(f), "choices": _choices(f.metadata)}
             for f in fields(DeviceConfig)}
+
+
+def _type(f: Any) -> type:
+    """A field's value type (``float | None`` -> float)."""
+    return {"int": int, "float": float, "str": str, "bool": bool}[str(f.type).split(" |")[0]]
 
 
 def _choices(meta: Mapping[str, Any]) -> tuple[str, ...]:
@@ -119,8 +138,7 @@ def _unset(v: Any) -> bool:
     return v is None or v == ""
 
 
-def _convert(name: str, raw: Any, default: Any, meta: Mapping[str, Any]) -> Any:
-    kind = type(default) if default is not None else int
+def _convert(name: str, raw: Any, kind: type, meta: Mapping[str, Any]) -> Any:
     try:
         if kind is bool:
             value: Any = raw if isinstance(raw, bool) else str(raw).strip().lower() in (

@@ -9,7 +9,7 @@ from .. import rss
 from ..errors import MemoryCapExceeded
 from ..model import Model
 from .config import DeviceConfig, patterns, split_keys
-from .registry import PERSONALIZED
+from .registry import PERSONALIZED, resolve
 from .state import Arrays, DeviceData, DeviceState
 from .trainers import fit, inference_model, initial_weights, phase_seed, with_fallbacks
 
@@ -39,6 +39,32 @@ def personal_model(state: DeviceState, like: Arrays) -> Arrays:
     return {k: state.arrays["v/" + k] for k in like if "v/" + k in state.arrays}
 
 
+def personalized(state: DeviceState, full: Arrays, cfg: DeviceConfig) -> Arrays:
+    """The device's personalized model, from ``full`` (the received shared weights with
+    its personal layers): Ditto's v, the rule's own (APFL's mix, pFedMe's theta,
+    Per-FedAvg's one-step adaptation: ``@personalized_model``), then fine-tuned for
+    ``finetune-epochs`` (FedAvg-FT, FedBABU). A step that cannot fit the RAM cap is left
+    out (the model as it was before it is evaluated)."""
+    if cfg.ditto_lambda and any(k.startswith("v/") for k in state.arrays):
+        full = {k: state.arrays.get("v/" + k, a) for k, a in full.items()}
+    personalize = PERSONALIZED.get(resolve(cfg))
+    if personalize is not None:
+        try:
+            full = personalize(state, full, cfg)
+        except MemoryCapExceeded:
+            pass  # cannot build it here: evaluate the model as received
+    n = int(state.data.y_train.shape[0])
+    if cfg.finetune_epochs and n:
+        batch = min(int(state.settings.batch_size or cfg.batch_size), n)
+        try:
+            m = with_fallbacks(cfg, state.settings, batch, tuple(patterns(state.settings.freeze)))
+            full, _ = fit(m, full, state.data, cfg, cfg.finetune_epochs,
+                          phase_seed(cfg, state.device_id, "finetune"))
+        except MemoryCapExceeded:
+            pass  # cannot fine-tune here: evaluate the model as received
+    return full
+
+
 def evaluate_device(state: DeviceState, shared: Arrays,
                     config: Mapping[str, Any] | DeviceConfig,
                     keep: Arrays | None = None) -> dict[str, float]:
@@ -56,23 +82,7 @@ def evaluate_device(state: DeviceState, shared: Arrays,
     init = initial_weights(cfg.model, cfg.model_seed)
     _, personal = split_keys(list(init), cfg.personal)
     full = {**init, **{k: state.arrays.get("p/" + k, init[k]) for k in personal}, **shared}
-    if cfg.ditto_lambda and any(k.startswith("v/") for k in state.arrays):
-        full = {k: state.arrays.get("v/" + k, a) for k, a in full.items()}
-    personalize = PERSONALIZED.get(cfg.local_update)  # APFL's mix, pFedMe's theta, ...
-    if personalize is not None:
-        try:
-            full = personalize(state, full, cfg)
-        except MemoryCapExceeded:
-            pass  # cannot build it here: evaluate the model as received
-    n = int(data.y_train.shape[0])
-    if cfg.finetune_epochs and n:
-        batch = min(int(state.settings.batch_size or cfg.batch_size), n)
-        try:
-            m = with_fallbacks(cfg, state.settings, batch, tuple(patterns(state.settings.freeze)))
-            full, _ = fit(m, full, data, cfg, cfg.finetune_epochs,
-                          phase_seed(cfg, state.device_id, "finetune"))
-        except MemoryCapExceeded:
-            pass  # cannot fine-tune here: evaluate the model as received
+    full = personalized(state, full, cfg)
     if keep is not None:
         keep.update(full)
     loss, acc = evaluate(inference_model(cfg), full, data)

@@ -4,8 +4,8 @@ whose update is not one optimizer step on one model (APFL, pFedMe, Per-FedAvg, F
 :class:`Gradients` runs the trainer's own forward/backward step with the optimizer's
 update replaced by a copy of the gradient: the weights it was given stay as they are, and
 the rule does its paper's update in numpy. Batches come in the order ``Model.fit`` would
-take them (a reshuffle per epoch, the last partial batch dropped), and the loop runs under
-the device's RAM guard like any training.
+take them (a reshuffle per epoch; the last partial batch kept unless ``drop-last``), and
+the loop runs under the device's RAM guard like any training.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ..errors import ConfigError, TrainingDiverged
 from ..optimizers import Optimizer
 from .config import DeviceConfig
 from .prox import ProxOptimizer
+from .registry import resolve
 from .state import Arrays, DeviceState
 from .trainers import phase_seed, with_fallbacks
 
@@ -46,7 +47,7 @@ class _Capture(Optimizer):
 def plain_sgd(cfg: DeviceConfig) -> None:
     """Refuse optimizers the papers' updates do not use (they are plain SGD steps)."""
     if cfg.optimizer != "sgd" or cfg.momentum:
-        raise ConfigError(f"local-update {cfg.local_update} takes the paper's plain gradient "
+        raise ConfigError(f"local-update {resolve(cfg)} takes the paper's plain gradient "
                           f"steps: set optimizer = sgd and momentum = 0 (got {cfg.optimizer}, "
                           f"momentum {cfg.momentum})")
 
@@ -87,17 +88,22 @@ class Gradients:
     def steps(self) -> int:
         """Steps of one round: local-steps, else local-epochs passes over the batches."""
         cfg = self.cfg
-        return cfg.local_steps or cfg.local_epochs * (self.n // self.batch)
+        return cfg.local_steps or cfg.local_epochs * self.per_epoch()
+
+    def per_epoch(self) -> int:
+        """Batches per epoch: the last, partial one counted unless ``drop-last``."""
+        return self.n // self.batch if self.cfg.drop_last else -(-self.n // self.batch)
 
     def batches(self, phase: str) -> Iterator[np.ndarray]:
-        """Batch rows without end, as ``Model.fit`` orders them for this phase's seed."""
+        """Batch rows without end, as ``Model.fit`` orders them for this phase's seed (a
+        reshuffle per epoch; its last batch smaller unless ``drop-last``)."""
         rng = np.random.default_rng(phase_seed(self.cfg, self.state.device_id, phase))
         perm = np.arange(self.n, dtype=np.int64)
-        b = self.batch
+        b, n = self.batch, self.n
         while True:
             rng.shuffle(perm)
-            for j in range(self.n // b):
-                yield perm[j * b:(j + 1) * b].copy()
+            for j in range(self.per_epoch()):
+                yield perm[j * b:min((j + 1) * b, n)].copy()
 
     @contextmanager
     def guarded(self) -> Iterator[None]:

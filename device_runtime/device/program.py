@@ -19,7 +19,7 @@ import numpy as np
 from .. import rss
 from ..errors import ConfigError, MemoryCapExceeded
 from .config import DeviceConfig, patterns, split_keys
-from .evaluation import evaluate, personal_model
+from .evaluation import evaluate, personal_model, personalized
 from .rules import LocalRun, rule_of
 from .state import Arrays, DeviceState
 from .trainers import inference_model, initial_weights
@@ -59,8 +59,9 @@ def run_device(state: DeviceState, shared: Arrays, config: Mapping[str, Any] | D
     full = {**init, **{k: state.arrays.get("p/" + k, init[k]) for k in personal_keys}, **shared}
     v_model = personal_model(state, init) if cfg.ditto_lambda else {}
     ev = inference_model(cfg)
-    if cfg.eval_before:
-        metrics["loss-before"], metrics["accuracy-before"] = evaluate(ev, v_model or full, data)
+    if cfg.eval_before:  # the personalized model the device starts the round with
+        metrics["loss-before"], metrics["accuracy-before"] = evaluate(
+            ev, personalized(state, full, cfg), data)
 
     n = int(data.y_train.shape[0])
     batch = min(int(st.batch_size or cfg.batch_size), n) if n else 0

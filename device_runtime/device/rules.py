@@ -14,11 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
 from .config import DeviceConfig
 from .localrun import LocalRun, layers_of
 from .prox import ProxOptimizer
-from .registry import LOCAL_UPDATES, local_update
+from .registry import LOCAL_UPDATES, local_update, resolve
 
 __all__ = ["LocalRun", "rule_of"]
 
@@ -44,7 +43,7 @@ def plain(run: LocalRun) -> None:
         run.arrays.update({"o/" + k: np.asarray(v) for k, v in sd.items()})
 
 
-@local_update("fedrep")
+@local_update("fedrep", auto=("head-epochs", lambda c: bool(c.head_epochs)))
 def fedrep(run: LocalRun) -> None:
     """FedRep (Collins et al., 2021): the personal head first with the shared body frozen,
     then the body with the head frozen; plain training when either part is empty."""
@@ -57,7 +56,7 @@ def fedrep(run: LocalRun) -> None:
     run.weights = run.train(head, run.weights, run.cfg.local_epochs, "body")
 
 
-@local_update("ditto")
+@local_update("ditto", auto=("ditto-lambda", lambda c: bool(c.ditto_lambda)))
 def ditto(run: LocalRun) -> None:
     """Ditto (Li et al., 2021): plain training of the global model, then a personal model
     v trained with lambda/2 ||v - w_global||^2 pulling it to the received global one."""
@@ -70,19 +69,12 @@ def ditto(run: LocalRun) -> None:
 
 
 def rule_of(cfg: DeviceConfig) -> Callable[[LocalRun], None]:
-    """The rule ``local-update`` names; ``auto`` picks it from the keys that are set
-    (``head-epochs`` -> fedrep, ``ditto-lambda`` -> ditto, else plain; both set is
-    ambiguous and refused)."""
-    name = cfg.local_update
-    if name == "auto":
-        if cfg.head_epochs and cfg.ditto_lambda:
-            raise ConfigError("device config sets both head-epochs (FedRep) and ditto-lambda "
-                              "(Ditto): set local-update to fedrep or ditto")
-        name = "fedrep" if cfg.head_epochs else "ditto" if cfg.ditto_lambda else "plain"
-    if name not in LOCAL_UPDATES:
-        raise ConfigError(f"device config local-update = {name!r} is not a rule (known: auto, "
-                          f"{', '.join(LOCAL_UPDATES)})")
-    return LOCAL_UPDATES[name]
+    """The rule ``local-update`` names; ``auto`` picks the one whose keys the config sets
+    (``head-epochs`` -> fedrep, ``ditto-lambda`` -> ditto, ``apfl-alpha`` -> apfl, a
+    ``pfedme-*`` key -> pfedme, a ``perfedavg-*`` key -> perfedavg, ``fixed-head`` ->
+    fedbabu, a model ending in a generic + personal head sum -> fedrod; else plain; two
+    is ambiguous and refused): :func:`.registry.resolve`."""
+    return LOCAL_UPDATES[resolve(cfg)]
 
 
 # more rules, each registered as it is imported: APFL, pFedMe, Per-FedAvg, FedBABU, FedRoD

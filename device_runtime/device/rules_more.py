@@ -39,7 +39,7 @@ def _dot(a: Arrays, b: Arrays) -> float:
 
 
 # ---------------------------------------------------------------------------- APFL
-@local_update("apfl")
+@local_update("apfl", auto=("apfl-alpha", lambda c: c.apfl_alpha is not None))
 def apfl(run: LocalRun) -> None:
     """APFL (Deng, Kamani & Mahdavi, arXiv:2003.13461 2020, Algorithm 1, adaptive alpha):
     each step on one batch, the local copy of the global model takes an SGD step, the
@@ -49,7 +49,7 @@ def apfl(run: LocalRun) -> None:
     cfg, grads = run.cfg, _grads(run)
     w = dict(run.weights)
     v = {k: run.arrays.get("apfl/v/" + k, a) for k, a in w.items()}  # starts at the global
-    alpha = float(np.asarray(run.arrays.get("apfl/alpha", cfg.apfl_alpha)).reshape(-1)[0])
+    alpha = float(np.asarray(run.arrays.get("apfl/alpha", cfg.value("apfl_alpha"))).reshape(-1)[0])
     lr = cfg.lr
     batches = grads.batches("local")
     with grads.guarded():
@@ -95,7 +95,8 @@ def moreau_step(grads: Gradients, theta: Arrays, w: Arrays, idx: np.ndarray, lam
     return loss, theta
 
 
-@local_update("pfedme")
+@local_update("pfedme", auto=("a pfedme-* key", lambda c: any(
+    getattr(c, k) is not None for k in ("pfedme_lambda", "pfedme_k", "pfedme_lr", "pfedme_beta"))))
 def pfedme(run: LocalRun) -> None:
     """pFedMe (Dinh, Tran & Nguyen, NeurIPS 2020, Algorithm 1): each step on one batch,
     the personal model theta approximately solves min f(theta) + lambda/2 ||theta - w||^2
@@ -104,8 +105,8 @@ def pfedme(run: LocalRun) -> None:
     w <- (1 - beta) w + beta * mean(w_i) is applied on the device to what it sends back
     (received + beta * (w_i - received)): averaging that is the paper's update."""
     cfg, grads = run.cfg, _grads(run)
-    lam, k = cfg.pfedme_lambda, cfg.pfedme_k
-    plr = cfg.pfedme_lr or cfg.lr
+    lam, k = cfg.value("pfedme_lambda"), cfg.value("pfedme_k")
+    plr = cfg.value("pfedme_lr") or cfg.lr
     w = dict(run.weights)
     theta = dict(w)
     batches = grads.batches("local")
@@ -115,7 +116,7 @@ def pfedme(run: LocalRun) -> None:
             w = {key: (a - np.float32(cfg.lr * lam) * (a - theta[key])).astype(np.float32)
                  if key in grads.keys else a for key, a in w.items()}
             run.losses.append(loss)
-    beta = np.float32(cfg.pfedme_beta)
+    beta = np.float32(cfg.value("pfedme_beta"))
     if beta != 1:
         for key in run.shared_keys:
             w[key] = (run.received[key] + beta * (w[key] - run.received[key])).astype(np.float32)
@@ -147,21 +148,23 @@ def meta_gradient(grads: Gradients, w: Arrays, d1: np.ndarray, d2: np.ndarray,
     return loss, {k: (g1[k] - scale * (gp[k] - gm[k])).astype(np.float32) for k in g1}
 
 
-@local_update("perfedavg")
+@local_update("perfedavg", auto=("a perfedavg-* key", lambda c: any(
+    getattr(c, k) is not None for k in ("perfedavg_beta", "perfedavg_variant", "perfedavg_delta"))))
 def perfedavg(run: LocalRun) -> None:
     """Per-FedAvg (Fallah, Mokhtari & Ozdaglar, NeurIPS 2020, Algorithm 1): each meta step
     takes two batches (first-order, perfedavg-variant = fo) or three (Hessian-free, hf) and
     moves w <- w - beta * meta_gradient; lr is alpha. The personalized model is the global
     one after one SGD step of alpha on a batch of the device's data."""
     cfg, grads = run.cfg, _grads(run)
-    hf = cfg.perfedavg_variant == "hf"
-    alpha, beta = cfg.lr, cfg.perfedavg_beta or cfg.lr
+    hf = cfg.value("perfedavg_variant") == "hf"
+    alpha, beta = cfg.lr, cfg.value("perfedavg_beta") or cfg.lr
     w = dict(run.weights)
     batches = grads.batches("local")
     with grads.guarded():
         for _ in range(max(1, grads.steps() // (3 if hf else 2))):
             loss, g = meta_gradient(grads, w, next(batches), next(batches),
-                                    next(batches) if hf else None, alpha, cfg.perfedavg_delta)
+                                    next(batches) if hf else None, alpha,
+                                    cfg.value("perfedavg_delta"))
             w = axpy(-beta, g, w)
             run.losses.append(loss)
         _, g0 = grads(w, next(grads.batches("adapt")))
@@ -185,7 +188,7 @@ def perfedavg_model(state: DeviceState, weights: Arrays, cfg: DeviceConfig) -> A
 
 
 # ---------------------------------------------------------------------------- FedBABU
-@local_update("fedbabu")
+@local_update("fedbabu", auto=("fixed-head", lambda c: bool(c.fixed_head)))
 def fedbabu(run: LocalRun) -> None:
     """FedBABU (Oh, Kim & Yun, ICLR 2022): the body is trained and aggregated while the
     head (the personal layers) stays at its random initialization, the same on every

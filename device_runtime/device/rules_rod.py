@@ -23,37 +23,56 @@ import functools
 import numpy as np
 
 from ..errors import ConfigError
+from .config import DeviceConfig, patterns, split_keys
 from .gradients import Gradients, axpy
 from .localrun import LocalRun, layers_of
 from .registry import local_update
+from .trainers import initial_weights, model_specs
 
 ABSENT = -1e4  # the shift of a class with no example (log 0): exp underflows to 0
 
 
 @functools.lru_cache(maxsize=8)
 def _heads_of(model: str, seed: int) -> tuple[str, tuple[str, ...]]:
-    from ..modelspec import load_model
-
-    specs = load_model(model, seed)[0].specs
-    last = specs[-1]
+    last = model_specs(model, seed)[-1]
     ins = last.props.get("input_layers", "")
     names = tuple(s.strip() for s in (ins.split(",") if isinstance(ins, str) else ins)
                   if str(s).strip())
     return last.type.lower(), names
 
 
-def heads(run: LocalRun) -> tuple[str, str]:
+def heads_of(model: str, seed: int, personal_keys: list[str]) -> tuple[str, str] | None:
     """(G-head, P-head) layer names: the two inputs of the model's output sum, the
-    personal one being the P-head."""
-    kind, names = _heads_of(run.cfg.model, run.cfg.model_seed)
-    mine = layers_of(run.personal_keys)
+    personal one being the P-head, the generic one with a bias; None for another model."""
+    kind, names = _heads_of(model, seed)
+    mine = layers_of(personal_keys)
     p = [n for n in names if n in mine]
     g = [n for n in names if n not in mine]
     if kind != "addition" or len(names) != 2 or len(p) != 1 or len(g) != 1:
+        return None
+    return g[0], p[0]
+
+
+def heads(run: LocalRun) -> tuple[str, str]:
+    """:func:`heads_of` the run's model, refused when it is not FedRoD's."""
+    found = heads_of(run.cfg.model, run.cfg.model_seed, run.personal_keys)
+    if found is None:
+        kind, names = _heads_of(run.cfg.model, run.cfg.model_seed)
         raise ConfigError("local-update fedrod needs a model whose output is an addition of "
                           "a generic head and a personal head (the fedrod algorithm builds it); "
-                          f"got a {kind} of {list(names)} with personal layers {sorted(mine)}")
-    return g[0], p[0]
+                          f"got a {kind} of {list(names)} with personal layers "
+                          f"{sorted(layers_of(run.personal_keys))}")
+    return found
+
+
+def is_two_heads(cfg: DeviceConfig) -> bool:
+    """Does the config's model end in FedRoD's sum of a generic head (with a bias) and a
+    personal head? (``local-update = auto`` then picks fedrod.)"""
+    if not patterns(cfg.personal):
+        return False
+    keys = list(initial_weights(cfg.model, cfg.model_seed))
+    found = heads_of(cfg.model, cfg.model_seed, split_keys(keys, cfg.personal)[1])
+    return found is not None and found[0] + ":bias" in keys
 
 
 def log_prior(y: np.ndarray, classes: int) -> np.ndarray:
@@ -80,7 +99,7 @@ def generic_gradient(grads: Gradients, w: dict[str, np.ndarray], idx: np.ndarray
     return loss, {k: a for k, a in g.items() if k.split(":", 1)[0] != p_head}
 
 
-@local_update("fedrod")
+@local_update("fedrod", auto=("a model ending in a generic + personal head sum", is_two_heads))
 def fedrod(run: LocalRun) -> None:
     """FedRoD's two heads, each step: body + G-head on the balanced softmax, the P-head on
     the cross-entropy of the summed logits (module docstring)."""

@@ -21,6 +21,7 @@ from .state import Arrays, DeviceData
 
 _TRAINERS: OrderedDict[tuple[Any, ...], Model] = OrderedDict()
 _INIT: dict[tuple[str, int], Arrays] = {}
+_SPECS: dict[tuple[str, int], list[LayerSpec]] = {}  # from the same load as _INIT
 MAX_TRAINERS = 16  # compiled models kept per process (each holds a planned pool)
 
 
@@ -28,8 +29,18 @@ def initial_weights(model: str, seed: int) -> Arrays:
     """The model's seeded initial weights (cached per process)."""
     key = (model, int(seed))
     if key not in _INIT:
-        _INIT[key] = load_model(model, seed)[0].get_weights()
+        m = load_model(model, seed)[0]
+        _INIT[key], _SPECS[key] = m.get_weights(), m.specs
     return _INIT[key]
+
+
+def model_specs(model: str, seed: int) -> list[LayerSpec]:
+    """The model's layer specs, from the load :func:`initial_weights` makes (a model is
+    loaded once per process: a large one costs seconds and its weights' bytes)."""
+    key = (model, int(seed))
+    if key not in _SPECS:
+        initial_weights(model, seed)
+    return _SPECS[key]
 
 
 def _keep(key: tuple[Any, ...], m: Model) -> Model:
@@ -113,8 +124,10 @@ def with_fallbacks(cfg: DeviceConfig, settings: DeviceSettings, batch: int,
 
 
 def phase_seed(cfg: DeviceConfig, device_id: int, phase: str) -> int:
-    """The shuffling seed of one training phase of one device in one round."""
-    return zlib.crc32(f"{cfg.seed}/{device_id}/{cfg.server_round}/{phase}".encode())
+    """The shuffling seed of one training phase of one device in one round: from the
+    config's ``shuffle-seed``, else its ``seed`` (the same seeds when both are equal)."""
+    seed = cfg.seed if cfg.shuffle_seed is None else cfg.shuffle_seed
+    return zlib.crc32(f"{seed}/{device_id}/{cfg.server_round}/{phase}".encode())
 
 
 def fit(m: Model, weights: Arrays, data: DeviceData, cfg: DeviceConfig, epochs: int,

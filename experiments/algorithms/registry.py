@@ -109,7 +109,7 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
     Algorithm("fedbabu", "the head stays at its random init during federated training, the "
               "body alone is aggregated; each device fine-tunes the whole model at evaluation",
               "Oh et al., ICLR 2022", personal="{head}",
-              client={"local-update": "fedbabu", "finetune-epochs": 5}),
+              client={"local-update": "fedbabu", "fixed-head": True, "finetune-epochs": 5}),
     Algorithm("fedrod", "a generic head trained with the balanced softmax and aggregated, plus "
               "a personal head; the prediction is the sum of both", "Chen & Chao, ICLR 2022",
               personal="{head}", client={"local-update": "fedrod", **PLAIN_SGD}, model=two_heads),
