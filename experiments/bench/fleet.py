@@ -17,6 +17,7 @@ the fleet engine every device runs under a RAM cap (``--cap``) that the runtime 
     python -m experiments.bench.fleet                       # 1,000 devices, both sides
     python -m experiments.bench.fleet --devices 10000 --rounds 1 --no-flower
     python -m experiments.bench.fleet --backend ray         # + the fleet engine on Ray
+    python -m experiments.bench.fleet --profile             # + where a device-round goes
 
 With ``--backend ray`` the fleet engine also runs on a Ray started in this process (its
 start, its processes and its memory counted like the rest), and the bench prints what the
@@ -36,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 MIB = 1024 * 1024
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -92,7 +93,7 @@ class TreeSampler:
 
 
 def run_fleet(devices: int, rounds: int, cap: int, workers: int,
-              backend: str = "local") -> dict[str, Any]:
+              backend: str = "local", profile: bool = False) -> dict[str, Any]:
     """The workload on the fleet engine, in this process plus its workers; ``backend="ray"``:
     on a Ray cluster started here (``ray.init``, counted in start-up and memory)."""
     t0 = time.perf_counter()
@@ -125,7 +126,12 @@ def run_fleet(devices: int, rounds: int, cap: int, workers: int,
             from server.logs import plain_when_not_a_terminal
             plain_when_not_a_terminal()
             before = mem.now()
-            grid = FleetGrid(eng, "bench")
+            if profile:  # phase clocks (experiments/bench/fleet_profile.py)
+                from . import fleet_profile
+                grid: FleetGrid = fleet_profile.TimedGrid(eng, "bench")
+                fleet_profile.reset(eng)
+            else:
+                grid = FleetGrid(eng, "bench")
             t1, cpu1 = time.perf_counter(), sum(psutil.Process().cpu_times()[:2])
             ctx = run_serverapp(server.app, grid, rc)
             rounds_s = time.perf_counter() - t1
@@ -134,7 +140,11 @@ def run_fleet(devices: int, rounds: int, cap: int, workers: int,
             ok = sum(r["ok"] for r in grid.rounds)
             n_workers = len(eng.procs)
             kernels = {k: v["devices"] for k, v in eng.kernel_summary()["per_kind"].items()}
-            extra = ray_figures(eng) if backend == "ray" else {}
+            if profile:
+                extra = {"profile": fleet_profile.collect(eng, cast(Any, grid), rounds_s,
+                                                          devices * rounds)}
+            extra = {**(extra if profile else {}),
+                     **(ray_figures(eng) if backend == "ray" else {})}
         assert ctx.state["final-arrays"]
     name = "nnfleet fleet engine" + (" on Ray" if backend == "ray" else "")
     return {**extra, "runtime": name, "startup_s": startup, "rounds_s": rounds_s,
@@ -259,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(default: local only)")
     p.add_argument("--flower-timeout", type=float, default=900.0,
                    help="seconds Flower's run may take")
+    p.add_argument("--profile", action="store_true", help="also print where a device-round's "
+                   "time goes on the fleet engine (head and worker phases, microseconds)")
     p.add_argument("--json", help="also write the results to this file (None = not written)")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.devices < 2 or args.rounds < 1:
@@ -266,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"workload: {args.devices} devices x {args.rounds} rounds, logistic regression 60->10, "
           f"FedAvg, 40 samples per device", flush=True)
-    results = [run_fleet(args.devices, args.rounds, parse_size(args.cap), args.workers)]
+    results = [run_fleet(args.devices, args.rounds, parse_size(args.cap), args.workers,
+                         profile=args.profile)]
     print(f"fleet engine done ({results[0]['rounds_s']:.1f} s for the rounds)", flush=True)
     if args.backend == "ray":
         from experiments.fleet.backends import need_ray
@@ -313,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
               f"RSS {max(r['actor_rss']) / MIB:.0f} MiB + device worker RSS "
               f"{max(r['worker_rss']) / MIB:.0f} MiB; bytes per device-round: " +
               ", ".join(f"{k} {v:.0f}" for k, v in moved.items()))
+    if args.profile:
+        from .fleet_profile import table
+        print(table(results[0]["profile"]))
     if "flower" not in rows:
         print(f"\nstart-up {results[0]['startup_s']:.2f} s (target <= 2 s); peak memory of the "
               f"process tree {results[0]['peak_tree_bytes'] / MIB:.0f} MiB for "

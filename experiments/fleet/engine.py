@@ -36,6 +36,7 @@ from device_runtime.errors import ConfigError
 
 from .cgroup import ENV as CGROUP_ENV
 from .cgroup import note_once, open_run
+from .clock import Clock
 from .faults import FaultPlan
 from .kernels import NUMBA_MIN_CAP, device_kernels, split_workers
 from .procs import (
@@ -91,6 +92,7 @@ class FleetEngine:
         self.faults = faults if isinstance(faults, FaultPlan) else \
             FaultPlan.from_config(faults, seed)
         self.respawned = 0  # workers replaced after they died
+        self.clock = Clock()  # the head's side of a device-round (bench fleet --profile)
         self.cgroups, self.cgroup_note = open_run(cgroups)
         if self.cgroups is None and cgroups != "off":
             note_once(self.cgroup_note)  # the fallback, said once
@@ -200,6 +202,8 @@ class FleetEngine:
         """Run ``jobs``; results come back as they finish (``on_result`` sees each at once).
 
         Every job gets exactly one result: a device's reply, or a failure (``status``)."""
+        clock = self.clock
+        t_send = time.perf_counter()
         for p in self.procs:
             if p.starting and p.conn.poll(0):  # respawned during an earlier run, now warm
                 p.got_ready(p.conn.recv())
@@ -214,6 +218,7 @@ class FleetEngine:
         for p in self.procs:
             if queue[p.index]:
                 self._send(p, Tasks(tuple(queue[p.index])))
+        clock.add("send", time.perf_counter() - t_send)
         heads = {i: 0 for i in queue}  # tasks of worker i answered so far
         limit = self.faults.timeout
         if limit and self.isolation == "fork":
@@ -224,8 +229,10 @@ class FleetEngine:
 
         def report(r: TaskResult) -> None:
             out.append(r)
+            clock.tasks += 1
             if on_result is not None:
-                on_result(r)
+                with clock("report"):
+                    on_result(r)
 
         while True:
             busy = {p.conn: p for p in self.procs if heads[p.index] < len(queue[p.index])}
@@ -235,10 +242,13 @@ class FleetEngine:
             if limit:
                 due = [since[p.index] + limit for p in busy.values() if not p.starting]
                 wait_s = max(0.0, min(due) - time.monotonic()) if due else limit
-            for conn in cast(list[Connection], wait(list(busy), wait_s)):
+            with clock("wait"):
+                ready = cast(list[Connection], wait(list(busy), wait_s))
+            for conn in ready:
                 p = busy[conn]
                 try:
-                    msg = conn.recv()
+                    with clock("recv"):
+                        msg = conn.recv()
                 except (EOFError, OSError):  # the worker died: its current task failed
                     self._worker_died(p, queue, heads, payloads, report)
                     since[p.index] = time.monotonic()
@@ -319,6 +329,15 @@ class FleetEngine:
             fresh.got_ready(fresh.conn.recv())
         if not fresh.starting:  # start it now
             self._attach(fresh)
+
+    def worker_timings(self) -> list[Any]:
+        """Every worker's phase clocks since the last call (``protocol.Timings``; between
+        runs only)."""
+        from .protocol import Timing
+
+        for p in self.procs:
+            p.conn.send(Timing())
+        return [p.conn.recv() for p in self.procs]
 
     def reset(self, run_key: str) -> None:
         """Forget every device's state for ``run_key`` (a new experiment run)."""
