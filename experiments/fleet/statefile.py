@@ -51,7 +51,9 @@ def state_zip(arrays: dict[str, np.ndarray]) -> bytes:
     central: list[bytes] = []
     offset = 0
     for key, a in arrays.items():
-        a = np.ascontiguousarray(a)
+        a = np.asarray(a)
+        if not a.flags.c_contiguous:  # (np.ascontiguousarray would make a 0-d array 1-d)
+            a = a.copy(order="C")
         if a.dtype.hasobject:
             raise TypeError(f"array {key!r} holds Python objects: not saved (no pickles)")
         name = (key + ".npy").encode("utf-8")
@@ -90,8 +92,13 @@ def _parse(buf: bytes) -> dict[str, np.ndarray] | None:
             return None
         out[name[:-4]] = a
         pos = start + csize
-    if pos + 4 > n or struct.unpack_from("<I", buf, pos)[0] != _SIG_CENTRAL:
-        return None if out or buf[pos:pos + 4] != struct.pack("<I", _SIG_END) else out
+    # then the central directory, and the end record that closes the file: as written
+    if n - pos < _END.size:
+        return None
+    sig, _, _, count, total, cd_size, cd_at, comment = _END.unpack_from(buf, n - _END.size)
+    if (sig, count, total, cd_at, cd_size, comment) != (_SIG_END, len(out), len(out), pos,
+                                                       n - _END.size - pos, 0):
+        return None
     return out
 
 
