@@ -34,6 +34,7 @@ import threading
 import time
 import traceback
 from dataclasses import replace
+from functools import partial
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -90,14 +91,16 @@ def npy_bytes(arrays: dict) -> NpyArrays:
 
 
 def _run_one(kind: str, state: Any, shared: dict, config: dict, fault: str | None = None,
-             options: Options | None = None) -> tuple[Any, dict, Any]:
+             options: Options | None = None, parsed: Any = None) -> tuple[Any, dict, Any]:
+    """``parsed``: ``config`` as a ``DeviceConfig`` already (parsed once per payload)."""
     from device_runtime.device import evaluate_device, run_device
 
+    cfg = config if parsed is None else parsed
     if kind != "train":
         # the experiment's final evaluation names a folder: the weights evaluated (the
         # device's personalized model) are saved there as <device index>.npz
         keep: dict[str, Any] | None = {} if config.get(PERSONAL_DIR) else None
-        metrics = evaluate_device(state, shared, config, keep)
+        metrics = evaluate_device(state, shared, cfg, keep)
         if keep:
             from device_runtime.weights import save_npz_atomic
 
@@ -105,11 +108,11 @@ def _run_one(kind: str, state: Any, shared: dict, config: dict, fault: str | Non
                             keep, fsync=False)  # the experiment syncs the folder once
         return None, metrics, state
     if fault is None:
-        return run_device(state, shared, config)
+        return run_device(state, shared, cfg)
     from experiments.fleet.faults import corrupt, corrupt_metrics, striking
 
     with striking(fault, state.settings):
-        out, metrics, new_state = run_device(state, shared, config)
+        out, metrics, new_state = run_device(state, shared, cfg)
     return (corrupt(fault, out, shared, options or Options()), corrupt_metrics(fault, metrics),
             new_state)
 
@@ -128,6 +131,16 @@ class Worker:
         self.home: Confinement | None = None
         self.clock = Clock()  # where a task's time goes (bench fleet --profile)
         self.folders: set[str] = set()  # state folders known to exist
+        self.configs: dict[int, Any] = {}  # payload id -> its parsed DeviceConfig
+
+    def _parsed(self, pid: int, config: dict) -> Any:
+        """Payload ``pid``'s config as the device program's ``DeviceConfig``, parsed once
+        for all its tasks (a config that does not parse raises for each of them)."""
+        if pid not in self.configs:
+            from device_runtime.device.config import DeviceConfig
+
+            self.configs[pid] = DeviceConfig.from_mapping(config)
+        return self.configs[pid]
 
     def _state_path(self, run_key: str, device: int) -> str:
         return os.path.join(self.state_dir, run_key, f"{device}.npz")
@@ -195,12 +208,14 @@ class Worker:
             with clock("state read"):
                 state = self.state_for(task.run_key, device, task.settings)
             with clock("device program"):
+                parsed = self._parsed(task.pid, config)
                 if self.isolation == "fork":
-                    out, metrics, new_state = run_forked(_run_one, kind, state, shared, config,
-                                                         fault, self.options, self.conf)
+                    out, metrics, new_state = run_forked(partial(_run_one, parsed=parsed), kind,
+                                                         state, shared, config, fault,
+                                                         self.options, self.conf)
                 else:
                     out, metrics, new_state = _run_one(kind, state, shared, config, fault,
-                                                       self.options)
+                                                       self.options, parsed)
         except Exception as e:  # noqa: BLE001 - the device's error reply to the server
             from experiments.fleet.faults import DeviceFailure
 
@@ -264,6 +279,7 @@ class Worker:
                     self.state_dir = msg.state_dir
                     self.folders.clear()
                     self.payloads.clear()
+                    self.configs.clear()
                     if self.conf is None:
                         from experiments.fleet.cgroup_task import worker_confinement
                         self.conf, self.home = worker_confinement(self.isolation)
@@ -271,8 +287,10 @@ class Worker:
                     self.options = msg
                 case Payload():
                     self.payloads[msg.pid] = (msg.shared, msg.config)
+                    self.configs.pop(msg.pid, None)
                 case Drop():
                     self.payloads.pop(msg.pid, None)
+                    self.configs.pop(msg.pid, None)
                 case Tasks():
                     for t in msg.tasks:
                         res = self.task(t)
