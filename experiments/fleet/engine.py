@@ -54,6 +54,8 @@ from .store import write_store
 
 FORK_GRACE = 5.0  # fork isolation: the worker kills a late device itself; the engine only
 # kills the worker when even that did not happen this much later
+GATHER_SECONDS = 0.001  # between two wake-ups of a run: a worker's result wakes no one
+# (on a loaded machine, each wake-up could take the core from a worker)
 # payload id -> (shared weights, server config) of the messages of one run
 Payloads = dict[int, tuple[dict[str, np.ndarray], dict[str, Any]]]
 
@@ -244,7 +246,9 @@ class FleetEngine:
                 wait_s = max(0.0, min(due) - time.monotonic()) if due else limit
             with clock("wait"):
                 ready = cast(list[Connection], wait(list(busy), wait_s))
-            for conn in ready:
+            todo = list(ready)
+            while todo:
+                conn = todo.pop()
                 p = busy[conn]
                 try:
                     with clock("recv"):
@@ -269,8 +273,13 @@ class FleetEngine:
                 report(TaskResult(task.task_id, task.device, task.kind, msg.shared, msg.metrics,
                                   err, msg.detail, msg.status, task.fault, p.kernels,
                                   p.baseline_rss))
+                if heads[p.index] < len(queue[p.index]) and conn.poll(0):
+                    todo.append(conn)  # more waiting: taken in this same wake-up
             if limit:
                 self._kill_late(busy.values(), since, limit)
+            if any(heads[i] < len(q) for i, q in queue.items()):
+                with clock("wait"):  # let results gather: one wake-up takes several
+                    time.sleep(GATHER_SECONDS)
         for p in self.procs:
             for pid in payloads:
                 self._send(p, Drop(pid))
