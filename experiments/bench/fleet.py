@@ -129,7 +129,7 @@ def run_fleet(devices: int, rounds: int, cap: int, workers: int,
             if profile:  # phase clocks (experiments/bench/fleet_profile.py)
                 from . import fleet_profile
                 grid: FleetGrid = fleet_profile.TimedGrid(eng, "bench")
-                fleet_profile.reset(eng)
+                cpu0 = fleet_profile.reset(eng)
             else:
                 grid = FleetGrid(eng, "bench")
             t1, cpu1 = time.perf_counter(), sum(psutil.Process().cpu_times()[:2])
@@ -142,7 +142,7 @@ def run_fleet(devices: int, rounds: int, cap: int, workers: int,
             kernels = {k: v["devices"] for k, v in eng.kernel_summary()["per_kind"].items()}
             if profile:
                 extra = {"profile": fleet_profile.collect(eng, cast(Any, grid), rounds_s,
-                                                          devices * rounds)}
+                                                          devices * rounds, cpu0)}
             extra = {**(extra if profile else {}),
                      **(ray_figures(eng) if backend == "ray" else {})}
         assert ctx.state["final-arrays"]

@@ -10,6 +10,7 @@ run side by side (divide by the workers for their share of the wall time).
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -46,10 +47,31 @@ class TimedGrid(FleetGrid):
             self.execute_seconds += time.perf_counter() - t
 
 
-def collect(eng: Any, grid: TimedGrid, rounds_s: float, device_rounds: int) -> dict[str, Any]:
-    """The profile of the rounds just run (the clocks were started afresh before them)."""
+def _cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes ``pids`` used so far."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _pids(eng: Any) -> tuple[list[int], list[int]]:
+    return [os.getpid()], [p.pid for p in eng.procs]
+
+
+def collect(eng: Any, grid: TimedGrid, rounds_s: float, device_rounds: int,
+            cpu0: tuple[float, float]) -> dict[str, Any]:
+    """The profile of the rounds just run (``cpu0``: what :func:`reset` returned)."""
     head, _ = eng.clock.take()
     timings = eng.worker_timings()
+    head_pids, worker_pids = _pids(eng)
+    cpu = (_cpu(head_pids) - cpu0[0], _cpu(worker_pids) - cpu0[1])
     workers = merge([t.seconds for t in timings])
     in_engine = sum(head.get(k, 0.0) for k in HEAD_PHASES)
     us = 1e6 / device_rounds
@@ -61,13 +83,17 @@ def collect(eng: Any, grid: TimedGrid, rounds_s: float, device_rounds: int) -> d
                                                                 - in_engine) * us,
                         **{HEAD_NAMES[k]: head.get(k, 0.0) * us for k in HEAD_PHASES}},
             "worker_us": {WORKER_NAMES[k]: workers.get(k, 0.0) * us for k in WORKER_PHASES},
-            "worker_tasks": sum(t.tasks for t in timings)}
+            "worker_tasks": sum(t.tasks for t in timings),
+            "cpu_us": {"head": cpu[0] * us, "workers": cpu[1] * us}}
 
 
-def reset(eng: Any) -> None:
-    """Start every clock afresh (before the rounds)."""
+def reset(eng: Any) -> tuple[float, float]:
+    """Start every clock afresh (before the rounds); the CPU seconds of the head and of
+    the workers so far."""
     eng.clock.take()
     eng.worker_timings()
+    head_pids, worker_pids = _pids(eng)
+    return _cpu(head_pids), _cpu(worker_pids)
 
 
 def table(prof: dict[str, Any]) -> str:
@@ -83,4 +109,8 @@ def table(prof: dict[str, Any]) -> str:
                  f"{busy / max(n, 1):.0f} us of wall each):")
     for k, v in prof["worker_us"].items():
         lines.append(f"  {k:52s} {v:8.0f}")
+    cpu = prof["cpu_us"]
+    lines.append(f"CPU used (user + system): head {cpu['head']:.0f} us, workers "
+                 f"{cpu['workers']:.0f} us per device-round (the rest of the wall time above "
+                 f"is waiting: for the CPU, the disk, each other)")
     return "\n".join(lines)
