@@ -12,11 +12,15 @@ the fleet engine every device runs under a RAM cap (``--cap``) that the runtime 
   round can begin: Flower's SuperLink, run submission, simulation process, Ray and the
   ServerApp; for nnfleet, data packing and warm workers.
 - *device-rounds/s*: devices x rounds / the strategy's own time for all rounds.
+- *CPU ms/dr*: CPU time (user + system) of the whole process tree during the rounds, per
+  device-round: what the work costs, whatever else the machine runs (on a loaded machine
+  the rounds' wall time also depends on how many processes each side has in the queue).
 - *peak memory*: the largest sum of RSS over the whole process tree, sampled every 50 ms.
 
     python -m experiments.bench.fleet                       # 1,000 devices, both sides
     python -m experiments.bench.fleet --devices 10000 --rounds 1 --no-flower
     python -m experiments.bench.fleet --backend ray         # + the fleet engine on Ray
+    python -m experiments.bench.fleet --profile             # + where a device-round goes
 
 With ``--backend ray`` the fleet engine also runs on a Ray started in this process (its
 start, its processes and its memory counted like the rest), and the bench prints what the
@@ -36,7 +40,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 MIB = 1024 * 1024
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -55,13 +59,16 @@ def workload(devices: int, rounds: int) -> dict[str, Any]:
 
 
 class TreeSampler:
-    """Peak of the summed RSS of a process and all its descendants, sampled in a thread."""
+    """Peak of the summed RSS of a process and all its descendants, sampled in a thread;
+    and the CPU time they used (the last seen of each process: one that ends between two
+    samples loses at most one interval's CPU)."""
 
     def __init__(self, pid: int, interval: float = 0.05) -> None:
         import psutil
         self.root = psutil.Process(pid)
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
+        self._cpu: dict[int, float] = {}
 
     def now(self) -> int:
         import psutil
@@ -73,9 +80,16 @@ class TreeSampler:
         for p in procs:
             try:
                 total += p.memory_info().rss
+                t = p.cpu_times()
+                self._cpu[p.pid] = t.user + t.system
             except psutil.Error:
                 pass
         return total
+
+    def cpu(self) -> float:
+        """CPU seconds (user + system) the tree used so far (sampled now)."""
+        self.now()
+        return sum(self._cpu.values())
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -92,7 +106,7 @@ class TreeSampler:
 
 
 def run_fleet(devices: int, rounds: int, cap: int, workers: int,
-              backend: str = "local") -> dict[str, Any]:
+              backend: str = "local", profile: bool = False) -> dict[str, Any]:
     """The workload on the fleet engine, in this process plus its workers; ``backend="ray"``:
     on a Ray cluster started here (``ray.init``, counted in start-up and memory)."""
     t0 = time.perf_counter()
@@ -125,22 +139,34 @@ def run_fleet(devices: int, rounds: int, cap: int, workers: int,
             from server.logs import plain_when_not_a_terminal
             plain_when_not_a_terminal()
             before = mem.now()
-            grid = FleetGrid(eng, "bench")
+            if profile:  # phase clocks (experiments/bench/fleet_profile.py)
+                from . import fleet_profile
+                grid: FleetGrid = fleet_profile.TimedGrid(eng, "bench")
+                cpu0 = fleet_profile.reset(eng)
+            else:
+                grid = FleetGrid(eng, "bench")
             t1, cpu1 = time.perf_counter(), sum(psutil.Process().cpu_times()[:2])
+            tree_cpu = mem.cpu()
             ctx = run_serverapp(server.app, grid, rc)
             rounds_s = time.perf_counter() - t1
+            tree_cpu = mem.cpu() - tree_cpu
             # this process only (ServerApp, grid, engine): the part no worker can take over
             head_cpu = sum(psutil.Process().cpu_times()[:2]) - cpu1
             ok = sum(r["ok"] for r in grid.rounds)
             n_workers = len(eng.procs)
             kernels = {k: v["devices"] for k, v in eng.kernel_summary()["per_kind"].items()}
-            extra = ray_figures(eng) if backend == "ray" else {}
+            if profile:
+                extra = {"profile": fleet_profile.collect(eng, cast(Any, grid), rounds_s,
+                                                          devices * rounds, cpu0)}
+            extra = {**(extra if profile else {}),
+                     **(ray_figures(eng) if backend == "ray" else {})}
         assert ctx.state["final-arrays"]
     name = "nnfleet fleet engine" + (" on Ray" if backend == "ray" else "")
     return {**extra, "runtime": name, "startup_s": startup, "rounds_s": rounds_s,
             "head_cpu_ms_per_device_round": 1000 * head_cpu / (devices * rounds),
             "device_rounds": devices * rounds, "ok_device_rounds": ok,
             "device_rounds_per_s": devices * rounds / rounds_s, "peak_tree_bytes": mem.peak,
+            "cpu_ms_per_device_round": 1000 * tree_cpu / (devices * rounds),
             "before_first_round_bytes": before, "workers": n_workers, "kernels": kernels,
             "ram_cap": cap,
             "caps_enforced": True}
@@ -199,6 +225,7 @@ def run_flower(devices: int, rounds: int, timeout: float) -> dict[str, Any]:
                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
             procs.append(run)
             first_round = finished = None
+            cpu_first = cpu_rounds = 0.0
             aggregated: list[float] = []  # when each round's aggregation was logged
             before = 0
             deadline = time.monotonic() + timeout
@@ -209,11 +236,14 @@ def run_flower(devices: int, rounds: int, timeout: float) -> dict[str, Any]:
                 if first_round is None and "[ROUND 1/" in line:
                     first_round = time.perf_counter() - t0
                     before = mem.now()
+                    cpu_first = mem.cpu()
                 m = re.search(r"Strategy execution finished in ([0-9.]+)s", line)
                 if m:
                     finished = float(m.group(1))
+                    cpu_rounds = mem.cpu() - cpu_first
                 if "aggregate_train: Received" in line:  # when the stream ends early
                     aggregated.append(time.perf_counter() - t0)
+                    cpu_rounds = mem.cpu() - cpu_first
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"flwr run took more than {timeout}s")
             run.wait(timeout=30)
@@ -226,6 +256,7 @@ def run_flower(devices: int, rounds: int, timeout: float) -> dict[str, Any]:
             raise RuntimeError("flwr run ended without running the rounds:\n" + "".join(tail))
         out.update(startup_s=first_round, rounds_s=finished, device_rounds=devices * rounds,
                    device_rounds_per_s=devices * rounds / finished, peak_tree_bytes=mem.peak,
+                   cpu_ms_per_device_round=1000 * cpu_rounds / (devices * rounds),
                    before_first_round_bytes=before)
     finally:
         from experiments.fleet.procs import kill_trees
@@ -236,7 +267,8 @@ def run_flower(devices: int, rounds: int, timeout: float) -> dict[str, Any]:
 
 def _row(r: dict[str, Any]) -> str:
     return (f"{r['runtime']:32s} {r['startup_s']:9.2f} {r['rounds_s']:9.2f} "
-            f"{r['device_rounds_per_s']:12.0f} {r['peak_tree_bytes'] / MIB:10.0f} "
+            f"{r['device_rounds_per_s']:12.0f} {r['cpu_ms_per_device_round']:9.2f} "
+            f"{r['peak_tree_bytes'] / MIB:10.0f} "
             f"{r['before_first_round_bytes'] / MIB:12.0f}  {'yes' if r['caps_enforced'] else 'no'}")
 
 
@@ -259,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(default: local only)")
     p.add_argument("--flower-timeout", type=float, default=900.0,
                    help="seconds Flower's run may take")
+    p.add_argument("--profile", action="store_true", help="also print where a device-round's "
+                   "time goes on the fleet engine (head and worker phases, microseconds)")
     p.add_argument("--json", help="also write the results to this file (None = not written)")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.devices < 2 or args.rounds < 1:
@@ -266,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"workload: {args.devices} devices x {args.rounds} rounds, logistic regression 60->10, "
           f"FedAvg, 40 samples per device", flush=True)
-    results = [run_fleet(args.devices, args.rounds, parse_size(args.cap), args.workers)]
+    results = [run_fleet(args.devices, args.rounds, parse_size(args.cap), args.workers,
+                         profile=args.profile)]
     print(f"fleet engine done ({results[0]['rounds_s']:.1f} s for the rounds)", flush=True)
     if args.backend == "ray":
         from experiments.fleet.backends import need_ray
@@ -281,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, RuntimeError, TimeoutError) as e:
             print(f"Flower simulation failed: {e}", file=sys.stderr)
     print(f"\n{'runtime':32s} {'start-up s':>9s} {'rounds s':>9s} {'device-rds/s':>12s} "
+          f"{'CPU ms/dr':>9s} "
           f"{'peak MiB':>10s} {'MiB@round1':>12s}  caps")
     for r in results:
         print(_row(r))
@@ -294,9 +330,12 @@ def main(argv: list[str] | None = None) -> int:
             ratios[f"{a}_vs_{b}"] = {
                 "device_rounds_per_s": ours["device_rounds_per_s"] / other["device_rounds_per_s"],
                 "startup": other["startup_s"] / ours["startup_s"],
+                "cpu_per_device_round": other["cpu_ms_per_device_round"] /
+                max(ours["cpu_ms_per_device_round"], 1e-9),
                 "peak_memory": other["peak_tree_bytes"] / max(ours["peak_tree_bytes"], 1)}
             r = ratios[f"{a}_vs_{b}"]
             print(f"ratios ({a} vs {b}): device-rounds/s {r['device_rounds_per_s']:.2f}x, "
+                  f"CPU per device-round {r['cpu_per_device_round']:.2f}x less, "
                   f"start-up {r['startup']:.2f}x faster, peak memory {r['peak_memory']:.2f}x "
                   f"smaller")
     summary["ratios"] = ratios
@@ -313,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
               f"RSS {max(r['actor_rss']) / MIB:.0f} MiB + device worker RSS "
               f"{max(r['worker_rss']) / MIB:.0f} MiB; bytes per device-round: " +
               ", ".join(f"{k} {v:.0f}" for k, v in moved.items()))
+    if args.profile:
+        from .fleet_profile import table
+        print(table(results[0]["profile"]))
     if "flower" not in rows:
         print(f"\nstart-up {results[0]['startup_s']:.2f} s (target <= 2 s); peak memory of the "
               f"process tree {results[0]['peak_tree_bytes'] / MIB:.0f} MiB for "

@@ -36,6 +36,7 @@ from device_runtime.errors import ConfigError
 
 from .cgroup import ENV as CGROUP_ENV
 from .cgroup import note_once, open_run
+from .clock import Clock
 from .faults import FaultPlan
 from .kernels import NUMBA_MIN_CAP, device_kernels, split_workers
 from .procs import (
@@ -53,6 +54,8 @@ from .store import write_store
 
 FORK_GRACE = 5.0  # fork isolation: the worker kills a late device itself; the engine only
 # kills the worker when even that did not happen this much later
+GATHER_SECONDS = 0.001  # between two wake-ups of a run: a worker's result wakes no one
+# (on a loaded machine, each wake-up could take the core from a worker)
 # payload id -> (shared weights, server config) of the messages of one run
 Payloads = dict[int, tuple[dict[str, np.ndarray], dict[str, Any]]]
 
@@ -91,6 +94,7 @@ class FleetEngine:
         self.faults = faults if isinstance(faults, FaultPlan) else \
             FaultPlan.from_config(faults, seed)
         self.respawned = 0  # workers replaced after they died
+        self.clock = Clock()  # the head's side of a device-round (bench fleet --profile)
         self.cgroups, self.cgroup_note = open_run(cgroups)
         if self.cgroups is None and cgroups != "off":
             note_once(self.cgroup_note)  # the fallback, said once
@@ -200,6 +204,8 @@ class FleetEngine:
         """Run ``jobs``; results come back as they finish (``on_result`` sees each at once).
 
         Every job gets exactly one result: a device's reply, or a failure (``status``)."""
+        clock = self.clock
+        t_send = time.perf_counter()
         for p in self.procs:
             if p.starting and p.conn.poll(0):  # respawned during an earlier run, now warm
                 p.got_ready(p.conn.recv())
@@ -214,6 +220,7 @@ class FleetEngine:
         for p in self.procs:
             if queue[p.index]:
                 self._send(p, Tasks(tuple(queue[p.index])))
+        clock.add("send", time.perf_counter() - t_send)
         heads = {i: 0 for i in queue}  # tasks of worker i answered so far
         limit = self.faults.timeout
         if limit and self.isolation == "fork":
@@ -224,8 +231,10 @@ class FleetEngine:
 
         def report(r: TaskResult) -> None:
             out.append(r)
+            clock.tasks += 1
             if on_result is not None:
-                on_result(r)
+                with clock("report"):
+                    on_result(r)
 
         while True:
             busy = {p.conn: p for p in self.procs if heads[p.index] < len(queue[p.index])}
@@ -235,10 +244,15 @@ class FleetEngine:
             if limit:
                 due = [since[p.index] + limit for p in busy.values() if not p.starting]
                 wait_s = max(0.0, min(due) - time.monotonic()) if due else limit
-            for conn in cast(list[Connection], wait(list(busy), wait_s)):
+            with clock("wait"):
+                ready = cast(list[Connection], wait(list(busy), wait_s))
+            todo = list(ready)
+            while todo:
+                conn = todo.pop()
                 p = busy[conn]
                 try:
-                    msg = conn.recv()
+                    with clock("recv"):
+                        msg = conn.recv()
                 except (EOFError, OSError):  # the worker died: its current task failed
                     self._worker_died(p, queue, heads, payloads, report)
                     since[p.index] = time.monotonic()
@@ -259,8 +273,13 @@ class FleetEngine:
                 report(TaskResult(task.task_id, task.device, task.kind, msg.shared, msg.metrics,
                                   err, msg.detail, msg.status, task.fault, p.kernels,
                                   p.baseline_rss))
+                if heads[p.index] < len(queue[p.index]) and conn.poll(0):
+                    todo.append(conn)  # more waiting: taken in this same wake-up
             if limit:
                 self._kill_late(busy.values(), since, limit)
+            if any(heads[i] < len(q) for i, q in queue.items()):
+                with clock("wait"):  # let results gather: one wake-up takes several
+                    time.sleep(GATHER_SECONDS)
         for p in self.procs:
             for pid in payloads:
                 self._send(p, Drop(pid))
@@ -319,6 +338,15 @@ class FleetEngine:
             fresh.got_ready(fresh.conn.recv())
         if not fresh.starting:  # start it now
             self._attach(fresh)
+
+    def worker_timings(self) -> list[Any]:
+        """Every worker's phase clocks since the last call (``protocol.Timings``; between
+        runs only)."""
+        from .protocol import Timing
+
+        for p in self.procs:
+            p.conn.send(Timing())
+        return [p.conn.recv() for p in self.procs]
 
     def reset(self, run_key: str) -> None:
         """Forget every device's state for ``run_key`` (a new experiment run)."""

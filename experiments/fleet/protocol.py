@@ -3,8 +3,8 @@ engine and its worker processes send each other over their socket pair (pickled)
 
 Engine -> worker: :class:`Setup` (once a worker is ready, and again for a respawned one),
 :class:`Options`, :class:`Payload` / :class:`Drop`, :class:`Tasks`, :class:`Reset`,
-:class:`Stop`. Worker -> engine: :class:`Ready` (once warm), then one :class:`Result` per
-task, in the order of the tasks.
+:class:`Stop`, :class:`Timing`. Worker -> engine: :class:`Ready` (once warm), then one
+:class:`Result` per task, in the order of the tasks; a :class:`Timings` for each Timing.
 
 Both sides import this module, so every field is seen by name; the device's settings
 travel as the runtime's own ``DeviceSettings`` (no string round trip).
@@ -101,6 +101,11 @@ class Stop:
     """End the worker."""
 
 
+@dataclass(frozen=True)
+class Timing:
+    """Send your phase clocks (:mod:`experiments.fleet.clock`) and start them afresh."""
+
+
 # ---------------------------------------------------------------- worker -> engine
 @dataclass(frozen=True)
 class Ready:
@@ -122,6 +127,14 @@ class Result:
     error: str | None = None
     detail: str | None = None  # a short traceback of an unexpected error
     status: str | None = None  # no update: "raised", "killed", "timeout"
+
+
+@dataclass(frozen=True)
+class Timings:
+    """A worker's seconds per phase and tasks run since the last :class:`Timing`."""
+
+    seconds: dict[str, float]
+    tasks: int
 
 
 # ---------------------------------------------------------------- engine -> grid

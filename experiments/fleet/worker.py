@@ -34,9 +34,11 @@ import threading
 import time
 import traceback
 from dataclasses import replace
+from functools import partial
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from experiments.fleet.clock import Clock
 from experiments.fleet.forking import CHILD, run_forked
 from experiments.fleet.protocol import (
     Drop,
@@ -50,7 +52,10 @@ from experiments.fleet.protocol import (
     Stop,
     Task,
     Tasks,
+    Timing,
+    Timings,
 )
+from experiments.fleet.statefile import read_state, write_state
 
 if TYPE_CHECKING:
     from device_runtime.device import DeviceSettings
@@ -86,14 +91,16 @@ def npy_bytes(arrays: dict) -> NpyArrays:
 
 
 def _run_one(kind: str, state: Any, shared: dict, config: dict, fault: str | None = None,
-             options: Options | None = None) -> tuple[Any, dict, Any]:
+             options: Options | None = None, parsed: Any = None) -> tuple[Any, dict, Any]:
+    """``parsed``: ``config`` as a ``DeviceConfig`` already (parsed once per payload)."""
     from device_runtime.device import evaluate_device, run_device
 
+    cfg = config if parsed is None else parsed
     if kind != "train":
         # the experiment's final evaluation names a folder: the weights evaluated (the
         # device's personalized model) are saved there as <device index>.npz
         keep: dict[str, Any] | None = {} if config.get(PERSONAL_DIR) else None
-        metrics = evaluate_device(state, shared, config, keep)
+        metrics = evaluate_device(state, shared, cfg, keep)
         if keep:
             from device_runtime.weights import save_npz_atomic
 
@@ -101,11 +108,11 @@ def _run_one(kind: str, state: Any, shared: dict, config: dict, fault: str | Non
                             keep, fsync=False)  # the experiment syncs the folder once
         return None, metrics, state
     if fault is None:
-        return run_device(state, shared, config)
+        return run_device(state, shared, cfg)
     from experiments.fleet.faults import corrupt, corrupt_metrics, striking
 
     with striking(fault, state.settings):
-        out, metrics, new_state = run_device(state, shared, config)
+        out, metrics, new_state = run_device(state, shared, cfg)
     return (corrupt(fault, out, shared, options or Options()), corrupt_metrics(fault, metrics),
             new_state)
 
@@ -122,31 +129,44 @@ class Worker:
         # task (the worker's own, or its fork children's), and a v2 fork worker's own leaf
         self.conf: Confinement | None = None
         self.home: Confinement | None = None
+        self.clock = Clock()  # where a task's time goes (bench fleet --profile)
+        self.folders: set[str] = set()  # state folders known to exist
+        self.configs: dict[int, Any] = {}  # payload id -> its parsed DeviceConfig
+
+    def _parsed(self, pid: int, config: dict) -> Any:
+        """Payload ``pid``'s config as the device program's ``DeviceConfig``, parsed once
+        for all its tasks (a config that does not parse raises for each of them)."""
+        if pid not in self.configs:
+            from device_runtime.device.config import DeviceConfig
+
+            self.configs[pid] = DeviceConfig.from_mapping(config)
+        return self.configs[pid]
 
     def _state_path(self, run_key: str, device: int) -> str:
         return os.path.join(self.state_dir, run_key, f"{device}.npz")
 
     def state_for(self, run_key: str, device: int, settings: DeviceSettings) -> Any:
         """Device ``device``'s state: its data from the store, its settings, its stored state."""
-        from device_runtime.device import DeviceData, DeviceState, load_state
+        from device_runtime.device import DeviceData, DeviceState
 
         x, y, xt, yt = self.store.read(device)
-        arrays: dict[str, Any] = {}
-        meta: dict[str, float] = {}
-        path = self._state_path(run_key, device)
-        if os.path.exists(path):
-            arrays, meta = load_state(path)
+        arrays, meta = read_state(self._state_path(run_key, device)) or ({}, {})
         # a copy: a device (or a "cap" fault) may change its settings while it runs
         return DeviceState(device, DeviceData(x, y, xt, yt), replace(settings), arrays, meta)
 
     def save_state(self, run_key: str, device: int, state: Any,
                    before_rename: Any = None) -> None:
         """The device runtime's own state file (private, atomic; no pickle)."""
-        from device_runtime.device import save_state
-
         path = self._state_path(run_key, device)
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        save_state(state, path, fsync=False, before_rename=before_rename)
+        folder = os.path.dirname(path)
+        if folder in self.folders:  # made before (unless removed since: then again)
+            try:
+                return write_state(state, path, before_rename)
+            except FileNotFoundError:
+                pass
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        self.folders.add(folder)
+        write_state(state, path, before_rename)
 
     def task(self, task: Task) -> Result:
         """Run one task; its Result (the device's reply, or why there is none)."""
@@ -155,18 +175,22 @@ class Worker:
         # worker isolation: the cap holds over the task's whole life (evaluation, the
         # reply's serialization and the state's saving too), as fork isolation's watchdog
         # holds it over the child's; a fork child is measured by that watchdog
-        win = rss.open_window() if self.isolation != "fork" else None
-        cap = task.settings.ram_cap
-        # the kernel's limit too, where the run has cgroups (fork: set for the child)
-        limit = self.conf.arm(cap, rss.current_rss()) \
-            if self.conf is not None and cap and self.isolation != "fork" else None
+        clock = self.clock
+        clock.tasks += 1
+        with clock("guard arm"):
+            win = rss.open_window() if self.isolation != "fork" else None
+            cap = task.settings.ram_cap
+            # the kernel's limit too, where the run has cgroups (fork: set for the child)
+            limit = self.conf.arm(cap, rss.current_rss()) \
+                if self.conf is not None and cap and self.isolation != "fork" else None
         try:
             res = self._task(task, win)
         finally:
-            if win is not None:
-                rss.close_window(win)
-            if limit is not None and self.conf is not None:
-                self.conf.disarm()
+            with clock("guard disarm"):
+                if win is not None:
+                    rss.close_window(win)
+                if limit is not None and self.conf is not None:
+                    self.conf.disarm()
         # in train records (an evaluate reply carries all its metrics, and every reply
         # must have the same keys, capped or not)
         if self.conf is not None and cap and res.metrics is not None and task.kind == "train":
@@ -179,14 +203,19 @@ class Worker:
 
         kind, device, fault, task_id = task.kind, task.device, task.fault, task.task_id
         shared, config = self.payloads[task.pid]
+        clock = self.clock
         try:
-            state = self.state_for(task.run_key, device, task.settings)
-            if self.isolation == "fork":
-                out, metrics, new_state = run_forked(_run_one, kind, state, shared, config,
-                                                     fault, self.options, self.conf)
-            else:
-                out, metrics, new_state = _run_one(kind, state, shared, config, fault,
-                                                   self.options)
+            with clock("state read"):
+                state = self.state_for(task.run_key, device, task.settings)
+            with clock("device program"):
+                parsed = self._parsed(task.pid, config)
+                if self.isolation == "fork":
+                    out, metrics, new_state = run_forked(partial(_run_one, parsed=parsed), kind,
+                                                         state, shared, config, fault,
+                                                         self.options, self.conf)
+                else:
+                    out, metrics, new_state = _run_one(kind, state, shared, config, fault,
+                                                       self.options, parsed)
         except Exception as e:  # noqa: BLE001 - the device's error reply to the server
             from experiments.fleet.faults import DeviceFailure
 
@@ -195,7 +224,8 @@ class Worker:
             return Result(task_id, None, {}, f"{type(e).__name__}: {e}",
                           traceback.format_exc(limit=4), "raised")
         cap = task.settings.ram_cap
-        payload = None if out is None else npy_bytes(out)
+        with clock("serialize"):
+            payload = None if out is None else npy_bytes(out)
         over = rss.window_peak(win) if win is not None and cap else 0
         if cap and over > cap:
             if kind == "evaluate":
@@ -210,16 +240,18 @@ class Worker:
             return Result(task_id, None, {}, why)
         if new_state is not None and kind == "train" and metrics.get("trained"):
             try:
-                self.save_state(task.run_key, device, new_state,
-                                None if win is None or not cap else
-                                lambda: _within(rss.window_peak(win), cap))
+                with clock("state write"):
+                    self.save_state(task.run_key, device, new_state,
+                                    None if win is None or not cap else
+                                    lambda: _within(rss.window_peak(win), cap))
             except _OverCap as e:  # saving took it over: the round's work is lost
                 metrics.update({"cap-exceeded": 1.0, "trained": 0.0, "needed-bytes": e.peak,
                                 "peak-rss": e.peak, "ram-cap": float(cap or -1)})
                 payload = None
         del state, new_state
         # give this device's garbage back to the OS: it must not count in the next one's RSS
-        rss.release_heap(collect=False)
+        with clock("heap release"):
+            rss.release_heap(collect=False)
         return Result(task_id, payload, metrics)
 
     def leave(self) -> None:
@@ -233,9 +265,11 @@ class Worker:
         """Answer the engine's messages until Stop (or the engine's end of the socket closes)."""
         from experiments.fleet.store import StoreReader
 
+        clock = self.clock
         while True:
             try:
-                msg = self.conn.recv()
+                with clock("recv"):
+                    msg = self.conn.recv()
             except EOFError:
                 return
             match msg:
@@ -243,7 +277,9 @@ class Worker:
                     self.store = StoreReader(msg.store_path)
                     self.isolation = msg.isolation
                     self.state_dir = msg.state_dir
+                    self.folders.clear()
                     self.payloads.clear()
+                    self.configs.clear()
                     if self.conf is None:
                         from experiments.fleet.cgroup_task import worker_confinement
                         self.conf, self.home = worker_confinement(self.isolation)
@@ -251,13 +287,20 @@ class Worker:
                     self.options = msg
                 case Payload():
                     self.payloads[msg.pid] = (msg.shared, msg.config)
+                    self.configs.pop(msg.pid, None)
                 case Drop():
                     self.payloads.pop(msg.pid, None)
+                    self.configs.pop(msg.pid, None)
                 case Tasks():
                     for t in msg.tasks:
-                        self.conn.send(self.task(t))
+                        res = self.task(t)
+                        with clock("send"):
+                            self.conn.send(res)
+                case Timing():
+                    self.conn.send(Timings(*clock.take()))
                 case Reset():
                     shutil.rmtree(os.path.join(self.state_dir, msg.run_key), ignore_errors=True)
+                    self.folders.clear()
                 case Stop():
                     self.leave()
                     return
