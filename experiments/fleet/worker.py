@@ -37,6 +37,7 @@ from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from experiments.fleet.clean import fix_mmap_threshold, forget_others, warm_device_program
 from experiments.fleet.forking import CHILD, run_forked
 from experiments.fleet.protocol import (
     Drop,
@@ -155,8 +156,10 @@ class Worker:
         # worker isolation: the cap holds over the task's whole life (evaluation, the
         # reply's serialization and the state's saving too), as fork isolation's watchdog
         # holds it over the child's; a fork child is measured by that watchdog
-        win = rss.open_window() if self.isolation != "fork" else None
         cap = task.settings.ram_cap
+        if cap and self.isolation != "fork":  # nothing earlier devices left is charged
+            forget_others(self.payloads[task.pid][1], cap)
+        win = rss.open_window() if self.isolation != "fork" else None
         # the kernel's limit too, where the run has cgroups (fork: set for the child)
         limit = self.conf.arm(cap, rss.current_rss()) \
             if self.conf is not None and cap and self.isolation != "fork" else None
@@ -288,11 +291,13 @@ def main(argv: list[str]) -> int:
     # Ctrl-C reaches the whole process group: the engine stops its workers itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     fds = [int(a) for a in argv]
+    fix_mmap_threshold()  # freed blocks go back to the OS: none is charged to the next device
     from device_runtime import rss
     from device_runtime.kernels import USE_NUMBA
     from device_runtime.warmup import warmup
 
     warmup()  # loads the kernels from numba's cache (the engine compiled them before)
+    warm_device_program()  # the first device maps no more pages than every later one
     mine = fds[0]
     for fd in fds[1:]:
         if os.fork() == 0:  # a worker forked from the warm process: imports and JIT shared
