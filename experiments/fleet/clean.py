@@ -74,6 +74,8 @@ def forget_others(config: Mapping[str, Any], ram_cap: int | None) -> int:
 def warm_device_program() -> None:
     """Run one tiny device (capped: the cap's planning and guard, evaluation, the reply's
     serialization) and forget it: the pages every device maps are mapped from now on."""
+    import gc
+
     import numpy as np
 
     from device_runtime import rss
@@ -98,6 +100,11 @@ def warm_device_program() -> None:
     from experiments.fleet.worker import npy_bytes
 
     npy_bytes(out)
+    del out
     keep_only("", -1, None, trainers=False)
     clear_scratch()
     rss.release_heap()
+    # what the worker holds from now on (modules, kernels) is never garbage: out of the
+    # collector's sight, so that forget_others' collection before each capped task scans
+    # only what devices made since (~1 ms, not ~40 ms over 26,000 objects at load 12)
+    gc.freeze()
