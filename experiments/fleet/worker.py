@@ -297,7 +297,10 @@ def main(argv: list[str]) -> int:
     from device_runtime.warmup import warmup
 
     warmup()  # loads the kernels from numba's cache (the engine compiled them before)
-    warm_device_program()  # the first device maps no more pages than every later one
+    try:
+        warm_device_program()  # the first device maps no more pages than every later one
+    except Exception:  # noqa: BLE001 - a task would fail the same way, with its reason
+        pass
     mine = fds[0]
     for fd in fds[1:]:
         if os.fork() == 0:  # a worker forked from the warm process: imports and JIT shared
