@@ -26,7 +26,7 @@ from .state import (
     state_arrays,
     state_from_arrays,
 )
-from .trainers import clear_cache, initial_weights
+from .trainers import clear_cache, initial_weights, keep_only
 
 __all__ = [
     "LOCAL_UPDATES",
@@ -40,6 +40,7 @@ __all__ = [
     "local_update",
     "ProxOptimizer",
     "clear_cache",
+    "keep_only",
     "evaluate_device",
     "forwarded_keys",
     "initial_weights",

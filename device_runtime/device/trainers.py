@@ -98,6 +98,23 @@ def clear_cache() -> None:
     _TRAINERS.clear()
 
 
+def keep_only(model: str, seed: int, ram_cap: int | None = None, trainers: bool = True) -> int:
+    """Drop every kept model and initial weights a device of ``model`` (seeded ``seed``)
+    capped at ``ram_cap`` cannot use: other models' (their initial weights too), and
+    trainers compiled for another cap; with ``trainers=False`` this model's compiled
+    models as well (only its initial weights stay, a function of ``model`` and ``seed``).
+    Returns how many entries were dropped (collect garbage after, to free them)."""
+    drop = [k for k in _TRAINERS
+            if not trainers or not (k == ("infer", model, seed) or (
+                len(k) == 8 and k[0] == model and k[1] == seed and k[6] == ram_cap))]
+    for k in drop:
+        del _TRAINERS[k]
+    init = [k for k in _INIT if k != (model, int(seed))]
+    for k in init:
+        del _INIT[k]
+    return len(drop) + len(init)
+
+
 def with_fallbacks(cfg: DeviceConfig, settings: DeviceSettings, batch: int,
                    frozen: tuple[str, ...]) -> Model:
     """The device's trainer, trying its fallbacks (swap, smaller batch, frozen backbone);

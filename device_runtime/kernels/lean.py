@@ -42,6 +42,13 @@ def scratch(n: int, dtype: type = np.float64, slot: int = 0) -> np.ndarray:
     return buf[:n]
 
 
+def clear_scratch() -> None:
+    """Drop the scratch buffers (they are made again on first use): a long-lived process
+    that runs one device after another starts each from none, so that a buffer grown for
+    one device's rows is not charged to the next."""
+    _scratch.clear()
+
+
 def _span(pad: int, k: int, stride: int, size: int, n_out: int) -> tuple[int, int]:
     """Outputs ``o`` in ``[lo, hi)`` read an in-range input ``o*stride - pad + k``."""
     lo = -((k - pad) // stride)

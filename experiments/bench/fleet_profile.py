@@ -23,6 +23,7 @@ HEAD_NAMES = {"send": "engine: pickle + send payloads and tasks",
               "report": "grid: build each Flower reply and record"}
 WORKER_NAMES = {"recv": "receive + unpickle (idle between rounds)",
                 "state read": "device data (store) + state file read",
+                "forget others": "earlier devices' models and garbage dropped (capped)",
                 "guard arm": "RAM guard window + cgroup limit set",
                 "device program": "device program (model, guard, training)",
                 "serialize": "shared weights -> .npy bytes",

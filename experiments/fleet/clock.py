@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 # the worker's phases, in the order a task goes through them
-WORKER_PHASES = ("recv", "state read", "guard arm", "device program", "serialize",
+WORKER_PHASES = ("recv", "state read", "forget others", "guard arm", "device program", "serialize",
                  "state write", "guard disarm", "heap release", "send")
 # the engine's: pickling payloads and tasks, waiting for workers, unpickling their
 # results, and the grid's callback for each (building the Flower reply)

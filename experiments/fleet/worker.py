@@ -38,6 +38,7 @@ from functools import partial
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from experiments.fleet.clean import fix_mmap_threshold, forget_others, warm_device_program
 from experiments.fleet.clock import Clock
 from experiments.fleet.forking import CHILD, run_forked
 from experiments.fleet.protocol import (
@@ -177,9 +178,12 @@ class Worker:
         # holds it over the child's; a fork child is measured by that watchdog
         clock = self.clock
         clock.tasks += 1
+        cap = task.settings.ram_cap
+        if cap and self.isolation != "fork":  # nothing earlier devices left is charged
+            with clock("forget others"):
+                forget_others(self.payloads[task.pid][1], cap)
         with clock("guard arm"):
             win = rss.open_window() if self.isolation != "fork" else None
-            cap = task.settings.ram_cap
             # the kernel's limit too, where the run has cgroups (fork: set for the child)
             limit = self.conf.arm(cap, rss.current_rss()) \
                 if self.conf is not None and cap and self.isolation != "fork" else None
@@ -331,11 +335,16 @@ def main(argv: list[str]) -> int:
     # Ctrl-C reaches the whole process group: the engine stops its workers itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     fds = [int(a) for a in argv]
+    fix_mmap_threshold()  # freed blocks go back to the OS: none is charged to the next device
     from device_runtime import rss
     from device_runtime.kernels import USE_NUMBA
     from device_runtime.warmup import warmup
 
     warmup()  # loads the kernels from numba's cache (the engine compiled them before)
+    try:
+        warm_device_program()  # the first device maps no more pages than every later one
+    except Exception:  # noqa: BLE001 - a task would fail the same way, with its reason
+        pass
     mine = fds[0]
     for fd in fds[1:]:
         if os.fork() == 0:  # a worker forked from the warm process: imports and JIT shared
