@@ -112,6 +112,7 @@ def keep_only(model: str, seed: int, ram_cap: int | None = None, trainers: bool 
     init = [k for k in _INIT if k != (model, int(seed))]
     for k in init:
         del _INIT[k]
+        _SPECS.pop(k, None)
     return len(drop) + len(init)
 
 

@@ -300,6 +300,7 @@ class Worker:
                         res = self.task(t)
                         with clock("send"):
                             self.conn.send(res)
+                        del res  # its reply bytes must not sit in memory through the next task
                 case Timing():
                     self.conn.send(Timings(*clock.take()))
                 case Reset():
