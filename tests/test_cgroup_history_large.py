@@ -41,7 +41,11 @@ OTHERS = {1: (1, 1 << 30), 2: (0, 300 * MIB), 3: (1, None)}
 # device 0's caps over its baseline on a fresh worker. Its task needs ~50.3 MiB over it
 # (measured: whole-life peak 126.7-126.9 MiB over a 76.5 MiB baseline); below ~27 MiB it
 # cannot even plan its step
-DELTAS = (24 * MIB, int(48.5 * MIB), int(52.5 * MIB))
+# training alone needs ~+26 MiB over the baseline, the whole task ~+50.5 MiB. +18 stays 8 MiB
+# under the first: a device refused there was seen (2 runs of 8, after the merge of this
+# session's branches) on the second worker with a baseline 3.7 MiB below a fresh worker's,
+# which at +24 let it train (the one history effect left; see the closing note)
+DELTAS = (18 * MIB, int(48.5 * MIB), int(52.5 * MIB))
 EXPECTED = ("cap-exceeded", "cap-exceeded", "ok")
 
 
