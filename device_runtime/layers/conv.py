@@ -72,13 +72,13 @@ def pick_chunk(batch: int, positions: int, columns: int = CONV_COLUMNS) -> int:
 
 
 def channel_blocks(c: int, per_channel: int, tile_bytes: int, direct: bool,
-                   block_bytes: int = BLOCK_BYTES) -> tuple[int, int]:
+                   block_bytes: int | None = None) -> tuple[int, int]:
     """``(cblock, tc)``: channels per product block (fixed by the shapes alone) and per
     tile (a multiple of it, at most ``tile_bytes`` of im2col rows; 0 = all channels).
     ``per_channel`` is one channel's im2col bytes. A 1x1 direct conv is one block."""
     if direct:
         return c, c
-    cblock = max(1, min(c, block_bytes // per_channel))
+    cblock = max(1, min(c, (block_bytes or BLOCK_BYTES) // per_channel))
     if tile_bytes <= 0:
         return cblock, c
     return cblock, min(c, max(1, tile_bytes // (per_channel * cblock)) * cblock)
