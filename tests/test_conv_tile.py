@@ -264,3 +264,20 @@ def test_cap_fit_tiles_alexnet_at_a_cap_only_tiles_fit_and_trains_bit_identical(
     a, b = ref.get_weights(), m.get_weights()
     assert all(np.array_equal(a[k], b[k]) for k in a)
     m.close()
+
+
+@pytest.mark.parametrize("name", ["alexnet", "resnet18"])
+def test_tiled_step_allocates_almost_nothing(name: str) -> None:
+    # the tiled loops slice views only: the same bound as tests/test_no_alloc.py
+    from device_runtime.data import synthetic_classification
+    from tests.helpers import peak_alloc_during_steps
+    from tests.test_no_alloc import LIMIT
+
+    m = dr.build(name)
+    m.conv_tile = 1  # the smallest tiles: the most slices
+    m.compile(batch_size=8, optimizer="sgd", lr=1e-3, momentum=0.9)
+    assert any(n.layer.type == "conv2d" and len(n.layer.tiles) > 1
+               for n in m.train_executor.graph.nodes)
+    x, y = synthetic_classification(m.input_shape, 10, 16)
+    extra = peak_alloc_during_steps(m, x, y)
+    assert extra < (LIMIT if K.im2col is K.im2col_numba else 2 * LIMIT), extra

@@ -133,15 +133,14 @@ class Conv2D(Layer):
             self.request_tensor("ych", (filters, ncol), {F})
             self.request_tensor("dych_g", (filters, ncol), {CG})
             self.request_tensor("dych_d", (filters, ncol), {CD})
-        if n // self.b > 1:
-            self.request_tensor("gtmp", (filters, self.cblock * self.kk), {CG})
+        # dW is computed in blocks of output channels (rows) whether or not the blocks are
+        # applied one by one (fused), and whatever the tile, so neither changes the numbers
+        # (BLAS rounds a block product differently from a whole product).
+        self.grows = max(1, min(self.filters, GRAD_BLOCK_BYTES // (4 * self.ckk)))
+        self.nchunks = n // self.b
+        if self.nchunks > 1:
+            self.request_tensor("gtmp", (self.grows, self.ckk), {CG})
         self.request_tensor("dcol", (rows, ncol), {CD})
-        # dW is computed in blocks of output channels whether or not the blocks are
-        # applied one by one (fused), so fusing never changes the numbers (BLAS rounds a
-        # block product differently from a whole product).
-        self.grows = self.filters
-        if n // self.b == 1:
-            self.grows = max(1, min(self.filters, GRAD_BLOCK_BYTES // (4 * self.ckk)))
         self.input_needed = frozenset({CG})
         # With no backward (a frozen conv, or inference), the output may overwrite the
         # input when sizes agree: each chunk of samples is unfolded into col (or copied
@@ -155,10 +154,12 @@ class Conv2D(Layer):
         # the whole gradient would cost more than that derivative being alive during CG.
         if self.filters * self.ckk <= math.prod(self.in_shapes[0]):
             return False
-        # One chunk of samples: dW is computed in blocks of output channels, each applied
-        # at once. Several chunks: dW accumulates over them (it is small then: only
-        # large feature maps are chunked), and is applied whole.
-        self.request_tensor("gblock", (self.grows, self.tc * self.kk), {CG})
+        # A block of output channels (rows) is applied once it is summed over the chunks:
+        # at once with one chunk, or tiled (each rows block unfolds its chunks again);
+        # whole layers over several chunks sum all of dW first (it is small then: only
+        # large feature maps are chunked) and apply it in one call.
+        rows = self.filters if self.nchunks > 1 and len(self.tiles) == 1 else self.grows
+        self.request_tensor("gblock", (rows, self.ckk), {CG})
         if self.use_bias:
             self.request_tensor("gbias", (self.filters,), {CG})
         return True
@@ -230,44 +231,64 @@ class Conv2D(Layer):
                 else:
                     K.chunk_to_nchw(self.t["ych"], ys)
 
-    def _grad_block(self, o0: int, o1: int, t0: int, t1: int) -> np.ndarray:
-        """Where dW rows o0..o1, columns of channels t0..t1 go: the fused block or dW."""
+    def _target(self, o0: int, o1: int, whole: bool) -> np.ndarray:
+        """Where dW rows o0..o1 go: the fused block (all rows when ``whole``) or dW."""
         if self.fused:
-            return self.t["gblock"][:o1 - o0, :(t1 - t0) * self.kk]
-        return self.bound(self.g2, "weight gradient")[o0:o1, t0 * self.kk:t1 * self.kk]
+            return self.t["gblock"][o0:o1] if whole else self.t["gblock"][:o1 - o0]
+        return self.bound(self.g2, "weight gradient")[o0:o1]
 
-    def _apply_block(self, g: np.ndarray, o0: int, o1: int, t0: int, t1: int) -> None:
-        a, b = t0 * self.kk, t1 * self.kk
-        if b - a == self.ckk:  # whole rows: one contiguous block of the weight
-            self.apply("weight", o0 * self.ckk, self.w2[o0:o1].reshape(-1), g.reshape(-1))
-            return
-        for r in range(o0, o1):  # a tile's columns: one contiguous piece per row
-            self.apply("weight", r * self.ckk + a, self.w2[r, a:b], g[r - o0])
+    def _products(self, g: np.ndarray, dych: np.ndarray, col: np.ndarray, o0: int, o1: int,
+                  c0: int, blocks: list[tuple[int, int]], first: bool) -> None:
+        """dW rows o0..o1, the blocks' columns, = dY rows @ their im2col rows, block by
+        block, into ``g`` (the first chunk) or into gtmp (later chunks: :meth:`_add_chunk`
+        adds it once every column is done); ``col`` holds the rows from channel c0's on."""
+        off = c0 * self.kk
+        dst = g if first else self.t["gtmp"][:o1 - o0]
+        for a, b in blocks:
+            np.matmul(dych[o0:o1], col[a:b].T, out=dst[:, off + a:off + b])
+
+    def _add_chunk(self, g: np.ndarray, first: bool) -> None:
+        if not first:  # whole rows, contiguous: no iteration buffer
+            np.add(g, self.t["gtmp"][:g.shape[0]], out=g)
+
+    def _apply_rows(self, g: np.ndarray, o0: int, o1: int) -> None:
+        self.apply("weight", o0 * self.ckk, self.w2[o0:o1].reshape(-1), g.reshape(-1))
 
     def calc_gradient(self) -> None:
-        """dW over tiles of input channels; each product block summed over the sample
-        chunks in chunk order (the first written, the others added through gtmp)."""
+        """dW in fixed (output rows x channel block) products, each summed over the sample
+        chunks in chunk order (the first written, each other added whole rows at a time
+        through gtmp, as before tiling). Whole
+        layers: one im2col per chunk. Tiled: rows block by rows block, each unfolding its
+        chunks tile by tile (im2col again per rows block: the price of a small col), so a
+        fused block is always whole rows, applied in one call."""
         many = len(self.chunks) > 1
-        dych = None
-        for (t0, t1), blocks in zip(self.tiles, self.tile_blocks):
+        whole = len(self.tiles) == 1
+        if whole:
+            blocks = self.tile_blocks[0]
             for ci, (xs, _, _, dys, xd) in enumerate(self.chunks):
-                col = self._col_tile(xs, xd, t0, t1)
-                if many or dych is None:  # one chunk: its dY layout serves every tile
-                    dych = self._dych("dych_g", self.bound(dys, "dy"))
+                col = self._col_tile(xs, xd, 0, self.c)
+                dych = self._dych("dych_g", self.bound(dys, "dy"))
                 for o0, o1 in self.oblocks:
-                    g = self._grad_block(o0, o1, t0, t1)
-                    for a, b in blocks:
-                        if ci == 0:
-                            np.matmul(dych[o0:o1], col[a:b].T, out=g[:, a:b])
-                        else:
-                            tmp = self.t["gtmp"][o0:o1, :b - a]
-                            np.matmul(dych[o0:o1], col[a:b].T, out=tmp)
-                            np.add(g[:, a:b], tmp, out=g[:, a:b])
+                    g = self._target(o0, o1, many)
+                    self._products(g, dych, col, o0, o1, 0, blocks, ci == 0)
+                    self._add_chunk(g, ci == 0)
                     if self.fused and not many:
-                        self._apply_block(g, o0, o1, t0, t1)
+                        self._apply_rows(g, o0, o1)
             if self.fused and many:
-                self._apply_block(self._grad_block(0, self.filters, t0, t1), 0, self.filters,
-                                  t0, t1)
+                self._apply_rows(self.t["gblock"], 0, self.filters)
+        else:
+            dych = None
+            for o0, o1 in self.oblocks:
+                g = self._target(o0, o1, False)
+                for ci, (xs, _, _, dys, xd) in enumerate(self.chunks):
+                    if many or dych is None:  # one chunk: its dY layout serves every block
+                        dych = self._dych("dych_g", self.bound(dys, "dy"))
+                    for (t0, t1), blocks in zip(self.tiles, self.tile_blocks):
+                        col = self._col_tile(xs, xd, t0, t1)
+                        self._products(g, dych, col, o0, o1, t0, blocks, ci == 0)
+                    self._add_chunk(g, ci == 0)
+                if self.fused:
+                    self._apply_rows(g, o0, o1)
         if self.bias is not None:
             gbias = self.t["gbias"] if self.fused else self.g["bias"]
             K.bias_grad_nchw(self.bound(self.dy3, "dy"), gbias, False)
