@@ -25,7 +25,7 @@ from typing import Any
 MiB = 1 << 20
 # over the smallest full-batch plan, its optimizer state and the fit's margin: page
 # rounding and a baseline that moves a little between processes
-FLOOR_SLACK = 256 * 1024
+FLOOR_SLACK = 512 * 1024
 
 
 def _train(model: str, steps: int, batch: int, extra: list[str]) -> dict[str, Any]:
