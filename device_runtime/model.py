@@ -54,6 +54,7 @@ class Model:
         # how training graphs are built (tests and benchmarks switch these)
         self.fuse_apply = True
         self.recompute = RECOMPUTE
+        self.conv_tile = 0  # conv backward's im2col bytes per tile (0 = whole; the cap fit sets it)
         self.clip_grad_norm: float | None = None
         probe = self._graph(batch=1, backward=False, with_loss=True)
         inputs = [n.layer for n in probe.nodes if isinstance(n.layer, Input)]
@@ -85,14 +86,18 @@ class Model:
         self.guard_overhead = 0.0
 
     # ------------------------------------------------------------------ graphs
-    def _context(self, batch: int, backward: bool, with_loss: bool) -> FinalizeContext:
+    def _context(self, batch: int, backward: bool, with_loss: bool,
+                 conv_tile: int | None = None) -> FinalizeContext:
+        tile = self.conv_tile if conv_tile is None else conv_tile
         return FinalizeContext(batch, backward, recompute=backward and self.recompute,
-                               label_kind=self.label_kind if with_loss else None)
+                               label_kind=self.label_kind if with_loss else None,
+                               conv_tile=tile if backward else 0)
 
-    def _graph(self, batch: int, backward: bool, with_loss: bool) -> Graph:
+    def _graph(self, batch: int, backward: bool, with_loss: bool,
+               conv_tile: int | None = None) -> Graph:
         layers = [create_layer(s.type, s.name, s.props) for s in self.specs]
         return Graph(layers, create_loss(self.loss_name) if with_loss else None,
-                     self._context(batch, backward, with_loss),
+                     self._context(batch, backward, with_loss, conv_tile),
                      clip_grad=self.clip_grad_norm if backward else None,
                      fuse_apply=self.fuse_apply)
 
@@ -141,7 +146,7 @@ class Model:
         self.decision = None
         if ram_cap is not None:
             self.baseline_rss, self.decision = fit_model(self, ram_cap, baseline_rss)
-            self.micro_batch = self.decision.batch
+            self.micro_batch, self.conv_tile = self.decision.batch, self.decision.conv_tile
         return self
 
     def _trainable_sizes(self) -> list[tuple[str, int]]:

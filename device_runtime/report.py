@@ -42,6 +42,7 @@ def memory(model: Model) -> dict[str, Any]:
         "peak_rss_bytes": model.peak_rss or None,
         "cap_exceeded": model.cap_exceeded,
         "micro_batch": model.micro_batch,
+        "conv_tile": model.conv_tile,  # conv backward's im2col bytes per tile (0 = whole)
         "swap_blocks": len(ex.slots) if ex is not None else 0,
         "swap_bytes_written": dev.bytes_written if dev else 0,
         "swap_bytes_read": dev.bytes_read if dev else 0,

@@ -87,8 +87,8 @@ def test_cap_fit_chooses_the_swapped_sum_when_the_resident_one_does_not_fit():
     params = m._trainable_sizes()
     trainable = 4 * sum(n for _, n in params)
 
-    def make(b):
-        return m._graph(b, backward=True, with_loss=True)
+    def make(b, tile=0):  # tile: conv backward tiles (the fit tries smaller ones too)
+        return m._graph(b, backward=True, with_loss=True, conv_tile=tile)
 
     def floor(b):  # every candidate swapped, no prefetch: the smallest pool of a batch
         return StepPlan(make(b), m.planner, swap="on", lookahead=0).plan.pool_bytes

@@ -29,6 +29,10 @@ __all__ = ["MARGIN_BYTES", "Decision", "fit_model", "fit_step", "fit_to_cap",
 # What no plan describes once the model is warmed up (Python objects, allocator slack):
 # measured +0.0 to +0.7 MiB over the plan on every row of the memory benchmark.
 MARGIN_BYTES = switches.integer("NNFLEET_CAP_MARGIN")
+# Conv backward tiles tried, largest first (bytes of im2col scratch per tile; 0 = whole
+# layers, 1 = one product block, the smallest): smaller tiles cost more calls, never
+# other numbers (layers/conv.py).
+CONV_TILES = (0, 4 << 20, 2 << 20, 1 << 20, 1)
 
 
 @dataclass
@@ -45,6 +49,7 @@ class Decision:
     accumulate: str = "none"  # none | ram (one resident sum) | swapped (accumulate.py)
     resident_accum_bytes: int = 0  # swapped: the part of the sum kept in RAM
     margin_bytes: int = MARGIN_BYTES  # kept free under the cap beyond plan and baseline
+    conv_tile: int = 0  # conv backward's im2col bytes per tile (0 = whole layers)
     unplanned_bytes: int = 0  # measured: what a warm-up step added beyond its pool
     baseline_drift_bytes: int = 0  # measured: RSS right before training - the baseline
     refitted: bool = False  # fitted again before training because the baseline moved
@@ -54,14 +59,17 @@ def _divisors_desc(n: int) -> list[int]:
     return [d for d in range(n, 0, -1) if n % d == 0]
 
 
-def fit_to_cap(make_graph: Callable[[int], Graph], planner: str, batch: int,
+def fit_to_cap(make_graph: Callable[[int, int], Graph], planner: str, batch: int,
                cap: int, baseline: int, state_bytes: int, accum_bytes: int, swap: str,
                lookahead: int = 3, margin: int = MARGIN_BYTES,
-               params: list[tuple[str, int]] | None = None) -> Decision:
-    """Choose micro-batch, swap set and accumulation so the planned step fits; raise if
-    nothing does. With ``params`` (trainable (key, size) pairs) and swap allowed, micro-
-    batches may accumulate into a mostly swapped sum (:mod:`device_runtime.accumulate`)
-    when the resident one (``accum_bytes``) does not fit."""
+               params: list[tuple[str, int]] | None = None,
+               tiles: tuple[int, ...] = CONV_TILES) -> Decision:
+    """Choose micro-batch, swap set, conv tile and accumulation so the planned step fits;
+    raise if nothing does. ``make_graph(micro_batch, conv_tile)``. With ``params``
+    (trainable (key, size) pairs) and swap allowed, micro-batches may accumulate into a
+    mostly swapped sum (:mod:`device_runtime.accumulate`) when the resident one
+    (``accum_bytes``) does not fit. Smaller conv tiles are tried after swap and before a
+    shorter prefetch; a tile that changes no layer's scratch is not planned again."""
     tried: list[dict[str, Any]] = []
     best_need = None
     for b in _divisors_desc(batch):
@@ -72,12 +80,17 @@ def fit_to_cap(make_graph: Callable[[int], Graph], planner: str, batch: int,
         # smaller micro-batches: it costs some stall time, not different numbers
         ahead = [lookahead] if swap == "off" else sorted({lookahead, min(lookahead, 1), 0},
                                                           reverse=True)
-        for la in ahead:
-            ex = StepPlan(make_graph(b), planner, lookahead=la)
+        seen: set[tuple[int, tuple[int, ...]]] = set()
+        for la, tile in [(la, t) for la in ahead for t in tiles]:
+            ex = StepPlan(make_graph(b, tile), planner, lookahead=la)
+            if (la, tuple(ex.sizes)) in seen:  # this tile changes no layer's scratch
+                continue
+            seen.add((la, tuple(ex.sizes)))
             if swap == "on":
                 choices = [ex.candidates]
             elif swap == "auto":
-                choices = [[], ex.candidates] if la == lookahead else [ex.candidates]
+                choices = [[], ex.candidates] if la == lookahead and tile == tiles[0] \
+                    else [ex.candidates]
             else:
                 choices = [[]]
             for slots in choices:
@@ -86,6 +99,7 @@ def fit_to_cap(make_graph: Callable[[int], Graph], planner: str, batch: int,
                 for mode, extra in modes:
                     budget = cap - baseline - extra - margin
                     tried.append({"micro_batch": b, "lookahead": la, "accumulate": mode,
+                                  "conv_tile": tile,
                                   "swapped_blocks": len(slots), "pool_bytes": pool,
                                   "budget_bytes": budget})
                     need = baseline + extra + margin + pool
@@ -102,7 +116,7 @@ def fit_to_cap(make_graph: Callable[[int], Graph], planner: str, batch: int,
                         resident = max(0, budget - ex.plan.pool_bytes - margin)
                         extra += accumulator_bytes(params, resident) - BUFFER_BYTES
                     return Decision(b, ex, ex.slots, la, ex.plan.pool_bytes, extra, tried,
-                                    mode, resident, margin)
+                                    mode, resident, margin, conv_tile=tile)
     raise MemoryCapExceeded(
         needed=best_need or 0, cap=cap,
         detail=f"no plan fits (baseline {baseline:,} bytes, tried batch {batch} down to 1, "
@@ -163,6 +177,7 @@ def refit_before_training(model: Model) -> bool:
     new.unplanned_bytes, new.baseline_drift_bytes = d.unplanned_bytes, d.baseline_drift_bytes
     new.refitted = True
     model.decision, model.baseline_rss, model.micro_batch = new, now, new.batch
+    model.conv_tile = new.conv_tile
     return True
 
 
@@ -175,7 +190,8 @@ def fit_step(model: Model, cap: int, baseline: int, margin: int | None = None) -
     opt = model.optimizer
     assert opt is not None, "compile() the model before fitting it to a cap"
     trainable = sum(p.size for p in model.weights.params.values() if p.trainable)
-    return fit_to_cap(lambda b: model._graph(b, backward=True, with_loss=True), model.planner,
+    return fit_to_cap(lambda b, t: model._graph(b, backward=True, with_loss=True, conv_tile=t),
+                      model.planner,
                       model.batch_size, cap, baseline, opt.state_bytes, 4 * trainable,
                       model.swap, model.lookahead, margin, params=model._trainable_sizes())
 
@@ -191,7 +207,7 @@ def take_plan(model: Model) -> StepPlan:
     if d is None or g is None or g.context != model._context(model.micro_batch, True, True) \
             or g.fuse_apply != bool(model.fuse_apply and not model.clip_grad_norm):
         d = model.decision = fit_step(model, cap, base)
-        model.micro_batch = d.batch
+        model.micro_batch, model.conv_tile = d.batch, d.conv_tile
     step, d.step = d.step, None
     assert step is not None
     return step

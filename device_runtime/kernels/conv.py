@@ -50,18 +50,23 @@ def _valid_range(pad: int, k: int, stride: int, size: int, n_out: int) -> tuple[
 
 @njit(parallel=True)
 def im2col_numba(
-    x: Array, col: Array, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int, oh: int, ow: int
+    x: Array, col: Array, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int, oh: int, ow: int,
+    c0: int = 0,
 ) -> None:
     """Unfold x (B, C, H, W) into col (C*kh*kw, B*oh*ow); padding reads as 0.
 
     ``col[c*kh*kw + i*kw + j, b*oh*ow + oy*ow + ox] = x[b, c, oy*sh - pt + i, ox*sw - pl + j]``,
     so a (Cout, C, kh, kw) weight reshaped to (Cout, C*kh*kw) multiplies it directly.
+    With ``c0``, col holds only the rows of channels ``c0 .. c0 + col.shape[0] // (kh*kw)``
+    (a tile of them: the same values as those rows of the whole col).
     Parallel over ``col`` rows: no two steps write the same element.
     """
     nb, nc, h, w = x.shape
     kk = kh * kw
     ohow = oh * ow
-    assert col.shape[0] == nc * kk and col.shape[1] == nb * ohow, "im2col: col shape"
+    ncs = col.shape[0] // kk
+    assert col.shape[0] == ncs * kk and 0 <= c0 and c0 + ncs <= nc, "im2col: col rows"
+    assert col.shape[1] == nb * ohow, "im2col: col shape"
     hw = h * w
     ncol = col.shape[1]
     cf = col.reshape(col.size)  # views, not copies: both are C-contiguous
@@ -69,8 +74,8 @@ def im2col_numba(
     # stride 1 and ow == w ('same' or full-width): consecutive outputs read consecutive
     # inputs across rows, so each (row, sample) is one long copy plus a border fix-up
     runs = sh == 1 and sw == 1 and ow == w
-    for r in prange(nc * kk):
-        c = r // kk
+    for r in prange(ncs * kk):
+        c = c0 + r // kk
         i = (r % kk) // kw
         j = r % kw
         oy_lo, oy_hi = _valid_range(pt, i, sh, h, oh)
@@ -106,25 +111,30 @@ def im2col_numba(
 
 @njit(parallel=True)
 def col2im_numba(
-    col: Array, dx: Array, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int, oh: int, ow: int
+    col: Array, dx: Array, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int, oh: int, ow: int,
+    c0: int = 0,
 ) -> None:
     """Fold col (C*kh*kw, B*oh*ow) back into dx (B, C, H, W): the adjoint of im2col.
 
     dx is overwritten: zeroed, then every col entry added at its source position;
-    entries that came from the padding are dropped. Parallel over (b, c) planes, so the
-    scatter-adds never race.
+    entries that came from the padding are dropped. With ``c0``, col holds the rows of
+    channels ``c0 ..`` only and just those channels of dx are written (a dx element sums
+    only rows of its own channel, so a tile of channels gives the same values).
+    Parallel over (b, c) planes, so the scatter-adds never race.
     """
     nb, nc, h, w = dx.shape
     ohow = oh * ow
-    assert col.shape[0] == nc * kh * kw and col.shape[1] == nb * ohow, "col2im: col shape"
+    ncs = col.shape[0] // (kh * kw)
+    assert col.shape[0] == ncs * kh * kw and 0 <= c0 and c0 + ncs <= nc, "col2im: col rows"
+    assert col.shape[1] == nb * ohow, "col2im: col shape"
     hw = h * w
     ncol = col.shape[1]
     cf = col.reshape(col.size)
     df = dx.reshape(dx.size)
-    for p in prange(nb * nc):
-        b = p // nc
-        c = p % nc
-        pbase = p * hw
+    for p in prange(nb * ncs):
+        b = p // ncs
+        c = p % ncs  # the row block of col; the plane of dx is channel c0 + c
+        pbase = (b * nc + c0 + c) * hw
         for t in range(hw):
             df[np.uint64(pbase + t)] = 0.0
         # (i, j) outermost: each dx element receives its terms in (i, j) order, the
@@ -250,21 +260,43 @@ def scatter_windows(
 
 
 def im2col_numpy(
-    x: Array, col: Array, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int, oh: int, ow: int
+    x: Array, col: Array, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int, oh: int, ow: int,
+    c0: int = 0,
 ) -> None:
     """Reference for :func:`im2col_numba`."""
-    nb, nc = x.shape[:2]
-    v = padded_windows(x, kh, kw, sh, sw, pt, pl, oh, ow)  # (B, C, oh, ow, kh, kw)
+    nb, nc = x.shape[0], col.shape[0] // (kh * kw)
+    v = padded_windows(x[:, c0:c0 + nc], kh, kw, sh, sw, pt, pl, oh, ow)  # (B,C,oh,ow,kh,kw)
     col[...] = v.transpose(1, 4, 5, 0, 2, 3).reshape(nc * kh * kw, nb * oh * ow)
 
 
 def col2im_numpy(
-    col: Array, dx: Array, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int, oh: int, ow: int
+    col: Array, dx: Array, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int, oh: int, ow: int,
+    c0: int = 0,
 ) -> None:
     """Reference for :func:`col2im_numba` (same (i, j) summation order: same rounding)."""
-    nb, nc = dx.shape[:2]
+    nb, nc = dx.shape[0], col.shape[0] // (kh * kw)
     g = col.reshape(nc, kh, kw, nb, oh, ow).transpose(3, 0, 4, 5, 1, 2)  # (B,C,oh,ow,kh,kw)
-    scatter_windows(dx, g, sh, sw, pt, pl)
+    out = dx[:, c0:c0 + nc]
+    part = np.empty(out.shape, out.dtype)
+    scatter_windows(part, g, sh, sw, pt, pl)
+    out[...] = part
+
+
+def im2col_lean(
+    x: Array, col: Array, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int, oh: int, ow: int,
+    c0: int = 0,
+) -> None:
+    """:func:`im2col_numba` without numba, allocation-free (kernels/lean.py on a channel
+    view of x)."""
+    lean.im2col(x[:, c0:c0 + col.shape[0] // (kh * kw)], col, kh, kw, sh, sw, pt, pl, oh, ow)
+
+
+def col2im_lean(
+    col: Array, dx: Array, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int, oh: int, ow: int,
+    c0: int = 0,
+) -> None:
+    """:func:`col2im_numba` without numba, allocation-free (kernels/lean.py)."""
+    lean.col2im(col, dx[:, c0:c0 + col.shape[0] // (kh * kw)], kh, kw, sh, sw, pt, pl, oh, ow)
 
 
 def chunk_to_nchw_numpy(src: Array, dst: Array) -> None:
@@ -293,8 +325,8 @@ def bias_grad_nchw_numpy(dy: Array, db: Array, accumulate: bool) -> None:
 
 # ----------------------------------------------------------------------------- public
 
-im2col = pick(im2col_numba, lean.im2col)
-col2im = pick(col2im_numba, lean.col2im)
+im2col = pick(im2col_numba, im2col_lean)
+col2im = pick(col2im_numba, col2im_lean)
 chunk_to_nchw = pick(chunk_to_nchw_numba, chunk_to_nchw_numpy)
 chunk_to_nchw_bias = pick(chunk_to_nchw_bias_numba, lean_bias.chunk_to_nchw_bias)
 nchw_to_chunk = pick(nchw_to_chunk_numba, nchw_to_chunk_numpy)

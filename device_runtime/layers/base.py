@@ -68,6 +68,9 @@ class FinalizeContext:
     training: bool  # the graph runs backward (False: inference or a forward-only probe)
     recompute: bool = False  # may rebuild cheap outputs before backward (batch-norm)
     label_kind: str | None = None  # a loss's labels: "index" or "dense" (None: its default)
+    # bytes of im2col scratch a convolution's backward may hold per tile of input channels
+    # (0: whole layers); chosen by the cap fit, it never changes the numbers (layers/conv.py)
+    conv_tile: int = 0
 
 
 ApplyFn = Callable[[str, int, np.ndarray, np.ndarray], None]

@@ -4,6 +4,19 @@ Chunking is what keeps the im2col scratch small: columns of ``b`` samples at a t
 ``b`` a divisor of the batch chosen so a chunk holds about ``NNFLEET_CONV_COLUMNS``
 (default 1024) output positions. Small feature maps get big chunks, so the GEMMs stay
 efficient; large ones go one sample at a time, straight into the output (no copy).
+
+Backward runs over tiles of input channels (issue 13), so neither the im2col matrix of
+the weight gradient nor the column derivative of the input derivative is ever whole:
+each tile is ``tc`` channels, ``tc * kh * kw`` rows of them. Neither reduction is split
+by it: dW's is over output positions (a tile of channels is a block of dW's columns) and
+dcol's over output channels (a block of its rows); col2im sums each dx element's terms
+from rows of its own channel only. The products themselves are computed in fixed blocks
+of ``cblock`` channels (:data:`BLOCK_BYTES` of columns) whatever the tile, so the BLAS
+calls, and hence every number, are the same for any tile size: BLAS does round a block
+of a product differently from the whole product for some shapes (OpenBLAS's small-matrix
+kernels), which is why the tile only groups blocks and never changes them. The tile size
+comes from ``FinalizeContext.conv_tile`` (bytes of im2col scratch per tile), which the
+cap fit chooses; the layer requests tile-sized scratch, so the plan knows its bytes.
 """
 
 from __future__ import annotations
@@ -19,6 +32,10 @@ from .base import CD, CG, F, FinalizeContext, Layer, Shape, parse_ints
 from .core import GRAD_BLOCK_BYTES
 
 CONV_COLUMNS = switches.integer("NNFLEET_CONV_COLUMNS")
+# Bytes of im2col rows per block of the backward products (the smallest tile): fewer,
+# larger blocks cost fewer BLAS calls; 1 MiB gives vgg16 and resnet18 the same floors as
+# 512 KiB at every micro-batch.
+BLOCK_BYTES = 1 << 20
 
 
 def resolve_padding(layer: Layer, raw: object, size: tuple[int, int], kernel: tuple[int, int],
@@ -54,6 +71,19 @@ def pick_chunk(batch: int, positions: int, columns: int = CONV_COLUMNS) -> int:
         if batch % b == 0 and b * positions <= max(columns, positions):
             best = b
     return best
+
+
+def channel_blocks(c: int, per_channel: int, tile_bytes: int, direct: bool,
+                   block_bytes: int | None = None) -> tuple[int, int]:
+    """``(cblock, tc)``: channels per product block (fixed by the shapes alone) and per
+    tile (a multiple of it, at most ``tile_bytes`` of im2col rows; 0 = all channels).
+    ``per_channel`` is one channel's im2col bytes. A 1x1 direct conv is one block."""
+    if direct:
+        return c, c
+    cblock = max(1, min(c, (block_bytes or BLOCK_BYTES) // per_channel))
+    if tile_bytes <= 0:
+        return cblock, c
+    return cblock, min(c, max(1, tile_bytes // (per_channel * cblock)) * cblock)
 
 
 class Conv2D(Layer):
@@ -95,22 +125,24 @@ class Conv2D(Layer):
         self.direct = (kh, kw, sh, sw, pt, pb, pl, pr) == (1, 1, 1, 1, 0, 0, 0, 0)
         self.b = pick_chunk(n, self.hw)
         ncol = self.b * self.hw
+        self.kk = kh * kw
+        self._tiles(c, ncol, ctx.conv_tile)
+        rows = self.tc * self.kk  # im2col rows of one tile
         if not self.direct or self.b > 1:
             self.request_tensor("col_f", (self.ckk, ncol), {F})
-            self.request_tensor("col_g", (self.ckk, ncol), {CG})
+            self.request_tensor("col_g", (rows, ncol), {CG})
         if self.b > 1:
             self.request_tensor("ych", (filters, ncol), {F})
             self.request_tensor("dych_g", (filters, ncol), {CG})
             self.request_tensor("dych_d", (filters, ncol), {CD})
-        if n // self.b > 1:
-            self.request_tensor("gtmp", (filters, self.ckk), {CG})
-        self.request_tensor("dcol", (self.ckk, ncol), {CD})
-        # dW is computed in blocks of output channels whether or not the blocks are
-        # applied one by one (fused), so fusing never changes the numbers (BLAS rounds a
-        # block product differently from a whole product).
-        self.grows = self.filters
-        if n // self.b == 1:
-            self.grows = max(1, min(self.filters, GRAD_BLOCK_BYTES // (4 * self.ckk)))
+        # dW is computed in blocks of output channels (rows) whether or not the blocks are
+        # applied one by one (fused), and whatever the tile, so neither changes the numbers
+        # (BLAS rounds a block product differently from a whole product).
+        self.grows = max(1, min(self.filters, GRAD_BLOCK_BYTES // (4 * self.ckk)))
+        self.nchunks = n // self.b
+        if self.nchunks > 1:
+            self.request_tensor("gtmp", (self.grows, self.ckk), {CG})
+        self.request_tensor("dcol", (rows, ncol), {CD})
         self.input_needed = frozenset({CG})
         # With no backward (a frozen conv, or inference), the output may overwrite the
         # input when sizes agree: each chunk of samples is unfolded into col (or copied
@@ -124,13 +156,23 @@ class Conv2D(Layer):
         # the whole gradient would cost more than that derivative being alive during CG.
         if self.filters * self.ckk <= math.prod(self.in_shapes[0]):
             return False
-        # One chunk of samples: dW is computed in blocks of output channels, each applied
-        # at once. Several chunks: dW accumulates over them (it is small then: only
-        # large feature maps are chunked), and is applied whole.
-        self.request_tensor("gblock", (self.grows, self.ckk), {CG})
+        # A block of output channels (rows) is applied once it is summed over the chunks:
+        # at once with one chunk, or tiled (each rows block unfolds its chunks again);
+        # whole layers over several chunks sum all of dW first (it is small then: only
+        # large feature maps are chunked) and apply it in one call.
+        rows = self.filters if self.nchunks > 1 and len(self.tiles) == 1 else self.grows
+        self.request_tensor("gblock", (rows, self.ckk), {CG})
         if self.use_bias:
             self.request_tensor("gbias", (self.filters,), {CG})
         return True
+
+    def _tiles(self, c: int, ncol: int, tile_bytes: int) -> None:
+        self.cblock, self.tc = channel_blocks(c, 4 * self.kk * ncol, tile_bytes, self.direct)
+        self.tiles = [(t0, min(c, t0 + self.tc)) for t0 in range(0, c, self.tc)]
+        # product blocks of each tile, as (first, last) rows of the tile's columns
+        kk = self.kk
+        self.tile_blocks = [[((j0 - t0) * kk, (min(t1, j0 + self.cblock) - t0) * kk)
+                             for j0 in range(t0, t1, self.cblock)] for t0, t1 in self.tiles]
 
     def bind(self) -> None:
         x, y = self.io.x[0], self.io.y[0]
@@ -150,6 +192,8 @@ class Conv2D(Layer):
                 x[n0].reshape(self.c, self.hw) if self.direct else None,
             ))
         self.dy3 = None if dy is None else dy.reshape(n, self.filters, self.hw)
+        self.oblocks = [(o0, min(self.filters, o0 + self.grows))
+                        for o0 in range(0, self.filters, self.grows)]
 
     def _col(self, name: str, xs: np.ndarray, xd: np.ndarray | None) -> np.ndarray:
         if self.direct and self.b == 1:
@@ -158,7 +202,15 @@ class Conv2D(Layer):
         if self.direct:
             K.nchw_to_chunk(xs.reshape(self.b, self.c, self.hw), col)
         else:
-            K.im2col(xs, col, *self.geom)
+            K.im2col(xs, col, *self.geom, 0)
+        return col
+
+    def _col_tile(self, xs: np.ndarray, xd: np.ndarray | None, t0: int, t1: int) -> np.ndarray:
+        """The im2col rows of channels t0..t1 of this chunk (col_g holds one tile)."""
+        if self.direct:  # one tile: the whole col (or x itself)
+            return self._col("col_g", xs, xd)
+        col = self.t["col_g"][:(t1 - t0) * self.kk]
+        K.im2col(xs, col, *self.geom, t0)
         return col
 
     def _dych(self, name: str, dys: np.ndarray) -> np.ndarray:
@@ -181,55 +233,87 @@ class Conv2D(Layer):
                 else:
                     K.chunk_to_nchw(self.t["ych"], ys)
 
-    def _weight_grad(self, out: np.ndarray) -> None:
-        """dW (Cout, CKK) accumulated over the sample chunks into ``out``."""
-        for i, (xs, _, _, dys, xd) in enumerate(self.chunks):
-            col = self._col("col_g", xs, xd)
-            dych = self._dych("dych_g", self.bound(dys, "dy"))
-            if i == 0:
-                np.matmul(dych, col.T, out=out)
-            else:
-                np.matmul(dych, col.T, out=self.t["gtmp"])
-                np.add(out, self.t["gtmp"], out=out)
+    def _target(self, o0: int, o1: int, whole: bool) -> np.ndarray:
+        """Where dW rows o0..o1 go: the fused block (all rows when ``whole``) or dW."""
+        if self.fused:
+            return self.t["gblock"][o0:o1] if whole else self.t["gblock"][:o1 - o0]
+        return self.bound(self.g2, "weight gradient")[o0:o1]
+
+    def _products(self, g: np.ndarray, dych: np.ndarray, col: np.ndarray, o0: int, o1: int,
+                  c0: int, blocks: list[tuple[int, int]], first: bool) -> None:
+        """dW rows o0..o1, the blocks' columns, = dY rows @ their im2col rows, block by
+        block, into ``g`` (the first chunk) or into gtmp (later chunks: :meth:`_add_chunk`
+        adds it once every column is done); ``col`` holds the rows from channel c0's on."""
+        off = c0 * self.kk
+        dst = g if first else self.t["gtmp"][:o1 - o0]
+        for a, b in blocks:
+            np.matmul(dych[o0:o1], col[a:b].T, out=dst[:, off + a:off + b])
+
+    def _add_chunk(self, g: np.ndarray, first: bool) -> None:
+        if not first:  # whole rows, contiguous: no iteration buffer
+            np.add(g, self.t["gtmp"][:g.shape[0]], out=g)
+
+    def _apply_rows(self, g: np.ndarray, o0: int, o1: int) -> None:
+        self.apply("weight", o0 * self.ckk, self.w2[o0:o1].reshape(-1), g.reshape(-1))
 
     def calc_gradient(self) -> None:
-        fused = self.fused
-        if self.grows == self.filters:
-            g = self.t["gblock"] if fused else self.bound(self.g2, "weight gradient")
-            self._weight_grad(g)
-            if fused:
-                self.apply("weight", 0, self.w2.reshape(-1), g.reshape(-1))
+        """dW in fixed (output rows x channel block) products, each summed over the sample
+        chunks in chunk order (the first written, each other added whole rows at a time
+        through gtmp, as before tiling). Whole
+        layers: one im2col per chunk. Tiled: rows block by rows block, each unfolding its
+        chunks tile by tile (im2col again per rows block: the price of a small col), so a
+        fused block is always whole rows, applied in one call."""
+        many = len(self.chunks) > 1
+        whole = len(self.tiles) == 1
+        if whole:
+            blocks = self.tile_blocks[0]
+            for ci, (xs, _, _, dys, xd) in enumerate(self.chunks):
+                col = self._col_tile(xs, xd, 0, self.c)
+                dych = self._dych("dych_g", self.bound(dys, "dy"))
+                for o0, o1 in self.oblocks:
+                    g = self._target(o0, o1, many)
+                    self._products(g, dych, col, o0, o1, 0, blocks, ci == 0)
+                    self._add_chunk(g, ci == 0)
+                    if self.fused and not many:
+                        self._apply_rows(g, o0, o1)
+            if self.fused and many:
+                self._apply_rows(self.t["gblock"], 0, self.filters)
         else:
-            xs, _, _, dys, xd = self.chunks[0]
-            col = self._col("col_g", xs, xd)
-            dych = self._dych("dych_g", self.bound(dys, "dy"))
-            for o0 in range(0, self.filters, self.grows):
-                o1 = min(self.filters, o0 + self.grows)
-                if fused:
-                    g = self.t["gblock"][:o1 - o0]
-                else:
-                    g = self.bound(self.g2, "weight gradient")[o0:o1]
-                np.matmul(dych[o0:o1], col.T, out=g)
-                if fused:
-                    self.apply("weight", o0 * self.ckk, self.w2[o0:o1].reshape(-1), g.reshape(-1))
+            dych = None
+            for o0, o1 in self.oblocks:
+                g = self._target(o0, o1, False)
+                for ci, (xs, _, _, dys, xd) in enumerate(self.chunks):
+                    if many or dych is None:  # one chunk: its dY layout serves every block
+                        dych = self._dych("dych_g", self.bound(dys, "dy"))
+                    for (t0, t1), blocks in zip(self.tiles, self.tile_blocks):
+                        col = self._col_tile(xs, xd, t0, t1)
+                        self._products(g, dych, col, o0, o1, t0, blocks, ci == 0)
+                    self._add_chunk(g, ci == 0)
+                if self.fused:
+                    self._apply_rows(g, o0, o1)
         if self.bias is not None:
-            gbias = self.t["gbias"] if fused else self.g["bias"]
+            gbias = self.t["gbias"] if self.fused else self.g["bias"]
             K.bias_grad_nchw(self.bound(self.dy3, "dy"), gbias, False)
-            if fused:
+            if self.fused:
                 self.apply("bias", 0, self.bias, gbias)
 
     def calc_derivative(self) -> None:
         if self.io.dx[0] is None:
             return
-        dcol = self.t["dcol"]
         for _, _, dxs, dys, _ in self.chunks:
             dxs = self.bound(dxs, "dx")
             dych = self._dych("dych_d", self.bound(dys, "dy"))
-            np.matmul(self.w2t, dych, out=dcol)
             if self.direct:
+                dcol = self.t["dcol"]
+                np.matmul(self.w2t, dych, out=dcol)
                 if self.b == 1:
                     np.copyto(dxs[0].reshape(self.c, self.hw), dcol)
                 else:
                     K.chunk_to_nchw(dcol, dxs.reshape(self.b, self.c, self.hw))
-            else:
-                K.col2im(dcol, dxs, *self.geom)
+                continue
+            for (t0, t1), blocks in zip(self.tiles, self.tile_blocks):
+                dcol = self.t["dcol"][:(t1 - t0) * self.kk]
+                w2t = self.w2t[t0 * self.kk:t1 * self.kk]
+                for a, b in blocks:
+                    np.matmul(w2t[a:b], dych, out=dcol[a:b])
+                K.col2im(dcol, dxs, *self.geom, t0)

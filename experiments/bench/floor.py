@@ -16,15 +16,17 @@ from typing import Any
 SLACK = 64 * 1024  # page rounding of the chosen plan, and the re-measured baseline
 
 
-def floor_bytes(model: Any) -> tuple[int, int]:
-    """``(bytes over the baseline, micro-batch)`` of the smallest plan at any micro-batch."""
+def floor_bytes(model: Any, full_batch: bool = False, conv_tile: int = 1) -> tuple[int, int]:
+    """``(bytes over the baseline, micro-batch)`` of the smallest plan at any micro-batch
+    (``full_batch``: at the compiled batch only), conv backward in its smallest tiles (1;
+    0 = whole layers, as before tiling)."""
     from device_runtime.accumulate import BUFFER_BYTES
     from device_runtime.stepplan import StepPlan
 
     batch, state = model.batch_size, model.optimizer.state_bytes
     best = None
-    for b in [d for d in range(batch, 0, -1) if batch % d == 0]:
-        g = model._graph(b, backward=True, with_loss=True)
+    for b in [d for d in range(batch, 0, -1) if batch % d == 0][:1 if full_batch else None]:
+        g = model._graph(b, backward=True, with_loss=True, conv_tile=conv_tile)
         pool = StepPlan(g, model.planner, swap="on", lookahead=0).plan.pool_bytes
         need = pool + state + (BUFFER_BYTES if b < batch else 0)
         if best is None or need < best[0]:
@@ -57,3 +59,20 @@ def compile_at_floor(model: Any, compile_kw: dict[str, Any], baseline: int) -> i
                 raise
             cap = max(cap, e.needed) + (attempt + 1) * 4 * SLACK  # it moves as it is chased
     return cap
+
+
+def batch_floors(name: str, batch: int) -> dict[str, int]:
+    """The smallest full-batch plan of a built-in model, whole layers and tiled, with the
+    live-bytes lower bounds (every candidate swapped, no prefetch): bytes."""
+    from device_runtime import build
+    from device_runtime.stepplan import StepPlan
+
+    m = build(name)
+    m.compile(batch_size=batch, optimizer="sgd")
+    out = {}
+    for label, tile in (("whole", 0), ("tiled", 1)):
+        st = StepPlan(m._graph(batch, backward=True, with_loss=True, conv_tile=tile), m.planner,
+                      swap="on", lookahead=0)
+        out[f"{label}_pool"], out[f"{label}_lower_bound"] = st.plan.pool_bytes, st.lower_bound
+    out["state"] = m.optimizer.state_bytes
+    return out

@@ -23,6 +23,9 @@ import sys
 from typing import Any
 
 MiB = 1 << 20
+# over the smallest full-batch plan, its optimizer state and the fit's margin: page
+# rounding and a baseline that moves a little between processes
+FLOOR_SLACK = 512 * 1024
 
 
 def _train(model: str, steps: int, batch: int, extra: list[str]) -> dict[str, Any]:
@@ -39,6 +42,7 @@ def _train(model: str, steps: int, batch: int, extra: list[str]) -> dict[str, An
             pass
     if p.returncode != 0:
         out["error"] = (p.stderr.strip().splitlines() or ["?"])[-1]
+    out["load"] = os.getloadavg()[0]
     return out
 
 
@@ -51,13 +55,22 @@ def torch_working_set(model: str, steps: int, batch: int) -> int | None:
 
 
 def sweep(model: str, steps: int, batch: int, fractions: list[float], repeat: int = 1,
-          torch: bool = False, prefetch_runs: bool = True) -> dict[str, Any]:
+          torch: bool = False, prefetch_runs: bool = True,
+          floor_run: bool = False) -> dict[str, Any]:
     ref = _train(model, steps, batch, ["--swap", "off"])
     if ref["returncode"] != 0:
         raise SystemExit(f"unswapped {model} failed: {ref.get('error')}")
     base, ws = ref["baseline_rss_bytes"], ref["working_set_bytes"]
     rows = [{"fraction": None, "cap": None, **ref}]
     caps = [(f, "ws", int(base + f * ws)) for f in fractions]
+    floors = None
+    if floor_run:  # the smallest full-batch plan (tiled), as a cap: its step time
+        from device_runtime.cap.fit import MARGIN_BYTES
+        from experiments.bench.floor import batch_floors
+
+        floors = batch_floors(model, batch)
+        cap = base + floors["tiled_pool"] + floors["state"] + MARGIN_BYTES + FLOOR_SLACK
+        caps.insert(0, ((cap - base) / ws, f"b{batch} floor", cap))
     tws = torch_working_set(model, steps, batch) if torch else None
     if tws:
         caps.append((0.05, "torch ws", int(base + 0.05 * tws)))
@@ -74,7 +87,8 @@ def sweep(model: str, steps: int, batch: int, fractions: list[float], repeat: in
             r = _train(model, steps, batch, ["--swap", "on", "--lookahead", str(la)])
             prefetch.append({"lookahead": la, **r})
     return {"model": model, "baseline": base, "working_set": ws, "ref": ref, "rows": rows,
-            "prefetch": prefetch, "torch_working_set": tws, "smallest_cap": smallest}
+            "prefetch": prefetch, "torch_working_set": tws, "smallest_cap": smallest,
+            "floors": floors}
 
 
 def _fmt(r: dict[str, Any], ref: dict[str, Any]) -> str:
@@ -89,10 +103,21 @@ def _fmt(r: dict[str, Any], ref: dict[str, Any]) -> str:
     return (f"  cap {cap} MiB  peak {r['peak_rss_bytes'] / MiB:8.1f} MiB  under cap {under:3s}  "
             f"pool {r['pool_bytes'] / MiB:6.1f}  "
             f"swap/step {r.get('swap_bytes_written', 0) / steps / MiB:6.1f} MiB  "
-            f"micro {r.get('micro_batch', '-')}{_acc(r)}  step {step:7.1f} ms  "
+            f"micro {r.get('micro_batch', '-')}{_acc(r)}{_tile(r)}  step {step:7.1f} ms  "
             f"x{step / (ref['step_seconds_median'] * 1e3):.2f} of unswapped  "
             f"guard {guard:.2f}% of wall  "
             f"I/O stall {1e3 * r.get('swap_wait_seconds', 0) / steps:6.1f} ms/step")
+
+
+def _tile(r: dict[str, Any]) -> str:
+    """The conv backward tile the cap fit chose, when it tiled."""
+    t = r.get("conv_tile") or 0
+    return "" if not t else f" tile {'smallest' if t == 1 else f'{t / MiB:.0f} MiB'}"
+
+
+def _load(r: dict[str, Any]) -> str:
+    """The 1-minute load average when the run ended (this machine is shared)."""
+    return f"  load {r['load']:.1f}" if "load" in r else ""
 
 
 def _acc(r: dict[str, Any]) -> str:
@@ -147,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--torch", action="store_true",
                    help="also a cap at baseline + 5%% of PyTorch's working set (measured; "
                         "default: not)")
+    p.add_argument("--floor", action="store_true",
+                   help="also print the smallest full-batch plan with whole and tiled conv "
+                        "backward, and train under a cap at the tiled one (default: not)")
     p.add_argument("--no-prefetch", dest="prefetch", action="store_false",
                    help="skip the lookahead 0/3/8 runs (default: run them)")
     p.add_argument("--png", default="bench_swap.png", help="where the plot goes")
@@ -155,16 +183,24 @@ def main(argv: list[str] | None = None) -> int:
     fractions = [float(f) for f in a.fractions.split(",")]
     results = []
     for model in a.models.split(","):
-        res = sweep(model, a.steps, a.batch_size, fractions, a.repeat, a.torch, a.prefetch)
+        res = sweep(model, a.steps, a.batch_size, fractions, a.repeat, a.torch, a.prefetch,
+                    a.floor)
         results.append(res)
         ref = res["ref"]
+        fl = res["floors"]
+        if fl:
+            print(f"{model} batch {a.batch_size}: smallest plan (every candidate swapped, no "
+                  f"prefetch) whole-layer conv backward {fl['whole_pool'] / MiB:.2f} MiB "
+                  f"(lower bound {fl['whole_lower_bound'] / MiB:.2f}), tiled "
+                  f"{fl['tiled_pool'] / MiB:.2f} MiB (lower bound "
+                  f"{fl['tiled_lower_bound'] / MiB:.2f})")
         print(f"{model} batch {a.batch_size}: baseline {res['baseline'] / MiB:.1f} MiB, unswapped "
               f"working set {res['working_set'] / MiB:.1f} MiB, "
               f"step {ref['step_seconds_median'] * 1e3:.1f} ms" + (
                   f"; torch working set {res['torch_working_set'] / MiB:.1f} MiB"
                   if res["torch_working_set"] else ""))
         for r in res["rows"][1:]:
-            print(f"  {r['fraction']:.2f} x {r['of']:<8}" + _fmt(r, ref))
+            print(f"  {r['fraction']:.2f} x {r['of']:<8}" + _fmt(r, ref) + _load(r))
         for f, of in dict.fromkeys((r["fraction"], r["of"]) for r in res["rows"][1:]):
             runs = [r for r in res["rows"][1:] if (r["fraction"], r["of"]) == (f, of)]
             ok = sum(r["returncode"] == 0 and r["peak_rss_bytes"] <= r["cap"] for r in runs)
