@@ -103,3 +103,22 @@ def load_scaled(seconds: float) -> float:
     import os
 
     return seconds * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+
+
+def history_engine(fleet, profiles, workers: int, isolation: str, payload: dict,
+                   base: int | None):
+    """(engine, base) for the worker-history tests: a numpy-kernel fleet engine (use it in a
+    ``with``) and device 0's RSS at the start of training on a fresh worker (``base`` when
+    given: a second engine compares against the first one's)."""
+    from experiments.fleet import FleetEngine, Job
+
+    eng = FleetEngine(fleet, profiles, workers=workers, isolation=isolation, kernels="numpy",
+                      faults={"timeout": 300.0}, quiet=True)
+    if base is None:
+        try:
+            first = eng.run(payload, [Job("train", 0, 0)], "base")[0]
+        except BaseException:
+            eng.close()
+            raise
+        base = int(first.metrics["baseline-rss"])
+    return eng, base

@@ -15,7 +15,8 @@ import pytest
 from device_runtime.cap.fit import MARGIN_BYTES
 from device_runtime.device import initial_weights
 from experiments.data import make_fleet_data
-from experiments.fleet import DeviceProfile, FleetEngine, Job
+from experiments.fleet import DeviceProfile, Job
+from tests.helpers import history_engine
 
 MODEL = json.dumps([
     {"type": "input", "name": "in", "input_shape": "20"},
@@ -43,11 +44,8 @@ def _verdicts(isolation: str, workers: int, base: int | None = None) -> tuple[in
     profiles = [DeviceProfile(i, OTHERS.get(i, 1 << 30), 1.0, 1.0, 0.0) for i in range(4)]
     payload = {0: (initial_weights(MODEL, 0), CONFIG)}
     out: dict[tuple[int, str], str] = {}
-    with FleetEngine(fleet, profiles, workers=workers, isolation=isolation, kernels="numpy",
-                     faults={"timeout": 300.0}, quiet=True) as eng:
-        if base is None:  # device 0's RSS at the start of training, on a fresh worker
-            first = eng.run(payload, [Job("train", 0, 0)], "base")[0]
-            base = int(first.metrics["baseline-rss"])
+    eng, base = history_engine(fleet, profiles, workers, isolation, payload, base)
+    with eng:
         for i, delta in enumerate(DELTAS):
             eng.profiles[0].ram_cap = base + delta
             alone = eng.run(payload, [Job("train", 0, 0)], f"alone{i}")[0]

@@ -22,7 +22,8 @@ import json
 
 from device_runtime.device import initial_weights
 from experiments.data import make_fleet_data
-from experiments.fleet import DeviceProfile, FleetEngine, Job
+from experiments.fleet import DeviceProfile, Job
+from tests.helpers import history_engine
 
 
 def _mlp(hidden: int) -> str:
@@ -62,11 +63,8 @@ def _runs(workers: int, base: int | None = None) -> tuple[int, dict]:
     payload = {0: (initial_weights(MODEL, 0), {**CONFIG, "model": MODEL}),
                1: (initial_weights(OTHER, 0), {**CONFIG, "model": OTHER})}
     out: dict[tuple[int, str], object] = {}
-    with FleetEngine(fleet, profiles, workers=workers, isolation="worker", kernels="numpy",
-                     faults={"timeout": 300.0}, quiet=True) as eng:
-        if base is None:  # device 0's RSS at the start of training, on a fresh worker
-            first = eng.run(payload, [Job("train", 0, 0)], "base")[0]
-            base = int(first.metrics["baseline-rss"])
+    eng, base = history_engine(fleet, profiles, workers, "worker", payload, base)
+    with eng:
         for i, delta in enumerate(DELTAS):
             eng.profiles[0].ram_cap = base + delta
             out[(delta, "alone")] = eng.run(payload, [Job("train", 0, 0)], f"alone{i}")[0]
