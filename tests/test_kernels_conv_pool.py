@@ -80,8 +80,12 @@ def test_numba_kernels_reject_mismatched_shapes() -> None:
     x = np.zeros((2, 3, 4, 4), F32)
     with pytest.raises(AssertionError, match="col shape"):
         conv.im2col_numba(x, np.zeros((27, 31), F32), 3, 3, 1, 1, 1, 1, 4, 4)
-    with pytest.raises(AssertionError, match="col shape"):
+    with pytest.raises(AssertionError, match="col rows"):  # channels x kernel rows
+        conv.im2col_numba(x, np.zeros((26, 32), F32), 3, 3, 1, 1, 1, 1, 4, 4)
+    with pytest.raises(AssertionError, match="col rows"):
         conv.col2im_numba(np.zeros((26, 32), F32), x, 3, 3, 1, 1, 1, 1, 4, 4)
+    with pytest.raises(AssertionError, match="col shape"):  # samples x output positions
+        conv.col2im_numba(np.zeros((27, 31), F32), x, 3, 3, 1, 1, 1, 1, 4, 4)
     with pytest.raises(AssertionError, match="dx shape"):
         pool.maxpool2d_bwd_numba(x, np.zeros((2, 3, 2, 2), F32), x[:1], 2, 2, 2, 2, 0, 0)
 
