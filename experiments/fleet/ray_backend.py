@@ -89,6 +89,7 @@ class RayEngine:
         self.isolation, self.faults = isolation, (
             faults if isinstance(faults, FaultPlan) else FaultPlan.from_config(faults, seed))
         self.warm_models, self.node_dir, self.respawned = list(warm_models or []), node_dir, 0
+        self.lost_nodes: set[str] = set()  # nodes seen dead (Ray's node table can lag)
         self.moved = {"data_to_nodes": 0, "states_to_nodes": 0, "states_to_head": 0,
                       "updates_to_head": 0}
         self._own_ray = not ray.is_initialized()
@@ -199,7 +200,9 @@ class RayEngine:
         dead = [s for s in self.slots if not s.alive]
         if not dead:
             return
-        nodes = {nd["NodeID"]: nd for nd in ray.nodes() if nd["Alive"]}
+        # a node whose worker died with it may still read Alive for a while: never place there
+        nodes = {nd["NodeID"]: nd for nd in ray.nodes()
+                 if nd["Alive"] and nd["NodeID"] not in self.lost_nodes}
         rooms = {k: Room(k, int(nd["Resources"].get("memory", 0)),
                          float(nd["Resources"].get("CPU", 0))) for k, nd in nodes.items()}
         for s in self.slots:
@@ -284,6 +287,8 @@ class RayEngine:
                     status, why = ("node-lost", f"its node {s.node[:12]} died mid-round") \
                         if "node has died" in str(e) or not self._node_alive(s.node) \
                         else ("crashed", "its Ray worker died mid-round")
+                    if status == "node-lost":
+                        self.lost_nodes.add(s.node)
                     for task in chunk:
                         report(self._lost(task, status, why, s))
                     continue
