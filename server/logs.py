@@ -10,7 +10,13 @@ def plain_when_not_a_terminal() -> None:
     """Turn off the colours of the ``flwr`` logger's console handlers whose stream is not a
     terminal."""
     for h in logging.getLogger("flwr").handlers:
-        stream = getattr(h, "stream", None)
-        if hasattr(h, "colored") and not (stream is not None and hasattr(stream, "isatty")
-                                          and stream.isatty()):
+        if hasattr(h, "colored") and not _terminal(getattr(h, "stream", None)):
             h.colored = False
+
+
+def _terminal(stream: object) -> bool:
+    """Whether ``stream`` is an open terminal (a closed file is not)."""
+    try:
+        return bool(stream is not None and stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):  # no isatty, or closed
+        return False

@@ -76,8 +76,10 @@ def soak(devices: int = 1000, rounds: int = 20, rate: float = 0.05, cap: int = 2
         cgroup = eng.kernel_summary()["cgroups"]
         import server
         from experiments.fleet.grid import FleetGrid, run_serverapp
+        from server.logs import plain_when_not_a_terminal
 
         logging.getLogger("flwr").setLevel(logging.WARNING)
+        plain_when_not_a_terminal()
 
         def record(rec: dict[str, Any]) -> None:  # counted, not kept: memory must stay flat
             if rec["phase"] == "train":
