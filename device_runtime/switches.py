@@ -29,6 +29,8 @@ SWITCHES: dict[str, Switch] = {s.name: s for s in (
            "per core of this process's CPU affinity (or OPENBLAS_NUM_THREADS when set); auto "
            "= timed steps pick all cores or 1 (faster on a loaded machine; the count can "
            "change the last bits)"),
+    Switch("NNFLEET_POOL_ARGMAX", "", "0: max pooling keeps its input for backward and "
+           "recomputes the argmax (default: it keeps the argmax, a byte per output)"),
     Switch("NNFLEET_CONV_COLUMNS", "1024", "output positions per im2col chunk"),
     Switch("NNFLEET_POISON", "", "fill the pool with NaN at allocation, so a read of an "
            "unwritten tensor shows"),

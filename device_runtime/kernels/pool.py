@@ -2,10 +2,12 @@
 
 Arrays are (B, C, H, W) in and (B, C, OH, OW) out; only the top/left pads are passed,
 the bottom/right ones are implied by OH/OW. Max pooling pads with -inf and its backward
-recomputes the argmax from ``x`` (no saved indices) with PyTorch's CPU tie rule: the
-FIRST maximal element in row-major window order (a NaN always wins, the last one in
-the window). Average pooling counts the padding (``count_include_pad=True``): it always
-divides by ``kh*kw``. Global pooling is a window of the whole input (kh, kw = H, W).
+finds the argmax with PyTorch's CPU tie rule: the FIRST maximal element in row-major
+window order (a NaN always wins, the last one in the window); either the forward keeps
+it (``*_arg``: an offset in the window per output, a byte for small windows) or the
+backward recomputes it from ``x``. Average pooling counts the padding
+(``count_include_pad=True``): it always divides by ``kh*kw``. Global pooling is a window
+of the whole input (kh, kw = H, W).
 
 Backward kernels overwrite ``dx``. Work is split over (b, c) planes, so no two threads
 write the same element.
@@ -97,6 +99,76 @@ def maxpool2d_bwd_numba(
                             m = v
                             arg = row + ix
                 dxf[np.uint64(arg)] += dyf[np.uint64((p * oh + oy) * ow + ox)]
+
+
+@njit(parallel=True)
+def maxpool2d_fwd_arg_numba(
+    x: Array, y: Array, arg: Array, none: int, kh: int, kw: int, sh: int, sw: int, pt: int,
+    pl: int
+) -> None:
+    """As :func:`maxpool2d_fwd_numba`, and ``arg`` (B, C, OH, OW) = where each maximum is,
+    as the offset ``i*kw + j`` in its window, with the backward's rule (the first maximum,
+    the last NaN); ``none`` for a window wholly in the padding. Backward then needs only
+    ``arg``, not ``x``: a byte per output instead of the whole input kept."""
+    nb, nc, h, w = x.shape
+    oh, ow = y.shape[2], y.shape[3]
+    assert y.shape[0] == nb and y.shape[1] == nc, "maxpool2d_fwd_arg: y shape"
+    assert arg.shape == y.shape, "maxpool2d_fwd_arg: arg shape"
+    xf = x.reshape(x.size)
+    yf = y.reshape(y.size)
+    af = arg.reshape(arg.size)
+    for p in prange(nb * nc):
+        for oy in range(oh):
+            wy = oy * sh - pt
+            y1 = min(wy + kh, h)
+            y0 = max(wy, 0)
+            for ox in range(ow):
+                wx = ox * sw - pl
+                x1 = min(wx + kw, w)
+                x0 = max(wx, 0)
+                q = np.uint64((p * oh + oy) * ow + ox)
+                m = -np.inf
+                a = none
+                if y0 < y1 and x0 < x1:
+                    a = (y0 - wy) * kw + x0 - wx
+                for iy in range(y0, y1):
+                    row = (p * h + iy) * w
+                    for ix in range(x0, x1):
+                        v = xf[np.uint64(row + ix)]
+                        if v > m or v != v:
+                            m = v
+                            a = (iy - wy) * kw + ix - wx
+                yf[q] = m
+                af[q] = a
+
+
+@njit(parallel=True)
+def maxpool2d_bwd_arg_numba(
+    arg: Array, dy: Array, dx: Array, none: int, kh: int, kw: int, sh: int, sw: int, pt: int,
+    pl: int
+) -> None:
+    """dx (overwritten) = dy routed to the window offsets ``arg`` that the forward kept:
+    the same additions, in the same (oy, ox) order, as :func:`maxpool2d_bwd_numba`."""
+    nb, nc, h, w = dx.shape
+    oh, ow = dy.shape[2], dy.shape[3]
+    assert dy.shape[0] == nb and dy.shape[1] == nc, "maxpool2d_bwd_arg: dy shape"
+    assert arg.shape == dy.shape, "maxpool2d_bwd_arg: arg shape"
+    af = arg.reshape(arg.size)
+    dyf = dy.reshape(dy.size)
+    dxf = dx.reshape(dx.size)
+    hw = h * w
+    for p in prange(nb * nc):
+        for t in range(hw):
+            dxf[np.uint64(p * hw + t)] = 0.0
+        for oy in range(oh):
+            for ox in range(ow):
+                q = np.uint64((p * oh + oy) * ow + ox)
+                a = af[q]
+                if a == none:
+                    continue
+                iy = oy * sh - pt + a // kw
+                ix = ox * sw - pl + a % kw
+                dxf[np.uint64((p * h + iy) * w + ix)] += dyf[q]
 
 
 @njit(parallel=True)
@@ -208,5 +280,7 @@ def avgpool2d_bwd_numpy(
 
 maxpool2d_fwd = pick(maxpool2d_fwd_numba, lean.maxpool2d_fwd)
 maxpool2d_bwd = pick(maxpool2d_bwd_numba, lean_pool.maxpool2d_bwd)
+maxpool2d_fwd_arg = pick(maxpool2d_fwd_arg_numba, lean_pool.maxpool2d_fwd_arg)
+maxpool2d_bwd_arg = pick(maxpool2d_bwd_arg_numba, lean_pool.maxpool2d_bwd_arg)
 avgpool2d_fwd = pick(avgpool2d_fwd_numba, lean.avgpool2d_fwd)
 avgpool2d_bwd = pick(avgpool2d_bwd_numba, lean.avgpool2d_bwd)

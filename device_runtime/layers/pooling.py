@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from .. import switches
 from ..kernels import pool as K
-from .base import CD, FinalizeContext, Layer, Shape, parse_ints
+from .base import CD, F, FinalizeContext, Layer, Shape, parse_ints
 from .conv import out_size, resolve_padding
 
 POOLINGS = ("max", "average", "global_max", "global_average")
+# Max pooling keeps each window's argmax (a byte per output for windows up to 255
+# elements) for backward instead of its whole input; the numbers are the same bits.
+# NNFLEET_POOL_ARGMAX=0 keeps the input and recomputes the argmax in backward instead.
+KEEP_ARGMAX = switches.text("NNFLEET_POOL_ARGMAX") != "0"
+
+
+def argmax_dtype(window: int) -> type:
+    """The smallest unsigned type that holds every offset of a ``window``-element window
+    and, as its largest value, "no element" (a window wholly in the padding)."""
+    return next(t for t in (np.uint8, np.uint16, np.uint32) if window <= np.iinfo(t).max)
 
 
 class Pooling2D(Layer):
@@ -36,11 +49,20 @@ class Pooling2D(Layer):
             raise self.fail(f"pool {kh}x{kw} does not fit the {h}x{w} input")
         self.geom = (kh, kw, sh, sw, pads[0], pads[2])
         self.is_max = kind in ("max", "global_max")
-        if self.is_max:  # the argmax is recomputed from the input: no index tensor
+        self.keep_arg = self.is_max and ctx.training and KEEP_ARGMAX
+        if self.keep_arg:
+            dtype = argmax_dtype(kh * kw)
+            self.none = int(np.iinfo(dtype).max)
+            self.request_tensor("argmax", (n, c, oh, ow), {F, CD}, dtype)
+        elif self.is_max:  # the argmax is recomputed from the input in backward
             self.input_needed = frozenset({CD})
         return [(n, c, oh, ow)]
 
     def forward(self, training: bool) -> None:
+        if self.keep_arg and self.has_cd and "argmax" in self.t:  # no backward: no argmax
+            K.maxpool2d_fwd_arg(self.io.x[0], self.io.y[0], self.t["argmax"], self.none,
+                                *self.geom)
+            return
         f = K.maxpool2d_fwd if self.is_max else K.avgpool2d_fwd
         f(self.io.x[0], self.io.y[0], *self.geom)
 
@@ -48,7 +70,9 @@ class Pooling2D(Layer):
         dx = self.io.dx[0]
         if dx is None:
             return
-        if self.is_max:
+        if self.keep_arg:
+            K.maxpool2d_bwd_arg(self.t["argmax"], self.io.dy[0], dx, self.none, *self.geom)
+        elif self.is_max:
             K.maxpool2d_bwd(self.io.x[0], self.io.dy[0], dx, *self.geom)
         else:
             K.avgpool2d_bwd(self.io.dy[0], dx, *self.geom)
