@@ -22,12 +22,11 @@ from tests.flower_harness import (  # noqa: E402
     ROOT,
     ClientAppPeaks,
     app_config,
-    exe,
     flower_home,
     flwr_run,
     free_port,
-    start,
-    wait_port,
+    start_superlink,
+    start_supernode,
 )
 
 pytestmark = NEEDS_FLOWER
@@ -56,21 +55,12 @@ def test_a_device_service_pays_its_imports_once_and_each_message_stays_thin(tmp_
         assert svc.stdout is not None
         ready = svc.stdout.readline()  # the service's first line, or EOF if it failed
         assert ready.startswith("device service ready"), ready
-        sl = start(h, [exe("flower-superlink"), "--insecure",
-                       "--disable-runtime-dependency-installation", "--host", "127.0.0.1",
-                       "--port", str(port)], "superlink.log")
-        wait_port(port, sl)
+        start_superlink(h, port)
         configs = {"service": f"device-socket='{sock}'",
                    "in-process": f"data-path='{tmp_path / 'device1.npz'}' ram-cap=1073741824"}
         roots = {}
         for i, (name, node_config) in enumerate(configs.items()):
-            node_port = free_port()
-            sn = start(h, [exe("flower-supernode"), "--insecure", "--superlink",
-                           f"127.0.0.1:{port}", "--host", "127.0.0.1", "--port",
-                           str(node_port), "--max-wait-time", "60", "--node-config",
-                           node_config], f"supernode{i}.log")
-            wait_port(node_port, sn)
-            roots[sn.pid] = name
+            roots[start_supernode(h, port, node_config, f"supernode{i}.log").pid] = name
         # Execute: three rounds with both SuperNodes (min-nodes=2), sampled as they run
         with ClientAppPeaks(roots, {"device-service": svc.pid}) as peaks:
             flwr_run(h, "deploy", f"num-rounds={ROUNDS} min-nodes=2 result-path='{result}'",
