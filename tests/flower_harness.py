@@ -168,3 +168,13 @@ class ClientAppPeaks:
 def app_config() -> dict:
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         return tomllib.load(f)["tool"]["flwr"]["app"]["config"]
+
+
+def device_files(folder, devices: int) -> None:
+    """Devices 0 .. ``devices``-1's data of the pyproject's app, each in its own file
+    ``folder/device<i>.npz`` (what a board's ``data-path`` names)."""
+    from experiments.fleet.flower_data import partition
+
+    cfg = app_config()
+    for i in range(devices):
+        partition(i, cfg).save(os.path.join(folder, f"device{i}.npz"))

@@ -18,6 +18,7 @@ from tests.flower_harness import (  # noqa: E402
     NEEDS_FLOWER,
     ClientAppPeaks,
     app_config,
+    device_files,
     flower_home,
     flwr_run,
     free_port,
@@ -61,11 +62,7 @@ def test_flwr_run_simulation_gives_the_fleet_engine_weights(tmp_path):
 
 def test_superlink_and_two_supernodes_on_loopback_enforce_ram_caps(tmp_path):
     # Prepare: two devices' data files; device A has room, device B a cap it cannot meet
-    from experiments.fleet.flower_data import partition
-
-    cfg = app_config()
-    for i in range(2):
-        partition(i, cfg).save(str(tmp_path / f"device{i}.npz"))
+    device_files(tmp_path, 2)
     caps = {0: 1 << 30, 1: 32 << 20}
     result = tmp_path / "deploy.npz"
     port = free_port()

@@ -21,7 +21,7 @@ from tests.flower_harness import (  # noqa: E402
     NEEDS_FLOWER,
     ROOT,
     ClientAppPeaks,
-    app_config,
+    device_files,
     flower_home,
     flwr_run,
     free_port,
@@ -36,11 +36,8 @@ ROUNDS = 3
 def test_a_device_service_pays_its_imports_once_and_each_message_stays_thin(tmp_path):
     # Prepare: two devices' data; device 0 is served by a long-lived device service
     from device_runtime.service import request
-    from experiments.fleet.flower_data import partition
 
-    cfg = app_config()
-    for i in range(2):
-        partition(i, cfg).save(str(tmp_path / f"device{i}.npz"))
+    device_files(tmp_path, 2)
     sock = tmp_path / "run" / "device.sock"
     result = tmp_path / "deploy.npz"
     port = free_port()
