@@ -85,6 +85,27 @@ def start(h: dict, args: list[str], log: str) -> subprocess.Popen:
     return p
 
 
+def start_superlink(h: dict, port: int, *flags: str) -> subprocess.Popen:
+    """An insecure SuperLink on 127.0.0.1:``port`` (``flags`` besides, e.g. ``--simulation``),
+    returned once it listens."""
+    sl = start(h, [exe("flower-superlink"), "--insecure", *flags,
+                   "--disable-runtime-dependency-installation", "--host", "127.0.0.1",
+                   "--port", str(port)], "superlink.log")
+    wait_port(port, sl)
+    return sl
+
+
+def start_supernode(h: dict, superlink: int, node_config: str, log: str) -> subprocess.Popen:
+    """An insecure SuperNode of the SuperLink on port ``superlink`` with its ``--node-config``,
+    logging to ``log``, returned once it listens."""
+    port = free_port()
+    sn = start(h, [exe("flower-supernode"), "--insecure", "--superlink",
+                   f"127.0.0.1:{superlink}", "--host", "127.0.0.1", "--port", str(port),
+                   "--max-wait-time", "60", "--node-config", node_config], log)
+    wait_port(port, sn)
+    return sn
+
+
 def flwr_run(h: dict, connection: str, overrides: str, extra: list[str]) -> str:
     r = subprocess.run([exe("flwr"), "run", ROOT, connection, "--stream", "-c", overrides,
                         *extra], env=h["env"], cwd=ROOT, capture_output=True, text=True,
@@ -147,3 +168,13 @@ class ClientAppPeaks:
 def app_config() -> dict:
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         return tomllib.load(f)["tool"]["flwr"]["app"]["config"]
+
+
+def device_files(folder, devices: int) -> None:
+    """Devices 0 .. ``devices``-1's data of the pyproject's app, each in its own file
+    ``folder/device<i>.npz`` (what a board's ``data-path`` names)."""
+    from experiments.fleet.flower_data import partition
+
+    cfg = app_config()
+    for i in range(devices):
+        partition(i, cfg).save(os.path.join(folder, f"device{i}.npz"))

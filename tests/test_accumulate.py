@@ -107,15 +107,21 @@ def test_cap_fit_chooses_the_swapped_sum_when_the_resident_one_does_not_fit():
         fit_to_cap(make, m.planner, 32, cap, base, 0, trainable, "off", params=params)
 
 
+def _warm(name: str) -> tuple[dr.Model, np.ndarray, np.ndarray, int]:
+    """A built-in model and 128 samples for it, warmed up (JIT, executors) and the heap
+    released, and the baseline RSS measured after all of that."""
+    m = dr.build(name)
+    x, y = synthetic_classification(m.input_shape, 10, 128)
+    m.warm_up()
+    dr.rss.release_heap()
+    return m, x, y, dr.rss.current_rss()
+
+
 def test_baseline_that_moves_before_training_is_measured_again_and_refitted():
     # Issue 13, item 4: a plan that fitted by kilobytes at compile time would go over the
     # cap once the baseline moved (here: 1.5 MB allocated between compile and fit). The
     # first fit measures the baseline again and fits the step again over it.
-    m = dr.build("lenet5")
-    x, y = synthetic_classification(m.input_shape, 10, 128)
-    m.warm_up()
-    dr.rss.release_heap()
-    base = dr.rss.current_rss()
+    m, x, y, base = _warm("lenet5")
     pool64 = StepPlan(m._graph(64, True, True), m.planner).plan.pool_bytes
     cap = base + MARGIN_BYTES + pool64 + 64 * 1024
     m.compile(batch_size=64, optimizer="sgd", lr=0.05, ram_cap=cap, baseline_rss=base)
@@ -135,11 +141,7 @@ def test_baseline_that_moves_before_training_is_measured_again_and_refitted():
 
 
 def test_baseline_moved_beyond_any_plan_is_refused_before_training():
-    m = dr.build("mlp")
-    x, y = synthetic_classification(m.input_shape, 10, 128)
-    m.warm_up()
-    dr.rss.release_heap()
-    base = dr.rss.current_rss()
+    m, x, y, base = _warm("mlp")
     cap = base + MARGIN_BYTES + (2 << 20)
     m.compile(batch_size=64, optimizer="sgd", lr=0.05, ram_cap=cap, baseline_rss=base)
     before = m.get_weights()

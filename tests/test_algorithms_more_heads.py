@@ -18,6 +18,7 @@ from device_runtime.errors import ConfigError
 from device_runtime.modelspec import load_model
 from experiments.algorithms import device_config, get_algorithm
 from experiments.algorithms.registry import two_heads
+from tests.configs import mlp, synthetic_images
 from tests.test_algorithms_more import (
     KEYS,
     MODEL,
@@ -173,25 +174,7 @@ name = "more-algorithms"
 seed = 2
 rounds = 3
 algorithms = ["fedavg", "apfl", "pfedme", "perfedavg", "fedbabu", "fedrod"]
-
-[data]
-kind = "synthetic_images"
-devices = 4
-shape = [3, 8, 8]
-partition = "k_classes"
-k = 2
-samples-per-device = 60
-noise = 6.0
-
-[model]
-layers = [
-  {type = "input", name = "in", input_shape = "3:8:8"},
-  {type = "flatten", name = "flat"},
-  {type = "fully_connected", name = "fc1", unit = 32, activation = "relu"},
-  {type = "fully_connected", name = "fc2", unit = 10},
-]
-head = ["fc2"]
-
+""" + synthetic_images(4, (3, 8, 8), samples=60, noise=6.0) + mlp((3, 8, 8), 32, head=True) + """
 [train]
 lr = 0.05
 batch-size = 8

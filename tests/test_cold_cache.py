@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from experiments.fleet.kernels import numba_available
+from tests.configs import mlp, synthetic_images
 
 pytest.importorskip("flwr")
 pytestmark = pytest.mark.skipif(not numba_available(), reason="numba is not installed")
@@ -22,24 +23,7 @@ name = "cold"
 seed = 0
 rounds = 2
 algorithms = ["fedavg", "fedper"]
-
-[data]
-kind = "synthetic_images"
-devices = 6
-shape = [3, 16, 16]
-partition = "k_classes"
-k = 2
-samples-per-device = 60
-
-[model]
-layers = [
-  {type = "input", name = "in", input_shape = "3:16:16"},
-  {type = "flatten", name = "flat"},
-  {type = "fully_connected", name = "fc1", unit = 32, activation = "relu"},
-  {type = "fully_connected", name = "fc2", unit = 10},
-]
-head = ["fc2"]
-
+""" + synthetic_images(6, (3, 16, 16), samples=60) + mlp((3, 16, 16), 32, head=True) + """
 [train]
 lr = 0.05
 batch-size = 16

@@ -12,6 +12,7 @@ import pytest
 from device_runtime.errors import ConfigError
 from experiments.config import check_config, load_config
 from experiments.data import make_fleet_data
+from tests.configs import mlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "experiments", "configs")
@@ -98,13 +99,7 @@ algorithms = ["fedavg"]
 kind = "digits"
 devices = 8
 partition = "iid"
-[model]
-layers = [
-  {type = "input", name = "in", input_shape = "1:8:8"},
-  {type = "flatten", name = "flat"},
-  {type = "fully_connected", name = "fc1", unit = 32, activation = "relu"},
-  {type = "fully_connected", name = "fc2", unit = 10},
-]
+""" + mlp((1, 8, 8), hidden=32) + """
 [train]
 lr = 0.1
 batch-size = 16

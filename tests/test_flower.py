@@ -18,12 +18,12 @@ from tests.flower_harness import (  # noqa: E402
     NEEDS_FLOWER,
     ClientAppPeaks,
     app_config,
-    exe,
+    device_files,
     flower_home,
     flwr_run,
     free_port,
-    start,
-    wait_port,
+    start_superlink,
+    start_supernode,
 )
 
 pytestmark = NEEDS_FLOWER
@@ -35,10 +35,7 @@ def test_flwr_run_simulation_gives_the_fleet_engine_weights(tmp_path):
     overrides = {"num-rounds": 2, "data-devices": 6, "result-path": str(out_npz)}
     port = free_port()
     with flower_home(tmp_path, "local", port) as h:
-        sl = start(h, [exe("flower-superlink"), "--insecure", "--simulation",
-                        "--disable-runtime-dependency-installation", "--host", "127.0.0.1",
-                        "--port", str(port)], "superlink.log")
-        wait_port(port, sl)
+        start_superlink(h, port, "--simulation")
         # Execute: Flower's simulation runtime...
         text = " ".join(f"{k}={json.dumps(v)}" for k, v in overrides.items())
         flwr_run(h, "local", text, ["--federation-config", "num-supernodes=6"])
@@ -65,27 +62,15 @@ def test_flwr_run_simulation_gives_the_fleet_engine_weights(tmp_path):
 
 def test_superlink_and_two_supernodes_on_loopback_enforce_ram_caps(tmp_path):
     # Prepare: two devices' data files; device A has room, device B a cap it cannot meet
-    from experiments.fleet.flower_data import partition
-
-    cfg = app_config()
-    for i in range(2):
-        partition(i, cfg).save(str(tmp_path / f"device{i}.npz"))
+    device_files(tmp_path, 2)
     caps = {0: 1 << 30, 1: 32 << 20}
     result = tmp_path / "deploy.npz"
     port = free_port()
     with flower_home(tmp_path, "deploy", port) as h:
-        sl = start(h, [exe("flower-superlink"), "--insecure",
-                        "--disable-runtime-dependency-installation", "--host", "127.0.0.1",
-                        "--port", str(port)], "superlink.log")
-        wait_port(port, sl)
+        start_superlink(h, port)
         for i in range(2):
-            node_port = free_port()
-            sn = start(h, [exe("flower-supernode"), "--insecure", "--superlink",
-                            f"127.0.0.1:{port}", "--host", "127.0.0.1", "--port", str(node_port),
-                            "--max-wait-time", "60", "--node-config",
-                            f"data-path='{tmp_path / f'device{i}.npz'}' ram-cap={caps[i]}"],
-                        f"supernode{i}.log")
-            wait_port(node_port, sn)
+            start_supernode(h, port, f"data-path='{tmp_path / f'device{i}.npz'}' ram-cap={caps[i]}",
+                            f"supernode{i}.log")
         # Execute: two rounds; min-nodes=2 makes the server wait for both SuperNodes
         with ClientAppPeaks() as peaks:  # what each message's ClientApp process costs
             flwr_run(h, "deploy", f"num-rounds=2 min-nodes=2 result-path='{result}'", [])

@@ -21,13 +21,12 @@ from tests.flower_harness import (  # noqa: E402
     NEEDS_FLOWER,
     ROOT,
     ClientAppPeaks,
-    app_config,
-    exe,
+    device_files,
     flower_home,
     flwr_run,
     free_port,
-    start,
-    wait_port,
+    start_superlink,
+    start_supernode,
 )
 
 pytestmark = NEEDS_FLOWER
@@ -37,11 +36,8 @@ ROUNDS = 3
 def test_a_device_service_pays_its_imports_once_and_each_message_stays_thin(tmp_path):
     # Prepare: two devices' data; device 0 is served by a long-lived device service
     from device_runtime.service import request
-    from experiments.fleet.flower_data import partition
 
-    cfg = app_config()
-    for i in range(2):
-        partition(i, cfg).save(str(tmp_path / f"device{i}.npz"))
+    device_files(tmp_path, 2)
     sock = tmp_path / "run" / "device.sock"
     result = tmp_path / "deploy.npz"
     port = free_port()
@@ -56,21 +52,12 @@ def test_a_device_service_pays_its_imports_once_and_each_message_stays_thin(tmp_
         assert svc.stdout is not None
         ready = svc.stdout.readline()  # the service's first line, or EOF if it failed
         assert ready.startswith("device service ready"), ready
-        sl = start(h, [exe("flower-superlink"), "--insecure",
-                       "--disable-runtime-dependency-installation", "--host", "127.0.0.1",
-                       "--port", str(port)], "superlink.log")
-        wait_port(port, sl)
+        start_superlink(h, port)
         configs = {"service": f"device-socket='{sock}'",
                    "in-process": f"data-path='{tmp_path / 'device1.npz'}' ram-cap=1073741824"}
         roots = {}
         for i, (name, node_config) in enumerate(configs.items()):
-            node_port = free_port()
-            sn = start(h, [exe("flower-supernode"), "--insecure", "--superlink",
-                           f"127.0.0.1:{port}", "--host", "127.0.0.1", "--port",
-                           str(node_port), "--max-wait-time", "60", "--node-config",
-                           node_config], f"supernode{i}.log")
-            wait_port(node_port, sn)
-            roots[sn.pid] = name
+            roots[start_supernode(h, port, node_config, f"supernode{i}.log").pid] = name
         # Execute: three rounds with both SuperNodes (min-nodes=2), sampled as they run
         with ClientAppPeaks(roots, {"device-service": svc.pid}) as peaks:
             flwr_run(h, "deploy", f"num-rounds={ROUNDS} min-nodes=2 result-path='{result}'",

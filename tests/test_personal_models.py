@@ -12,30 +12,14 @@ import numpy as np
 import pytest
 
 from experiments.results import file_name, finish_personal, load_personal, staging_dir
+from tests.configs import mlp, synthetic_images
 
 CONFIG = """
 name = "personal"
 seed = 2
 rounds = 2
 algorithms = ["local", "fedavg", "fedper", "ditto", "fedavg-ft"]
-
-[data]
-kind = "synthetic_images"
-devices = 6
-shape = [3, 4, 4]
-partition = "k_classes"
-k = 2
-samples_per_device = 30
-noise = 4.0
-
-[model]
-layers = [
-  {type = "input", name = "in", input_shape = "3:4:4"},
-  {type = "flatten", name = "flat"},
-  {type = "fully_connected", name = "fc1", unit = 8, activation = "relu"},
-  {type = "fully_connected", name = "fc2", unit = 10},
-]
-
+""" + synthetic_images(6, (3, 4, 4), samples=30, noise=4.0) + mlp((3, 4, 4), hidden=8) + """
 [train]
 lr = 0.1
 batch-size = 8
@@ -47,21 +31,8 @@ fraction-train = 1.0
 isolation = "worker"
 workers = 2
 kernels = "numpy"
-ram_cap = {dist = "choice", values = ["24MiB", "1GiB"], weights = [0.3, 0.7]}
+ram-cap = {dist = "choice", values = ["24MiB", "1GiB"], weights = [0.3, 0.7]}
 """
-
-
-def _spelled(text: str) -> str:
-    """The config with the keys spelled as this checkout's schema spells them: the config
-    keys are being renamed to kebab-case (issue 15), ``ram_cap`` -> ``ram-cap``."""
-    from experiments.config import DATA_KINDS, FLEET
-
-    known = set(FLEET).union(*(set(k) for k in DATA_KINDS.values()))
-    for old in ("samples_per_device", "ram_cap"):
-        new = old.replace("_", "-")
-        if old not in known and new in known:
-            text = text.replace(f"{old} =", f"{new} =").replace(f'"{old}"', f'"{new}"')
-    return text
 
 
 def _forward(w: dict, x: np.ndarray) -> np.ndarray:
@@ -78,7 +49,7 @@ def _simulate(tmp_path_factory, name: str, text: str) -> tuple[str, str, dict]:
 
     tmp = tmp_path_factory.mktemp(name)
     cfg = tmp / f"{name}.toml"
-    cfg.write_text(_spelled(text))
+    cfg.write_text(text)
     out = tmp / "out"
     assert main([str(cfg), "--out", str(out), "--quiet"]) == 0
     with open(out / "summary.json") as f:

@@ -13,6 +13,7 @@ from device_runtime.errors import ConfigError
 from device_runtime.models import lenet5, resnet18
 from experiments.algorithms import ALGORITHMS, device_config, get_algorithm, resolve_personal
 from experiments.fleet.profiles import draw, draw_profiles
+from tests.configs import mlp, synthetic_images
 
 
 def test_placeholders_resolve_against_the_model():
@@ -61,24 +62,7 @@ name = "small"
 seed = 1
 rounds = 6
 algorithms = ["local", "fedavg", "fedper"]
-
-[data]
-kind = "synthetic_images"
-devices = 16
-shape = [3, 8, 8]
-partition = "k_classes"
-k = 2
-samples-per-device = 60
-noise = 6.0
-
-[model]
-layers = [
-  {type = "input", name = "in", input_shape = "3:8:8"},
-  {type = "flatten", name = "flat"},
-  {type = "fully_connected", name = "fc1", unit = 32, activation = "relu"},
-  {type = "fully_connected", name = "fc2", unit = 10},
-]
-
+""" + synthetic_images(16, (3, 8, 8), samples=60, noise=6.0) + mlp((3, 8, 8), hidden=32) + """
 [train]
 lr = 0.05
 batch-size = 8

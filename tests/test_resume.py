@@ -17,6 +17,8 @@ import numpy as np
 import psutil
 import pytest
 
+from tests.configs import mlp, synthetic_images
+
 pytest.importorskip("flwr")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,24 +29,7 @@ name = "resume"
 seed = 2
 rounds = 3
 algorithms = ["fedper", "ditto"]
-
-[data]
-kind = "synthetic_images"
-devices = 6
-shape = [3, 8, 8]
-partition = "k_classes"
-k = 2
-samples-per-device = 40
-noise = 6.0
-
-[model]
-layers = [
-  {type = "input", name = "in", input_shape = "3:8:8"},
-  {type = "flatten", name = "flat"},
-  {type = "fully_connected", name = "fc1", unit = 16, activation = "relu"},
-  {type = "fully_connected", name = "fc2", unit = 10},
-]
-
+""" + synthetic_images(6, (3, 8, 8), samples=40, noise=6.0) + mlp((3, 8, 8), hidden=16) + """
 [train]
 lr = 0.05
 batch-size = 8

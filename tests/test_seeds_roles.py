@@ -16,31 +16,18 @@ from experiments.simulate import build_fleet, model_text, run_config
 CFG = {
     "name": "roles", "seed": 3, "rounds": 2,
     "data": {"kind": "synthetic_images", "devices": 6, "shape": [1, 4, 4], "classes": 4,
-             "samples_per_device": 20, "partition": "k_classes", "k": 2},
+             "samples-per-device": 20, "partition": "k_classes", "k": 2},
     "model": {"layers": [{"type": "input", "name": "in", "input_shape": "1:4:4"},
                          {"type": "flatten", "name": "flat"},
                          {"type": "fully_connected", "name": "fc1", "unit": 4}]},
-    "fleet": {"ram_cap": {"dist": "choice", "values": ["96MiB", "1GiB"]},
+    "fleet": {"ram-cap": {"dist": "choice", "values": ["96MiB", "1GiB"]},
               "speed": {"dist": "lognormal", "median": 1.0, "sigma": 0.5},
               "availability": {"dist": "uniform", "low": 0.5, "high": 1.0}},
 }
 
 
-def _spelled(text: str) -> str:
-    """The config with the keys spelled as this checkout's schema spells them: the config
-    keys are being renamed to kebab-case (issue 15), ``ram_cap`` -> ``ram-cap``."""
-    from experiments.config import DATA_KINDS, FLEET
-
-    known = set(FLEET).union(*(set(k) for k in DATA_KINDS.values()))
-    for old in ("samples_per_device", "ram_cap"):
-        new = old.replace("_", "-")
-        if old not in known and new in known:
-            text = text.replace(f"{old} =", f"{new} =").replace(f'"{old}"', f'"{new}"')
-    return text
-
-
 def _cfg(**extra: object) -> dict:
-    return {**json.loads(_spelled(json.dumps(CFG))), **extra}
+    return {**json.loads(json.dumps(CFG)), **extra}  # a deep copy
 
 
 def _rc(cfg: dict, algo: str) -> dict:

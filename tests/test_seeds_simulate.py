@@ -11,30 +11,15 @@ import os
 
 import pytest
 
+from tests.configs import mlp, synthetic_images
+
 CONFIG = """
 name = "seeds"
 rounds = 2
 data-seed = 5  # one fleet for every seed: the seeds vary the model init and the sampling
 save-personal-models = false  # (tests/test_personal_models.py saves them)
 algorithms = ["fedavg", "fedper", "local"]
-
-[data]
-kind = "synthetic_images"
-devices = 6
-shape = [3, 4, 4]
-partition = "k_classes"
-k = 2
-samples_per_device = 30
-noise = 4.0
-
-[model]
-layers = [
-  {type = "input", name = "in", input_shape = "3:4:4"},
-  {type = "flatten", name = "flat"},
-  {type = "fully_connected", name = "fc1", unit = 8, activation = "relu"},
-  {type = "fully_connected", name = "fc2", unit = 10},
-]
-
+""" + synthetic_images(6, (3, 4, 4), samples=30, noise=4.0) + mlp((3, 4, 4), hidden=8) + """
 [train]
 lr = 0.1
 batch-size = 8
@@ -47,19 +32,6 @@ workers = 2
 kernels = "numpy"
 """
 T975_1 = 12.706  # t table: two-sided 95%, 1 degree of freedom
-
-
-def _spelled(text: str) -> str:
-    """The config with the keys spelled as this checkout's schema spells them: the config
-    keys are being renamed to kebab-case (issue 15), ``ram_cap`` -> ``ram-cap``."""
-    from experiments.config import DATA_KINDS, FLEET
-
-    known = set(FLEET).union(*(set(k) for k in DATA_KINDS.values()))
-    for old in ("samples_per_device", "ram_cap"):
-        new = old.replace("_", "-")
-        if old not in known and new in known:
-            text = text.replace(f"{old} =", f"{new} =").replace(f'"{old}"', f'"{new}"')
-    return text
 
 
 def _json(path: str) -> dict:
@@ -86,7 +58,7 @@ def run(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("seeds")
     cfg = tmp / "seeds.toml"
-    cfg.write_text(_spelled(CONFIG))
+    cfg.write_text(CONFIG)
     out = str(tmp / "out")
     assert main([str(cfg), "--out", out, "--quiet", "--seeds", "0,1"]) == 0
     return str(cfg), out
