@@ -76,3 +76,17 @@ def test_public_kernels_are_the_copy_kernels_with_numba() -> None:
         pytest.skip("numba is not in use")
     assert conv.im2col is conv_copy.im2col_copy
     assert conv.col2im is conv_copy.col2im_copy
+
+
+def test_shape_checks_name_rows_and_columns() -> None:
+    x = np.zeros((2, 3, 4, 4), F32)
+    for fn, a, b in [(conv_copy.im2col_copy, x, None), (conv_copy.col2im_copy, None, x)]:
+        with pytest.raises(AssertionError, match="col rows"):
+            col = np.zeros((26, 32), F32)
+            fn(*((a, col) if b is None else (col, b)), 3, 3, 1, 1, 1, 1, 4, 4)
+        with pytest.raises(AssertionError, match="col shape"):  # samples x output positions
+            col = np.zeros((27, 31), F32)
+            fn(*((a, col) if b is None else (col, b)), 3, 3, 1, 1, 1, 1, 4, 4)
+        with pytest.raises(AssertionError, match="col rows"):  # a tile past the channels
+            col = np.zeros((18, 32), F32)
+            fn(*((a, col) if b is None else (col, b)), 3, 3, 1, 1, 1, 1, 4, 4, 2)

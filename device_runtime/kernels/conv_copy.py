@@ -77,13 +77,14 @@ def im2col_copy(
                 p0 = plane + s_run
                 for t in range(t_lo, t_hi):
                     cf[np.uint64(q0 + t)] = xf[np.uint64(p0 + t)]
-                if nx < ow:
+                # border columns: strided stores down the rows, one loop per column
+                # (a loop per row and side cost more than the copy on 4x4 maps)
+                for t in range(ox_lo):
                     for oy in range(oy_lo, oy_hi):
-                        q = base + oy * ow
-                        for t in range(ox_lo):
-                            cf[np.uint64(q + t)] = 0.0
-                        for t in range(ox_hi, ow):
-                            cf[np.uint64(q + t)] = 0.0
+                        cf[np.uint64(base + oy * ow + t)] = 0.0
+                for t in range(ox_hi, ow):
+                    for oy in range(oy_lo, oy_hi):
+                        cf[np.uint64(base + oy * ow + t)] = 0.0
                 continue
             for oy in range(oy_lo, oy_hi):
                 q = base + oy * ow
