@@ -12,7 +12,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from device_runtime.kernels import conv, pool
+from device_runtime.kernels import conv, conv_copy, pool
 from device_runtime.kernels._jit import USE_NUMBA
 from device_runtime.kernels.conv import im2col
 from device_runtime.kernels.pool import maxpool2d_bwd
@@ -91,5 +91,5 @@ def test_numba_kernels_reject_mismatched_shapes() -> None:
 
 
 def test_public_names_pick_the_numba_kernels_when_enabled() -> None:
-    assert (im2col is conv.im2col_numba) == USE_NUMBA
+    assert (im2col is conv_copy.im2col_copy) == USE_NUMBA  # the serial copy kernels (issue 17)
     assert (maxpool2d_bwd is pool.maxpool2d_bwd_numba) == USE_NUMBA

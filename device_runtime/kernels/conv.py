@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import threads
-from . import lean, lean_bias
+from . import conv_copy, lean, lean_bias
 from ._jit import njit, pick, prange
 
 threads.configure()  # the GEMMs below run on BLAS threads chosen from the cores (threads.py)
@@ -325,8 +325,9 @@ def bias_grad_nchw_numpy(dy: Array, db: Array, accumulate: bool) -> None:
 
 # ----------------------------------------------------------------------------- public
 
-im2col = pick(im2col_numba, im2col_lean)
-col2im = pick(col2im_numba, col2im_lean)
+# the serial copy kernels (issue 17: same values, faster access order; conv_copy.py)
+im2col = pick(conv_copy.im2col_copy, im2col_lean)
+col2im = pick(conv_copy.col2im_copy, col2im_lean)
 chunk_to_nchw = pick(chunk_to_nchw_numba, chunk_to_nchw_numpy)
 chunk_to_nchw_bias = pick(chunk_to_nchw_bias_numba, lean_bias.chunk_to_nchw_bias)
 nchw_to_chunk = pick(nchw_to_chunk_numba, nchw_to_chunk_numpy)
