@@ -30,6 +30,29 @@ Array = np.ndarray
 # signed indices blocks vectorisation; every index here is in range by construction.
 
 
+@njit(inline="always")
+def _window_max(xf: Array, p: int, h: int, w: int, wy: int, wx: int, kh: int, kw: int,
+                none: int) -> tuple[float, int]:
+    """The maximum of plane ``p``'s window at (wy, wx) (its top-left, maybe in the padding)
+    and where it is, as the offset ``i*kw + j`` in the window, with PyTorch's rule: start
+    at the first in-range element, replace on ``>`` or NaN. (-inf, ``none``) for a window
+    wholly in the padding."""
+    y1, x1 = min(wy + kh, h), min(wx + kw, w)
+    y0, x0 = max(wy, 0), max(wx, 0)
+    m = -np.inf
+    a = none
+    if y0 < y1 and x0 < x1:
+        a = (y0 - wy) * kw + x0 - wx
+    for iy in range(y0, y1):
+        row = (p * h + iy) * w
+        for ix in range(x0, x1):
+            v = xf[np.uint64(row + ix)]
+            if v > m or v != v:
+                m = v
+                a = (iy - wy) * kw + ix - wx
+    return m, a
+
+
 @njit(parallel=True)
 def maxpool2d_fwd_numba(
     x: Array, y: Array, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int
@@ -42,20 +65,8 @@ def maxpool2d_fwd_numba(
     yf = y.reshape(y.size)
     for p in prange(nb * nc):
         for oy in range(oh):
-            y0 = oy * sh - pt
-            y1 = min(y0 + kh, h)
-            y0 = max(y0, 0)
             for ox in range(ow):
-                x0 = ox * sw - pl
-                x1 = min(x0 + kw, w)
-                x0 = max(x0, 0)
-                m = -np.inf
-                for iy in range(y0, y1):
-                    row = (p * h + iy) * w
-                    for ix in range(x0, x1):
-                        v = xf[np.uint64(row + ix)]
-                        if v > m or v != v:
-                            m = v
+                m, _ = _window_max(xf, p, h, w, oy * sh - pt, ox * sw - pl, kh, kw, -1)
                 yf[np.uint64((p * oh + oy) * ow + ox)] = m
 
 
@@ -65,7 +76,8 @@ def maxpool2d_bwd_numba(
 ) -> None:
     """dx = dy routed to each window's first maximum, recomputed from x (no indices).
 
-    dx is overwritten; overlapping windows accumulate (in (oy, ox) order).
+    dx is overwritten; overlapping windows accumulate (in (oy, ox) order); windows wholly
+    in the padding credit nothing.
     """
     nb, nc, h, w = x.shape
     oh, ow = dy.shape[2], dy.shape[3]
@@ -79,26 +91,12 @@ def maxpool2d_bwd_numba(
         for t in range(hw):
             dxf[np.uint64(p * hw + t)] = 0.0
         for oy in range(oh):
-            y0 = oy * sh - pt
-            y1 = min(y0 + kh, h)
-            y0 = max(y0, 0)
             for ox in range(ow):
-                x0 = ox * sw - pl
-                x1 = min(x0 + kw, w)
-                x0 = max(x0, 0)
-                if y0 >= y1 or x0 >= x1:
-                    continue  # window entirely in the padding: no input to credit
-                # as PyTorch: start at the first in-range element, replace on > or NaN
-                m = -np.inf
-                arg = (p * h + y0) * w + x0
-                for iy in range(y0, y1):
-                    row = (p * h + iy) * w
-                    for ix in range(x0, x1):
-                        v = xf[np.uint64(row + ix)]
-                        if v > m or v != v:
-                            m = v
-                            arg = row + ix
-                dxf[np.uint64(arg)] += dyf[np.uint64((p * oh + oy) * ow + ox)]
+                wy, wx = oy * sh - pt, ox * sw - pl
+                _, a = _window_max(xf, p, h, w, wy, wx, kh, kw, -1)
+                if a >= 0:
+                    q = (p * h + wy + a // kw) * w + wx + a % kw
+                    dxf[np.uint64(q)] += dyf[np.uint64((p * oh + oy) * ow + ox)]
 
 
 @njit(parallel=True)
@@ -119,25 +117,9 @@ def maxpool2d_fwd_arg_numba(
     af = arg.reshape(arg.size)
     for p in prange(nb * nc):
         for oy in range(oh):
-            wy = oy * sh - pt
-            y1 = min(wy + kh, h)
-            y0 = max(wy, 0)
             for ox in range(ow):
-                wx = ox * sw - pl
-                x1 = min(wx + kw, w)
-                x0 = max(wx, 0)
                 q = np.uint64((p * oh + oy) * ow + ox)
-                m = -np.inf
-                a = none
-                if y0 < y1 and x0 < x1:
-                    a = (y0 - wy) * kw + x0 - wx
-                for iy in range(y0, y1):
-                    row = (p * h + iy) * w
-                    for ix in range(x0, x1):
-                        v = xf[np.uint64(row + ix)]
-                        if v > m or v != v:
-                            m = v
-                            a = (iy - wy) * kw + ix - wx
+                m, a = _window_max(xf, p, h, w, oy * sh - pt, ox * sw - pl, kh, kw, none)
                 yf[q] = m
                 af[q] = a
 
