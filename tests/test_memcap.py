@@ -75,10 +75,13 @@ def test_guard_stops_python_api_run():
 # vgg16's floor is a 24.25 MiB pool + the 2 MiB margin (NNFLEET_CAP_MARGIN: 1 MiB let a
 # resnet18 full-batch step go 0.5 MiB over it in CI: memory the batch-1 measurement of the
 # unplanned bytes does not see), over half its working set (25.4 MiB), and the baseline moves
-# by up to 0.33 MiB between runs: so vgg16 is capped at 0.55 of it, until the floor comes
-# down (issue 13: tiling, recompute); at less the fit takes micro-batches (within 1e-5 of
-# the full batch, not bit-identical, which this test checks).
-@pytest.mark.parametrize("name,fraction", [("vgg16", 0.55), ("resnet18", 0.5)])
+# by up to 0.33 MiB between runs: so vgg16 was capped at 0.55 of it. Since max pooling keeps
+# its argmax (issue 13) vgg16's working set is 38.2 MiB and its batch-32 floor 18.5 MiB
+# (18.75 with prefetch 3, 19.3 untiled with prefetch 1): 0.55 of it left 0.35 MiB to spare
+# and failed once here; 0.6 (22.9 MiB) leaves 1.6 MiB beside the untiled plan. At less the
+# fit takes micro-batches (within 1e-5 of the full batch, not bit-identical, which this
+# test checks).
+@pytest.mark.parametrize("name,fraction", [("vgg16", 0.6), ("resnet18", 0.5)])
 def test_half_working_set_cap_trains_under_cap_bit_identical(name, fraction, tmp_path):
     # Prepare: the unswapped run measures its working set and saves its weights.
     rng = np.random.default_rng(0)
