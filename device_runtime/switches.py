@@ -32,6 +32,8 @@ SWITCHES: dict[str, Switch] = {s.name: s for s in (
     Switch("NNFLEET_POOL_ARGMAX", "", "0: max pooling keeps its input for backward and "
            "recomputes the argmax (default: it keeps the argmax, a byte per output)"),
     Switch("NNFLEET_CONV_COLUMNS", "1024", "output positions per im2col chunk"),
+    Switch("NNFLEET_CONV_BLOCK", str(1 << 20), "bytes of im2col per conv product block "
+           "(forward rows of one sample, backward channels): the smallest tile"),
     Switch("NNFLEET_POISON", "", "fill the pool with NaN at allocation, so a read of an "
            "unwritten tensor shows"),
     Switch("NNFLEET_GRAD_BLOCK", str(1 << 20), "gradient block size in bytes of fully "

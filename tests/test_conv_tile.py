@@ -1,8 +1,9 @@
 """Conv backward over tiles of input channels (issue 13, layers/conv.py).
 
 The tile only groups fixed product blocks, so any tile must give the untiled run's
-numbers bit for bit: checked on random shapes, strides, paddings, blocks, tiles, chunks
-and output-row blocks, fused and unfused, momentum SGD and Adam, numba and numpy kernels
+numbers bit for bit: checked on random shapes, strides, paddings, blocks, tiles, chunks,
+output-row blocks of dW and forward row blocks of single samples, fused and unfused,
+momentum SGD and Adam, numba and numpy kernels
 (the numpy run in a fresh NNFLEET_NO_NUMBA=1 interpreter), on a poisoned pool, with every
 plan checked by planner/check.py; the kernels with a channel offset against their whole
 versions; the blocked gradient against PyTorch; the cap fit choosing a tile (alexnet).
@@ -95,6 +96,8 @@ def _case(seed: int) -> dict:
         "columns": int(rng.choice([1, 2, 1 << 20])),  # > 1: several sample chunks
         "grad_block": int(rng.choice([64, 1 << 20])),  # small: several output-row blocks
         "fused": bool(rng.integers(0, 2)), "adam": bool(rng.integers(0, 2)),
+        # a single sample's forward: one output row per block, a few, or all rows
+        "fwd_block": int(rng.choice([1, 600, 1 << 20])),
     }
 
 
@@ -117,7 +120,7 @@ def train_case(p: dict, tiles: list[int]) -> dict[int, dict[str, np.ndarray]]:
     """Weights after 3 steps of case ``p`` for each conv tile (bytes), plans checked."""
     real_pick, real_blocks = C.pick_chunk, C.channel_blocks
     out = {}
-    old = C.GRAD_BLOCK_BYTES
+    old, old_block = C.GRAD_BLOCK_BYTES, C.BLOCK_BYTES
 
     def blocks(c: int, per: int, tile: int, direct: bool, _: int | None = None
                ) -> tuple[int, int]:
@@ -125,7 +128,7 @@ def train_case(p: dict, tiles: list[int]) -> dict[int, dict[str, np.ndarray]]:
         return real_blocks(c, per, tile * per if tile > 1 else tile, direct,
                            p["block_channels"] * per)
     try:
-        C.GRAD_BLOCK_BYTES = p["grad_block"]
+        C.GRAD_BLOCK_BYTES, C.BLOCK_BYTES = p["grad_block"], p["fwd_block"]
         C.pick_chunk = lambda n, hw: real_pick(n, hw, p["columns"])  # type: ignore[assignment]
         C.channel_blocks = blocks  # type: ignore[assignment]
         for tile in tiles:
@@ -145,7 +148,7 @@ def train_case(p: dict, tiles: list[int]) -> dict[int, dict[str, np.ndarray]]:
             out[tile] = m.get_weights()
             m.close()
     finally:
-        C.GRAD_BLOCK_BYTES = old
+        C.GRAD_BLOCK_BYTES, C.BLOCK_BYTES = old, old_block
         C.pick_chunk, C.channel_blocks = real_pick, real_blocks  # type: ignore[assignment]
     return out
 

@@ -5,6 +5,10 @@ Chunking is what keeps the im2col scratch small: columns of ``b`` samples at a t
 (default 1024) output positions. Small feature maps get big chunks, so the GEMMs stay
 efficient; large ones go one sample at a time, straight into the output (no copy).
 
+A single-sample chunk's forward unfolds blocks of whole output rows, one GEMM each into
+its columns of the output (:mod:`..kernels.conv_rows`), so its scratch is one block and
+never the whole ``(C*kh*kw, oh*ow)`` matrix (issue 13).
+
 Backward runs over tiles of input channels (issue 13), so neither the im2col matrix of
 the weight gradient nor the column derivative of the input derivative is ever whole:
 each tile is ``tc`` channels, ``tc * kh * kw`` rows of them. Neither reduction is split
@@ -28,14 +32,27 @@ import numpy as np
 from .. import switches
 from ..kernels import conv as K
 from ..kernels.bias import add_col_bias
+from ..kernels.conv_rows import im2col_rows, row_blocks
 from .base import CD, CG, F, FinalizeContext, Layer, Shape, parse_ints
 from .core import GRAD_BLOCK_BYTES
 
 CONV_COLUMNS = switches.integer("NNFLEET_CONV_COLUMNS")
-# Bytes of im2col rows per block of the backward products (the smallest tile): fewer,
-# larger blocks cost fewer BLAS calls; 1 MiB gives vgg16 and resnet18 the same floors as
-# 512 KiB at every micro-batch.
-BLOCK_BYTES = 1 << 20
+# Bytes of im2col per product block: the backward's rows of channels (the smallest
+# tile) and a single sample's forward rows. Fewer, larger blocks cost fewer BLAS calls.
+BLOCK_BYTES = switches.integer("NNFLEET_CONV_BLOCK")
+# A single-sample step (micro-batch 1, where the cap fit goes when nothing larger fits)
+# is the floor: its blocks are this much smaller (vgg16's pool 1.98 -> 0.92 MiB, its
+# step ~1.26x slower). Fixed by the batch, so every plan of a micro-batch computes the
+# same numbers; micro-batches differ from the full batch only by summation order anyway.
+SINGLE_SAMPLE_SHRINK = 4
+
+
+def block_bytes(n: int) -> tuple[int, int]:
+    """``(im2col bytes, gradient bytes)`` per product block of a conv over batch ``n``."""
+    if n > 1:
+        return BLOCK_BYTES, GRAD_BLOCK_BYTES
+    return max(1, BLOCK_BYTES // SINGLE_SAMPLE_SHRINK), \
+        max(1, GRAD_BLOCK_BYTES // SINGLE_SAMPLE_SHRINK)
 
 
 def resolve_padding(layer: Layer, raw: object, size: tuple[int, int], kernel: tuple[int, int],
@@ -126,10 +143,16 @@ class Conv2D(Layer):
         self.b = pick_chunk(n, self.hw)
         ncol = self.b * self.hw
         self.kk = kh * kw
+        self.blk, grad_blk = block_bytes(n)
         self._tiles(c, ncol, ctx.conv_tile)
         rows = self.tc * self.kk  # im2col rows of one tile
+        # A single sample's forward unfolds blocks of output rows, one GEMM each: its
+        # scratch is one block whatever the plan (the blocks are fixed by the shapes)
+        self.fblocks = row_blocks(oh, ow, self.ckk, self.blk) \
+            if self.b == 1 and not self.direct else []
+        fcols = max((r1 - r0) * ow for r0, r1 in self.fblocks) if self.fblocks else ncol
         if not self.direct or self.b > 1:
-            self.request_tensor("col_f", (self.ckk, ncol), {F})
+            self.request_tensor("col_f", (self.ckk, fcols), {F})
             self.request_tensor("col_g", (rows, ncol), {CG})
         if self.b > 1:
             self.request_tensor("ych", (filters, ncol), {F})
@@ -138,7 +161,7 @@ class Conv2D(Layer):
         # dW is computed in blocks of output channels (rows) whether or not the blocks are
         # applied one by one (fused), and whatever the tile, so neither changes the numbers
         # (BLAS rounds a block product differently from a whole product).
-        self.grows = max(1, min(self.filters, GRAD_BLOCK_BYTES // (4 * self.ckk)))
+        self.grows = max(1, min(self.filters, grad_blk // (4 * self.ckk)))
         self.nchunks = n // self.b
         if self.nchunks > 1:
             self.request_tensor("gtmp", (self.grows, self.ckk), {CG})
@@ -167,7 +190,8 @@ class Conv2D(Layer):
         return True
 
     def _tiles(self, c: int, ncol: int, tile_bytes: int) -> None:
-        self.cblock, self.tc = channel_blocks(c, 4 * self.kk * ncol, tile_bytes, self.direct)
+        self.cblock, self.tc = channel_blocks(c, 4 * self.kk * ncol, tile_bytes, self.direct,
+                                              self.blk)
         self.tiles = [(t0, min(c, t0 + self.tc)) for t0 in range(0, c, self.tc)]
         # product blocks of each tile, as (first, last) rows of the tile's columns
         kk = self.kk
@@ -221,6 +245,9 @@ class Conv2D(Layer):
 
     def forward(self, training: bool) -> None:
         for xs, ys, _, _, xd in self.chunks:
+            if self.fblocks:
+                self._forward_rows(xs, ys[0])
+                continue
             col = self._col("col_f", xs, xd)
             if self.b == 1:
                 np.matmul(self.w2, col, out=ys[0])
@@ -232,6 +259,17 @@ class Conv2D(Layer):
                     K.chunk_to_nchw_bias(self.t["ych"], ys, self.bias)
                 else:
                     K.chunk_to_nchw(self.t["ych"], ys)
+
+    def _forward_rows(self, xs: np.ndarray, y: np.ndarray) -> None:
+        """One sample, block of output rows by block: im2col of the rows, then their
+        columns of y = W @ col (a strided view of y: BLAS writes it in place)."""
+        flat, ow = self.t["col_f"].reshape(-1), self.geom[7]
+        for r0, r1 in self.fblocks:
+            col = flat[:self.ckk * (r1 - r0) * ow].reshape(self.ckk, (r1 - r0) * ow)
+            im2col_rows(xs, col, *self.geom, r0)
+            np.matmul(self.w2, col, out=y[:, r0 * ow:r1 * ow])
+        if self.bias is not None:
+            add_col_bias(y, self.bias)
 
     def _target(self, o0: int, o1: int, whole: bool) -> np.ndarray:
         """Where dW rows o0..o1 go: the fused block (all rows when ``whole``) or dW."""
