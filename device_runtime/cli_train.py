@@ -197,11 +197,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     phases["warm_up"] = baseline
     plan = model.plan()
     if valid is not None:  # its pools beside the step's, under the cap
-        from .cap import MARGIN_BYTES
-
         d = model.decision  # under a cap: what the cap fit chose (pool, optimizer state)
         room = (None if d is None or cap is None
-                else cap - baseline - d.extra_bytes - MARGIN_BYTES - d.pool_bytes)
+                else cap - baseline - d.extra_bytes - d.margin_bytes - d.pool_bytes)
         valid.pick_batch(batch, room)
     rss.reset_peak()  # the peak before it is kept: rss.process_peak()
     every = max(1, (steps or epochs * (len(xs) // batch)) // 10)

@@ -33,6 +33,24 @@ MARGIN_BYTES = switches.integer("NNFLEET_CAP_MARGIN")
 # layers, 1 = one product block, the smallest): smaller tiles cost more calls, never
 # other numbers (layers/conv.py).
 CONV_TILES = (0, 4 << 20, 2 << 20, 1 << 20, 1)
+# The margin of a single-sample step, at least. What no plan describes grows with the
+# batch (data and loss transients: a resnet18 step at batch 32 once went 1.5 MiB over its
+# plan, hence MARGIN_BYTES), while a single-sample step's is what the warm-up measures,
+# since it runs one at batch 1 (0.1-0.2 MiB seen for vgg16 and resnet18).
+MIN_MARGIN_BYTES = 1 << 20
+
+
+def batch_margin(margin: int, unplanned: int | None, b: int, batch: int) -> int:
+    """The margin kept at micro-batch ``b`` of ``batch``: ``margin`` at the full batch,
+    down to ``max(MIN_MARGIN_BYTES, 2 x unplanned)`` (the warm-up's measured RSS beyond
+    a batch-1 step's pool) at one sample, in proportion between. Without a measurement
+    (``unplanned`` None) the margin is ``margin`` at every micro-batch."""
+    if unplanned is None:
+        return margin
+    small = max(MIN_MARGIN_BYTES, 2 * unplanned)
+    if small >= margin or batch <= 1:
+        return margin
+    return small + (margin - small) * (b - 1) // (batch - 1)
 
 
 @dataclass
@@ -49,6 +67,7 @@ class Decision:
     accumulate: str = "none"  # none | ram (one resident sum) | swapped (accumulate.py)
     resident_accum_bytes: int = 0  # swapped: the part of the sum kept in RAM
     margin_bytes: int = MARGIN_BYTES  # kept free under the cap beyond plan and baseline
+    batch_margin_bytes: int = MARGIN_BYTES  # the margin at the full batch (batch_margin)
     conv_tile: int = 0  # conv backward's im2col bytes per tile (0 = whole layers)
     unplanned_bytes: int = 0  # measured: what a warm-up step added beyond its pool
     baseline_drift_bytes: int = 0  # measured: RSS right before training - the baseline
@@ -63,16 +82,19 @@ def fit_to_cap(make_graph: Callable[[int, int], Graph], planner: str, batch: int
                cap: int, baseline: int, state_bytes: int, accum_bytes: int, swap: str,
                lookahead: int = 3, margin: int = MARGIN_BYTES,
                params: list[tuple[str, int]] | None = None,
-               tiles: tuple[int, ...] = CONV_TILES) -> Decision:
+               tiles: tuple[int, ...] = CONV_TILES, unplanned: int | None = None) -> Decision:
     """Choose micro-batch, swap set, conv tile and accumulation so the planned step fits;
     raise if nothing does. ``make_graph(micro_batch, conv_tile)``. With ``params``
     (trainable (key, size) pairs) and swap allowed, micro-batches may accumulate into a
     mostly swapped sum (:mod:`device_runtime.accumulate`) when the resident one
     (``accum_bytes``) does not fit. Smaller conv tiles are tried after swap and before a
-    shorter prefetch; a tile that changes no layer's scratch is not planned again."""
+    shorter prefetch; a tile that changes no layer's scratch is not planned again. The
+    margin shrinks with the micro-batch when ``unplanned`` is measured (batch_margin)."""
     tried: list[dict[str, Any]] = []
     best_need = None
+    full_margin = margin
     for b in _divisors_desc(batch):
+        margin = batch_margin(full_margin, unplanned, b, batch)
         modes = [("none", state_bytes)] if b == batch else [("ram", state_bytes + accum_bytes)]
         if b < batch and params and swap != "off":
             modes.append(("swapped", state_bytes + BUFFER_BYTES))
@@ -101,7 +123,7 @@ def fit_to_cap(make_graph: Callable[[int, int], Graph], planner: str, batch: int
                     tried.append({"micro_batch": b, "lookahead": la, "accumulate": mode,
                                   "conv_tile": tile,
                                   "swapped_blocks": len(slots), "pool_bytes": pool,
-                                  "budget_bytes": budget})
+                                  "budget_bytes": budget, "margin_bytes": margin})
                     need = baseline + extra + margin + pool
                     best_need = need if best_need is None else min(best_need, need)
                     if pool > budget:
@@ -116,7 +138,7 @@ def fit_to_cap(make_graph: Callable[[int, int], Graph], planner: str, batch: int
                         resident = max(0, budget - ex.plan.pool_bytes - margin)
                         extra += accumulator_bytes(params, resident) - BUFFER_BYTES
                     return Decision(b, ex, ex.slots, la, ex.plan.pool_bytes, extra, tried,
-                                    mode, resident, margin, conv_tile=tile)
+                                    mode, resident, margin, full_margin, conv_tile=tile)
     raise MemoryCapExceeded(
         needed=best_need or 0, cap=cap,
         detail=f"no plan fits (baseline {baseline:,} bytes, tried batch {batch} down to 1, "
@@ -148,13 +170,13 @@ def fit_model(model: Model, cap: int, baseline_rss: int | None = None) -> tuple[
     # are given back), and the kept plan is part of the process from now on: the baseline
     # is measured again with the plan made, and the step fitted again only when the plan
     # no longer fits over it (one planning pass in the common case).
-    decision = fit_step(model, cap, baseline, margin)
+    decision = fit_step(model, cap, baseline, margin, unplanned)
     rss.release_heap()
     after = rss.current_rss()
     if after > baseline:
         baseline = after
-        if baseline + decision.extra_bytes + margin + decision.pool_bytes > cap:
-            decision = fit_step(model, cap, baseline, margin)
+        if baseline + decision.extra_bytes + decision.margin_bytes + decision.pool_bytes > cap:
+            decision = fit_step(model, cap, baseline, margin, unplanned)
     decision.unplanned_bytes = unplanned
     return baseline, decision
 
@@ -173,7 +195,7 @@ def refit_before_training(model: Model) -> bool:
     d.baseline_drift_bytes = now - model.baseline_rss
     if now + d.pool_bytes + d.extra_bytes + d.margin_bytes <= cap:
         return False
-    new = fit_step(model, cap, now, d.margin_bytes)
+    new = fit_step(model, cap, now, d.batch_margin_bytes, d.unplanned_bytes)
     new.unplanned_bytes, new.baseline_drift_bytes = d.unplanned_bytes, d.baseline_drift_bytes
     new.refitted = True
     model.decision, model.baseline_rss, model.micro_batch = new, now, new.batch
@@ -181,19 +203,25 @@ def refit_before_training(model: Model) -> bool:
     return True
 
 
-def fit_step(model: Model, cap: int, baseline: int, margin: int | None = None) -> Decision:
+def fit_step(model: Model, cap: int, baseline: int, margin: int | None = None,
+             unplanned: int | None = None) -> Decision:
     """Fit ``model``'s training step at its compiled batch size, swap setting and
-    lookahead into ``cap`` bytes over ``baseline``, keeping ``margin`` bytes free (the
-    model's last decision's margin, else :data:`MARGIN_BYTES`)."""
+    lookahead into ``cap`` bytes over ``baseline``, keeping ``margin`` bytes free at the
+    full batch (the model's last decision's, else :data:`MARGIN_BYTES`), less at
+    micro-batches when ``unplanned`` is measured (the last decision's: batch_margin)."""
+    d = model.decision
     if margin is None:
-        margin = model.decision.margin_bytes if model.decision is not None else MARGIN_BYTES
+        margin = d.batch_margin_bytes if d is not None else MARGIN_BYTES
+    if unplanned is None and d is not None and d.tried:
+        unplanned = d.unplanned_bytes
     opt = model.optimizer
     assert opt is not None, "compile() the model before fitting it to a cap"
     trainable = sum(p.size for p in model.weights.params.values() if p.trainable)
     return fit_to_cap(lambda b, t: model._graph(b, backward=True, with_loss=True, conv_tile=t),
                       model.planner,
                       model.batch_size, cap, baseline, opt.state_bytes, 4 * trainable,
-                      model.swap, model.lookahead, margin, params=model._trainable_sizes())
+                      model.swap, model.lookahead, margin, params=model._trainable_sizes(),
+                      unplanned=unplanned)
 
 
 def take_plan(model: Model) -> StepPlan:
