@@ -13,7 +13,6 @@ upstream is trainable.
 from __future__ import annotations
 
 import heapq
-import math
 import re
 from dataclasses import dataclass, field
 
@@ -22,9 +21,6 @@ from .layers import create_layer
 from .layers.base import AG, CD, CG, F, FinalizeContext, Layer, Shape
 from .layers.loss import Loss
 
-# no tensor of a step may have more elements than this (2^40: 4 TiB of float32), so the
-# planner's byte arithmetic stays far inside int64 whatever a model file says
-MAX_ELEMENTS = 1 << 40
 _REF = re.compile(r"^\s*([^()\s]+)\s*(?:\(\s*(\d+)\s*\))?\s*$")
 
 
@@ -110,12 +106,7 @@ class Graph:
                 raise lay.fail(f"takes {lay.min_inputs}..{lay.max_inputs} inputs, got "
                                f"{len(in_shapes)} ({[p for p, _ in node.inputs]})")
             for k, s in enumerate(lay.setup(in_shapes, self.context)):
-                if any(d <= 0 for d in s):
-                    raise lay.fail(f"output shape {s} has a non-positive dimension "
-                                   f"(input shapes {in_shapes})")
-                if math.prod(s) > MAX_ELEMENTS:
-                    raise lay.fail(f"output shape {s} has more than {MAX_ELEMENTS:,} elements "
-                                   f"(input shapes {in_shapes})")
+                lay.check_output(s, in_shapes)
                 shapes[(node.name, k)] = s
 
     def _assign_orders(self) -> int:

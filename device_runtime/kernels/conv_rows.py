@@ -86,8 +86,6 @@ def row_blocks(oh: int, ow: int, ckk: int, block_bytes: int) -> list[tuple[int, 
     """Output rows ``(r0, r1)`` of each forward block: as few blocks as keep each one's
     im2col within ``block_bytes`` (one row at least), as even as they can be. Fixed by
     the shapes alone, so every plan runs the same GEMMs (the same numbers)."""
-    per_row = 4 * ckk * ow
-    n = 1
-    while n < oh and -(-oh // n) * per_row > block_bytes:
-        n += 1
+    rows = block_bytes // (4 * ckk * ow)  # whole output rows a block may hold
+    n = oh if rows <= 0 else -(-oh // rows)  # the fewest blocks of at most that many
     return [(k * oh // n, (k + 1) * oh // n) for k in range(n)]

@@ -17,6 +17,7 @@ and the planner read them plainly and never probe a layer for attributes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -24,6 +25,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import ModelError
+
+# no tensor of a step may have more elements than this (2^40: 4 TiB of float32), so the
+# planner's byte arithmetic stays far inside int64 whatever a model file says
+MAX_ELEMENTS = 1 << 40
 
 # The four phases of a node, after NNTrainer's four execution orders.
 F, CG, CD, AG = "F", "CG", "CD", "AG"
@@ -222,6 +227,16 @@ class Layer:
         self.out_shapes = [tuple(int(d) for d in s) for s in outs]
         self.num_outputs = len(outs)
         return self.out_shapes
+
+    def check_output(self, shape: Shape, in_shapes: list[Shape]) -> None:
+        """A ModelError naming this layer unless ``shape`` is a tensor a step can hold
+        (a layer that sizes scratch from its output shape calls it before sizing)."""
+        if any(d <= 0 for d in shape):
+            raise self.fail(f"output shape {shape} has a non-positive dimension "
+                            f"(input shapes {in_shapes})")
+        if math.prod(shape) > MAX_ELEMENTS:
+            raise self.fail(f"output shape {shape} has more than {MAX_ELEMENTS:,} elements "
+                            f"(input shapes {in_shapes})")
 
     def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
         """Check input shapes, request weights and tensors, return output shapes."""

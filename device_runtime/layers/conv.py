@@ -127,6 +127,7 @@ class Conv2D(Layer):
         if oh <= 0 or ow <= 0:
             raise self.fail(f"kernel {kh}x{kw} does not fit the {h}x{w} input with padding "
                             f"{(pt, pb, pl, pr)}")
+        self.check_output((n, filters, oh, ow), in_shapes)
         self.geom = (kh, kw, sh, sw, pt, pl, oh, ow)
         self.c, self.filters, self.hw = c, filters, oh * ow
         self.ckk = c * kh * kw
@@ -170,8 +171,10 @@ class Conv2D(Layer):
         # With no backward (a frozen conv, or inference), the output may overwrite the
         # input when sizes agree: each chunk of samples is unfolded into col (or copied
         # into it) before its outputs are written, and later chunks read other samples.
-        # Not when a single sample's input is its own col (1x1 direct, chunk of 1).
-        self.in_place_forward_only = not (self.direct and self.b == 1)
+        # Not when a single sample's input is its own col (1x1 direct, chunk of 1), nor
+        # over blocks of output rows (a block's outputs would overwrite rows that later
+        # blocks unfold).
+        self.in_place_forward_only = not (self.direct and self.b == 1) and not self.fblocks
         return [(n, filters, oh, ow)]
 
     def enable_fused_apply(self) -> bool:
