@@ -107,3 +107,32 @@ def test_vgg16_at_micro_batch_1_has_no_whole_forward_im2col() -> None:
             col_f = next(t for t in lay.tensors if t.name == "col_f")
             assert 4 * int(np.prod(col_f.shape)) <= C.BLOCK_BYTES, (node.name, col_f.shape)
     assert st.plan.pool_bytes < 64 * 9 * 32 * 32 * 4, st.plan.pool_bytes
+
+
+@pytest.mark.parametrize("k,rows", [(3, 1), (3, 2), (5, 1), (5, 2), (5, 4)])
+def test_in_place_blocked_forward_changes_no_bit(monkeypatch, k: int, rows: int) -> None:
+    # Prepare: same-shape convs over blocks of `rows` output rows, on a poisoned pool;
+    # in place only when every block has at least the top padding's rows (k // 2)
+    monkeypatch.setattr("device_runtime.executor.POISON", True)
+    monkeypatch.setattr(C, "pick_chunk", lambda n, hw: 1)
+    monkeypatch.setattr(C, "BLOCK_BYTES", 4 * (4 * k * k) * 9 * rows)
+    specs = [layer("input", "in", input_shape="4:9:9")] + [
+        layer("conv2d", f"c{j}", filters=4, kernel_size=f"{k},{k}", padding="same")
+        for j in range(3)]
+    x = np.random.default_rng(5).standard_normal((3, 4, 9, 9)).astype(F32)
+    out, pools = {}, {}
+    for in_place in (False, True):
+        monkeypatch.setattr("device_runtime.stepplan.FORWARD_ONLY_IN_PLACE", in_place)
+        m = Model(specs, loss="mse", seed=6)
+        m.compile(batch_size=3, optimizer="sgd", lr=0.1)
+        g = m._graph(3, backward=False, with_loss=False)
+        blocks = g.by_name["c1"].layer.fblocks
+        assert len(blocks) == -(-9 // rows)
+        lowest = min(r1 - r0 for r0, r1 in blocks)
+        pools[in_place] = StepPlan(g, m.planner).plan.pool_bytes
+        # Execute
+        out[in_place] = m.predict(x)
+    # Assert: the same numbers, bit for bit, and a smaller pool exactly when staged
+    np.testing.assert_array_equal(out[True], out[False])
+    assert np.all(np.isfinite(out[True]))
+    assert (pools[True] < pools[False]) == (lowest >= k // 2), (pools, blocks)

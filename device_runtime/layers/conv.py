@@ -152,6 +152,13 @@ class Conv2D(Layer):
         self.fblocks = row_blocks(oh, ow, self.ckk, self.blk) \
             if self.b == 1 and not self.direct else []
         fcols = max((r1 - r0) * ow for r0, r1 in self.fblocks) if self.fblocks else ncol
+        # Over several row blocks the output may still overwrite an input of its own shape
+        # (stride 1): each block's outputs wait in ystage until the next block is unfolded,
+        # which reads no input row above this block's first when blocks have >= pt rows.
+        self.stage = len(self.fblocks) > 1 and (n, filters, oh, ow) == tuple(shape) and \
+            (sh, sw) == (1, 1) and min(r1 - r0 for r0, r1 in self.fblocks) >= pt
+        if self.stage:
+            self.request_tensor("ystage", (filters * fcols,), {F})
         if not self.direct or self.b > 1:
             self.request_tensor("col_f", (self.ckk, fcols), {F})
             self.request_tensor("col_g", (rows, ncol), {CG})
@@ -172,9 +179,9 @@ class Conv2D(Layer):
         # input when sizes agree: each chunk of samples is unfolded into col (or copied
         # into it) before its outputs are written, and later chunks read other samples.
         # Not when a single sample's input is its own col (1x1 direct, chunk of 1), nor
-        # over blocks of output rows (a block's outputs would overwrite rows that later
-        # blocks unfold).
-        self.in_place_forward_only = not (self.direct and self.b == 1) and not self.fblocks
+        # over row blocks unstaged (a block's outputs would overwrite rows later blocks read).
+        self.in_place_forward_only = not (self.direct and self.b == 1) and \
+            (len(self.fblocks) <= 1 or self.stage)
         return [(n, filters, oh, ow)]
 
     def enable_fused_apply(self) -> bool:
@@ -219,6 +226,7 @@ class Conv2D(Layer):
                 x[n0].reshape(self.c, self.hw) if self.direct else None,
             ))
         self.dy3 = None if dy is None else dy.reshape(n, self.filters, self.hw)
+        self.staged = self.stage and np.may_share_memory(x, y)  # planned in place
         self.oblocks = [(o0, min(self.filters, o0 + self.grows))
                         for o0 in range(0, self.filters, self.grows)]
 
@@ -266,11 +274,23 @@ class Conv2D(Layer):
     def _forward_rows(self, xs: np.ndarray, y: np.ndarray) -> None:
         """One sample, block of output rows by block: im2col of the rows, then their
         columns of y = W @ col (a strided view of y: BLAS writes it in place)."""
-        flat, ow = self.t["col_f"].reshape(-1), self.geom[7]
-        for r0, r1 in self.fblocks:
+        flat, ow, blocks = self.t["col_f"].reshape(-1), self.geom[7], self.fblocks
+
+        def unfold(r0: int, r1: int) -> np.ndarray:
             col = flat[:self.ckk * (r1 - r0) * ow].reshape(self.ckk, (r1 - r0) * ow)
             im2col_rows(xs, col, *self.geom, r0)
-            np.matmul(self.w2, col, out=y[:, r0 * ow:r1 * ow])
+            return col
+
+        col = unfold(*blocks[0])
+        for k, (r0, r1) in enumerate(blocks):
+            out = y[:, r0 * ow:r1 * ow]
+            if self.staged:  # y is x: written once the next block is unfolded
+                out = self.t["ystage"][:self.filters * (r1 - r0) * ow].reshape(out.shape)
+            np.matmul(self.w2, col, out=out)
+            if k + 1 < len(blocks):
+                col = unfold(*blocks[k + 1])
+            if self.staged:
+                y[:, r0 * ow:r1 * ow] = out
         if self.bias is not None:
             add_col_bias(y, self.bias)
 
