@@ -55,6 +55,9 @@ class Model:
         self.fuse_apply = True
         self.recompute = RECOMPUTE
         self.conv_tile = 0  # conv backward's im2col bytes per tile (0 = whole; the cap fit sets it)
+        # conv layers whose outputs are replayed before backward instead of kept (the cap fit
+        # sets them, cheapest first, when nothing else fits at a micro-batch; stepplan.py)
+        self.remat: frozenset[str] = frozenset()
         self.clip_grad_norm: float | None = None
         probe = self._graph(batch=1, backward=False, with_loss=True)
         inputs = [n.layer for n in probe.nodes if isinstance(n.layer, Input)]
@@ -147,6 +150,7 @@ class Model:
         if ram_cap is not None:
             self.baseline_rss, self.decision = fit_model(self, ram_cap, baseline_rss)
             self.micro_batch, self.conv_tile = self.decision.batch, self.decision.conv_tile
+            self.remat = frozenset(self.decision.remat)
         return self
 
     def _trainable_sizes(self) -> list[tuple[str, int]]:
@@ -178,7 +182,8 @@ class Model:
         if self.ram_cap is not None:
             return take_plan(self)
         g = self._graph(self.micro_batch, backward=True, with_loss=True)
-        return StepPlan(g, self.planner, "on" if self.swap == "on" else "off", self.lookahead)
+        return StepPlan(g, self.planner, "on" if self.swap == "on" else "off", self.lookahead,
+                        remat=self.remat)
 
     def warm_up(self) -> None:
         """Run one step at batch 1 that changes nothing, so every one-time cost of this

@@ -43,6 +43,7 @@ def memory(model: Model) -> dict[str, Any]:
         "cap_exceeded": model.cap_exceeded,
         "micro_batch": model.micro_batch,
         "conv_tile": model.conv_tile,  # conv backward's im2col bytes per tile (0 = whole)
+        "remat": sorted(model.remat),  # convs whose outputs are replayed, not kept
         "swap_blocks": len(ex.slots) if ex is not None else 0,
         "swap_bytes_written": dev.bytes_written if dev else 0,
         "swap_bytes_read": dev.bytes_read if dev else 0,

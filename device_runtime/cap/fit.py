@@ -72,6 +72,7 @@ class Decision:
     unplanned_bytes: int = 0  # measured: what a warm-up step added beyond its pool
     baseline_drift_bytes: int = 0  # measured: RSS right before training - the baseline
     refitted: bool = False  # fitted again before training because the baseline moved
+    remat: list[str] = field(default_factory=list)  # convs replayed before backward
 
 
 def _divisors_desc(n: int) -> list[int]:
@@ -82,16 +83,20 @@ def fit_to_cap(make_graph: Callable[[int, int], Graph], planner: str, batch: int
                cap: int, baseline: int, state_bytes: int, accum_bytes: int, swap: str,
                lookahead: int = 3, margin: int = MARGIN_BYTES,
                params: list[tuple[str, int]] | None = None,
-               tiles: tuple[int, ...] = CONV_TILES, unplanned: int | None = None) -> Decision:
-    """Choose micro-batch, swap set, conv tile and accumulation so the planned step fits;
-    raise if nothing does. ``make_graph(micro_batch, conv_tile)``. With ``params``
-    (trainable (key, size) pairs) and swap allowed, micro-batches may accumulate into a
-    mostly swapped sum (:mod:`device_runtime.accumulate`) when the resident one
+               tiles: tuple[int, ...] = CONV_TILES, unplanned: int | None = None,
+               remat: bool = True) -> Decision:
+    """Choose micro-batch, swap set, conv tile, rebuilt convs and accumulation so the
+    planned step fits; raise if nothing does. ``make_graph(micro_batch, conv_tile)``. With
+    ``params`` (trainable (key, size) pairs) and swap allowed, micro-batches may accumulate
+    into a mostly swapped sum (:mod:`device_runtime.accumulate`) when the resident one
     (``accum_bytes``) does not fit. Smaller conv tiles are tried after swap and before a
-    shorter prefetch; a tile that changes no layer's scratch is not planned again. The
-    margin shrinks with the micro-batch when ``unplanned`` is measured (batch_margin)."""
+    shorter prefetch; a tile that changes no layer's scratch is not planned again. Where
+    nothing fits at a micro-batch, convolution outputs replayed before backward instead
+    of kept (``remat``) are tried before a smaller one: the fewest that fit, best bytes
+    per FLOP first (StepPlan.remat_ranking). The margin shrinks with the micro-batch when
+    ``unplanned`` is measured (batch_margin)."""
     tried: list[dict[str, Any]] = []
-    best_need = None
+    short: list[int] = []  # bytes each try's pool went over its budget
     full_margin = margin
     for b in _divisors_desc(batch):
         margin = batch_margin(full_margin, unplanned, b, batch)
@@ -102,47 +107,81 @@ def fit_to_cap(make_graph: Callable[[int, int], Graph], planner: str, batch: int
         # smaller micro-batches: it costs some stall time, not different numbers
         ahead = [lookahead] if swap == "off" else sorted({lookahead, min(lookahead, 1), 0},
                                                           reverse=True)
-        seen: set[tuple[int, tuple[int, ...]]] = set()
-        for la, tile in [(la, t) for la in ahead for t in tiles]:
-            ex = StepPlan(make_graph(b, tile), planner, lookahead=la)
-            if (la, tuple(ex.sizes)) in seen:  # this tile changes no layer's scratch
+        seen: set[tuple[Any, ...]] = set()
+        for rebuild, la, tile in [(r, la, t) for r in (False, True)[:1 + remat]
+                                  for la in ahead for t in tiles]:
+            g = make_graph(b, tile)
+            heads = frozenset(n.name for n in g.nodes if n.layer.rematerializable)
+            ex = StepPlan(g, planner, lookahead=la, remat=heads if rebuild else ())
+            ranking = ex.remat_ranking()
+            if (la, tuple(ex.sizes), len(ranking)) in seen or (rebuild and not ranking):
+                continue  # this tile changes no layer's scratch; or no conv is rebuilt
+            seen.add((la, tuple(ex.sizes), len(ranking)))
+            fit = _try(ex, swap, la == lookahead and tile == tiles[0] and not rebuild, modes,
+                       cap - baseline - margin, tried, short,
+                       {"micro_batch": b, "lookahead": la, "conv_tile": tile,
+                        "rebuilt_convs": len(ranking), "margin_bytes": margin})
+            if fit is None:
                 continue
-            seen.add((la, tuple(ex.sizes)))
-            if swap == "on":
-                choices = [ex.candidates]
-            elif swap == "auto":
-                choices = [[], ex.candidates] if la == lookahead and tile == tiles[0] \
-                    else [ex.candidates]
-            else:
-                choices = [[]]
-            for slots in choices:
-                laid_out = ex.layout(slots)
-                pool = laid_out[0].pool_bytes
-                for mode, extra in modes:
-                    budget = cap - baseline - extra - margin
-                    tried.append({"micro_batch": b, "lookahead": la, "accumulate": mode,
-                                  "conv_tile": tile,
-                                  "swapped_blocks": len(slots), "pool_bytes": pool,
-                                  "budget_bytes": budget, "margin_bytes": margin})
-                    need = baseline + extra + margin + pool
-                    best_need = need if best_need is None else min(best_need, need)
-                    if pool > budget:
-                        continue
-                    if slots and swap == "auto":
-                        slots = _fewest_slots(ex, slots, budget)
-                        laid_out = ex.layout(slots)
-                    ex.use(slots, laid_out)
-                    resident = 0
-                    if mode == "swapped":  # what the cap leaves over keeps part of the sum
-                        assert params is not None  # (less a second margin: never all of it)
-                        resident = max(0, budget - ex.plan.pool_bytes - margin)
-                        extra += accumulator_bytes(params, resident) - BUFFER_BYTES
-                    return Decision(b, ex, ex.slots, la, ex.plan.pool_bytes, extra, tried,
-                                    mode, resident, margin, full_margin, conv_tile=tile)
+            mode, extra = modes[fit]
+            budget = cap - baseline - extra - margin
+            if ranking:  # the fewest rebuilt convs (best first) that still fit
+                lo, hi = 1, len(ranking)
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    part = StepPlan(g, planner, lookahead=la, remat=ranking[:mid])
+                    if _try(part, swap, False, [(mode, extra)], budget + extra) is None:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                ex = StepPlan(g, planner, lookahead=la, remat=ranking[:lo])
+                if _try(ex, swap, False, [(mode, extra)], budget + extra) is None:
+                    raise AssertionError("the rebuilt convs that fitted no longer fit")
+            resident = 0
+            if mode == "swapped":  # what the cap leaves over keeps part of the sum
+                assert params is not None  # (less a second margin: never all of it)
+                resident = max(0, budget - ex.plan.pool_bytes - margin)
+                extra += accumulator_bytes(params, resident) - BUFFER_BYTES
+            return Decision(b, ex, ex.slots, la, ex.plan.pool_bytes, extra, tried,
+                            mode, resident, margin, full_margin, conv_tile=tile,
+                            remat=sorted(ex.remat_ranking()))
     raise MemoryCapExceeded(
-        needed=best_need or 0, cap=cap,
+        needed=cap + min(short, default=0), cap=cap,
         detail=f"no plan fits (baseline {baseline:,} bytes, tried batch {batch} down to 1, "
                f"swap={swap}); raise the cap or use a smaller model or a frozen backbone")
+
+
+def _try(ex: StepPlan, swap: str, unswapped_first: bool, modes: list[tuple[str, int]],
+         room: int, tried: list[dict[str, Any]] | None = None, short: list[int] | None = None,
+         row: dict[str, Any] | None = None) -> int | None:
+    """Lay ``ex`` out unswapped or with swap (``swap`` on: every candidate; auto: none
+    first when ``unswapped_first``, else the fewest that fit) for the first accumulation
+    mode (name, extra bytes) whose budget ``room - extra`` holds the pool: ``ex`` is then
+    in use with its slots and the mode's index is returned; None if none fits. Each try
+    is a row of ``tried`` (``row`` plus its figures), its shortfall one of ``short``."""
+    if swap == "on":
+        choices = [ex.candidates]
+    elif swap == "auto":
+        choices = [[], ex.candidates] if unswapped_first else [ex.candidates]
+    else:
+        choices = [[]]
+    for slots in choices:
+        laid_out = ex.layout(slots)
+        pool = laid_out[0].pool_bytes
+        for k, (mode, extra) in enumerate(modes):
+            budget = room - extra
+            if tried is not None and short is not None:
+                tried.append({**(row or {}), "accumulate": mode, "swapped_blocks": len(slots),
+                              "pool_bytes": pool, "budget_bytes": budget})
+                short.append(pool - budget)
+            if pool > budget:
+                continue
+            if slots and swap == "auto":
+                slots = _fewest_slots(ex, slots, budget)
+                laid_out = ex.layout(slots)
+            ex.use(slots, laid_out)
+            return k
+    return None
 
 
 def _fewest_slots(ex: StepPlan, cands: list[SwapSlot], budget: int) -> list[SwapSlot]:
@@ -199,7 +238,7 @@ def refit_before_training(model: Model) -> bool:
     new.unplanned_bytes, new.baseline_drift_bytes = d.unplanned_bytes, d.baseline_drift_bytes
     new.refitted = True
     model.decision, model.baseline_rss, model.micro_batch = new, now, new.batch
-    model.conv_tile = new.conv_tile
+    model.conv_tile, model.remat = new.conv_tile, frozenset(new.remat)
     return True
 
 
@@ -236,6 +275,7 @@ def take_plan(model: Model) -> StepPlan:
             or g.fuse_apply != bool(model.fuse_apply and not model.clip_grad_norm):
         d = model.decision = fit_step(model, cap, base)
         model.micro_batch, model.conv_tile = d.batch, d.conv_tile
+        model.remat = frozenset(d.remat)
     step, d.step = d.step, None
     assert step is not None
     return step

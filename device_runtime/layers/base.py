@@ -163,6 +163,9 @@ class Layer:
     # replay() recomputes the training output from the inputs (it may run again, on an
     # output rebuilt before backward, after the layer that heads the rebuilt block).
     replayable: ClassVar[bool] = False
+    # The plan may also drop this layer's output and replay it at a cost it chooses by
+    # (convolutions: replay_flops); cheap ones above are rebuilt whenever possible.
+    rematerializable: ClassVar[bool] = False
     # How many outputs the layer announces before finalize (the graph inserts multi-output
     # nodes before shapes are known); the true count is what finalize returns.
     declared_outputs: int = 1
@@ -294,6 +297,10 @@ class Layer:
 
     def forward(self, training: bool) -> None:
         raise NotImplementedError
+
+    def replay_flops(self) -> int:
+        """Floating-point operations of one replay (what rematerializing costs)."""
+        return 0
 
     def replay(self) -> None:
         """Recompute the training output before backward (only when ``replayable``)."""

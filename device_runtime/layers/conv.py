@@ -106,6 +106,7 @@ def channel_blocks(c: int, per_channel: int, tile_bytes: int, direct: bool,
 class Conv2D(Layer):
     type = "conv2d"
     keys = frozenset({"filters", "kernel_size", "stride", "padding", "dilation"})
+    replayable = rematerializable = True
 
     def finalize(self, in_shapes: list[Shape], ctx: FinalizeContext) -> list[Shape]:
         (shape,) = in_shapes
@@ -270,6 +271,14 @@ class Conv2D(Layer):
                     K.chunk_to_nchw_bias(self.t["ych"], ys, self.bias)
                 else:
                     K.chunk_to_nchw(self.t["ych"], ys)
+
+    def replay(self) -> None:
+        """The forward again, the same calls on the same input (its forward scratch is
+        planned live again at the replay): the same bits."""
+        self.forward(True)
+
+    def replay_flops(self) -> int:
+        return 2 * self.filters * self.ckk * self.hw * self.in_shapes[0][0]
 
     def _forward_rows(self, xs: np.ndarray, y: np.ndarray) -> None:
         """One sample, block of output rows by block: im2col of the rows, then their

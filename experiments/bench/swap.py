@@ -107,7 +107,8 @@ def _fmt(r: dict[str, Any], ref: dict[str, Any]) -> str:
     return (f"  cap {cap} MiB  peak {r['peak_rss_bytes'] / MiB:8.1f} MiB  under cap {under:3s}  "
             f"pool {r['pool_bytes'] / MiB:6.1f}  "
             f"swap/step {r.get('swap_bytes_written', 0) / steps / MiB:6.1f} MiB  "
-            f"micro {r.get('micro_batch', '-')}{_acc(r)}{_tile(r)}  step {step:7.1f} ms  "
+            f"micro {r.get('micro_batch', '-')}{_acc(r)}{_tile(r)}{_remat(r)}  "
+            f"step {step:7.1f} ms  "
             f"x{step / (ref['step_seconds_median'] * 1e3):.2f} of unswapped  "
             f"guard {guard:.2f}% of wall  "
             f"I/O stall {1e3 * r.get('swap_wait_seconds', 0) / steps:6.1f} ms/step")
@@ -117,6 +118,12 @@ def _tile(r: dict[str, Any]) -> str:
     """The conv backward tile the cap fit chose, when it tiled."""
     t = r.get("conv_tile") or 0
     return "" if not t else f" tile {'smallest' if t == 1 else f'{t / MiB:.0f} MiB'}"
+
+
+def _remat(r: dict[str, Any]) -> str:
+    """How many convs the cap fit replays before backward instead of keeping."""
+    n = len(r.get("remat") or [])
+    return f" rebuilt {n} conv{'s' if n > 1 else ''}" if n else ""
 
 
 def _load(r: dict[str, Any]) -> str:
