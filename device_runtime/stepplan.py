@@ -234,9 +234,11 @@ class StepPlan:
             if fwd and bwd and bwd[0] > fwd[-1] + 1:
                 cands[g] = [bwd[0], chain, fwd[-1] + 1]
         # a replay may read only what is in memory then: a kept block alive at that order,
-        # or a rebuilt one already rebuilt (pulling its rebuild earlier would cascade down
-        # a whole residual stage); where a costly block (a chosen conv's) stands in a cheap
-        # one's way (batch norm's input), the costly one is kept instead
+        # or a rebuilt one already rebuilt. Where a rebuilt block is needed by another's
+        # replay before its own rebuild and either is costly (a chosen conv's), it is
+        # rebuilt earlier, at that replay (conv -> batch norm: the conv's output first,
+        # then the norm's); between cheap ones (batch norms) the later is kept instead
+        # (pulling rebuilds earlier would cascade down a whole residual stage)
         costly = {g for g, c in cands.items() if not c[1][0].layer.recompute}
 
         def blocker(g: int) -> int | None:
@@ -254,9 +256,13 @@ class StepPlan:
             changed = False
             for g in list(cands):
                 p = blocker(g) if g in cands else None
-                if p is not None:
+                if p is None:
+                    continue
+                changed = True
+                if p in cands and (p in costly or g in costly) and cands[g][0] > cands[p][2]:
+                    cands[p][0] = cands[g][0]
+                else:
                     del cands[p if p in costly and g not in costly else g]
-                    changed = True
         for g, (need, chain, fwd_end) in cands.items():
             if need <= fwd_end:
                 continue

@@ -130,23 +130,27 @@ def _fit(m: Model, cap_over: int, remat: bool = True):
 
 
 def test_cap_fit_rebuilds_the_fewest_convs_that_fit_before_micro_batches() -> None:
-    # Prepare: the unswapped pools with no conv rebuilt, with every candidate, with one
+    # Prepare: the unswapped pools with no conv rebuilt and with each prefix of the ranking
+    # (not monotone: a rebuild's scratch, and the rebuilds it pulls earlier, live at its
+    # replay)
     m = _convnet(16)
     g = m._graph(16, backward=True, with_loss=True)
     plain = StepPlan(g, m.planner).plan.pool_bytes
-    every = StepPlan(g, m.planner, remat=_heads(m))
-    ranking = every.remat_ranking()
-    one = StepPlan(g, m.planner, remat=ranking[:1]).plan.pool_bytes
-    assert every.plan.pool_bytes < one < plain and len(ranking) >= 2
-    # Execute / Assert: room for the plain pool: nothing rebuilt; for one rebuilt conv:
-    # exactly the best one, at the full batch; for every candidate: all of them
+    ranking = StepPlan(g, m.planner, remat=_heads(m)).remat_ranking()
+    pools = [StepPlan(g, m.planner, remat=ranking[:k]).plan.pool_bytes
+             for k in range(1, len(ranking) + 1)]
+    assert len(ranking) >= 2 and min(pools) < plain, (pools, plain)
+    # Execute / Assert: room for the plain pool: nothing rebuilt; for a prefix's pool: the
+    # shortest prefix that fits in it, at the full batch
     assert _fit(m, plain).remat == []
-    d = _fit(m, one)
-    assert d.batch == 16 and d.remat == sorted(ranking[:1]) and d.pool_bytes <= one
-    d = _fit(m, every.plan.pool_bytes)
-    assert d.batch == 16 and d.remat == sorted(ranking)
-    # without rematerialization the same room means micro-batches
-    assert _fit(m, one, remat=False).batch < 16
+    for room in sorted(set(pools)):
+        if room >= plain:
+            continue
+        k = next(k for k, p in enumerate(pools, 1) if p <= room)
+        d = _fit(m, room)
+        assert d.batch == 16 and d.remat == sorted(ranking[:k]) and d.pool_bytes <= room
+    # without rematerialization the smallest of them means micro-batches
+    assert _fit(m, min(pools), remat=False).batch < 16
 
 
 def test_capped_run_with_rebuilt_convs_trains_the_plain_numbers() -> None:
@@ -179,5 +183,35 @@ def test_capped_run_with_rebuilt_convs_trains_the_plain_numbers() -> None:
     assert report["remat"] == d.remat and report["micro_batch"] == 32
     assert not report["cap_exceeded"]
     assert h0.losses == h1.losses
+    for k in w0:
+        np.testing.assert_array_equal(w0[k], w1[k], err_msg=k)
+
+
+def test_residual_net_rebuilds_convs_under_batch_norm_bit_identically(monkeypatch) -> None:
+    # Prepare: resnet18 (conv -> batch norm -> ReLU: the norm's output is rebuilt cheaply
+    # from the conv's output, so a rebuilt conv is rebuilt earlier, at the norm's replay)
+    monkeypatch.setattr("device_runtime.executor.POISON", True)
+    x, y = synthetic_classification((3, 32, 32), 10, 16, seed=8)
+    runs = {}
+    for remat in (False, True):
+        m = dr.build("resnet18", seed=2)
+        m.compile(batch_size=8, optimizer="sgd", lr=0.05, momentum=0.9)
+        m.remat = _heads(m) if remat else frozenset()
+        # Execute: two steps
+        h = m.fit(x, y, steps=2, shuffle=False)
+        st = m.train_executor.step
+        runs[remat] = (m.get_weights(), h.losses, st)
+        m.close()
+    (w0, l0, _), (w1, l1, st) = runs[False], runs[True]
+    # Assert: convs rebuilt, some at a norm's replay (before their own first backward
+    # use), the plain run's bits
+    rebuilt = {chain[0].name: (g, need) for g, (need, chain, _) in st.recomputed.items()}
+    convs = [n for n in st.remat_ranking() if n in rebuilt]
+    assert convs
+    pulled = [n for n in convs
+              if rebuilt[n][1] < [u for u in st.group_uses[rebuilt[n][0]]
+                                  if u >= len(st.graph.nodes)][0]]
+    assert pulled, convs
+    assert l0 == l1 and all(np.isfinite(l1))
     for k in w0:
         np.testing.assert_array_equal(w0[k], w1[k], err_msg=k)

@@ -108,35 +108,34 @@ def fit_to_cap(make_graph: Callable[[int, int], Graph], planner: str, batch: int
         ahead = [lookahead] if swap == "off" else sorted({lookahead, min(lookahead, 1), 0},
                                                           reverse=True)
         seen: set[tuple[Any, ...]] = set()
-        for rebuild, la, tile in [(r, la, t) for r in (False, True)[:1 + remat]
-                                  for la in ahead for t in tiles]:
+        # rebuilt convs last at this micro-batch, with the asked prefetch: the fewest of
+        # the ranking (a prefix: more is not always smaller, a rebuild's scratch and the
+        # rebuilds it pulls earlier live at its replay)
+        combos = [(False, la, t) for la in ahead for t in tiles]
+        combos += [(True, lookahead, t) for t in tiles] if remat else []
+        for rebuild, la, tile in combos:
             g = make_graph(b, tile)
             heads = frozenset(n.name for n in g.nodes if n.layer.rematerializable)
-            ex = StepPlan(g, planner, lookahead=la, remat=heads if rebuild else ())
-            ranking = ex.remat_ranking()
-            if (la, tuple(ex.sizes), len(ranking)) in seen or (rebuild and not ranking):
-                continue  # this tile changes no layer's scratch; or no conv is rebuilt
-            seen.add((la, tuple(ex.sizes), len(ranking)))
-            fit = _try(ex, swap, la == lookahead and tile == tiles[0] and not rebuild, modes,
-                       cap - baseline - margin, tried, short,
-                       {"micro_batch": b, "lookahead": la, "conv_tile": tile,
-                        "rebuilt_convs": len(ranking), "margin_bytes": margin})
-            if fit is None:
+            ranking = StepPlan(g, planner, lookahead=la, remat=heads).remat_ranking() \
+                if rebuild and heads else []
+            if rebuild and not ranking:
+                continue  # no conv can be rebuilt
+            fit = ex = None
+            for k in range(1, len(ranking) + 1) if rebuild else [0]:
+                ex = StepPlan(g, planner, lookahead=la, remat=ranking[:k])
+                if (la, tuple(ex.sizes), k) in seen:
+                    break  # this tile changes no layer's scratch
+                seen.add((la, tuple(ex.sizes), k))
+                fit = _try(ex, swap, la == lookahead and tile == tiles[0] and not rebuild,
+                           modes, cap - baseline - margin, tried, short,
+                           {"micro_batch": b, "lookahead": la, "conv_tile": tile,
+                            "rebuilt_convs": k, "margin_bytes": margin})
+                if fit is not None:
+                    break
+            if fit is None or ex is None:
                 continue
             mode, extra = modes[fit]
             budget = cap - baseline - extra - margin
-            if ranking:  # the fewest rebuilt convs (best first) that still fit
-                lo, hi = 1, len(ranking)
-                while lo < hi:
-                    mid = (lo + hi) // 2
-                    part = StepPlan(g, planner, lookahead=la, remat=ranking[:mid])
-                    if _try(part, swap, False, [(mode, extra)], budget + extra) is None:
-                        lo = mid + 1
-                    else:
-                        hi = mid
-                ex = StepPlan(g, planner, lookahead=la, remat=ranking[:lo])
-                if _try(ex, swap, False, [(mode, extra)], budget + extra) is None:
-                    raise AssertionError("the rebuilt convs that fitted no longer fit")
             resident = 0
             if mode == "swapped":  # what the cap leaves over keeps part of the sum
                 assert params is not None  # (less a second margin: never all of it)
