@@ -146,6 +146,35 @@ def test_baseline_that_moves_before_training_is_measured_again_and_refitted():
     m.close()
 
 
+def test_refit_is_measured_again_with_its_new_executor_built(monkeypatch):
+    # Building the refitted step's executor moves the baseline too (about 1 MiB for
+    # resnet18 at micro-batch 2: it went 0.27 MB over its cap before this was measured):
+    # here the baseline moves by 0.6 MB, then the second executor allocates 0.6 MB more,
+    # and the fit takes that in as well
+    m, x, y, base = _warm("lenet5")
+    pool64 = StepPlan(m._graph(64, True, True), m.planner).plan.pool_bytes
+    cap = base + MARGIN_BYTES + pool64 + 64 * 1024
+    m.compile(batch_size=64, optimizer="sgd", lr=0.05, ram_cap=cap, baseline_rss=base)
+    built, kept = [], []
+    real = dr.executor.Executor
+
+    def executor(*a, **kw):
+        built.append(1)
+        if len(built) == 2:  # the refit's executor
+            kept.append(np.ones(600_000, np.uint8))
+        return real(*a, **kw)
+
+    monkeypatch.setattr("device_runtime.model.Executor", executor)
+    moved = np.ones(600_000, np.uint8)
+    h = m.fit(x, y, steps=2, shuffle=False)
+    d = m.decision
+    assert len(built) >= 2 and d.refitted
+    assert d.baseline_drift_bytes >= 1_150_000, d.baseline_drift_bytes  # both moves
+    assert np.isfinite(h.losses).all() and not m.cap_exceeded and m.peak_rss <= cap
+    del moved
+    m.close()
+
+
 def test_baseline_moved_beyond_any_plan_is_refused_before_training():
     m, x, y, base = _warm("mlp")
     cap = base + MARGIN_BYTES + (2 << 20)

@@ -73,6 +73,7 @@ class Decision:
     baseline_drift_bytes: int = 0  # measured: RSS right before training - the baseline
     refitted: bool = False  # fitted again before training because the baseline moved
     remat: list[str] = field(default_factory=list)  # convs replayed before backward
+    drift_before: int = 0  # the drift earlier refits took in (baseline_drift_bytes is all)
 
 
 def _divisors_desc(n: int) -> list[int]:
@@ -224,17 +225,19 @@ def refit_before_training(model: Model) -> bool:
     pool mapped but untouched) and fit the step again over it when the chosen plan no
     longer fits: the baseline moves between compile and training (data, executor objects,
     heap), and a plan that fitted by kilobytes would then go over the cap. True when it
-    refitted (the caller builds a new executor); raises when nothing fits any more."""
+    refitted: the caller builds a new executor and calls this again, since building it
+    moves the baseline too. Raises when nothing fits any more."""
     d, cap = model.decision, model.ram_cap
     if d is None or cap is None or model.baseline_rss is None:
         return False
     rss.release_heap()
     now = rss.current_rss()
-    d.baseline_drift_bytes = now - model.baseline_rss
+    d.baseline_drift_bytes = d.drift_before + now - model.baseline_rss
     if now + d.pool_bytes + d.extra_bytes + d.margin_bytes <= cap:
         return False
     new = fit_step(model, cap, now, d.batch_margin_bytes, d.unplanned_bytes)
     new.unplanned_bytes, new.baseline_drift_bytes = d.unplanned_bytes, d.baseline_drift_bytes
+    new.drift_before = d.baseline_drift_bytes  # a refit's baseline already holds this drift
     new.refitted = True
     model.decision, model.baseline_rss, model.micro_batch = new, now, new.batch
     model.conv_tile, model.remat = new.conv_tile, frozenset(new.remat)
