@@ -275,32 +275,33 @@ class StepPlan:
             self.recomputed[g] = (need, [n.layer for n in chain],
                                   [(first_use, fwd_end), (need, self.group_uses[g][-1] + 1)])
 
+    def _forward_scratch(self, chain: list[Node]) -> list[tuple[int, int]]:
+        """``(forward order, record)`` of each own tensor of ``chain`` its forward uses."""
+        out = []
+        for node in chain:
+            at = node.orders[F]
+            for t in node.layer.tensors:
+                r = self.own_rec.get((node.name, t.name))
+                if r is not None and at in self.records[r].uses:
+                    out.append((at, r))
+        return out
+
     def _replay_scratch(self, chain: list[Node], need: int) -> None:
         """A replay runs forward code again at ``need``: the forward scratch of its layers
         lives again then (a stretch of its own when only the forward uses it: nothing is
         kept in between), and scratch kept for backward (a ReLU's mask, written again with
         the same bits) is in memory then: never swapped out across it."""
-        for node in chain:
-            at = node.orders[F]
-            for t in node.layer.tensors:
-                r = self.own_rec.get((node.name, t.name))
-                if r is None or at not in self.records[r].uses:
-                    continue
-                s = self.group(r)
-                if self.group_uses[s] == [at]:
-                    self.split[s] = [(at, at + 1), (need, need + 1)]
-                elif need not in self.group_uses[s]:
-                    self.group_uses[s] = sorted([*self.group_uses[s], need])
+        for at, r in self._forward_scratch(chain):
+            s = self.group(r)
+            if self.group_uses[s] == [at]:
+                self.split[s] = [(at, at + 1), (need, need + 1)]
+            elif need not in self.group_uses[s]:
+                self.group_uses[s] = sorted([*self.group_uses[s], need])
 
     def _forward_scratch_bytes(self, chain: list[Node]) -> int:
         """Bytes of the scratch only the forward of ``chain`` uses (live again at a replay)."""
-        out = 0
-        for node in chain:
-            for t in node.layer.tensors:
-                r = self.own_rec.get((node.name, t.name))
-                if r is not None and self.records[r].uses == {node.orders[F]}:
-                    out += self.records[r].nbytes
-        return out
+        return sum(self.records[r].nbytes for at, r in self._forward_scratch(chain)
+                   if self.records[r].uses == {at})
 
     def remat_ranking(self) -> list[str]:
         """Layers whose blocks this plan rebuilds at a cost (named in ``remat``), best
