@@ -15,7 +15,7 @@ import numpy as np
 
 from . import report, switches, training
 from .accumulate import make_accumulator
-from .cap import Decision, fit_model, take_plan, warm_up_model
+from .cap import Decision, adopt, fit_model, take_plan, warm_up_model
 from .errors import ConfigError, MemoryCapExceeded, ModelError
 from .executor import Executor
 from .graph import Graph
@@ -148,9 +148,8 @@ class Model:
         self.micro_batch, self.cap_exceeded, self.peak_rss = self.batch_size, False, 0
         self.decision = None
         if ram_cap is not None:
-            self.baseline_rss, self.decision = fit_model(self, ram_cap, baseline_rss)
-            self.micro_batch, self.conv_tile = self.decision.batch, self.decision.conv_tile
-            self.remat = frozenset(self.decision.remat)
+            self.baseline_rss, decision = fit_model(self, ram_cap, baseline_rss)
+            adopt(self, decision)
         return self
 
     def _trainable_sizes(self) -> list[tuple[str, int]]:

@@ -6,9 +6,9 @@ and the guard that stops a run that crosses its cap.
 - :mod:`.guard`: the RSS sampler, :class:`RamGuard`, and :func:`guard_training`
 """
 
-from .fit import MARGIN_BYTES, Decision, fit_model, fit_step, fit_to_cap, take_plan
+from .fit import MARGIN_BYTES, Decision, adopt, fit_model, fit_step, fit_to_cap, take_plan
 from .guard import RamGuard, guard_training
 from .warmup import warm_kernels, warm_up_model
 
-__all__ = ["MARGIN_BYTES", "Decision", "RamGuard", "fit_model", "fit_step", "fit_to_cap",
+__all__ = ["MARGIN_BYTES", "Decision", "RamGuard", "adopt", "fit_model", "fit_step", "fit_to_cap",
            "guard_training", "take_plan", "warm_kernels", "warm_up_model"]

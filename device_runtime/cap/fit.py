@@ -23,7 +23,7 @@ from .warmup import warm_up_model
 if TYPE_CHECKING:
     from ..model import Model
 
-__all__ = ["MARGIN_BYTES", "Decision", "fit_model", "fit_step", "fit_to_cap",
+__all__ = ["MARGIN_BYTES", "Decision", "adopt", "fit_model", "fit_step", "fit_to_cap",
            "refit_before_training", "take_plan"]
 
 # What no plan describes once the model is warmed up (Python objects, allocator slack):
@@ -239,9 +239,16 @@ def refit_before_training(model: Model) -> bool:
     new.unplanned_bytes, new.baseline_drift_bytes = d.unplanned_bytes, d.baseline_drift_bytes
     new.drift_before = d.baseline_drift_bytes  # a refit's baseline already holds this drift
     new.refitted = True
-    model.decision, model.baseline_rss, model.micro_batch = new, now, new.batch
-    model.conv_tile, model.remat = new.conv_tile, frozenset(new.remat)
+    adopt(model, new)
+    model.baseline_rss = now
     return True
+
+
+def adopt(model: Model, d: Decision) -> None:
+    """Make ``d`` the model's decision, and its graph settings (micro-batch, conv tile,
+    rebuilt convs) the model's."""
+    model.decision, model.micro_batch, model.conv_tile = d, d.batch, d.conv_tile
+    model.remat = frozenset(d.remat)
 
 
 def fit_step(model: Model, cap: int, baseline: int, margin: int | None = None,
@@ -275,9 +282,8 @@ def take_plan(model: Model) -> StepPlan:
     g = d.step.graph if d is not None and d.step is not None else None
     if d is None or g is None or g.context != model._context(model.micro_batch, True, True) \
             or g.fuse_apply != bool(model.fuse_apply and not model.clip_grad_norm):
-        d = model.decision = fit_step(model, cap, base)
-        model.micro_batch, model.conv_tile = d.batch, d.conv_tile
-        model.remat = frozenset(d.remat)
+        d = fit_step(model, cap, base)
+        adopt(model, d)
     step, d.step = d.step, None
     assert step is not None
     return step
