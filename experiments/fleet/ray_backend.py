@@ -39,21 +39,11 @@ from .procs import READY_TIMEOUT
 from .profiles import DeviceProfile
 from .protocol import Job, Options, Task, TaskResult
 from .ray_actor import NodeWorker, Shard, States, _stamp, write_private
-from .ray_place import Room, place, reservation
+from .ray_nodes import Slot as _Slot
+from .ray_nodes import node_gone, rooms_left
+from .ray_place import place, reservation
 
 CHUNK = 32  # at most this many tasks per call to a worker (results stream back per call)
-
-
-class _Slot:
-    """One worker: its actor, kind, reservation, node and devices."""
-
-    def __init__(self, index: int, kind: str, reserve: int, devices: list[int]) -> None:
-        self.index, self.kind, self.reserve, self.devices = index, kind, reserve, devices
-        self.node = ""
-        self.actor: Any = None
-        self.info: dict[str, Any] = {}
-        self.alive = True
-        self.pending: Any = None  # its data being packed, then None
 
 
 class RayEngine:
@@ -90,6 +80,7 @@ class RayEngine:
             faults if isinstance(faults, FaultPlan) else FaultPlan.from_config(faults, seed))
         self.warm_models, self.node_dir, self.respawned = list(warm_models or []), node_dir, 0
         self.lost_nodes: set[str] = set()  # nodes seen dead (Ray's node table can lag)
+        self._why = ""  # the first line of the last actor error
         self.moved = {"data_to_nodes": 0, "states_to_nodes": 0, "states_to_head": 0,
                       "updates_to_head": 0}
         self._own_ray = not ray.is_initialized()
@@ -134,8 +125,7 @@ class RayEngine:
                     self.slots.append(_Slot(len(self.slots), kind, reservation(
                         [self.profiles[d].ram_cap for d in devs]), devs))
         self.owner = {d: s for s in self.slots for d in s.devices}
-        rooms = [Room(nd["NodeID"], int(nd["Resources"].get("memory", 0)),
-                      float(nd["Resources"].get("CPU", 0))) for nd in nodes]
+        rooms = list(rooms_left([], set()).values())
         for s, node in zip(self.slots, place([s.reserve for s in self.slots], rooms)):
             s.node = node
         self._own_dir = workdir is None
@@ -146,7 +136,9 @@ class RayEngine:
                      "device_ids": self.device_ids}
         for s in self.slots:
             self._launch(s)
-        self._ready(self.slots)
+        if any(s.node not in self.lost_nodes for s in self._ready(self.slots)):
+            raise RuntimeError(f"Ray backend: a worker died as it started: {self._why}")
+        self._heal()  # workers whose node died as they started go elsewhere
         self.procs = self.slots  # FleetEngine's name for its workers
         self.holder: dict[tuple[str, int], tuple[int, Any]] = {}  # state: worker, head stamp
         self._running = False
@@ -179,15 +171,32 @@ class RayEngine:
             out.append((d, arrays))
         return out
 
-    def _ready(self, slots: list[_Slot]) -> None:
+    def _ready(self, slots: list[_Slot]) -> list[_Slot]:
+        """Wait for ``slots`` to hold their devices; the ones whose actor died meanwhile."""
         ray = need_ray()
         refs = [s.pending for s in slots] + [s.actor.info.remote() for s in slots]
         done, _ = ray.wait(refs, num_returns=len(refs), timeout=READY_TIMEOUT)
         if len(done) < len(refs):
             raise RuntimeError(f"Ray backend: {len(slots)} workers did not start within "
                                f"{READY_TIMEOUT:g} s (resources held by other jobs?)")
-        for s, info in zip(slots, ray.get(refs[len(slots):])):
-            s.info = info
+        died = []
+        for s, packed, info in zip(slots, refs[:len(slots)], refs[len(slots):]):
+            try:
+                ray.get(packed)
+                s.info = ray.get(info)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnschedulableError) as e:
+                self._why = str(e).strip().splitlines()[0]
+                self._died(s, e)
+                died.append(s)
+        return died
+
+    def _died(self, s: _Slot, err: BaseException) -> str:
+        """``s``'s actor raised ``err``: ``node-lost`` if its node died (never used again),
+        else ``crashed``."""
+        s.alive, s.status = False, "node-lost" if node_gone(s.node, err) else "crashed"
+        if s.status == "node-lost":
+            self.lost_nodes.add(s.node)
+        return s.status
 
     def _options(self) -> Options:
         return self.faults.options() if self.faults.active or self.faults.timeout \
@@ -195,20 +204,20 @@ class RayEngine:
 
     def _heal(self) -> None:
         """Replace dead workers where a node has room; else deal their devices to the
-        surviving workers of their kind that reserve enough for the devices' caps."""
-        ray = need_ray()
+        surviving workers of their kind that reserve enough for the devices' caps. Again
+        while a node dies under the workers just given devices (each time one node fewer);
+        a replacement that crashes as it starts is an error."""
+        while died := self._ready(self._replace()):
+            if any(s.node not in self.lost_nodes for s in died):
+                raise RuntimeError(f"Ray backend: a replacement worker died as it started: "
+                                   f"{self._why}")
+
+    def _replace(self) -> list[_Slot]:
+        """One pass of :meth:`_heal`: the workers started or given devices."""
         dead = [s for s in self.slots if not s.alive]
         if not dead:
-            return
-        # a node whose worker died with it may still read Alive for a while: never place there
-        nodes = {nd["NodeID"]: nd for nd in ray.nodes()
-                 if nd["Alive"] and nd["NodeID"] not in self.lost_nodes}
-        rooms = {k: Room(k, int(nd["Resources"].get("memory", 0)),
-                         float(nd["Resources"].get("CPU", 0))) for k, nd in nodes.items()}
-        for s in self.slots:
-            if s.alive and s.node in rooms:
-                rooms[s.node].memory -= s.reserve
-                rooms[s.node].cpus -= 1
+            return []
+        rooms = rooms_left([s for s in self.slots if s.alive], self.lost_nodes)
         fresh: list[_Slot] = []
         grown: dict[int, tuple[_Slot, list[int]]] = {}
         for s in dead:
@@ -220,7 +229,7 @@ class RayEngine:
                 for d in s.devices:
                     need = reservation([self.profiles[d].ram_cap])
                     fit = [t for t in self.slots if t.alive and t.kind == s.kind
-                           and t.reserve >= need]
+                           and t.reserve >= need and t not in fresh]  # not one just started
                     if fit:
                         t = min(fit, key=lambda t: (len(t.devices), t.index))
                         t.devices.append(d)
@@ -238,8 +247,7 @@ class RayEngine:
             fresh.append(t)
         self.slots.sort(key=lambda s: s.index)
         self.procs = self.slots
-        if fresh:
-            self._ready(fresh)
+        return fresh
 
     # ------------------------------------------------------------------ running
     def run(self, payloads: Payloads, jobs: Iterable[Job], run_key: str,
@@ -283,12 +291,9 @@ class RayEngine:
                 try:
                     results = ray.get(r)
                 except ray.exceptions.RayActorError as e:  # the actor (or its node) died
-                    s.alive = False
-                    status, why = ("node-lost", f"its node {s.node[:12]} died mid-round") \
-                        if "node has died" in str(e) or not self._node_alive(s.node) \
-                        else ("crashed", "its Ray worker died mid-round")
-                    if status == "node-lost":
-                        self.lost_nodes.add(s.node)
+                    status = self._died(s, e) if s.alive else s.status  # once per worker
+                    why = f"its node {s.node[:12]} died mid-round" if status == "node-lost" \
+                        else "its Ray worker died mid-round"
                     for task in chunk:
                         report(self._lost(task, status, why, s))
                     continue
@@ -304,9 +309,6 @@ class RayEngine:
                           f"device {task.device} gave no reply: {why}{how}", None, status,
                           task.fault, s.kind if s else self.kernels[task.device],
                           int(s.info.get("worker_rss", 0)) if s else 0)
-
-    def _node_alive(self, node: str) -> bool:
-        return any(nd["NodeID"] == node and nd["Alive"] for nd in need_ray().nodes())
 
     def _path(self, run_key: str, device: int) -> str:
         return os.path.join(self.state_dir, run_key, f"{device}.npz")
