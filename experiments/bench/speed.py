@@ -167,6 +167,10 @@ def report(rows: list[dict[str, Any]], results: list[dict[str, Any]], batch: int
            f"{env.get('env', {}).get('OPENBLAS_CORETYPE', '(unset)')}",
            "step ms = median over timed steps of one process; ratio = median over repeats "
            "of nnfleet/torch measured back to back.", ""]
+    from device_runtime.blas import core_note
+
+    if env.get("blas") and (note := core_note(env["blas"])):
+        out[1:1] = [note]  # nnfleet's figures would be faster without the preset
     out.append(f"{'model':<16} {'nnfleet ms':>10} {'torch ms':>9} {'ratio':>6} "
                f"{'target':>6}  verdict  per-repeat ratios")
     for r in rows:

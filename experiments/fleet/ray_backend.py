@@ -194,8 +194,7 @@ class RayEngine:
         """``s``'s actor raised ``err``: ``node-lost`` if its node died (never used again),
         else ``crashed``."""
         s.alive, s.status = False, "node-lost" if node_gone(s.node, err) else "crashed"
-        if s.status == "node-lost":
-            self.lost_nodes.add(s.node)
+        self.lost_nodes |= {s.node} if s.status == "node-lost" else set()
         return s.status
 
     def _options(self) -> Options:
@@ -230,12 +229,11 @@ class RayEngine:
                     need = reservation([self.profiles[d].ram_cap])
                     fit = [t for t in self.slots if t.alive and t.kind == s.kind
                            and t.reserve >= need and t not in fresh]  # not one just started
+                    self.owner.pop(d, None)
                     if fit:
                         t = min(fit, key=lambda t: (len(t.devices), t.index))
                         t.devices.append(d)
                         grown.setdefault(t.index, (t, []))[1].append(d)
-                    self.owner.pop(d, None)
-                    if fit:
                         self.owner[d] = t
                 continue
             self.slots.append(s)
