@@ -38,7 +38,12 @@ from functools import partial
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from experiments.fleet.clean import fix_mmap_threshold, forget_others, warm_device_program
+from experiments.fleet.clean import (
+    fix_mmap_threshold,
+    forget_others,
+    settle,
+    warm_device_program,
+)
 from experiments.fleet.clock import Clock
 from experiments.fleet.forking import CHILD, run_forked
 from experiments.fleet.protocol import (
@@ -292,6 +297,7 @@ class Worker:
                 case Payload():
                     self.payloads[msg.pid] = (msg.shared, msg.config)
                     self.configs.pop(msg.pid, None)
+                    settle()  # the round's long-lived objects, out of the tasks' collections
                 case Drop():
                     self.payloads.pop(msg.pid, None)
                     self.configs.pop(msg.pid, None)
