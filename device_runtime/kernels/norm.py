@@ -1,7 +1,10 @@
 """Batch normalisation over ``(N, C, S)`` float32 arrays, S = H*W (S = 1 for 1-D features).
 
 Statistics are per channel over the ``M = N*S`` values of that channel, accumulated in
-float64 (two passes: mean, then the biased variance), as PyTorch's CPU kernel does.
+float64 (two passes: mean, then the biased variance), as PyTorch's CPU kernel does; the
+numba kernel sums each pass in eight interleaved partial sums (:func:`_lanes_sum`), which
+the CPU runs side by side: resnet18's batch-norm forward took 25.5 -> 18 ms of a step
+(issue 17).
 A channel is finished (stats, then every element) before the next one starts, so
 ``y`` may alias ``x`` in the forward kernels and ``dx`` may alias ``dy`` in the backward
 ones. The ``*_numpy`` references are dtype-generic (used for gradient checks in float64).
@@ -86,22 +89,61 @@ bn_infer_fwd = pick(bn_infer_fwd_numba, bn_infer_fwd_numpy)
 # a single bit of the result.
 
 @njit
+def _lanes_sum(x: Arr, c: int, mu: float, square: bool) -> float:
+    """Sum over channel ``c`` of ``x - mu`` (squared when ``square``) in float64, in eight
+    interleaved partial sums (element s of a row goes to sum s % 8, a row's tail to sums
+    0, 1, ...), added pairwise at the end: a fixed order, set by the shape alone, whose
+    independent sums the CPU runs side by side (one running sum waits on each add)."""
+    N, _, S = x.shape
+    s8 = S - S % 8
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+    for n in range(N):
+        row = x[n, c]
+        for s in range(0, s8, 8):
+            d0, d1 = np.float64(row[s]) - mu, np.float64(row[s + 1]) - mu
+            d2, d3 = np.float64(row[s + 2]) - mu, np.float64(row[s + 3]) - mu
+            d4, d5 = np.float64(row[s + 4]) - mu, np.float64(row[s + 5]) - mu
+            d6, d7 = np.float64(row[s + 6]) - mu, np.float64(row[s + 7]) - mu
+            if square:
+                d0, d1, d2, d3 = d0 * d0, d1 * d1, d2 * d2, d3 * d3
+                d4, d5, d6, d7 = d4 * d4, d5 * d5, d6 * d6, d7 * d7
+            a0 += d0
+            a1 += d1
+            a2 += d2
+            a3 += d3
+            a4 += d4
+            a5 += d5
+            a6 += d6
+            a7 += d7
+        for j in range(S - s8):
+            d = np.float64(row[s8 + j]) - mu
+            if square:
+                d = d * d
+            if j == 0:
+                a0 += d
+            elif j == 1:
+                a1 += d
+            elif j == 2:
+                a2 += d
+            elif j == 3:
+                a3 += d
+            elif j == 4:
+                a4 += d
+            elif j == 5:
+                a5 += d
+            else:
+                a6 += d
+    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+
+
+@njit
 def bn_stats_numba(x: Arr, mean: Arr, var: Arr, invstd: Arr, eps: float) -> None:
     """Per-channel batch mean, biased variance and 1/sqrt(var+eps) (float64 sums)."""
     N, C, S = x.shape
     M = N * S
     for c in range(C):
-        acc = 0.0
-        for n in range(N):
-            for s in range(S):
-                acc += np.float64(x[n, c, s])
-        mu = acc / M
-        acc = 0.0
-        for n in range(N):
-            for s in range(S):
-                d = np.float64(x[n, c, s]) - mu
-                acc += d * d
-        v = acc / M
+        mu = _lanes_sum(x, c, 0.0, False) / M
+        v = _lanes_sum(x, c, mu, True) / M
         mean[c] = mu
         var[c] = v
         invstd[c] = 1.0 / math.sqrt(v + eps)
