@@ -91,12 +91,13 @@ bn_infer_fwd = pick(bn_infer_fwd_numba, bn_infer_fwd_numpy)
 @njit
 def _lanes_sum(x: Arr, c: int, mu: float, square: bool) -> float:
     """Sum over channel ``c`` of ``x - mu`` (squared when ``square``) in float64, in eight
-    interleaved partial sums (element s of a row goes to sum s % 8, a row's tail to sums
-    0, 1, ...), added pairwise at the end: a fixed order, set by the shape alone, whose
-    independent sums the CPU runs side by side (one running sum waits on each add)."""
+    interleaved partial sums (element s of a row goes to sum s % 8; the rows' tails past
+    the last multiple of 8 to a ninth), added pairwise at the end: a fixed order, set by
+    the shape alone, whose independent sums the CPU runs side by side (one running sum
+    waits on each add)."""
     N, _, S = x.shape
     s8 = S - S % 8
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = tail = 0.0
     for n in range(N):
         row = x[n, c]
         for s in range(0, s8, 8):
@@ -115,25 +116,10 @@ def _lanes_sum(x: Arr, c: int, mu: float, square: bool) -> float:
             a5 += d5
             a6 += d6
             a7 += d7
-        for j in range(S - s8):
-            d = np.float64(row[s8 + j]) - mu
-            if square:
-                d = d * d
-            if j == 0:
-                a0 += d
-            elif j == 1:
-                a1 += d
-            elif j == 2:
-                a2 += d
-            elif j == 3:
-                a3 += d
-            elif j == 4:
-                a4 += d
-            elif j == 5:
-                a5 += d
-            else:
-                a6 += d
-    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+        for s in range(s8, S):  # the row's tail: one more partial sum
+            d = np.float64(row[s]) - mu
+            tail += d * d if square else d
+    return (((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))) + tail
 
 
 @njit
