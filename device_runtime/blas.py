@@ -13,6 +13,7 @@ results): ``nnfleet bench speed`` names it in its header.
 
 from __future__ import annotations
 
+import os
 import re
 
 _REFERENCE = re.compile(r"/blas/libblas\.so")  # Debian's alternative for the reference BLAS
@@ -65,8 +66,6 @@ def held_back(core: str | None, preset: str | None, flags: set[str]) -> bool:
 def core_note(core: str | None = None) -> str | None:
     """One line for the user when OPENBLAS_CORETYPE holds OpenBLAS back (``core``: the
     kernel family in use; asked of OpenBLAS when not given)."""
-    import os
-
     preset = os.environ.get("OPENBLAS_CORETYPE")
     if not preset:
         return None
